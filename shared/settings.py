@@ -1,0 +1,78 @@
+"""The one settings class every service reads.
+
+Values come from the environment (prefix ``MOODREEL_``) or a ``.env`` file; every field has an
+embedded default so ``make demo`` works on a fresh machine with SQLite and local storage.
+Services add their fields here, grouped by section, so the whole configuration stays in one
+place (the README's configuration reference and ``.env.example`` list the same names).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MOODREEL_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # --- general -----------------------------------------------------------------------------
+    environment: Literal["development", "test", "production"] = "development"
+    log_level: str = "INFO"
+    log_json: bool = False
+    data_dir: Path = REPO_ROOT / "var"
+
+    # --- media limits (checked before any heavy work) -----------------------------------------
+    max_media_seconds: float = 3600.0
+    max_media_bytes: int = 2_000_000_000
+    # Long and short side limits, so a portrait 2160x3840 video passes like a landscape one.
+    max_video_long_side: int = 3840
+    max_video_short_side: int = 2160
+    max_utterances: int = 2000
+    default_window_seconds: float = 4.0
+    transcript_time_tolerance_seconds: float = 0.5
+    ffmpeg_timeout_seconds: float = 600.0
+    ffmpeg_threads: int = 2
+
+    # --- data sets (read-only, never copied into the repo) ------------------------------------
+    meld_dir: Path = Field(
+        default=REPO_ROOT.parent / "shared" / "meld",
+        validation_alias=AliasChoices("MELD_DIR", "MOODREEL_MELD_DIR"),
+    )
+    emotion_speech_dir: Path = Field(
+        default=REPO_ROOT.parent / "shared" / "emotion-speech",
+        validation_alias=AliasChoices("EMOTION_SPEECH_DIR", "MOODREEL_EMOTION_SPEECH_DIR"),
+    )
+    face_expression_dir: Path = Field(
+        default=REPO_ROOT.parent / "shared" / "face-expression",
+        validation_alias=AliasChoices("FACE_EXPRESSION_DIR", "MOODREEL_FACE_EXPRESSION_DIR"),
+    )
+
+    # --- database / redis ---------------------------------------------------------------------
+    database_url: str = f"sqlite:///{REPO_ROOT / 'var' / 'moodreel.db'}"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+    # --- security -----------------------------------------------------------------------------
+    # Development default only; production refuses to start with it (see gateway start-up).
+    secret_key: SecretStr = SecretStr("dev-insecure-change-me")
+    # Dev-only switch shared by gateway and worker: lets http://127.0.0.1/... videos through.
+    allow_private_urls: bool = False
+
+    # --- model --------------------------------------------------------------------------------
+    model_dir: Path = REPO_ROOT / "services" / "model" / "checkpoints" / "default"
+    model_backend: Literal["http", "sagemaker"] = "http"
+    model_url: str = "http://127.0.0.1:8080"
+    sagemaker_endpoint_name: str = "moodreel"
+    aws_region: str = "us-east-1"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,68 @@
+import pytest
+import torch
+
+from shared.bundle import BundleError, FeatureBundle, UtteranceMeta, read_metadata
+from shared.features.spec import FeatureSpec
+
+
+def make_bundle(spec: FeatureSpec, count: int = 3) -> FeatureBundle:
+    n, s, m, t, length = spec.frames_per_utterance, spec.frame_size, spec.n_mels, spec.max_audio_frames, spec.max_tokens
+    return FeatureBundle(
+        utterances=[UtteranceMeta(start=i, end=i + 0.5, text=f"line {i}", speaker="A") for i in range(count)],
+        frames=torch.randint(0, 255, (count, n, 3, s, s), dtype=torch.uint8),
+        frame_times=torch.rand(count, n),
+        log_mel=torch.randn(count, m, t).half(),
+        audio_mask=torch.rand(count, t) > 0.5,
+        input_ids=torch.randint(0, 1000, (count, length)),
+        attention_mask=torch.ones(count, length, dtype=torch.int64),
+        token_type_ids=torch.zeros(count, length, dtype=torch.int64),
+        modality_mask=torch.tensor([[True, True, False]] * count),
+        spec_hash=spec.hash,
+        media={"duration": 3.0},
+    )
+
+
+def test_round_trip_keeps_every_tensor_and_metadata():
+    spec = FeatureSpec(frame_size=32, frames_per_utterance=2, max_audio_frames=20)
+    bundle = make_bundle(spec)
+    restored = FeatureBundle.from_bytes(bundle.to_bytes(), expected_spec_hash=spec.hash)
+    assert restored.utterances == bundle.utterances
+    assert restored.media == {"duration": 3.0}
+    for name in ("frames", "frame_times", "log_mel", "audio_mask", "input_ids", "modality_mask"):
+        assert torch.equal(getattr(restored, name), getattr(bundle, name)), name
+
+
+def test_refuses_other_spec_hash_and_schema():
+    spec = FeatureSpec(frame_size=32)
+    data = make_bundle(spec).to_bytes()
+    other = FeatureSpec(frame_size=48)
+    with pytest.raises(BundleError) as info:
+        FeatureBundle.from_bytes(data, expected_spec_hash=other.hash)
+    assert info.value.code == "spec_mismatch"
+    assert spec.hash in str(info.value) and other.hash in str(info.value)
+    assert read_metadata(data)["schema_version"] == "1"
+    tampered = data.replace(b'"schema_version":"1"', b'"schema_version":"9"')
+    with pytest.raises(BundleError) as info:
+        FeatureBundle.from_bytes(tampered)
+    assert info.value.code == "schema_mismatch"
+
+
+def test_garbage_is_malformed():
+    for data in (b"", b"12345678", b"\xff" * 64):
+        with pytest.raises(BundleError) as info:
+            FeatureBundle.from_bytes(data)
+        assert info.value.code == "malformed_bundle"
+
+
+def test_select_keeps_rows_aligned():
+    spec = FeatureSpec(frame_size=16, max_audio_frames=16)
+    bundle = make_bundle(spec, count=5)
+    part = bundle.select([1, 3])
+    assert [u.start for u in part.utterances] == [1, 3]
+    assert torch.equal(part.frames[1], bundle.frames[3])
+
+
+def test_spec_hash_is_stable_and_sensitive():
+    assert FeatureSpec().hash == FeatureSpec().hash
+    assert FeatureSpec().hash != FeatureSpec(n_mels=80).hash
+    assert len(FeatureSpec().hash) == 16
