@@ -17,6 +17,9 @@ modality_mask      [U, 3]                 bool      text, audio, visual present 
 
 Metadata (safetensors' string map): schema version, spec hash, utterances as JSON (start, end,
 text, speaker) and a media summary as JSON.
+
+Arrays are numpy, not torch: the preprocess worker builds bundles and its image carries no torch.
+The model side converts with ``torch.from_numpy``.
 """
 
 from __future__ import annotations
@@ -27,22 +30,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
+import numpy as np
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
 
 BUNDLE_SCHEMA_VERSION = 1
 CONTENT_TYPE = "application/x-safetensors"
 
-_TENSORS: dict[str, torch.dtype] = {
-    "frames": torch.uint8,
-    "frame_times": torch.float32,
-    "log_mel": torch.float16,
-    "audio_mask": torch.bool,
-    "input_ids": torch.int64,
-    "attention_mask": torch.int64,
-    "token_type_ids": torch.int64,
-    "modality_mask": torch.bool,
+_TENSORS: dict[str, np.dtype] = {
+    "frames": np.dtype(np.uint8),
+    "frame_times": np.dtype(np.float32),
+    "log_mel": np.dtype(np.float16),
+    "audio_mask": np.dtype(np.bool_),
+    "input_ids": np.dtype(np.int64),
+    "attention_mask": np.dtype(np.int64),
+    "token_type_ids": np.dtype(np.int64),
+    "modality_mask": np.dtype(np.bool_),
 }
 
 
@@ -65,14 +68,14 @@ class UtteranceMeta:
 @dataclass
 class FeatureBundle:
     utterances: list[UtteranceMeta]
-    frames: torch.Tensor
-    frame_times: torch.Tensor
-    log_mel: torch.Tensor
-    audio_mask: torch.Tensor
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    token_type_ids: torch.Tensor
-    modality_mask: torch.Tensor
+    frames: np.ndarray
+    frame_times: np.ndarray
+    log_mel: np.ndarray
+    audio_mask: np.ndarray
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    token_type_ids: np.ndarray
+    modality_mask: np.ndarray
     spec_hash: str
     media: dict[str, Any] = field(default_factory=dict)
     schema_version: int = BUNDLE_SCHEMA_VERSION
@@ -98,13 +101,13 @@ class FeatureBundle:
             if isinstance(indices, slice)
             else [self.utterances[i] for i in indices]
         )
-        index = indices if isinstance(indices, slice) else torch.tensor(indices, dtype=torch.long)
+        index = indices if isinstance(indices, slice) else np.asarray(indices, dtype=np.int64)
         tensors = {name: getattr(self, name)[index] for name in _TENSORS}
         return FeatureBundle(utterances=picked, spec_hash=self.spec_hash, media=self.media, **tensors)
 
     # --- serialisation -------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
-        tensors = {name: getattr(self, name).contiguous() for name in _TENSORS}
+        tensors = {name: np.ascontiguousarray(getattr(self, name)) for name in _TENSORS}
         metadata = {
             "schema_version": str(self.schema_version),
             "spec_hash": self.spec_hash,
