@@ -1,0 +1,1 @@
+"""Network safety helpers shared by the gateway (submission checks) and the worker (fetching)."""
