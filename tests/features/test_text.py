@@ -1,0 +1,81 @@
+import pytest
+import torch
+
+from shared.bundle import UtteranceMeta
+from shared.features.spec import FeatureSpec
+from shared.features.text import load_tokenizer, tokenize_utterances
+
+DIALOGUE = [
+    UtteranceMeta(0.0, 1.0, "Where were you last night?", "Ross"),
+    UtteranceMeta(1.0, 2.0, "At the coffee house, obviously.", "Rachel"),
+    UtteranceMeta(2.0, 3.0, "", None),
+    UtteranceMeta(3.0, 4.0, "Oh my God, that is amazing!", "Monica"),
+]
+
+
+def decode_segment(ids: torch.Tensor, types: torch.Tensor, mask: torch.Tensor, segment: int) -> str:
+    tokenizer = load_tokenizer(FeatureSpec().tokenizer)
+    picked = ids[(types == segment) & (mask == 1)].tolist()
+    return tokenizer.decode(picked, skip_special_tokens=True)
+
+
+def test_shapes_and_dtypes_without_context():
+    spec = FeatureSpec(max_tokens=16)
+    out = tokenize_utterances(DIALOGUE, spec)
+    assert set(out) == {"input_ids", "attention_mask", "token_type_ids"}
+    for tensor in out.values():
+        assert tensor.shape == (4, 16) and tensor.dtype == torch.int64
+    assert int(out["token_type_ids"].sum()) == 0
+    assert decode_segment(out["input_ids"][0], out["token_type_ids"][0], out["attention_mask"][0], 0) == (
+        "where were you last night?"
+    )
+    # An empty text still gets [CLS] [SEP]: the row is valid input, only without words.
+    assert int(out["attention_mask"][2].sum()) == 2
+
+
+def test_context_segment_holds_neighbours_with_speakers():
+    spec = FeatureSpec(max_tokens=64, context_turns=1)
+    out = tokenize_utterances(DIALOGUE, spec)
+    ids, types, mask = out["input_ids"][1], out["token_type_ids"][1], out["attention_mask"][1]
+    assert decode_segment(ids, types, mask, 0) == "at the coffee house, obviously."
+    context = decode_segment(ids, types, mask, 1)
+    # previous turn first, then the next non-empty one within reach (index 2 is empty: none)
+    assert context == "ross : where were you last night?"
+    last = decode_segment(out["input_ids"][3], out["token_type_ids"][3], out["attention_mask"][3], 1)
+    assert last == ""  # the only neighbour within one turn is empty: no context segment
+    two = tokenize_utterances(DIALOGUE, FeatureSpec(max_tokens=64, context_turns=2))
+    context = decode_segment(two["input_ids"][1], two["token_type_ids"][1], two["attention_mask"][1], 1)
+    assert context == "ross : where were you last night? monica : oh my god, that is amazing!"
+
+
+def test_long_context_never_cuts_the_utterance():
+    long_turn = UtteranceMeta(0, 1, " ".join(["word"] * 200), "Joey")
+    short = UtteranceMeta(1, 2, "How you doin?", "Joey")
+    out = tokenize_utterances([long_turn, short], FeatureSpec(max_tokens=24, context_turns=1))
+    assert decode_segment(out["input_ids"][1], out["token_type_ids"][1], out["attention_mask"][1], 0) == (
+        "how you doin?"
+    )
+    # the 200-word neighbour does not fit whole, so no context is added
+    assert int(out["token_type_ids"][1].sum()) == 0
+    # the long utterance itself is truncated to max_tokens
+    assert int(out["attention_mask"][0].sum()) == 24
+
+
+def test_empty_list_gives_empty_tensors():
+    out = tokenize_utterances([], FeatureSpec())
+    assert out["input_ids"].shape == (0, FeatureSpec().max_tokens)
+
+
+def test_tokenizer_from_local_path(tmp_path):
+    source = load_tokenizer(FeatureSpec().tokenizer)
+    source.save_pretrained(tmp_path)
+    out = tokenize_utterances(DIALOGUE[:1], FeatureSpec(tokenizer=str(tmp_path), max_tokens=16))
+    reference = tokenize_utterances(DIALOGUE[:1], FeatureSpec(max_tokens=16))
+    assert torch.equal(out["input_ids"], reference["input_ids"])
+
+
+@pytest.mark.parametrize("turns", [1, 3])
+def test_context_marks_only_second_segment(turns):
+    out = tokenize_utterances(DIALOGUE, FeatureSpec(max_tokens=48, context_turns=turns))
+    types, mask = out["token_type_ids"], out["attention_mask"]
+    assert bool(((types == 1) <= (mask == 1)).all())  # context tokens are real tokens
