@@ -12,10 +12,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class PlanLimits(BaseModel):
+    analyses_per_month: int = Field(100, ge=0)
+    video_seconds_per_month: int = Field(3600, ge=0)
+    requests_per_minute: int = Field(120, ge=1)
 
 
 class Settings(BaseSettings):
@@ -71,6 +77,36 @@ class Settings(BaseSettings):
     model_url: str = "http://127.0.0.1:8080"
     sagemaker_endpoint_name: str = "moodreel"
     aws_region: str = "us-east-1"
+
+    # --- gateway: accounts, keys, quotas, uploads (issue 5) -----------------------------------
+    # Every Redis key (rate limits, login throttling, event streams) starts with this prefix.
+    redis_key_prefix: str = "moodreel:"
+    # The arq queue the gateway enqueues `analyse_video` on and the worker consumes.
+    queue_name: str = "moodreel:queue"
+    jwt_issuer: str = "moodreel"
+    jwt_audience: str = "moodreel-api"
+    access_token_minutes: int = Field(15, ge=1, le=1440)
+    refresh_token_days: int = Field(30, ge=1, le=365)
+    login_max_failures: int = Field(5, ge=1)
+    login_window_seconds: int = Field(300, ge=1)
+    # Plan limits per calendar month (UTC) and per-key request rate; JSON in the environment.
+    plans: dict[str, PlanLimits] = Field(
+        default_factory=lambda: {
+            "free": PlanLimits(),
+            "pro": PlanLimits(
+                analyses_per_month=2000, video_seconds_per_month=360_000, requests_per_minute=600
+            ),
+        }
+    )
+    default_plan: str = "free"
+    # Uploads: "local" keeps files under data_dir/uploads (PUT to the gateway), "s3" presigns PUTs.
+    storage_backend: Literal["local", "s3"] = "local"
+    s3_bucket: str = "moodreel-media"
+    s3_endpoint_url: str | None = None
+    upload_url_ttl_seconds: int = Field(900, ge=60, le=86_400)
+    idempotency_ttl_hours: int = Field(24, ge=1)
+    event_stream_ttl_seconds: int = Field(86_400, ge=60)
+    cors_origins: list[str] = Field(default_factory=list)
 
 
 @lru_cache
