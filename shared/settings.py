@@ -78,6 +78,30 @@ class Settings(BaseSettings):
     sagemaker_endpoint_name: str = "moodreel"
     aws_region: str = "us-east-1"
 
+    # --- model service: server, invoke client, deployment (issue 4) ---------------------------
+    # Utterances per forward pass inside one request.
+    model_batch_size: int = Field(16, ge=1, le=512)
+    # Forward passes run one at a time per server process: on CPU parallel passes only contend.
+    model_max_concurrency: int = Field(1, ge=1, le=64)
+    # Inline bundle cap (413 above it); SageMaker real-time endpoints cap requests at 6 MB anyway.
+    model_max_payload_bytes: int = Field(6 * 1024 * 1024, ge=1024)
+    # Cap on a bundle fetched from `{"bundle_uri": "s3://..."}`.
+    model_max_bundle_bytes: int = Field(512 * 1024 * 1024, ge=1024)
+    # s3:// prefixes a bundle_uri may point into; empty allows any the container's role can read.
+    model_bundle_uri_prefixes: list[str] = Field(default_factory=list)
+    # Answer within SageMaker's 60 s InvokeEndpoint limit (SAGEMAKER_MODEL_SERVER_TIMEOUT overrides).
+    model_request_timeout_seconds: float = Field(50.0, gt=0, lt=60)
+    # Seconds uvicorn waits for in-flight requests after SIGTERM (SageMaker sends SIGKILL at 30 s).
+    model_graceful_shutdown_seconds: float = Field(20.0, ge=0, lt=30)
+    model_client_timeout_seconds: float = Field(60.0, gt=0)
+    model_client_max_attempts: int = Field(5, ge=1, le=20)
+    model_client_backoff_seconds: float = Field(0.5, ge=0)
+    # Each request's body stays under this (SageMaker real-time: 6 MB); keeps room for headers.
+    model_client_chunk_bytes: int = Field(5_000_000, ge=64_000, le=6_000_000)
+    model_client_max_utterances_per_request: int = Field(64, ge=1)
+    # Where the SageMaker backend reads the FeatureSpec; unset: beside the deployed artifact.
+    sagemaker_spec_uri: str | None = None
+
     # --- gateway: accounts, keys, quotas, uploads (issue 5) -----------------------------------
     # Every Redis key (rate limits, login throttling, event streams) starts with this prefix.
     redis_key_prefix: str = "moodreel:"

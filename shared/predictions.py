@@ -1,0 +1,66 @@
+"""The model service's response: what ``POST /invocations`` returns and the invoke client yields.
+
+Label order everywhere is shared.labels; ``scores`` hold every label's probability (they sum to 1),
+``confidence`` is the probability of ``label``. Per-modality scores come from each modality's own
+head and are present only for the modalities that were used, so a result shows what drove it.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.labels import MODALITIES
+
+
+class LabelScores(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    label: str
+    confidence: float = Field(ge=0.0, le=1.0)
+    scores: dict[str, float]
+
+    @classmethod
+    def from_probabilities(cls, labels: tuple[str, ...], probabilities: list[float]) -> LabelScores:
+        best = max(range(len(labels)), key=probabilities.__getitem__)
+        return cls(
+            label=labels[best],
+            confidence=probabilities[best],
+            scores={label: probabilities[i] for i, label in enumerate(labels)},
+        )
+
+
+class ModalityScores(BaseModel):
+    """One modality's own head: what it alone says about the utterance."""
+
+    model_config = ConfigDict(frozen=True)
+
+    emotion: LabelScores
+    sentiment: LabelScores
+
+
+class UtterancePrediction(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    start: float
+    end: float
+    text: str = ""
+    speaker: str | None = None
+    emotion: LabelScores
+    sentiment: LabelScores
+    modalities_used: list[str] = Field(description=f"subset of {', '.join(MODALITIES)}, in that order")
+    modalities: dict[str, ModalityScores] = Field(
+        default_factory=dict, description="per-modality scores, keyed by the modalities used"
+    )
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    version: str
+    spec_hash: str
+
+
+class InvocationResponse(BaseModel):
+    model: ModelInfo
+    utterances: list[UtterancePrediction]
