@@ -132,6 +132,32 @@ class Settings(BaseSettings):
     event_stream_ttl_seconds: int = Field(86_400, ge=60)
     cors_origins: list[str] = Field(default_factory=list)
 
+    # --- preprocess worker: fetching, jobs, webhooks (issue 6) ---------------------------------
+    worker_max_jobs: int = Field(2, ge=1)
+    # A killed job is picked up again only after this (+10 s) has passed since it started.
+    worker_job_timeout_seconds: float = Field(1800.0, gt=0)
+    worker_job_tries: int = Field(4, ge=1)
+    # Base of the exponential backoff between tries of a transiently failed job.
+    worker_retry_base_seconds: float = Field(5.0, ge=0)
+    # SIGTERM lets running jobs finish for this long before they are cancelled (and re-queued).
+    worker_shutdown_grace_seconds: int = Field(60, ge=0)
+    worker_tmp_dir: Path | None = None
+    # The most one job may write to its temporary directory (the downloaded media).
+    worker_temp_max_bytes: int = Field(4_000_000_000, ge=1)
+    fetch_connect_timeout_seconds: float = Field(10.0, gt=0)
+    fetch_read_timeout_seconds: float = Field(30.0, gt=0)
+    fetch_total_timeout_seconds: float = Field(900.0, gt=0)
+    fetch_max_redirects: int = Field(5, ge=0, le=20)
+    # Development/test only: "host:port" origins exempt from the private-address rule (one local
+    # video server) while every other private address stays refused.
+    private_url_origins: list[str] = Field(default_factory=list)
+    webhook_timeout_seconds: float = Field(10.0, gt=0)
+    webhook_max_attempts: int = Field(8, ge=1)
+    # Attempt n waits base * 2**(n-1) seconds (capped) after a failed attempt.
+    webhook_retry_base_seconds: float = Field(30.0, ge=0)
+    webhook_retry_max_seconds: float = Field(3600.0, ge=0)
+    webhook_response_log_bytes: int = Field(2048, ge=0)
+
 
 @lru_cache
 def get_settings() -> Settings:
