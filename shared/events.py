@@ -1,0 +1,129 @@
+"""Per-analysis event streams in Redis Streams: the worker publishes status changes and scored
+utterances, the gateway's SSE endpoint reads them from a ``Last-Event-ID``.
+
+Stream entry ids (``<ms>-<seq>``) are the SSE event ids, so a reconnecting client resumes exactly
+after the last event it saw. Each stream is capped in length and expires a while after its last
+event (``event_stream_ttl_seconds``); the database remains the source of truth.
+
+Event types: ``status`` ({"status", "error_code"?, "error_message"?}), ``utterance`` (one result
+as the API returns it), ``summary``. A ``status`` event with a terminal status ends the stream.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+
+from shared.settings import Settings, get_settings
+
+MAX_STREAM_LENGTH = 10_000
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled"})
+
+
+@dataclass(frozen=True)
+class AnalysisEvent:
+    id: str
+    type: str
+    data: dict[str, Any]
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.type == "status" and self.data.get("status") in TERMINAL_STATUSES
+
+
+def stream_key(analysis_id: uuid.UUID | str, settings: Settings | None = None) -> str:
+    prefix = (settings or get_settings()).redis_key_prefix
+    return f"{prefix}analysis:{analysis_id}:events"
+
+
+def _fields(event_type: str, data: dict[str, Any]) -> dict[str, str]:
+    return {"type": event_type, "data": json.dumps(data, separators=(",", ":"), default=str)}
+
+
+def publish_event(
+    client: redis.Redis,
+    analysis_id: uuid.UUID | str,
+    event_type: str,
+    data: dict[str, Any],
+    settings: Settings | None = None,
+) -> str:
+    """Append an event (sync client); returns its id."""
+    settings = settings or get_settings()
+    key = stream_key(analysis_id, settings)
+    with client.pipeline(transaction=True) as pipe:
+        pipe.xadd(key, _fields(event_type, data), maxlen=MAX_STREAM_LENGTH, approximate=True)
+        pipe.expire(key, settings.event_stream_ttl_seconds)
+        event_id, _ = pipe.execute()
+    return event_id.decode() if isinstance(event_id, bytes) else event_id
+
+
+async def apublish_event(
+    client: aioredis.Redis,
+    analysis_id: uuid.UUID | str,
+    event_type: str,
+    data: dict[str, Any],
+    settings: Settings | None = None,
+) -> str:
+    """Append an event (asyncio client, e.g. arq's ``ctx["redis"]``); returns its id."""
+    settings = settings or get_settings()
+    key = stream_key(analysis_id, settings)
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.xadd(key, _fields(event_type, data), maxlen=MAX_STREAM_LENGTH, approximate=True)
+        pipe.expire(key, settings.event_stream_ttl_seconds)
+        event_id, _ = await pipe.execute()
+    return event_id.decode() if isinstance(event_id, bytes) else event_id
+
+
+def _decode(entries) -> list[AnalysisEvent]:
+    events = []
+    for raw_id, fields in entries:
+        decoded = {
+            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in fields.items()
+        }
+        event_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
+        events.append(
+            AnalysisEvent(event_id, decoded.get("type", "message"), json.loads(decoded.get("data", "{}")))
+        )
+    return events
+
+
+def is_valid_event_id(value: str) -> bool:
+    milliseconds, _, sequence = value.partition("-")
+    return milliseconds.isdigit() and (sequence == "" or sequence.isdigit()) and len(value) <= 41
+
+
+async def read_events(
+    client: aioredis.Redis,
+    analysis_id: uuid.UUID | str,
+    after: str = "0",
+    *,
+    block_ms: int | None = None,
+    count: int = 100,
+    settings: Settings | None = None,
+) -> list[AnalysisEvent]:
+    """Events after id ``after`` ("0" = from the start), waiting up to ``block_ms`` for new ones."""
+    key = stream_key(analysis_id, settings)
+    response = await client.xread({key: after}, count=count, block=block_ms)
+    if not response:
+        return []
+    _, entries = response[0]
+    return _decode(entries)
+
+
+def read_events_sync(
+    client: redis.Redis, analysis_id: uuid.UUID | str, after: str = "0", *, settings: Settings | None = None
+) -> list[AnalysisEvent]:
+    response = client.xread({stream_key(analysis_id, settings): after}, count=MAX_STREAM_LENGTH)
+    return _decode(response[0][1]) if response else []
+
+
+def delete_events(
+    client: redis.Redis, analysis_id: uuid.UUID | str, settings: Settings | None = None
+) -> None:
+    client.delete(stream_key(analysis_id, settings))
