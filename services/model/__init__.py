@@ -1,0 +1,1 @@
+"""Model: network, checkpoints, training, evaluation."""

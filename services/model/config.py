@@ -1,0 +1,87 @@
+"""ModelConfig: every choice that shapes the network, stored in each checkpoint.
+
+A checkpoint rebuilds its network from this dataclass alone (plus the base weights of a pretrained
+encoder, which come from their package or local path, never from the network).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from shared.features.spec import MINILM_PACKAGE
+from shared.labels import MODALITIES
+
+TextTrainMode = Literal["frozen", "top_layers", "lora", "full"]
+
+
+@dataclass
+class ModelConfig:
+    # --- text ----------------------------------------------------------------------------------
+    # Hub name, local path or "package:<module>" of a transformers encoder (its weights are the
+    # base the checkpoint stores changes against) ...
+    text_encoder: str = MINILM_PACKAGE
+    # ... or an inline transformers config dict (random init, every weight stored): tests use it.
+    text_encoder_config: dict[str, Any] | None = None
+    # frozen: only projection/heads train; top_layers: the last `text_train_layers` transformer
+    # layers train; lora: peft LoRA adapters on every layer; full: everything trains.
+    text_train_mode: TextTrainMode = "top_layers"
+    text_train_layers: int = 2
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    # Pool over the utterance's own tokens (segment 0); context tokens only inform via attention.
+    text_pool_target_only: bool = True
+
+    # --- audio: a CNN over log-mel ---------------------------------------------------------------
+    audio_channels: tuple[int, ...] = (32, 64, 128)
+
+    # --- visual: per-frame backbone + temporal pooling -----------------------------------------
+    # "cnn": a small CNN trained from scratch; "transformers": an image model (e.g. ResNet) by
+    # name/path in `visual_encoder` or inline in `visual_encoder_config`.
+    visual_backbone: Literal["cnn", "transformers"] = "cnn"
+    visual_encoder: str | None = None
+    visual_encoder_config: dict[str, Any] | None = None
+    visual_train_backbone: bool = True
+    visual_channels: tuple[int, ...] = (32, 64, 128)
+
+    # --- fusion ----------------------------------------------------------------------------------
+    embed_dim: int = 256
+    fusion_hidden: int = 256
+    dropout: float = 0.2
+    # Probability, per present modality and sample, of hiding it during training.
+    modality_dropout: float = 0.15
+    # Modalities whose encoder was trained; an untrained one is treated as absent at inference.
+    trained_modalities: tuple[str, ...] = MODALITIES
+
+    def __post_init__(self) -> None:
+        self.audio_channels = tuple(self.audio_channels)
+        self.visual_channels = tuple(self.visual_channels)
+        self.trained_modalities = tuple(self.trained_modalities)
+        unknown = set(self.trained_modalities) - set(MODALITIES)
+        if unknown:
+            raise ValueError(f"unknown modalities: {sorted(unknown)}")
+        if self.visual_backbone == "transformers" and not (self.visual_encoder or self.visual_encoder_config):
+            raise ValueError("visual_backbone='transformers' needs visual_encoder or visual_encoder_config")
+
+    @property
+    def text_is_pretrained(self) -> bool:
+        return self.text_encoder_config is None
+
+    @property
+    def visual_is_pretrained(self) -> bool:
+        return self.visual_backbone == "transformers" and self.visual_encoder_config is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown ModelConfig fields: {sorted(unknown)}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,1 @@
+"""Training data sources (MELD, speech corpora) and the feature cache."""

@@ -1,0 +1,374 @@
+"""MoodreelModel: three modality encoders, late fusion, emotion and sentiment heads.
+
+Each modality (order ``shared.labels.MODALITIES``: text, audio, visual) becomes one embedding of
+``embed_dim``. A modality that is absent from the input, hidden by modality dropout, or whose
+encoder this checkpoint never trained is replaced by a learned "absent" embedding, so the fusion
+layers see "no audio" as its own signal instead of zero features that look like silence. Fusion
+concatenates the three embeddings and runs dense layers into the two heads; each modality also
+has its own small heads, so a prediction can show what every modality on its own suggests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from services.model.config import ModelConfig
+from shared.bundle import FeatureBundle
+from shared.features.spec import resolve_pretrained
+from shared.labels import EMOTIONS, MODALITIES, SENTIMENTS
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TEXT, AUDIO, VISUAL = (MODALITIES.index(m) for m in ("text", "audio", "visual"))
+
+
+@dataclass
+class ModelInputs:
+    """A batch. A modality whose tensors are None counts as absent for every row."""
+
+    modality_mask: torch.Tensor  # [B, 3] bool
+    input_ids: torch.Tensor | None = None  # [B, L] int64
+    attention_mask: torch.Tensor | None = None  # [B, L] int64
+    token_type_ids: torch.Tensor | None = None  # [B, L] int64, 1 on the context segment
+    log_mel: torch.Tensor | None = None  # [B, M, T]
+    audio_mask: torch.Tensor | None = None  # [B, T] bool
+    frames: torch.Tensor | None = None  # [B, N, 3, S, S] uint8 RGB
+    # Training cache: hidden states after the text encoder's frozen layers ([B, L, H]).
+    text_hidden: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str) -> ModelInputs:
+        moved = {
+            f.name: (value.to(device, non_blocking=True) if value is not None else None)
+            for f in fields(self)
+            for value in [getattr(self, f.name)]
+        }
+        return ModelInputs(**moved)
+
+    def __len__(self) -> int:
+        return self.modality_mask.shape[0]
+
+
+@dataclass
+class ModelOutput:
+    emotion_logits: torch.Tensor  # [B, 7]
+    sentiment_logits: torch.Tensor  # [B, 3]
+    modality_emotion_logits: torch.Tensor  # [B, 3, 7], zeros where the modality was not used
+    modality_sentiment_logits: torch.Tensor  # [B, 3, 3], zeros where the modality was not used
+    modalities_used: torch.Tensor  # [B, 3] bool: present in the input AND trained
+
+
+def inputs_from_bundle(bundle: FeatureBundle, device: torch.device | str = "cpu") -> ModelInputs:
+    """Every tensor of a feature bundle as a model batch (one row per utterance)."""
+
+    def tensor(name: str) -> torch.Tensor:
+        # torch.tensor copies: bundle arrays may be read-only views of the received bytes.
+        return torch.tensor(getattr(bundle, name), device=device)
+
+    return ModelInputs(
+        modality_mask=tensor("modality_mask").bool(),
+        input_ids=tensor("input_ids"),
+        attention_mask=tensor("attention_mask"),
+        token_type_ids=tensor("token_type_ids"),
+        log_mel=tensor("log_mel"),
+        audio_mask=tensor("audio_mask").bool(),
+        frames=tensor("frames"),
+    )
+
+
+def _transformers_model(name: str | None, inline_config: dict | None) -> nn.Module:
+    from transformers import AutoConfig, AutoModel
+
+    if inline_config is not None:
+        config = dict(inline_config)
+        return AutoModel.from_config(AutoConfig.for_model(config.pop("model_type"), **config))
+    # local_files_only: loading a checkpoint must never reach the network.
+    return AutoModel.from_pretrained(resolve_pretrained(name), local_files_only=True)
+
+
+class TextEncoder(nn.Module):
+    """A transformers encoder, mean-pooled over the utterance's tokens, projected to embed_dim."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        backbone = _transformers_model(config.text_encoder, config.text_encoder_config)
+        self.hidden_size = backbone.config.hidden_size
+        self.uses_token_types = getattr(backbone.config, "type_vocab_size", 0) > 1
+        self.layer_count = backbone.config.num_hidden_layers
+        self.frozen_depth = 0
+        mode = config.text_train_mode
+        if mode == "lora":
+            from peft import LoraConfig, get_peft_model
+
+            backbone = get_peft_model(
+                backbone, LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.1)
+            )
+        elif mode in ("frozen", "top_layers"):
+            backbone.requires_grad_(False)
+            self.frozen_depth = self.layer_count
+            if mode == "top_layers":
+                trained = min(config.text_train_layers, self.layer_count)
+                self.frozen_depth = self.layer_count - trained
+                for layer in self._layers(backbone)[self.frozen_depth :]:
+                    layer.requires_grad_(True)
+        self.backbone = backbone
+        self.project = nn.Sequential(
+            nn.Dropout(config.dropout), nn.Linear(self.hidden_size, config.embed_dim), nn.GELU()
+        )
+
+    @staticmethod
+    def _layers(backbone: nn.Module) -> nn.ModuleList:
+        encoder = getattr(backbone, "encoder", None)
+        layers = getattr(encoder, "layer", None)
+        if not isinstance(layers, nn.ModuleList):
+            raise ValueError(
+                f"text_train_mode='top_layers' needs an encoder with .encoder.layer "
+                f"({type(backbone).__name__} has none); use 'lora' or 'full'"
+            )
+        return layers
+
+    def _backbone_kwargs(self, input_ids, attention_mask, token_type_ids) -> dict:
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if self.uses_token_types and token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        return kwargs
+
+    @torch.no_grad()
+    def frozen_hidden(self, input_ids, attention_mask, token_type_ids) -> torch.Tensor:
+        """Hidden states after the frozen layers: constant during training, so they can be cached."""
+        out = self.backbone(
+            **self._backbone_kwargs(input_ids, attention_mask, token_type_ids), output_hidden_states=True
+        )
+        return out.hidden_states[self.frozen_depth]
+
+    def _run_trained_layers(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        from transformers.masking_utils import create_bidirectional_mask
+
+        mask = create_bidirectional_mask(
+            config=self.backbone.config, inputs_embeds=hidden, attention_mask=attention_mask
+        )
+        for layer in self._layers(self.backbone)[self.frozen_depth :]:
+            hidden = layer(hidden, mask)
+            if isinstance(hidden, tuple):
+                hidden = hidden[0]
+        return hidden
+
+    def forward(self, input_ids, attention_mask, token_type_ids, hidden=None) -> torch.Tensor:
+        if hidden is not None:
+            hidden = self._run_trained_layers(hidden.to(self.project[1].weight.dtype), attention_mask)
+        else:
+            kwargs = self._backbone_kwargs(input_ids, attention_mask, token_type_ids)
+            hidden = self.backbone(**kwargs).last_hidden_state
+        pool_mask = attention_mask.bool()
+        if self.config.text_pool_target_only and token_type_ids is not None:
+            pool_mask = pool_mask & (token_type_ids == 0)
+        weights = pool_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        return self.project(pooled)
+
+
+class AudioEncoder(nn.Module):
+    """2-D CNN over the log-mel image; padded frames are excluded from normalisation and pooling."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_channels = 1
+        for channels in config.audio_channels:
+            layers += [
+                nn.Conv2d(in_channels, channels, 3, stride=2, padding=1),
+                nn.GroupNorm(min(8, channels), channels),
+                nn.GELU(),
+            ]
+            in_channels = channels
+        self.conv = nn.Sequential(*layers)
+        self.stride = 2 ** len(config.audio_channels)
+        self.project = nn.Sequential(
+            nn.Dropout(config.dropout), nn.Linear(2 * in_channels, config.embed_dim), nn.GELU()
+        )
+
+    def forward(self, log_mel: torch.Tensor, audio_mask: torch.Tensor) -> torch.Tensor:
+        x = log_mel.float()
+        mask = audio_mask.bool()
+        frame_weights = mask[:, None, :].float()  # [B, 1, T]
+        count = (frame_weights.sum(-1, keepdim=True) * x.shape[1]).clamp(min=1.0)
+        mean = (x * frame_weights).sum((1, 2), keepdim=True) / count
+        var = (((x - mean) ** 2) * frame_weights).sum((1, 2), keepdim=True) / count
+        x = (x - mean) / (var.sqrt() + 1e-5) * frame_weights
+        x = self.conv(x.unsqueeze(1).to(self.project[1].weight.dtype)).mean(2)  # [B, C, T']
+        pooled_mask = F.max_pool1d(mask[:, None, :].float(), self.stride, self.stride, ceil_mode=True)[
+            :, :, : x.shape[-1]
+        ]  # [B, 1, T']
+        valid = pooled_mask.sum(-1).clamp(min=1.0)
+        mean_pool = (x * pooled_mask).sum(-1) / valid
+        max_pool = x.masked_fill(pooled_mask == 0, torch.finfo(x.dtype).min).amax(-1)
+        max_pool = torch.where(pooled_mask.sum(-1) > 0, max_pool, torch.zeros_like(max_pool))
+        return self.project(torch.cat([mean_pool, max_pool], dim=-1))
+
+
+class VisualEncoder(nn.Module):
+    """A per-frame image backbone (small CNN or a transformers model), then temporal pooling."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.is_transformers = config.visual_backbone == "transformers"
+        if self.is_transformers:
+            self.backbone = _transformers_model(config.visual_encoder, config.visual_encoder_config)
+            backbone_config = self.backbone.config
+            sizes = getattr(backbone_config, "hidden_sizes", None)
+            features = sizes[-1] if sizes else backbone_config.hidden_size
+            if not config.visual_train_backbone:
+                self.backbone.requires_grad_(False)
+        else:
+            layers: list[nn.Module] = []
+            in_channels = 3
+            for channels in config.visual_channels:
+                layers += [
+                    nn.Conv2d(in_channels, channels, 3, stride=2, padding=1),
+                    nn.GroupNorm(min(8, channels), channels),
+                    nn.GELU(),
+                ]
+                in_channels = channels
+            layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+            self.backbone = nn.Sequential(*layers)
+            features = in_channels
+        self.project = nn.Sequential(
+            nn.Dropout(config.dropout), nn.Linear(2 * features, config.embed_dim), nn.GELU()
+        )
+
+    def _frame_features(self, images: torch.Tensor) -> torch.Tensor:
+        if not self.is_transformers:
+            return self.backbone(images)
+        out = self.backbone(pixel_values=images)
+        pooled = getattr(out, "pooler_output", None)
+        if pooled is None:
+            hidden = out.last_hidden_state
+            pooled = hidden.mean(1) if hidden.dim() == 3 else hidden.mean((2, 3))
+        return pooled.flatten(1)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        batch, count = frames.shape[:2]
+        images = frames.flatten(0, 1).float() / 255.0
+        images = ((images - self.mean) / self.std).to(self.project[1].weight.dtype)
+        per_frame = self._frame_features(images).view(batch, count, -1)
+        return self.project(torch.cat([per_frame.mean(1), per_frame.amax(1)], dim=-1))
+
+
+class MoodreelModel(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.text = TextEncoder(config)
+        self.audio = AudioEncoder(config)
+        self.visual = VisualEncoder(config)
+        dim = config.embed_dim
+        self.absent = nn.Parameter(torch.randn(len(MODALITIES), dim) * 0.02)
+        self.fusion = nn.Sequential(
+            nn.Linear(len(MODALITIES) * dim, config.fusion_hidden),
+            nn.GELU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.fusion_hidden, config.fusion_hidden),
+            nn.GELU(),
+            nn.Dropout(config.dropout),
+        )
+        self.emotion_head = nn.Linear(config.fusion_hidden, len(EMOTIONS))
+        self.sentiment_head = nn.Linear(config.fusion_hidden, len(SENTIMENTS))
+        self.modality_emotion_heads = nn.ModuleList(nn.Linear(dim, len(EMOTIONS)) for _ in MODALITIES)
+        self.modality_sentiment_heads = nn.ModuleList(nn.Linear(dim, len(SENTIMENTS)) for _ in MODALITIES)
+        trained = torch.tensor([m in config.trained_modalities for m in MODALITIES])
+        self.register_buffer("trained", trained, persistent=False)
+
+    def _modalities_to_use(self, inputs: ModelInputs) -> torch.Tensor:
+        has_tensors = torch.tensor(
+            [
+                inputs.input_ids is not None or inputs.text_hidden is not None,
+                inputs.log_mel is not None,
+                inputs.frames is not None,
+            ],
+            device=inputs.modality_mask.device,
+        )
+        use = inputs.modality_mask.bool() & has_tensors & self.trained.to(inputs.modality_mask.device)
+        if self.training and self.config.modality_dropout > 0:
+            dropped = use & (torch.rand(use.shape, device=use.device) < self.config.modality_dropout)
+            kept = use & ~dropped
+            # Never hide every modality of a row: that row would teach nothing.
+            use = torch.where(kept.any(-1, keepdim=True), kept, use)
+        return use
+
+    def _encode(self, index: int, inputs: ModelInputs, rows: torch.Tensor) -> torch.Tensor:
+        if index == TEXT:
+            text_hidden = inputs.text_hidden[rows] if inputs.text_hidden is not None else None
+            token_types = inputs.token_type_ids[rows] if inputs.token_type_ids is not None else None
+            input_ids = inputs.input_ids[rows] if inputs.input_ids is not None else None
+            return self.text(input_ids, inputs.attention_mask[rows], token_types, hidden=text_hidden)
+        if index == AUDIO:
+            return self.audio(inputs.log_mel[rows], inputs.audio_mask[rows])
+        return self.visual(inputs.frames[rows])
+
+    def forward(self, inputs: ModelInputs) -> ModelOutput:
+        used = self._modalities_to_use(inputs)
+        batch = used.shape[0]
+        embeddings = []
+        for index in range(len(MODALITIES)):
+            embedding = self.absent[index].expand(batch, -1)
+            rows = used[:, index].nonzero(as_tuple=True)[0]
+            if rows.numel():
+                encoded = self._encode(index, inputs, rows).to(embedding.dtype)
+                embedding = embedding.index_copy(0, rows, encoded)
+            embeddings.append(embedding)
+        fused = self.fusion(torch.cat(embeddings, dim=-1))
+        weights = used.unsqueeze(-1).to(fused.dtype)
+        modality_emotion = torch.stack(
+            [head(e) for head, e in zip(self.modality_emotion_heads, embeddings, strict=True)], dim=1
+        )
+        modality_sentiment = torch.stack(
+            [head(e) for head, e in zip(self.modality_sentiment_heads, embeddings, strict=True)], dim=1
+        )
+        return ModelOutput(
+            emotion_logits=self.emotion_head(fused),
+            sentiment_logits=self.sentiment_head(fused),
+            modality_emotion_logits=modality_emotion * weights,
+            modality_sentiment_logits=modality_sentiment * weights,
+            modalities_used=used,
+        )
+
+    def base_state_names(self) -> set[str]:
+        """State entries that come unchanged from a pretrained base: rebuilt, not stored."""
+        names: set[str] = set()
+        state = self.state_dict()
+        parameters = dict(self.named_parameters())
+        for prefix, pretrained in (
+            ("text.backbone.", self.config.text_is_pretrained),
+            ("visual.backbone.", self.config.visual_is_pretrained),
+        ):
+            if not pretrained:
+                continue
+            for name in state:
+                if not name.startswith(prefix):
+                    continue
+                parameter = parameters.get(name)
+                if parameter is None or not parameter.requires_grad:
+                    names.add(name)
+        return names
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters by part, for per-part learning rates."""
+        groups: dict[str, list[nn.Parameter]] = {"text_encoder": [], "audio": [], "visual": [], "fusion": []}
+        for name, parameter in self.named_parameters():
+            if not parameter.requires_grad:
+                continue
+            if name.startswith("text.backbone."):
+                groups["text_encoder"].append(parameter)
+            elif name.startswith("audio."):
+                groups["audio"].append(parameter)
+            elif name.startswith("visual."):
+                groups["visual"].append(parameter)
+            else:
+                groups["fusion"].append(parameter)
+        return groups

@@ -1,0 +1,157 @@
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from services.model.network import MoodreelModel, inputs_from_bundle
+from services.model.testing import TINY_SPEC, tiny_model_config
+from shared.bundle import FeatureBundle, UtteranceMeta
+from shared.labels import MODALITIES
+from tests.model.helpers import random_inputs
+
+ALL_MASKS = [list(combo) for combo in itertools.product([False, True], repeat=3)]
+
+
+def build(**changes) -> MoodreelModel:
+    torch.manual_seed(0)
+    return MoodreelModel(tiny_model_config(TINY_SPEC, **changes)).eval()
+
+
+@pytest.mark.parametrize("mode", ["frozen", "top_layers", "lora", "full"])
+def test_text_train_modes_train_exactly_their_parts(mode):
+    model = build(text_train_mode=mode, text_train_layers=1).train()
+    inputs = random_inputs(TINY_SPEC, [[True, False, False]] * 4)
+    output = model(inputs)
+    (output.emotion_logits.sum() + output.sentiment_logits.sum()).backward()
+    text_grads = {
+        name: parameter.grad is not None and bool(parameter.grad.abs().sum() > 0)
+        for name, parameter in model.text.backbone.named_parameters()
+        if parameter.requires_grad
+    }
+    if mode == "frozen":
+        assert text_grads == {}
+    elif mode == "top_layers":
+        assert text_grads and all(".layer.1." in name for name in text_grads)
+        assert any(text_grads.values())
+    elif mode == "lora":
+        assert text_grads and all("lora_" in name for name in text_grads)
+        # LoRA's B starts at zero, so only B receives a gradient on the first step.
+        assert any(text_grads[name] for name in text_grads if "lora_B" in name)
+    else:
+        assert text_grads["embeddings.word_embeddings.weight"]
+    assert model.emotion_head.weight.grad.abs().sum() > 0
+    assert model.text.project[1].weight.grad.abs().sum() > 0
+
+
+def test_cached_frozen_hidden_states_give_the_same_output():
+    model = build(text_train_mode="top_layers", text_train_layers=1)
+    inputs = random_inputs(TINY_SPEC, [[True, False, False]] * 3)
+    hidden = model.text.frozen_hidden(inputs.input_ids, inputs.attention_mask, inputs.token_type_ids)
+    with torch.no_grad():
+        direct = model(inputs).emotion_logits
+        inputs.text_hidden = hidden
+        inputs.input_ids = None
+        cached = model(inputs).emotion_logits
+    torch.testing.assert_close(direct, cached, rtol=1e-4, atol=1e-5)
+
+
+def test_roberta_style_encoder_without_segment_embeddings():
+    config = tiny_model_config(TINY_SPEC).text_encoder_config | {
+        "model_type": "roberta",
+        "type_vocab_size": 1,
+    }
+    model = build(text_encoder_config=config)
+    output = model(random_inputs(TINY_SPEC, [[True, False, False]] * 2))
+    assert torch.isfinite(output.emotion_logits).all()
+
+
+def test_small_cnn_visual_backbone():
+    model = build(visual_backbone="cnn", visual_encoder_config=None, visual_channels=(4, 8))
+    output = model(random_inputs(TINY_SPEC, [[False, False, True]] * 2))
+    assert output.modalities_used[:, 2].all()
+    assert torch.isfinite(output.emotion_logits).all()
+
+
+@pytest.mark.parametrize(
+    "mask", ALL_MASKS, ids=lambda m: "".join("TAV"[i] if m[i] else "-" for i in range(3))
+)
+def test_every_missing_modality_combination_is_masked(mask):
+    model = build()
+    inputs = random_inputs(TINY_SPEC, [mask, [True, True, True]], seed=1)
+    with torch.no_grad():
+        output = model(inputs)
+        # Change the content of every modality the first row lacks: its result must not move.
+        changed = random_inputs(TINY_SPEC, [mask, [True, True, True]], seed=2)
+        for index, present in enumerate(mask):
+            if present:
+                name = ("input_ids", "log_mel", "frames")[index]
+                getattr(changed, name)[0] = getattr(inputs, name)[0]
+                if index == 0:
+                    changed.attention_mask[0] = inputs.attention_mask[0]
+                    changed.token_type_ids[0] = inputs.token_type_ids[0]
+                if index == 1:
+                    changed.audio_mask[0] = inputs.audio_mask[0]
+        again = model(changed)
+    assert output.modalities_used[0].tolist() == mask
+    assert output.modalities_used[1].all()
+    torch.testing.assert_close(output.emotion_logits[0], again.emotion_logits[0])
+    torch.testing.assert_close(output.sentiment_logits[0], again.sentiment_logits[0])
+    for index, present in enumerate(mask):
+        if not present:
+            assert not output.modality_emotion_logits[0, index].any()
+            assert not output.modality_sentiment_logits[0, index].any()
+        else:
+            assert output.modality_emotion_logits[0, index].abs().sum() > 0
+
+
+def test_absent_modality_is_not_the_same_as_zero_features():
+    model = build()
+    inputs = random_inputs(TINY_SPEC, [[True, True, True], [True, True, False]])
+    inputs.frames[0] = 0
+    inputs.frames[1] = 0
+    with torch.no_grad():
+        output = model(inputs)
+    assert not torch.allclose(output.emotion_logits[0], output.emotion_logits[1])
+
+
+def test_untrained_modality_is_never_used():
+    model = build(trained_modalities=("text",))
+    with torch.no_grad():
+        output = model(random_inputs(TINY_SPEC, [[True, True, True], [False, True, True]]))
+    assert output.modalities_used.tolist() == [[True, False, False], [False, False, False]]
+
+
+def test_modality_dropout_hides_modalities_but_never_all_of_a_row():
+    model = build(modality_dropout=0.6).train()
+    torch.manual_seed(3)
+    used = model(random_inputs(TINY_SPEC, [[True, True, True]] * 64)).modalities_used
+    assert used.any(-1).all()
+    assert (~used).any()
+    assert used.sum() > 64
+
+
+def test_inputs_from_numpy_bundle():
+    spec = TINY_SPEC
+    count = 2
+    rng = np.random.default_rng(0)
+    bundle = FeatureBundle(
+        utterances=[UtteranceMeta(start=i, end=i + 1.0, text="hi") for i in range(count)],
+        frames=rng.integers(
+            0, 255, (count, spec.frames_per_utterance, 3, spec.frame_size, spec.frame_size), dtype=np.uint8
+        ),
+        frame_times=np.zeros((count, spec.frames_per_utterance), dtype=np.float32),
+        log_mel=rng.standard_normal((count, spec.n_mels, spec.max_audio_frames)).astype(np.float16),
+        audio_mask=np.ones((count, spec.max_audio_frames), dtype=bool),
+        input_ids=rng.integers(100, 1000, (count, spec.max_tokens), dtype=np.int64),
+        attention_mask=np.ones((count, spec.max_tokens), dtype=np.int64),
+        token_type_ids=np.zeros((count, spec.max_tokens), dtype=np.int64),
+        modality_mask=np.array([[True, False, True], [True, True, True]]),
+        spec_hash=spec.hash,
+    )
+    restored = FeatureBundle.from_bytes(bundle.to_bytes())
+    with torch.no_grad():
+        output = build()(inputs_from_bundle(restored))
+    assert output.modalities_used.tolist() == [[True, False, True], [True, True, True]]
+    assert output.emotion_logits.shape == (2, 7)
+    assert len(MODALITIES) == output.modality_emotion_logits.shape[1]
