@@ -3,8 +3,121 @@ inside the commands so ``moodreel --help`` is instant."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Moodreel: emotion and sentiment in video.")
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="Moodreel: emotion and sentiment in video."
+)
 sagemaker_app = typer.Typer(no_args_is_help=True, help="Train and deploy on AWS SageMaker.")
 app.add_typer(sagemaker_app, name="sagemaker")
+
+
+# --- model service (issue 4) --------------------------------------------------------------------
+@app.command()
+def serve(
+    model_dir: Path | None = typer.Option(
+        None,
+        "--model-dir",
+        help="checkpoint directory [default: /opt/ml/model if present, else MOODREEL_MODEL_DIR]",
+    ),
+    host: str = typer.Option("0.0.0.0", help="bind address (SageMaker needs 0.0.0.0)"),
+    port: int | None = typer.Option(None, help="[default: SAGEMAKER_BIND_TO_PORT or 8080]"),
+    workers: int | None = typer.Option(None, help="[default: SAGEMAKER_MODEL_SERVER_WORKERS or 1]"),
+) -> None:
+    """Run the model server: GET /ping, POST /invocations, GET /spec, GET /metrics."""
+    from services.model.server import serve as run_server
+
+    run_server(model_dir, host=host, port=port, workers=workers)
+
+
+@sagemaker_app.command("deploy")
+def sagemaker_deploy(
+    checkpoint: Path = typer.Argument(..., exists=True, file_okay=False, help="checkpoint directory"),
+    endpoint: str | None = typer.Option(None, help="[default: MOODREEL_SAGEMAKER_ENDPOINT_NAME]"),
+    role: str | None = typer.Option(None, help="execution role ARN [default: MOODREEL_SAGEMAKER_ROLE_ARN]"),
+    image: str | None = typer.Option(None, help="ECR image URI [default: MOODREEL_SAGEMAKER_IMAGE_URI]"),
+    bucket: str | None = typer.Option(None, help="artifact bucket [default: MOODREEL_SAGEMAKER_BUCKET]"),
+    prefix: str | None = typer.Option(None, help="artifact key prefix [default: MOODREEL_SAGEMAKER_PREFIX]"),
+    instance_type: str | None = typer.Option(None, help="[default: MOODREEL_SAGEMAKER_INSTANCE_TYPE]"),
+    instance_count: int = typer.Option(1, min=1),
+    min_instances: int = typer.Option(1, min=1),
+    max_instances: int = typer.Option(4, min=1),
+    invocations_per_instance: float = typer.Option(100.0, help="autoscaling target, per instance per minute"),
+) -> None:
+    """Upload the model, create or update (blue/green) the endpoint, and register autoscaling."""
+    import json
+    import tempfile
+    from dataclasses import asdict
+
+    from services.model.checkpoint import package_model_tar, read_checkpoint_document
+    from services.model.deploy import DeployConfig, SageMakerDeployer
+    from shared.features.spec import FeatureSpec
+    from shared.settings import get_settings
+
+    settings = get_settings()
+    missing = [
+        option
+        for option, value in (
+            ("--role", role or settings.sagemaker_role_arn),
+            ("--image", image or settings.sagemaker_image_uri),
+            ("--bucket", bucket or settings.sagemaker_bucket),
+        )
+        if not value
+    ]
+    if missing:
+        raise typer.BadParameter(f"set {', '.join(missing)} (or their MOODREEL_SAGEMAKER_* settings)")
+    if min_instances > max_instances:
+        raise typer.BadParameter("--min-instances exceeds --max-instances")
+    config = DeployConfig(
+        endpoint_name=endpoint or settings.sagemaker_endpoint_name,
+        role_arn=role or settings.sagemaker_role_arn,
+        image_uri=image or settings.sagemaker_image_uri,
+        bucket=bucket or settings.sagemaker_bucket,
+        prefix=prefix if prefix is not None else settings.sagemaker_prefix,
+        instance_type=instance_type or settings.sagemaker_instance_type,
+        initial_instance_count=instance_count,
+        min_instances=min_instances,
+        max_instances=max_instances,
+        invocations_per_instance=invocations_per_instance,
+    )
+    spec = FeatureSpec.model_validate(read_checkpoint_document(checkpoint)["feature_spec"])
+    with tempfile.TemporaryDirectory(prefix="moodreel-deploy-") as scratch:
+        artifact = package_model_tar(checkpoint, Path(scratch) / "model.tar.gz")
+        result = SageMakerDeployer.from_region(settings.aws_region).deploy(artifact, spec, config)
+    print(json.dumps(asdict(result), indent=2))
+
+
+@sagemaker_app.command("invoke")
+def sagemaker_invoke(
+    bundle: Path = typer.Argument(..., exists=True, dir_okay=False, help="a feature bundle (.safetensors)"),
+    endpoint: str | None = typer.Option(None, help="[default: MOODREEL_SAGEMAKER_ENDPOINT_NAME]"),
+) -> None:
+    """Score a feature bundle on the endpoint (chunked under 6 MB, retried) and print the JSON."""
+    from shared.bundle import FeatureBundle
+    from shared.model_client import model_client_from_settings
+    from shared.settings import get_settings
+
+    settings = get_settings().model_copy(update={"model_backend": "sagemaker"})
+    if endpoint:
+        settings = settings.model_copy(update={"sagemaker_endpoint_name": endpoint})
+    with model_client_from_settings(settings) as client:
+        print(client.invoke(FeatureBundle.load(bundle)).model_dump_json(indent=2))
+
+
+@sagemaker_app.command("delete")
+def sagemaker_delete(
+    endpoint: str | None = typer.Option(None, help="[default: MOODREEL_SAGEMAKER_ENDPOINT_NAME]"),
+    yes: bool = typer.Option(False, "--yes", help="do not ask for confirmation"),
+) -> None:
+    """Delete the endpoint, its config, model and autoscaling target (S3 artifacts stay)."""
+    from services.model.deploy import SageMakerDeployer
+    from shared.settings import get_settings
+
+    settings = get_settings()
+    name = endpoint or settings.sagemaker_endpoint_name
+    if not yes:
+        typer.confirm(f"Delete SageMaker endpoint {name}?", abort=True)
+    for removed in SageMakerDeployer.from_region(settings.aws_region).delete(name):
+        print(f"deleted {removed}")

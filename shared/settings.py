@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     transcript_time_tolerance_seconds: float = 0.5
     ffmpeg_timeout_seconds: float = 600.0
     ffmpeg_threads: int = 2
+    ffprobe_timeout_seconds: float = 30.0
+    max_transcript_bytes: int = 5_000_000
 
     # --- data sets (read-only, never copied into the repo) ------------------------------------
     meld_dir: Path = Field(
@@ -101,6 +103,12 @@ class Settings(BaseSettings):
     model_client_max_utterances_per_request: int = Field(64, ge=1)
     # Where the SageMaker backend reads the FeatureSpec; unset: beside the deployed artifact.
     sagemaker_spec_uri: str | None = None
+    # `moodreel sagemaker deploy` defaults (each is also a command option).
+    sagemaker_role_arn: str | None = None
+    sagemaker_image_uri: str | None = None
+    sagemaker_bucket: str | None = None
+    sagemaker_prefix: str = "moodreel/models"
+    sagemaker_instance_type: str = "ml.g5.xlarge"
 
     # --- gateway: accounts, keys, quotas, uploads (issue 5) -----------------------------------
     # Every Redis key (rate limits, login throttling, event streams) starts with this prefix.
