@@ -1,0 +1,121 @@
+"""Where uploaded media lives: a local directory (embedded default) or an S3 bucket.
+
+The gateway hands out upload targets (a presigned S3 PUT, or a signed PUT to itself); the worker
+reads objects with :meth:`MediaStorage.download_to`; deleting an analysis deletes its media.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from shared.settings import Settings, get_settings
+
+
+class StorageError(Exception):
+    """The object is missing or the store failed (the worker treats it as transient)."""
+
+
+class MediaStorage(Protocol):
+    backend: str
+
+    def size(self, key: str) -> int | None: ...
+
+    def download_to(self, key: str, destination: Path) -> int: ...
+
+    def delete(self, key: str) -> None: ...
+
+
+def _safe_key(key: str) -> str:
+    parts = Path(key).parts
+    if not parts or key.startswith("/") or any(part in ("..", "") for part in parts):
+        raise StorageError(f"invalid storage key {key!r}")
+    return key
+
+
+@dataclass
+class LocalStorage:
+    root: Path
+    backend: str = "local"
+
+    def path(self, key: str) -> Path:
+        return self.root / _safe_key(key)
+
+    def size(self, key: str) -> int | None:
+        path = self.path(key)
+        return path.stat().st_size if path.is_file() else None
+
+    def download_to(self, key: str, destination: Path) -> int:
+        source = self.path(key)
+        if not source.is_file():
+            raise StorageError(f"upload {key} is missing")
+        shutil.copyfile(source, destination)
+        return destination.stat().st_size
+
+    def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
+
+
+@dataclass
+class S3Storage:
+    client: object  # a boto3 S3 client
+    bucket: str
+    backend: str = "s3"
+
+    def presign_put(self, key: str, content_type: str, size: int, expires_in: int) -> str:
+        # Content-Type and Content-Length are signed: S3 refuses a PUT that differs from them.
+        return self.client.generate_presigned_url(
+            "put_object",
+            Params={
+                "Bucket": self.bucket,
+                "Key": _safe_key(key),
+                "ContentType": content_type,
+                "ContentLength": size,
+            },
+            ExpiresIn=expires_in,
+            HttpMethod="PUT",
+        )
+
+    def size(self, key: str) -> int | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=_safe_key(key))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise StorageError(str(exc)) from exc
+        return int(head["ContentLength"])
+
+    def download_to(self, key: str, destination: Path) -> int:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.download_file(self.bucket, _safe_key(key), str(destination))
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageError(str(exc)) from exc
+        return destination.stat().st_size
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=_safe_key(key))
+
+
+def s3_client(settings: Settings):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        region_name=settings.aws_region,
+        endpoint_url=settings.s3_endpoint_url,
+        config=Config(signature_version="s3v4", retries={"max_attempts": 3, "mode": "standard"}),
+    )
+
+
+def get_storage(settings: Settings | None = None) -> LocalStorage | S3Storage:
+    settings = settings or get_settings()
+    if settings.storage_backend == "s3":
+        return S3Storage(s3_client(settings), settings.s3_bucket)
+    return LocalStorage(settings.data_dir / "uploads")
