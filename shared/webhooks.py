@@ -38,6 +38,18 @@ def generate_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
 
 
+def callback_secret(user_id: object, settings: Settings | None = None) -> str:
+    """The secret that signs a user's per-analysis ``callback_url`` deliveries.
+
+    Derived from the server's secret key and the user id (nothing stored); the user reads it from
+    ``GET /v1/webhooks/callback-secret``. Rotating ``MOODREEL_SECRET_KEY`` rotates it.
+    """
+    settings = settings or get_settings()
+    key = settings.secret_key.get_secret_value().encode()
+    derived = hmac.new(key, f"moodreel-callback-secret:{user_id}".encode(), hashlib.sha256).digest()
+    return SECRET_PREFIX + base64.b64encode(derived[:SECRET_BYTES]).decode()
+
+
 def _secret_key(secret: str) -> bytes:
     if not secret.startswith(SECRET_PREFIX):
         raise ValueError("webhook secrets start with 'whsec_'")

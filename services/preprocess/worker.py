@@ -1,0 +1,116 @@
+"""The arq worker: ``arq services.preprocess.worker.WorkerSettings`` (``--check`` for health).
+
+Two jobs on ``settings.queue_name``:
+
+- ``analyse_video(analysis_id)``: enqueued by the gateway with ``_job_id=str(analysis_id)``, so
+  one analysis is one job. Transient failures re-queue it with exponential backoff
+  (``worker_retry_base_seconds``); its last try fails the analysis with the last error code.
+- ``deliver_webhook(delivery_id)``: one signed POST; a failed attempt re-queues itself after
+  ``webhook_retry_base_seconds * 2**(n-1)`` until ``webhook_max_attempts``.
+
+SIGTERM stops taking jobs and gives running ones ``worker_shutdown_grace_seconds`` to finish;
+jobs cancelled after that go back to the queue and resume idempotently on the next worker.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from arq import Retry, func
+from arq.connections import RedisSettings
+
+from shared.db.session import create_db_engine, make_session_factory
+from shared.logging import configure_logging, get_logger
+from shared.model_client import model_client_from_settings
+from shared.settings import get_settings
+
+from .analysis import AnalysisRun, Resources, TransientJobError, classify
+from .deliveries import attempt_delivery
+
+log = get_logger(__name__)
+settings = get_settings()
+
+# arq's own timeout is the backstop; the pipeline fails itself cleanly a little before it.
+ANALYSE_TIMEOUT_MARGIN_SECONDS = 30
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    configure_logging(settings.log_level, settings.log_json)
+    engine = create_db_engine(settings=settings, pool_size=settings.worker_max_jobs + 2)
+    ctx["engine"] = engine
+    ctx["resources"] = Resources(
+        settings=settings,
+        sessions=make_session_factory(engine),
+        redis=ctx["redis"],
+        model=model_client_from_settings(settings),
+    )
+    log.info("worker_started", queue=settings.queue_name, max_jobs=settings.worker_max_jobs)
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    resources: Resources | None = ctx.get("resources")
+    if resources is not None:
+        resources.model.close()
+    if "engine" in ctx:
+        ctx["engine"].dispose()
+    log.info("worker_stopped")
+
+
+async def analyse_video(ctx: dict[str, Any], analysis_id: str) -> dict[str, Any]:
+    resources: Resources = ctx["resources"]
+    run = AnalysisRun(resources, uuid.UUID(analysis_id))
+    job_try: int = ctx.get("job_try", 1)
+    try:
+        return await run.run()
+    except Exception as exc:
+        error = classify(exc)
+        if error is None:
+            log.exception("analysis_crashed", analysis_id=analysis_id)
+            await run.fail("internal_error", "an unexpected error occurred while processing the video")
+            return {"outcome": "failed", "code": "internal_error"}
+        if isinstance(error, TransientJobError) and job_try < settings.worker_job_tries:
+            delay = settings.worker_retry_base_seconds * 2 ** (job_try - 1)
+            log.warning(
+                "analysis_retry",
+                analysis_id=analysis_id,
+                code=error.code,
+                error=error.message,
+                try_=job_try,
+                delay=delay,
+            )
+            raise Retry(defer=delay) from exc
+        await run.fail(error.code, error.message)
+        return {"outcome": "failed", "code": error.code}
+
+
+async def deliver_webhook(ctx: dict[str, Any], delivery_id: str) -> dict[str, Any]:
+    outcome = await attempt_delivery(ctx["resources"], uuid.UUID(delivery_id))
+    if "retry_in" in outcome:
+        raise Retry(defer=outcome["retry_in"])
+    return outcome
+
+
+class WorkerSettings:
+    functions = [
+        func(
+            analyse_video,
+            timeout=settings.worker_job_timeout_seconds + ANALYSE_TIMEOUT_MARGIN_SECONDS,
+            max_tries=settings.worker_job_tries,
+        ),
+        # One attempt per try; the delivery row counts attempts, arq's tries only bound the loop.
+        func(
+            deliver_webhook,
+            timeout=settings.webhook_timeout_seconds * 3,
+            max_tries=settings.webhook_max_attempts + 1,
+        ),
+    ]
+    on_startup = startup
+    on_shutdown = shutdown
+    redis_settings = RedisSettings.from_dsn(settings.redis_url)
+    queue_name = settings.queue_name
+    max_jobs = settings.worker_max_jobs
+    job_completion_wait = settings.worker_shutdown_grace_seconds
+    # `arq --check` reads this key; refreshed well within its expiry while the worker lives.
+    health_check_interval = 15
+    keep_result = 3600
