@@ -4,6 +4,9 @@ Segment A is the utterance itself. With ``spec.context_turns = k > 0`` a second 
 k previous and k next utterances as ``Speaker: text``, previous ones first, the two sides separated
 by the tokenizer's separator token. Context turns are added whole, nearest first, while they fit in
 ``spec.max_tokens``; the utterance's own text is never cut to make room for its context.
+
+``token_arrays`` returns numpy (the bundle's type; the preprocess worker has no torch);
+``tokenize_utterances`` returns the same values as torch tensors for training code.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import lru_cache
 
-import torch
+import numpy as np
 
 from shared.bundle import UtteranceMeta
 from shared.features.spec import FeatureSpec, resolve_pretrained
@@ -55,7 +58,7 @@ def _context_segment(
     return f"{' '.join(reversed(kept_previous))} {separator} {' '.join(kept_following)}".strip()
 
 
-def tokenize_utterances(utterances: Sequence[UtteranceMeta], spec: FeatureSpec) -> dict[str, torch.Tensor]:
+def token_arrays(utterances: Sequence[UtteranceMeta], spec: FeatureSpec) -> dict[str, np.ndarray]:
     """``input_ids``, ``attention_mask`` and ``token_type_ids``, each int64 ``[U, max_tokens]``.
 
     ``token_type_ids`` is 1 exactly on the context segment's tokens, whatever the tokenizer's own
@@ -65,7 +68,7 @@ def tokenize_utterances(utterances: Sequence[UtteranceMeta], spec: FeatureSpec) 
     length = spec.max_tokens
     count = len(utterances)
     result = {
-        name: torch.zeros((count, length), dtype=torch.int64)
+        name: np.zeros((count, length), dtype=np.int64)
         for name in ("input_ids", "attention_mask", "token_type_ids")
     }
     if count == 0:
@@ -92,20 +95,24 @@ def tokenize_utterances(utterances: Sequence[UtteranceMeta], spec: FeatureSpec) 
             max_length=length,
             padding="max_length",
             truncation="longest_first",
-            return_tensors="pt",
+            return_tensors="np",
         )
-        rows_tensor = torch.tensor(rows, dtype=torch.long)
-        result["input_ids"][rows_tensor] = encoded["input_ids"].to(torch.int64)
-        result["attention_mask"][rows_tensor] = encoded["attention_mask"].to(torch.int64)
+        result["input_ids"][rows] = encoded["input_ids"]
+        result["attention_mask"][rows] = encoded["attention_mask"]
         if second is not None:
-            segments = torch.tensor(
-                [[1 if sid == 1 else 0 for sid in encoded.sequence_ids(i)] for i in range(len(rows))],
-                dtype=torch.int64,
-            )
-            result["token_type_ids"][rows_tensor] = segments
+            result["token_type_ids"][rows] = [
+                [1 if sid == 1 else 0 for sid in encoded.sequence_ids(i)] for i in range(len(rows))
+            ]
 
     if singles:
         fill(singles, [utterances[i].text for i in singles], None)
     if pairs:
         fill([i for i, _ in pairs], [utterances[i].text for i, _ in pairs], [c for _, c in pairs])
     return result
+
+
+def tokenize_utterances(utterances: Sequence[UtteranceMeta], spec: FeatureSpec) -> dict:
+    """``token_arrays`` as int64 torch tensors ``[U, max_tokens]`` (training side; needs torch)."""
+    import torch
+
+    return {name: torch.from_numpy(array) for name, array in token_arrays(utterances, spec).items()}
