@@ -16,6 +16,8 @@ dozens of them in seconds. The media cases:
 ``video_ends_early_mp4``    video stops after ``video_seconds`` (1 s), audio goes on
 ``truncated_mp4``           a valid mp4 cut short (``faststart=True``: header intact, data cut;
                             ``False``: the index at the end is gone)
+``time_coded_mp4``          grey level encodes the time (brightness = 16 + 50 * t), no audio
+``subtitles_only_mkv``      a Matroska file whose only stream is a subtitle track
 ``random_bytes``            noise with a media-looking name
 ``zero_bytes``              an empty file
 ``spoken_clip``             espeak-ng speech over testsrc2 with a matching SRT/JSON transcript
@@ -44,6 +46,8 @@ __all__ = [
     "random_bytes",
     "rotated_portrait_mp4",
     "spoken_clip",
+    "subtitles_only_mkv",
+    "time_coded_mp4",
     "truncated_mp4",
     "vfr_mp4",
     "video_ends_early_mp4",
@@ -160,6 +164,26 @@ def truncated_mp4(
     full.unlink()
     path = directory / name
     path.write_bytes(data[: int(len(data) * keep_fraction)])
+    return path
+
+
+def time_coded_mp4(directory: Path, name: str = "time-coded.mp4", duration: float = 4.0) -> Path:
+    """Each frame's luma is 16 + 50 * t (t in seconds), so a frame's brightness says when it is."""
+    return make_clip(
+        directory / name,
+        duration=duration,
+        audio=False,
+        video_source=f"color=c=black:s=64x64:r={FPS},format=yuv420p,geq=lum='16+50*T':cb=128:cr=128",
+        extra=("-crf", "0"),
+    )
+
+
+def subtitles_only_mkv(directory: Path, name: str = "subtitles.mkv") -> Path:
+    srt = directory / f"{name}.srt"
+    srt.write_text("1\n00:00:00,000 --> 00:00:01,000\nhello\n", encoding="utf-8")
+    path = directory / name
+    run_tool(ffmpeg_args("-i", str(srt), "-c:s", "srt", str(path)))
+    srt.unlink()
     return path
 
 

@@ -63,7 +63,8 @@ def parse_timestamp(text: str) -> float:
     if int(minutes) >= 60 or int(seconds) >= 60:
         raise ValueError(f"minutes and seconds must be below 60: {text!r}")
     value = int(hours or 0) * 3600 + int(minutes) * 60 + int(seconds)
-    return value + (int(fraction) / 10 ** len(fraction) if fraction else 0.0)
+    # Rounded to the microsecond so 2.28 reads back as the float 2.28, not 2.2800000000000002.
+    return round(value + (int(fraction) / 10 ** len(fraction) if fraction else 0.0), 6)
 
 
 def _time_range(line: str, number: int) -> tuple[float, float]:
@@ -271,5 +272,6 @@ def window_utterances(duration: float, window_seconds: float) -> list[UtteranceM
         bounds.append([start, min(start + window_seconds, duration)])
         start += window_seconds
     if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < window_seconds / 4:
-        bounds[-2][1] = bounds.pop()[1]
+        last = bounds.pop()
+        bounds[-1][1] = last[1]
     return [UtteranceMeta(start=round(s, 6), end=round(e, 6)) for s, e in bounds]
