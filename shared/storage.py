@@ -99,7 +99,12 @@ class S3Storage:
         return destination.stat().st_size
 
     def delete(self, key: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=_safe_key(key))
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=_safe_key(key))
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageError(str(exc)) from exc
 
 
 def s3_client(settings: Settings):

@@ -1,0 +1,1 @@
+"""The public API: accounts, API keys, quotas, uploads and analyses (FastAPI)."""

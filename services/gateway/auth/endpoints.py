@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, status
+from fastapi.security import OAuth2PasswordRequestForm
+from starlette.concurrency import run_in_threadpool
+
+from services.gateway import ratelimit
+from services.gateway.auth import service
+from services.gateway.auth.schemas import RefreshRequest, SignupRequest, TokenPair, UserPublic
+from services.gateway.deps import CurrentPrincipal, RedisDep, SessionDep, SettingsDep
+from services.gateway.openapi import problem_responses
+
+router = APIRouter(prefix="/v1/auth", tags=["auth"])
+
+
+@router.post(
+    "/signup",
+    status_code=status.HTTP_201_CREATED,
+    response_model=UserPublic,
+    responses=problem_responses(409, 422),
+    summary="Create an account",
+)
+def signup(body: SignupRequest, session: SessionDep, settings: SettingsDep) -> UserPublic:
+    return UserPublic.model_validate(service.signup(session, settings, body.email, body.password))
+
+
+@router.post(
+    "/login",
+    response_model=TokenPair,
+    responses=problem_responses(401, 422, 429),
+    summary="Sign in (OAuth2 password form) for an access token and a refresh token",
+)
+async def login(
+    request: Request,
+    form: Annotated[OAuth2PasswordRequestForm, Depends()],
+    session: SessionDep,
+    settings: SettingsDep,
+    redis_client: RedisDep,
+) -> TokenPair:
+    email = form.username.strip().lower()
+    client_ip = request.client.host if request.client else "unknown"
+    await ratelimit.check_login_allowed(redis_client, settings, email, client_ip)
+    try:
+        user = await run_in_threadpool(service.authenticate, session, email, form.password)
+    except service.InvalidCredentials:
+        await ratelimit.record_login_failure(redis_client, settings, email, client_ip)
+        raise
+    await ratelimit.clear_login_failures(redis_client, settings, email, client_ip)
+    return await run_in_threadpool(service.issue_tokens, session, settings, user)
+
+
+@router.post(
+    "/refresh",
+    response_model=TokenPair,
+    responses=problem_responses(401, 422),
+    summary="Exchange a refresh token for a new token pair (rotation)",
+)
+def refresh(body: RefreshRequest, session: SessionDep, settings: SettingsDep) -> TokenPair:
+    return service.rotate_refresh_token(session, settings, body.refresh_token)
+
+
+@router.post(
+    "/logout",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problem_responses(422),
+    summary="Revoke a refresh token and every token rotated from it",
+)
+def logout(body: RefreshRequest, session: SessionDep) -> None:
+    service.logout(session, body.refresh_token)
+
+
+@router.get(
+    "/me", response_model=UserPublic, responses=problem_responses(401), summary="The signed-in account"
+)
+def me(principal: CurrentPrincipal) -> UserPublic:
+    return UserPublic.model_validate(principal.user)

@@ -1,0 +1,184 @@
+"""Typed dependencies: settings, the database session (commits when the endpoint succeeds),
+Redis, and the authenticated principal (JWT user or API key) with its rate limit and scopes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+import redis.asyncio as aioredis
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from services.gateway import ratelimit
+from services.gateway.security import (
+    API_KEY_PREFIX,
+    InvalidToken,
+    decode_access_token,
+    hash_api_key,
+    is_well_formed_api_key,
+)
+from shared.db.models import ApiKey, User
+from shared.problems import Forbidden, Unauthorized
+from shared.settings import Settings
+from shared.usage import plan_limits
+
+SCOPE_READ = "analyses:read"
+SCOPE_WRITE = "analyses:write"
+ALL_SCOPES = (SCOPE_READ, SCOPE_WRITE)
+# last_used_at is written at most this often per key, so reads stay reads.
+LAST_USED_RESOLUTION = timedelta(seconds=60)
+
+AfterCommit = Callable[[], Awaitable[None]]
+
+
+def get_settings_dep(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+
+
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """One session per request: committed after the endpoint returns and before the response is
+    sent (so a failed commit is a 500, never a false 2xx); then the after-commit hooks run
+    (queueing jobs that must only see committed rows)."""
+    session: Session = request.app.state.session_factory()
+    try:
+        yield session
+        await run_in_threadpool(session.commit)
+    except BaseException:
+        await run_in_threadpool(session.rollback)
+        raise
+    finally:
+        await run_in_threadpool(session.close)
+    for hook in session.info.pop("after_commit", []):
+        await hook()
+
+
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+
+def after_commit(session: Session, hook: AfterCommit) -> None:
+    session.info.setdefault("after_commit", []).append(hook)
+
+
+def get_redis(request: Request) -> aioredis.Redis:
+    return request.app.state.redis
+
+
+RedisDep = Annotated[aioredis.Redis, Depends(get_redis)]
+
+
+@dataclass(frozen=True)
+class Principal:
+    user: User
+    api_key: ApiKey | None
+    scopes: frozenset[str]
+
+    @property
+    def user_id(self) -> uuid.UUID:
+        return self.user.id
+
+    @property
+    def rate_limit_identity(self) -> str:
+        return f"key:{self.api_key.id}" if self.api_key else f"user:{self.user.id}"
+
+
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    bearerFormat="JWT",
+    scheme_name="BearerAuth",
+    description="A JWT access token from `POST /v1/auth/login`, or an API key (`mr_live_…`).",
+)
+api_key_scheme = APIKeyHeader(
+    name="X-API-Key", auto_error=False, scheme_name="ApiKeyAuth", description="An API key (`mr_live_…`)."
+)
+
+
+def _principal_from_api_key(session: Session, settings: Settings, key: str) -> Principal:
+    if not is_well_formed_api_key(key):
+        raise Unauthorized("The API key is malformed.")
+    api_key = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_api_key(key, settings)))
+    now = datetime.now(UTC)
+    if api_key is None or api_key.revoked_at is not None:
+        raise Unauthorized("The API key is unknown or revoked.")
+    if api_key.expires_at is not None and api_key.expires_at <= now:
+        raise Unauthorized("The API key has expired.")
+    if not api_key.user.is_active:
+        raise Unauthorized("The account is disabled.")
+    if api_key.last_used_at is None or now - api_key.last_used_at > LAST_USED_RESOLUTION:
+        api_key.last_used_at = now
+        session.flush()
+    return Principal(api_key.user, api_key, frozenset(api_key.scopes))
+
+
+def _principal_from_jwt(session: Session, settings: Settings, token: str) -> Principal:
+    try:
+        user_id = decode_access_token(token, settings)
+    except InvalidToken as exc:
+        raise Unauthorized("The access token is invalid or expired.") from exc
+    user = session.get(User, user_id)
+    if user is None or not user.is_active:
+        raise Unauthorized("The access token's account does not exist or is disabled.")
+    return Principal(user, None, frozenset(ALL_SCOPES))
+
+
+async def authenticate(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    redis_client: RedisDep,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    header_key: Annotated[str | None, Depends(api_key_scheme)],
+) -> Principal:
+    if header_key:
+        principal = await run_in_threadpool(_principal_from_api_key, session, settings, header_key)
+    elif bearer is not None and bearer.credentials.startswith(API_KEY_PREFIX):
+        principal = await run_in_threadpool(_principal_from_api_key, session, settings, bearer.credentials)
+    elif bearer is not None:
+        principal = await run_in_threadpool(_principal_from_jwt, session, settings, bearer.credentials)
+    else:
+        raise Unauthorized("Send an access token or API key: `Authorization: Bearer …` or `X-API-Key: …`.")
+    limits = plan_limits(principal.user.plan, settings)
+    state = await ratelimit.hit(
+        redis_client,
+        settings,
+        principal.rate_limit_identity,
+        limit=limits.requests_per_minute,
+        window=60,
+        policy="requests",
+    )
+    ratelimit.enforce(state, request.scope.setdefault("state", {}))
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(authenticate)]
+
+
+def require_scopes(*scopes: str) -> Callable[[Principal], Awaitable[Principal]]:
+    async def check(principal: CurrentPrincipal) -> Principal:
+        missing = sorted(set(scopes) - principal.scopes)
+        if missing:
+            raise Forbidden(f"The API key lacks the scope(s): {', '.join(missing)}.", missing_scopes=missing)
+        return principal
+
+    return check
+
+
+async def require_user_session(principal: CurrentPrincipal) -> Principal:
+    """Account management (API keys) needs a signed-in user; an API key cannot mint keys."""
+    if principal.api_key is not None:
+        raise Forbidden("Manage API keys with a user access token, not with an API key.")
+    return principal
+
+
+ReadPrincipal = Annotated[Principal, Depends(require_scopes(SCOPE_READ))]
+WritePrincipal = Annotated[Principal, Depends(require_scopes(SCOPE_WRITE))]
+UserPrincipal = Annotated[Principal, Depends(require_user_session)]

@@ -1,0 +1,142 @@
+"""The gateway application: ``uvicorn --factory services.gateway.main:create_app``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aioredis
+from arq.connections import ArqRedis
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
+
+from services.gateway.analyses.endpoints import router as analyses_router
+from services.gateway.api_keys.endpoints import router as api_keys_router
+from services.gateway.auth.endpoints import router as auth_router
+from services.gateway.ratelimit import RateLimitHeadersMiddleware
+from services.gateway.security import DEFAULT_SECRET
+from services.gateway.uploads.endpoints import router as uploads_router
+from services.gateway.usage.endpoints import router as usage_router
+from services.gateway.webhook_docs import document_webhooks
+from services.gateway.webhooks.endpoints import router as webhooks_router
+from shared.db.session import create_db_engine, make_session_factory
+from shared.logging import configure_logging, get_logger
+from shared.problems import ServiceUnavailable, install_problem_handlers, problem_type
+from shared.settings import Settings, get_settings
+
+log = get_logger(__name__)
+
+DESCRIPTION = """
+Moodreel scores the emotion (MELD's seven) and sentiment of every utterance of a video.
+
+Authenticate with a JWT access token (`POST /v1/auth/login`) or an API key (`POST /v1/api-keys`),
+sent as `Authorization: Bearer …` or `X-API-Key: …`. Errors are RFC 9457 `application/problem+json`
+with a stable `code`. Responses carry `RateLimit-Policy` and `RateLimit` headers; a 429 carries
+`Retry-After`.
+"""
+
+TAGS = [
+    {"name": "auth", "description": "Accounts, sign-in, access and refresh tokens."},
+    {"name": "api-keys", "description": "Scoped API keys for programs (manage them with a user token)."},
+    {"name": "analyses", "description": "Submit videos, follow progress, read and export results."},
+    {"name": "uploads", "description": "Upload media (presigned S3 PUT or the gateway's local storage)."},
+    {"name": "usage", "description": "Monthly quota and request rate."},
+    {
+        "name": "webhooks",
+        "description": "Webhook endpoints (Standard Webhooks signatures) and the delivery log.",
+    },
+    {"name": "health", "description": "Liveness and readiness probes."},
+]
+
+
+def check_production_settings(settings: Settings) -> None:
+    """Refuse to start a production gateway whose tokens anyone could forge."""
+    if settings.environment != "production":
+        return
+    secret = settings.secret_key.get_secret_value()
+    if secret == DEFAULT_SECRET or len(secret) < 32:
+        raise RuntimeError(
+            "MOODREEL_SECRET_KEY must be set to a random value of at least 32 characters in production "
+            "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)."
+        )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    check_production_settings(settings)
+    configure_logging(settings.log_level, settings.log_json)
+    engine = create_db_engine(settings=settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # One client for rate limits, events and the arq queue (ArqRedis is a redis.asyncio client).
+        pool = aioredis.ConnectionPool.from_url(settings.redis_url)
+        app.state.arq = ArqRedis(pool, default_queue_name=settings.queue_name)
+        app.state.redis = app.state.arq
+        try:
+            yield
+        finally:
+            await app.state.arq.aclose()
+            await pool.aclose()
+            engine.dispose()
+
+    app = FastAPI(
+        title="Moodreel API",
+        version="1.0.0",
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        lifespan=lifespan,
+        license_info={"name": "Apache-2.0", "identifier": "Apache-2.0"},
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.session_factory = make_session_factory(engine)
+
+    install_problem_handlers(app)
+    app.add_middleware(RateLimitHeadersMiddleware)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
+            expose_headers=["Location", "RateLimit", "RateLimit-Policy", "Retry-After"],
+        )
+
+    app.include_router(auth_router)
+    app.include_router(api_keys_router)
+    app.include_router(usage_router)
+    app.include_router(uploads_router)
+    app.include_router(analyses_router)
+    app.include_router(webhooks_router)
+    # Other areas' routers plug in here (webhook endpoints API, dashboard).
+    document_webhooks(app)
+    _add_health_routes(app)
+    return app
+
+
+def _add_health_routes(app: FastAPI) -> None:
+    @app.get("/healthz", tags=["health"], summary="Liveness: the process answers")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], summary="Readiness: the database and Redis answer")
+    async def readyz(request: Request) -> dict[str, str]:
+        def ping_database() -> None:
+            with request.app.state.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+
+        try:
+            await run_in_threadpool(ping_database)
+            await request.app.state.redis.ping()
+        except Exception as exc:
+            log.warning("not_ready", error=str(exc))
+            raise ServiceUnavailable("A dependency is unavailable.") from exc
+        return {"status": "ready"}
+
+    @app.get("/problems/{code}", include_in_schema=False)
+    async def problem_doc(code: str) -> JSONResponse:
+        return JSONResponse({"type": problem_type(code), "code": code, "see": "/docs"})

@@ -1,0 +1,131 @@
+"""Fixed-window request counters in Redis and the IETF ``RateLimit-Policy``/``RateLimit`` headers.
+
+One INCR+EXPIRE pipeline per request: cheap, atomic, and shared by every gateway process. The
+headers follow draft-ietf-httpapi-ratelimit-headers (structured fields: ``q`` quota, ``w`` window,
+``r`` remaining, ``t`` seconds until reset).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.problems import TooManyRequests
+from shared.settings import Settings
+
+STATE_KEY = "ratelimit_headers"
+
+
+@dataclass(frozen=True)
+class WindowState:
+    policy: str
+    limit: int
+    window: int
+    count: int
+    reset_in: int
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.limit - self.count)
+
+    @property
+    def exceeded(self) -> bool:
+        return self.count > self.limit
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "RateLimit-Policy": f'"{self.policy}";q={self.limit};w={self.window}',
+            "RateLimit": f'"{self.policy}";r={self.remaining};t={self.reset_in}',
+        }
+
+
+async def hit(
+    client: aioredis.Redis, settings: Settings, identity: str, *, limit: int, window: int, policy: str
+) -> WindowState:
+    now = time.time()
+    window_start = int(now // window) * window
+    key = f"{settings.redis_key_prefix}rl:{policy}:{identity}:{window_start}"
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.incr(key)
+        pipe.expire(key, window + 1)
+        count, _ = await pipe.execute()
+    reset_in = max(1, math.ceil(window_start + window - now))
+    return WindowState(policy, limit, window, int(count), reset_in)
+
+
+def enforce(state: WindowState, scope_state: dict) -> None:
+    """Remember the headers for the response; raise 429 when the window is spent."""
+    scope_state[STATE_KEY] = state.headers()
+    if state.exceeded:
+        raise TooManyRequests(
+            f"More than {state.limit} requests in {state.window} s; retry after {state.reset_in} s.",
+            retry_after=state.reset_in,
+        )
+
+
+# --- login throttling ----------------------------------------------------------------------------
+def _login_keys(settings: Settings, email: str, client_ip: str) -> list[str]:
+    email_digest = hashlib.sha256(email.lower().encode()).hexdigest()[:32]
+    return [
+        f"{settings.redis_key_prefix}login:email:{email_digest}",
+        f"{settings.redis_key_prefix}login:ip:{client_ip}",
+    ]
+
+
+async def check_login_allowed(client: aioredis.Redis, settings: Settings, email: str, client_ip: str) -> None:
+    email_key, ip_key = _login_keys(settings, email, client_ip)
+    # One address may try several accounts, but not unboundedly many.
+    limits = {email_key: settings.login_max_failures, ip_key: settings.login_max_failures * 4}
+    for key, limit in limits.items():
+        failures = int(await client.get(key) or 0)
+        if failures >= limit:
+            retry_after = max(1, int(await client.ttl(key)))
+            raise TooManyRequests(
+                "Too many failed sign-in attempts; try again later.", retry_after=retry_after
+            )
+
+
+async def record_login_failure(
+    client: aioredis.Redis, settings: Settings, email: str, client_ip: str
+) -> None:
+    async with client.pipeline(transaction=True) as pipe:
+        for key in _login_keys(settings, email, client_ip):
+            pipe.incr(key)
+            pipe.expire(key, settings.login_window_seconds, nx=True)
+        await pipe.execute()
+
+
+async def clear_login_failures(
+    client: aioredis.Redis, settings: Settings, email: str, client_ip: str
+) -> None:
+    await client.delete(_login_keys(settings, email, client_ip)[0])
+
+
+class RateLimitHeadersMiddleware:
+    """Adds the headers a dependency left in ``request.state`` to the response — also to error
+    responses, which FastAPI builds without the endpoint's ``Response`` object."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                extra = (scope.get("state") or {}).get(STATE_KEY)
+                if extra:
+                    message["headers"] = [
+                        *message.get("headers", []),
+                        *((name.lower().encode(), value.encode()) for name, value in extra.items()),
+                    ]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class UploadCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"filename": "interview.mp4", "content_type": "video/mp4", "size_bytes": 48_213_004}]
+        },
+    )
+
+    filename: str = Field(min_length=1, max_length=255)
+    content_type: str = Field(
+        default="",
+        max_length=100,
+        description="As the browser reports it (`File.type`); empty or `application/octet-stream` is "
+        "resolved from the file extension.",
+    )
+    size_bytes: int = Field(ge=1, description="Exact size; the PUT must send exactly this many bytes.")
+
+
+class UploadTarget(BaseModel):
+    upload_id: uuid.UUID
+    method: Literal["PUT"] = "PUT"
+    url: str = Field(description="PUT the file's bytes here (presigned S3 URL, or the gateway itself).")
+    headers: dict[str, str] = Field(description="Send these headers with the PUT, unchanged.")
+    expires_at: datetime
+    backend: Literal["local", "s3"]
+
+
+class UploadPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    filename: str
+    content_type: str
+    size_bytes: int
+    backend: str
+    created_at: datetime
+    expires_at: datetime
+    completed_at: datetime | None
