@@ -121,3 +121,64 @@ def sagemaker_delete(
         typer.confirm(f"Delete SageMaker endpoint {name}?", abort=True)
     for removed in SageMakerDeployer.from_region(settings.aws_region).delete(name):
         print(f"deleted {removed}")
+
+
+# --- feature pipeline (issue 2) -----------------------------------------------------------------
+def _load_spec(spec_path: Path | None):
+    from shared.features.spec import FeatureSpec
+    from shared.logging import configure_logging
+    from shared.settings import get_settings
+
+    configure_logging(get_settings().log_level)  # logs to stderr, the summary to stdout
+    return FeatureSpec.load(spec_path) if spec_path else FeatureSpec()
+
+
+@app.command()
+def features(
+    video: Path = typer.Argument(..., exists=True, dir_okay=False, help="video or audio file"),
+    transcript: Path | None = typer.Option(
+        None, exists=True, dir_okay=False, help="SRT, WebVTT or JSON segments [default: fixed windows]"
+    ),
+    out: Path | None = typer.Option(None, help="write the tensor bundle here (.safetensors)"),
+    window: float | None = typer.Option(
+        None, min=0.5, help="window length without a transcript [default: MOODREEL_DEFAULT_WINDOW_SECONDS]"
+    ),
+    spec_path: Path | None = typer.Option(
+        None, "--spec", exists=True, dir_okay=False, help="FeatureSpec JSON (e.g. a checkpoint's spec.json)"
+    ),
+) -> None:
+    """Run the feature pipeline on one file and print a summary of its utterances."""
+    from shared.features.media import MediaError
+    from shared.features.pipeline import extract_features, summary_table
+    from shared.features.transcripts import TranscriptError
+
+    try:
+        bundle = extract_features(video, _load_spec(spec_path), transcript, window_seconds=window)
+    except (MediaError, TranscriptError) as exc:
+        typer.echo(f"error [{exc.code}]: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(summary_table(bundle))
+    if out:
+        bundle.save(out)
+        typer.echo(f"bundle written to {out} ({out.stat().st_size} bytes)")
+
+
+@app.command()
+def demo(
+    workdir: Path | None = typer.Option(None, help="where the generated clip goes [default: DATA_DIR/demo]"),
+) -> None:
+    """Generate a short spoken clip with its transcript (espeak-ng + ffmpeg) and run the pipeline."""
+    from shared.features.demo_media import ToolMissing, make_spoken_clip
+    from shared.features.pipeline import extract_features, summary_table
+    from shared.settings import get_settings
+
+    spec = _load_spec(None)
+    directory = workdir or get_settings().data_dir / "demo"
+    try:
+        clip = make_spoken_clip(directory)
+    except ToolMissing as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"generated {clip.video} ({clip.duration:.1f} s) and {clip.transcript}")
+    bundle = extract_features(clip.video, spec, clip.segments)  # JSON segments carry the speakers
+    typer.echo(summary_table(bundle))

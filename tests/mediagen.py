@@ -16,7 +16,7 @@ dozens of them in seconds. The media cases:
 ``video_ends_early_mp4``    video stops after ``video_seconds`` (1 s), audio goes on
 ``truncated_mp4``           a valid mp4 cut short (``faststart=True``: header intact, data cut;
                             ``False``: the index at the end is gone)
-``time_coded_mp4``          grey level encodes the time (brightness = 16 + 50 * t), no audio
+``time_coded_mp4``          grey level encodes the time (luma = 16 + 50 * t), 10 fps, no audio
 ``subtitles_only_mkv``      a Matroska file whose only stream is a subtitle track
 ``random_bytes``            noise with a media-looking name
 ``zero_bytes``              an empty file
@@ -167,13 +167,16 @@ def truncated_mp4(
     return path
 
 
-def time_coded_mp4(directory: Path, name: str = "time-coded.mp4", duration: float = 4.0) -> Path:
-    """Each frame's luma is 16 + 50 * t (t in seconds), so a frame's brightness says when it is."""
+def time_coded_mp4(
+    directory: Path, name: str = "time-coded.mp4", duration: float = 4.0, fps: int = 10
+) -> Path:
+    """Each frame's luma is 16 + 50 * t (t in seconds), so a frame's brightness says when it is.
+    At 10 fps neighbouring frames differ by 5 luma steps, far above coding/scaling error."""
     return make_clip(
         directory / name,
         duration=duration,
         audio=False,
-        video_source=f"color=c=black:s=64x64:r={FPS},format=yuv420p,geq=lum='16+50*T':cb=128:cr=128",
+        video_source=f"color=c=black:s=64x64:r={fps},format=yuv420p,geq=lum='16+50*T':cb=128:cr=128",
         extra=("-crf", "0"),
     )
 

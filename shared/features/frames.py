@@ -153,7 +153,7 @@ def extract_frames(
         script = Path(scratch) / "select.filter"
         script.write_text(
             f"select='{select_expression(targets, half_width)}',"
-            f"scale={size}:{size}:force_original_aspect_ratio=increase:flags=area,"
+            f"scale={size}:{size}:force_original_aspect_ratio=increase:flags=area+accurate_rnd+full_chroma_int,"
             f"crop={size}:{size},showinfo"
         )
         args = [

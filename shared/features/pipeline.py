@@ -88,4 +88,32 @@ def extract_features(
     )
 
 
-__all__ = ["MediaError", "TranscriptError", "extract_features"]
+def summary_table(bundle: FeatureBundle) -> str:
+    """A plain-text table of a bundle: one row per utterance with its times, speaker, text and the
+    modalities present (T text, A audio, V visual), under a line describing the media."""
+    media = bundle.media
+    video, audio = media.get("video"), media.get("audio")
+    parts = [f"duration {media.get('duration', 0):.2f} s", str(media.get("container", "?"))]
+    if video:
+        parts.append(
+            f"video {video['width']}x{video['height']} {video['fps']:.2f} fps rot {video['rotation']}"
+        )
+    if audio:
+        parts.append(f"audio {audio['sample_rate']} Hz x{audio['channels']}")
+    lines = [" | ".join(parts) + f" | spec {bundle.spec_hash}"]
+    lines += [f"note: {note}" for note in media.get("clamped", [])]
+    lines.append(f"{'#':>3}  {'start':>8}  {'end':>8}  {'mod':<3}  {'speaker':<12}  text")
+    for index, utterance in enumerate(bundle.utterances):
+        present = bundle.modality_mask[index]
+        flags = "".join(letter if on else "-" for letter, on in zip("TAV", present, strict=True))
+        text = utterance.text if len(utterance.text) <= 60 else utterance.text[:57] + "..."
+        lines.append(
+            f"{index:>3}  {utterance.start:>8.2f}  {utterance.end:>8.2f}  {flags:<3}  "
+            f"{(utterance.speaker or '')[:12]:<12}  {text}"
+        )
+    text, audio_count, visual = (int(n) for n in bundle.modality_mask.sum(axis=0).reshape(3))
+    lines.append(f"{len(bundle)} utterances; with text {text}, audio {audio_count}, visual {visual}")
+    return "\n".join(lines)
+
+
+__all__ = ["MediaError", "TranscriptError", "extract_features", "summary_table"]
