@@ -44,3 +44,44 @@ lint: install
 
 bench: install
 	$(PY) bench/preprocess.py
+
+# The default checkpoint (docs/model.md): MiniLM's text branch on MELD's label CSVs, <= 45 min on
+# 2 CPU cores, niced; published to services/model/checkpoints/default/ if its weights fit 15 MB.
+TRAIN_TEXT_DIR ?= var/train/text-default
+.PHONY: train-text
+train-text: install
+	mkdir -p var/logs
+	set -o pipefail; nice -n 5 $(VENV)/bin/moodreel train --preset text-default --output-dir $(TRAIN_TEXT_DIR) \
+	  --publish-dir services/model/checkpoints/default 2>&1 | tee var/logs/train-text.log
+
+# --- local stack, containers, dashboard assets (issue 7) -------------------------------------
+.PHONY: dev dev-stop dev-status env-example dashboard-assets images ecr-push
+DEV_STATE ?= var
+IMAGE_TAG ?= $(shell git rev-parse --short=12 HEAD)$(shell git diff --quiet HEAD -- || echo -dirty)
+
+# The compose stack as local processes (this machine's Redis; SQLite + local storage by default).
+dev: install
+	$(PY) scripts/devstack.py start --state-dir $(DEV_STATE)
+
+dev-stop:
+	$(PY) scripts/devstack.py stop --state-dir $(DEV_STATE)
+
+dev-status:
+	$(PY) scripts/devstack.py status --state-dir $(DEV_STATE)
+
+# .env.example is generated from shared/settings.py (tests/stack fails when it is stale).
+env-example: install
+	$(PY) scripts/env_example.py
+
+# Rebuild the dashboard's committed static files (Tailwind CSS, vendored htmx) with npm.
+dashboard-assets:
+	cd services/gateway/dashboard && npm ci --no-audit --no-fund && npm run build
+
+images:
+	docker build -f services/gateway/Dockerfile -t moodreel-gateway:$(IMAGE_TAG) .
+	docker build -f services/preprocess/Dockerfile -t moodreel-preprocess:$(IMAGE_TAG) .
+	docker build -f services/model/Dockerfile -t moodreel-model:$(IMAGE_TAG) .
+
+# Push the three images to ECR (AWS_REGION, optional AWS_ACCOUNT_ID); see docs/deploy.md.
+ecr-push: images
+	IMAGE_TAG=$(IMAGE_TAG) scripts/ecr_push.sh

@@ -318,6 +318,6 @@ assert bundle.modality_mask.all(), bundle.modality_mask
 
 
 def test_gateway_app_builds_with_the_gateway_image_packages():
-    code = "from services.gateway.app import create_app\ncreate_app()\nimport alembic.config"
+    code = "from services.gateway.main import create_app\ncreate_app()\nimport alembic.config"
     done = run_with_image_packages("services/gateway/requirements-image.txt", code)
     assert done.returncode == 0, done.stderr[-3000:]
