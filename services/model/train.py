@@ -1,0 +1,683 @@
+"""Training: ``moodreel train`` and the SageMaker training entry point.
+
+One loop for every source and modality mix: sources become ExampleSets (modality masks, -1 for
+labels a source lacks), AdamW with per-part learning rates, label smoothing, class weights or focal
+loss, gradient clipping, early stopping and best-checkpoint selection on dev emotion weighted F1,
+autocast on GPU, DistributedDataParallel under torchrun. With a text encoder whose lower layers are
+frozen, their hidden states are computed once and cached, so epochs only run the trained layers.
+
+SageMaker: hyperparameters arrive as ``--name value`` arguments (framework containers) or in
+``/opt/ml/input/config/hyperparameters.json`` (own image); data in ``SM_CHANNEL_TRAIN/DEV/TEST``;
+the checkpoint goes to ``SM_MODEL_DIR``, reports and TensorBoard to ``SM_OUTPUT_DATA_DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from services.model.checkpoint import load_checkpoint, save_checkpoint
+from services.model.config import ModelConfig
+from services.model.data.examples import ExampleSet
+from services.model.evaluate import autocast, evaluate_examples, summary
+from services.model.metrics import emit_metric_line
+from services.model.network import ModelOutput, MoodreelModel
+from shared.features.spec import FeatureSpec
+from shared.labels import EMOTIONS, MODALITIES, SENTIMENTS
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+SM_HYPERPARAMETERS = Path("/opt/ml/input/config/hyperparameters.json")
+
+
+@dataclass
+class TrainConfig:
+    output_dir: Path = Path("var/train/run")
+    checkpoint_name: str = "moodreel"
+    sources: tuple[str, ...] = ("meld",)
+    # Modalities to train; a modality no source provides is dropped from this list.
+    modalities: tuple[str, ...] = ("text",)
+    epochs: int = 8
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    lr_text_encoder: float = 1e-4
+    lr_audio: float = 1e-3
+    lr_visual: float = 3e-4
+    lr_fusion: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    label_smoothing: float = 0.1
+    loss: str = "ce"  # "ce" or "focal"
+    focal_gamma: float = 2.0
+    class_weighting: str = "none"  # "none", "sqrt" (inverse sqrt frequency) or "inverse"
+    sentiment_loss_weight: float = 1.0
+    modality_loss_weight: float = 0.5
+    grad_clip: float = 1.0
+    patience: int = 2
+    seed: int = 0
+    max_minutes: float = 0.0  # 0: no time budget
+    threads: int = 0  # 0: torch's default
+    cache_text_hidden: bool = True
+    evaluate_test: bool = True  # report only; selection is on dev
+    weights_dtype: str = "float32"
+    cache_dir: Path | None = None
+    tensorboard_dir: Path | None = None
+    meld_dir: Path | None = None
+    progress: bool = True
+    limit_per_split: int = 0  # >0: first N rows per split (smoke runs, tests)
+    # Copy the finished checkpoint (+ MODEL_CARD.md) here if its weights fit in publish_max_mb.
+    publish_dir: Path | None = None
+    publish_max_mb: float = 15.0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    spec: FeatureSpec = field(default_factory=FeatureSpec)
+
+
+# --- losses --------------------------------------------------------------------------------------
+
+
+def class_weights(labels: torch.Tensor, count: int, mode: str) -> torch.Tensor | None:
+    if mode == "none":
+        return None
+    frequency = torch.bincount(labels[labels >= 0], minlength=count).float().clamp(min=1.0)
+    weights = (frequency.sum() / frequency) ** (0.5 if mode == "sqrt" else 1.0)
+    return weights / (weights * frequency).sum() * frequency.sum()
+
+
+def classification_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    weight: torch.Tensor | None,
+    smoothing: float,
+    focal_gamma: float | None,
+) -> torch.Tensor:
+    """Cross-entropy (or focal loss) over rows whose label is known (>= 0)."""
+    known = targets >= 0
+    if not known.any():
+        return logits.sum() * 0.0
+    logits, targets = logits[known].float(), targets[known]
+    if focal_gamma is None:
+        return F.cross_entropy(logits, targets, weight=weight, label_smoothing=smoothing)
+    loss = F.cross_entropy(logits, targets, weight=weight, label_smoothing=smoothing, reduction="none")
+    probability = torch.exp(-F.cross_entropy(logits, targets, reduction="none"))
+    return ((1.0 - probability) ** focal_gamma * loss).mean()
+
+
+@dataclass
+class LossTerms:
+    total: torch.Tensor
+    parts: dict[str, torch.Tensor]
+
+
+class Criterion:
+    def __init__(self, config: TrainConfig, train: ExampleSet, device: torch.device):
+        self.config = config
+        weights = {
+            "emotion": class_weights(train.emotion, len(EMOTIONS), config.class_weighting),
+            "sentiment": class_weights(train.sentiment, len(SENTIMENTS), config.class_weighting),
+        }
+        self.weights = {k: (v.to(device) if v is not None else None) for k, v in weights.items()}
+        self.gamma = config.focal_gamma if config.loss == "focal" else None
+
+    def _loss(self, head: str, logits, targets) -> torch.Tensor:
+        return classification_loss(
+            logits, targets, self.weights[head], self.config.label_smoothing, self.gamma
+        )
+
+    def __call__(self, output: ModelOutput, emotion: torch.Tensor, sentiment: torch.Tensor) -> LossTerms:
+        parts = {
+            "emotion": self._loss("emotion", output.emotion_logits, emotion),
+            "sentiment": self._loss("sentiment", output.sentiment_logits, sentiment),
+        }
+        total = parts["emotion"] + self.config.sentiment_loss_weight * parts["sentiment"]
+        for index, modality in enumerate(MODALITIES):
+            used = output.modalities_used[:, index]
+            if not used.any():
+                continue
+            term = self._loss(
+                "emotion", output.modality_emotion_logits[used, index], emotion[used]
+            ) + self._loss("sentiment", output.modality_sentiment_logits[used, index], sentiment[used])
+            parts[f"{modality}_head"] = term
+            total = total + self.config.modality_loss_weight * term
+        return LossTerms(total=total, parts=parts)
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+
+def split_dirs(config: TrainConfig) -> dict[str, Path]:
+    """Where each MELD split lives: a SageMaker channel if set, else the configured MELD dir."""
+    from shared.settings import get_settings
+
+    base = Path(config.meld_dir or get_settings().meld_dir)
+    return {
+        split: Path(os.environ.get(f"SM_CHANNEL_{split.upper()}", base)) for split in ("train", "dev", "test")
+    }
+
+
+def load_source(name: str, split: str, config: TrainConfig) -> ExampleSet | None:
+    """One source's rows of a split; None when the source has no such split."""
+    if name == "meld":
+        from services.model.data.meld import clip_examples, clips_available, load_text_examples
+
+        directory = split_dirs(config)[split]
+        if clips_available(directory) and {"audio", "visual"} & set(config.modalities):
+            examples, report = clip_examples(
+                directory, split, config.spec, config.cache_dir, progress=config.progress
+            )
+            log.info("meld_clips", split=split, **report)
+        else:
+            examples = load_text_examples(directory, split, config.spec, config.cache_dir)
+    else:
+        raise ValueError(f"unknown training source {name!r}")
+    if config.limit_per_split:
+        examples = subset(examples, torch.arange(min(config.limit_per_split, len(examples))))
+    return examples
+
+
+def subset(examples: ExampleSet, indices: torch.Tensor) -> ExampleSet:
+    return ExampleSet(
+        tensors={k: v[indices] for k, v in examples.tensors.items()},
+        modality_mask=examples.modality_mask[indices],
+        emotion=examples.emotion[indices],
+        sentiment=examples.sentiment[indices],
+    )
+
+
+def load_split(split: str, config: TrainConfig) -> ExampleSet | None:
+    sets = [s for s in (load_source(name, split, config) for name in config.sources) if s is not None]
+    return ExampleSet.concat(sets) if sets else None
+
+
+def data_hash(config: TrainConfig) -> str:
+    """sha256 over the label files used and the feature spec (identifies the training data)."""
+    digest = hashlib.sha256(config.spec.canonical_json().encode())
+    for split, directory in sorted(split_dirs(config).items()):
+        path = directory / f"{split}_sent_emo.csv"
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+@torch.no_grad()
+def cache_text_hidden(model: MoodreelModel, examples: ExampleSet, batch_size: int, device, progress: bool):
+    """Add ``text_hidden``: the frozen text layers' output, computed once (stored float16)."""
+    from tqdm import tqdm
+
+    tensors = examples.tensors
+    length = int(tensors["attention_mask"].sum(1).max())
+    hidden = torch.zeros(len(examples), length, model.text.hidden_size, dtype=torch.float16)
+    order = torch.argsort(tensors["attention_mask"].sum(1))  # similar lengths batch together
+    model.text.eval()
+    for start in tqdm(range(0, len(order), batch_size), desc="cache text", disable=not progress):
+        rows = order[start : start + batch_size]
+        mask = tensors["attention_mask"][rows]
+        cut = max(int(mask.sum(1).max()), 1)
+        out = model.text.frozen_hidden(
+            tensors["input_ids"][rows, :cut].to(device),
+            mask[:, :cut].to(device),
+            tensors["token_type_ids"][rows, :cut].to(device),
+        )
+        hidden[rows, :cut] = out.to("cpu", torch.float16)
+    tensors["text_hidden"] = hidden
+    for name in ("input_ids", "attention_mask", "token_type_ids"):
+        tensors[name] = tensors[name][:, :length]
+
+
+# --- loop ----------------------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_optimizer(model: MoodreelModel, config: TrainConfig) -> torch.optim.Optimizer:
+    rates = {
+        "text_encoder": config.lr_text_encoder,
+        "audio": config.lr_audio,
+        "visual": config.lr_visual,
+        "fusion": config.lr_fusion,
+    }
+    groups = [
+        {"params": params, "lr": rates[part], "name": part}
+        for part, params in model.parameter_groups().items()
+        if params
+    ]
+    return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+
+
+def schedule(optimizer, total_steps: int, warmup_ratio: float):
+    warmup = max(1, int(total_steps * warmup_ratio))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class Distributed:
+    """torchrun's environment: rank, world size, and the process group (gloo on CPU)."""
+
+    def __init__(self):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.enabled = self.world > 1
+        if self.enabled:
+            import torch.distributed as dist
+
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            dist.init_process_group(backend)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def device(self) -> torch.device:
+        if torch.cuda.is_available():
+            torch.cuda.set_device(self.local_rank)
+            return torch.device("cuda", self.local_rank)
+        return torch.device("cpu")
+
+    def broadcast_flag(self, value: bool) -> bool:
+        if not self.enabled:
+            return value
+        import torch.distributed as dist
+
+        flag = torch.tensor([1 if value else 0])
+        dist.broadcast(flag, 0)
+        return bool(flag.item())
+
+    def close(self) -> None:
+        if self.enabled:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def train(config: TrainConfig) -> Path:
+    """Train, keep the best checkpoint on dev, evaluate it; returns the checkpoint directory."""
+    distributed = Distributed()
+    device = distributed.device()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    seed_everything(config.seed + distributed.rank)
+    started = time.monotonic()
+    output_dir = Path(config.output_dir)
+    best_dir = output_dir / "checkpoint"
+
+    train_set, dev_set = load_split("train", config), load_split("dev", config)
+    if train_set is None or dev_set is None:
+        raise ValueError("training needs a train and a dev split")
+    provided = {m for i, m in enumerate(MODALITIES) if bool(train_set.modality_mask[:, i].any())}
+    trained = tuple(m for m in MODALITIES if m in config.modalities and m in provided)
+    if not trained:
+        raise ValueError(f"no source provides any of the modalities {config.modalities}")
+    model_config = config.model.replace(trained_modalities=trained)
+    torch.manual_seed(config.seed)  # identical initial weights on every rank
+    model = MoodreelModel(model_config)
+    for modality in MODALITIES:
+        if modality not in trained:
+            # An untrained branch keeps its initial weights; the model treats it as absent.
+            getattr(model, modality).requires_grad_(False)
+    model.to(device)
+    use_cache = (
+        config.cache_text_hidden
+        and "text" in trained
+        and model_config.text_train_mode in ("frozen", "top_layers")
+    )
+    if use_cache:
+        for examples in (train_set, dev_set):
+            cache_text_hidden(
+                model, examples, config.eval_batch_size, device, config.progress and distributed.is_main
+            )
+    log.info(
+        "training_data",
+        train=len(train_set),
+        dev=len(dev_set),
+        trained_modalities=trained,
+        cached_text_hidden=use_cache,
+        seconds=round(time.monotonic() - started, 1),
+    )
+
+    network = model
+    if distributed.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        network = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+        )
+    criterion = Criterion(config, train_set, device)
+    optimizer = build_optimizer(model, config)
+    steps_per_epoch = math.ceil(len(train_set) / distributed.world / config.batch_size)
+    scheduler = schedule(optimizer, steps_per_epoch * config.epochs, config.warmup_ratio)
+    writer = _summary_writer(config.tensorboard_dir or output_dir / "tensorboard", distributed)
+
+    best_f1, best_epoch, stale, step = -1.0, 0, 0, 0
+    epoch_seconds: list[float] = []
+    history: list[dict] = []
+    for epoch in range(1, config.epochs + 1):
+        epoch_started = time.monotonic()
+        network.train()
+        generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+        order = torch.randperm(len(train_set), generator=generator)[distributed.rank :: distributed.world]
+        from tqdm import tqdm
+
+        bar = tqdm(
+            range(steps_per_epoch),
+            desc=f"epoch {epoch}",
+            disable=not (config.progress and distributed.is_main),
+        )
+        running: dict[str, float] = {}
+        for index in bar:
+            rows = order[index * config.batch_size : (index + 1) * config.batch_size]
+            if len(rows) == 0:
+                continue
+            batch = train_set.batch(rows)
+            with autocast(device):
+                output = network(batch.inputs.to(device))
+            terms = criterion(output, batch.emotion.to(device), batch.sentiment.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            terms.total.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            losses = {
+                name: float(value.detach()) for name, value in {"total": terms.total, **terms.parts}.items()
+            }
+            for name, value in losses.items():
+                running[name] = running.get(name, 0.0) + value
+            if writer is not None and step % 20 == 0:
+                for name, value in losses.items():
+                    writer.add_scalar(f"train_step/loss_{name}", value, step)
+            bar.set_postfix(loss=f"{losses['total']:.3f}")
+        train_losses = {f"loss_{k}": v / max(1, steps_per_epoch) for k, v in running.items()}
+
+        improved = False
+        if distributed.is_main:
+            report = evaluate_examples(model, dev_set, config.eval_batch_size, device, criterion)
+            dev_values = summary(report)
+            emit_metric_line("train", epoch, train_losses)
+            emit_metric_line("dev", epoch, dev_values)
+            _log_epoch(writer, epoch, train_losses, report)
+            current = report["emotion"]["weighted_f1"] if "emotion" in report else -dev_values["loss_total"]
+            history.append({"epoch": epoch, "train": train_losses, "dev": dev_values})
+            if current > best_f1:
+                best_f1, best_epoch, improved = current, epoch, True
+                save_checkpoint(
+                    best_dir,
+                    model,
+                    config.spec,
+                    {"name": config.checkpoint_name, "best_epoch": epoch},
+                    weights_dtype=getattr(torch, config.weights_dtype),
+                )
+        improved = distributed.broadcast_flag(improved)
+        stale = 0 if improved else stale + 1
+        epoch_seconds.append(time.monotonic() - epoch_started)
+        log.info("epoch_done", epoch=epoch, seconds=round(epoch_seconds[-1], 1), best_epoch=best_epoch)
+        elapsed_minutes = (time.monotonic() - started) / 60
+        over_budget = config.max_minutes and elapsed_minutes + max(epoch_seconds) / 60 > config.max_minutes
+        if distributed.broadcast_flag(stale >= config.patience or bool(over_budget)):
+            log.info("training_stopped", epoch=epoch, stale=stale, over_budget=bool(over_budget))
+            break
+
+    if distributed.is_main:
+        _finish(config, best_dir, best_epoch, history, started, device, writer)
+    distributed.close()
+    return best_dir
+
+
+def _finish(config: TrainConfig, best_dir: Path, best_epoch: int, history, started, device, writer) -> None:
+    """Reload the stored best checkpoint (what ships), score dev and test, write the meta."""
+    from services.model.checkpoint import META_FILE
+    from services.model.model_card import render_model_card
+
+    loaded = load_checkpoint(best_dir, device=device)
+    metrics = {}
+    splits = ["dev", "test"] if config.evaluate_test else ["dev"]
+    for split in splits:
+        examples = load_split(split, config)
+        if examples is None:
+            continue
+        report = evaluate_examples(loaded.model, examples, config.eval_batch_size, device)
+        metrics[split] = report
+        emit_metric_line(f"best_{split}", best_epoch, summary(report))
+    document = json.loads((best_dir / META_FILE).read_text())
+    document["meta"].update(
+        {
+            "name": config.checkpoint_name,
+            "version": time.strftime("%Y%m%d", time.gmtime()),
+            "metrics": metrics,
+            "data_hash": data_hash(config),
+            "data": {"sources": list(config.sources), "selection": "best dev emotion weighted F1"},
+            "training": {
+                "best_epoch": best_epoch,
+                "epochs_run": len(history),
+                "history": history,
+                "seconds": round(time.monotonic() - started, 1),
+                "device": str(device),
+                "hyperparameters": hyperparameters(config),
+            },
+        }
+    )
+    (best_dir / META_FILE).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    (best_dir / "MODEL_CARD.md").write_text(
+        render_model_card(document["meta"], loaded.config, loaded.spec, metrics)
+    )
+    if config.publish_dir is not None:
+        publish(best_dir, Path(config.publish_dir), config.publish_max_mb)
+    if writer is not None:
+        final = {
+            f"best/{split}_{head}_weighted_f1": metrics[split][head]["weighted_f1"]
+            for split in metrics
+            for head in ("emotion", "sentiment")
+            if head in metrics[split]
+        }
+        hparams = {
+            k: v if isinstance(v, int | float | str | bool) else str(v)
+            for k, v in hyperparameters(config).items()
+        }
+        writer.add_hparams(hparams, final, run_name="hparams")
+        writer.close()
+    log.info("training_done", checkpoint=str(best_dir), best_epoch=best_epoch)
+
+
+def publish(checkpoint: Path, destination: Path, max_mb: float) -> bool:
+    """Copy a checkpoint's files to ``destination`` (e.g. the committed default) if small enough."""
+    import shutil
+
+    size = sum(path.stat().st_size for path in checkpoint.iterdir() if path.is_file())
+    if size > max_mb * 1_000_000:
+        log.warning(
+            "publish_skipped", checkpoint=str(checkpoint), megabytes=round(size / 1e6, 2), limit=max_mb
+        )
+        return False
+    destination.mkdir(parents=True, exist_ok=True)
+    for path in checkpoint.iterdir():
+        if path.is_file():
+            shutil.copy2(path, destination / path.name)
+    log.info("published", destination=str(destination), megabytes=round(size / 1e6, 2))
+    return True
+
+
+def _summary_writer(directory: Path, distributed: Distributed):
+    if not distributed.is_main:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(directory))
+
+
+def _log_epoch(writer, epoch: int, train_losses: dict[str, float], report: dict) -> None:
+    if writer is None:
+        return
+    from services.model.metrics import confusion_figure
+
+    for name, value in train_losses.items():
+        writer.add_scalar(f"{name}/train", value, epoch)
+    for name, value in report.get("losses", {}).items():
+        writer.add_scalar(f"loss_{name}/dev", value, epoch)
+    for head in ("emotion", "sentiment"):
+        if head not in report:
+            continue
+        result = report[head]
+        for metric in ("accuracy", "weighted_f1", "macro_f1", "ece"):
+            writer.add_scalar(f"{head}_{metric}/dev", result[metric], epoch)
+        for label, scores in result["per_class"].items():
+            writer.add_scalar(f"{head}_f1_per_class/{label}", scores["f1"], epoch)
+        figure = confusion_figure(result["confusion_matrix"], result["labels"], f"{head} dev, epoch {epoch}")
+        writer.add_figure(f"{head}_confusion/dev", figure, epoch)
+    writer.flush()
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+_MODEL_FIELDS = {f.name: f for f in dataclasses.fields(ModelConfig)}
+_SPEC_FIELDS = FeatureSpec.model_fields
+
+
+def hyperparameters(config: TrainConfig) -> dict:
+    values = {
+        f.name: getattr(config, f.name)
+        for f in dataclasses.fields(TrainConfig)
+        if f.name not in ("model", "spec")
+    }
+    values |= {f"model.{k}": v for k, v in config.model.to_dict().items()}
+    values |= {f"spec.{k}": v for k, v in config.spec.model_dump(mode="json").items()}
+    return json.loads(json.dumps(values, default=str))
+
+
+def _parse_value(text: str, annotation: str):
+    if text.lower() in ("none", "null") and "None" in annotation:
+        return None
+    if annotation.startswith("bool"):
+        return text.lower() in ("1", "true", "yes", "on")
+    if annotation.startswith("tuple"):
+        parts = [part.strip() for part in text.split(",") if part.strip()]
+        return tuple(int(part) for part in parts) if annotation.startswith("tuple[int") else tuple(parts)
+    if annotation.startswith("int"):
+        return int(text)
+    if annotation.startswith("float"):
+        return float(text)
+    if annotation.startswith("Path"):
+        return Path(text)
+    if annotation.startswith("dict"):
+        return json.loads(text)
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every TrainConfig field as ``--field-name``, every ModelConfig field as ``--model-<name>``
+    and every FeatureSpec field as ``--spec-<name>`` (values as strings; lists comma-separated)."""
+    parser = argparse.ArgumentParser(prog="moodreel train", description=__doc__.split("\n\n")[0])
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in ("model", "spec"):
+            continue
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=str, default=None)
+    for name in _MODEL_FIELDS:
+        parser.add_argument(f"--model-{name.replace('_', '-')}", dest=f"model.{name}", type=str, default=None)
+    for name in _SPEC_FIELDS:
+        parser.add_argument(f"--spec-{name.replace('_', '-')}", dest=f"spec.{name}", type=str, default=None)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None, help="a named starting point")
+    return parser
+
+
+# The default checkpoint's recipe (`make train-text`): fine-tune MiniLM's top two layers on the
+# utterance plus two turns of dialogue context either side, within 45 minutes on 2 CPU cores.
+PRESETS: dict[str, dict[str, str]] = {
+    "text-default": {
+        "checkpoint_name": "moodreel-text-minilm",
+        "modalities": "text",
+        "epochs": "8",
+        "batch_size": "32",
+        "max_minutes": "40",
+        "threads": "2",
+        "weights_dtype": "float16",
+        "model.text_train_mode": "top_layers",
+        "model.text_train_layers": "2",
+        "spec.context_turns": "2",
+        "spec.max_tokens": "64",
+    }
+}
+
+
+def config_from_args(argv: list[str]) -> TrainConfig:
+    args = build_parser().parse_args(argv)
+    values = {k: v for k, v in vars(args).items() if v is not None and k != "preset"}
+    if args.preset:
+        values = PRESETS[args.preset] | values
+    return config_from_strings(values)
+
+
+def config_from_strings(values: dict[str, str]) -> TrainConfig:
+    from shared.settings import get_settings
+
+    train_types = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
+    model_values, spec_values, train_values = {}, {}, {}
+    for key, text in values.items():
+        key = key.replace("-", "_")
+        if key.startswith("model."):
+            name = key.removeprefix("model.")
+            model_values[name] = _parse_value(str(text), str(_MODEL_FIELDS[name].type))
+        elif key.startswith("spec."):
+            spec_values[key.removeprefix("spec.")] = text
+        elif key in train_types:
+            train_values[key] = _parse_value(str(text), train_types[key])
+        else:
+            raise ValueError(f"unknown hyperparameter {key!r}")
+    config = TrainConfig(
+        **train_values,
+        model=ModelConfig(**model_values),
+        spec=FeatureSpec.model_validate(spec_values),
+    )
+    settings = get_settings()
+    if config.cache_dir is None:
+        config.cache_dir = settings.data_dir / "cache" / "meld"
+    return config
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Entry point for ``moodreel train`` and SageMaker (reads SM_* when present)."""
+    from shared.logging import configure_logging
+
+    configure_logging()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv and SM_HYPERPARAMETERS.is_file():
+        for key, value in json.loads(SM_HYPERPARAMETERS.read_text()).items():
+            argv += [f"--{key}", str(value)]
+    config = config_from_args(argv)
+    if "SM_MODEL_DIR" in os.environ:
+        output = Path(os.environ.get("SM_OUTPUT_DATA_DIR", "/opt/ml/output/data"))
+        config.output_dir = output
+        config.progress = False
+        if config.tensorboard_dir is None:
+            config.tensorboard_dir = output / "tensorboard"
+    checkpoint = train(config)
+    model_dir = os.environ.get("SM_MODEL_DIR")
+    if model_dir and int(os.environ.get("RANK", "0")) == 0:
+        import shutil
+
+        shutil.copytree(checkpoint, model_dir, dirs_exist_ok=True)
+    return checkpoint
+
+
+if __name__ == "__main__":
+    main()
