@@ -182,3 +182,36 @@ def demo(
     typer.echo(f"generated {clip.video} ({clip.duration:.1f} s) and {clip.transcript}")
     bundle = extract_features(clip.video, spec, clip.segments)  # JSON segments carry the speakers
     typer.echo(summary_table(bundle))
+
+
+# --- model training and evaluation (issue 3) ----------------------------------------------------
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+def train(ctx: typer.Context) -> None:
+    """Train a checkpoint (`moodreel train --help` lists every option; `--preset text-default`)."""
+    from services.model.train import main
+
+    typer.echo(f"checkpoint: {main(list(ctx.args))}")
+
+
+@app.command()
+def evaluate(
+    checkpoint: Path = typer.Argument(..., exists=True, file_okay=False, help="checkpoint directory"),
+    split: str = typer.Option("test", help="MELD split: train, dev or test"),
+    out: Path | None = typer.Option(None, help="JSON report; PNGs and the model card go beside it"),
+) -> None:
+    """Score a checkpoint on MELD: accuracy, weighted/macro F1, per class, confusion, calibration."""
+    import json
+
+    from services.model.evaluate import evaluate_checkpoint
+    from shared.logging import configure_logging
+
+    configure_logging()
+    report = evaluate_checkpoint(checkpoint, split, out)
+    for head in ("emotion", "sentiment"):
+        scores = {key: report[head][key] for key in ("accuracy", "weighted_f1", "macro_f1", "ece")}
+        typer.echo(f"{head}: " + json.dumps({k: round(v, 4) for k, v in scores.items()}))
+    if out:
+        typer.echo(f"report: {out}")
