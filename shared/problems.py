@@ -37,9 +37,17 @@ class Problem(Exception):
     title: str = "Internal server error"
 
     def __init__(
-        self, detail: str | None = None, *, headers: Mapping[str, str] | None = None, **extensions: Any
+        self,
+        detail: str | None = None,
+        *,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        **extensions: Any,
     ):
+        """``code`` narrows the class's code for one use (e.g. ``BadRequest(code="invalid_cursor")``)."""
         super().__init__(detail or self.title)
+        if code is not None:
+            self.code = code
         self.detail = detail
         self.headers = dict(headers or {})
         self.extensions = extensions

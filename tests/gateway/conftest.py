@@ -58,10 +58,18 @@ def redis_client() -> Iterator[redis.Redis]:
     client.close()
 
 
+def delete_queued_jobs(client: redis.Redis, queue_name: str) -> None:
+    """arq keeps each job under ``arq:job:<id>`` (outside our prefix): remove the ones we queued."""
+    job_ids = [job_id.decode() for job_id in client.zrange(queue_name, 0, -1)]
+    if job_ids:
+        client.delete(*(f"arq:job:{job_id}" for job_id in job_ids))
+
+
 @pytest.fixture
 def settings(database_url, tmp_path, redis_client) -> Iterator[Settings]:
     settings = make_settings(database_url, tmp_path)
     yield settings
+    delete_queued_jobs(redis_client, settings.queue_name)
     delete_prefixed_keys(redis_client, settings.redis_key_prefix)
 
 
