@@ -79,3 +79,14 @@ def test_context_marks_only_second_segment(turns):
     out = tokenize_utterances(DIALOGUE, FeatureSpec(max_tokens=48, context_turns=turns))
     types, mask = out["token_type_ids"], out["attention_mask"]
     assert bool(((types == 1) <= (mask == 1)).all())  # context tokens are real tokens
+
+
+def test_token_arrays_are_numpy_and_match_the_torch_view():
+    from shared.features.text import token_arrays
+
+    spec = FeatureSpec(max_tokens=32, context_turns=1)
+    arrays = token_arrays(DIALOGUE, spec)
+    tensors = tokenize_utterances(DIALOGUE, spec)
+    for name, array in arrays.items():
+        assert array.dtype.name == "int64" and array.shape == (4, 32)
+        assert torch.equal(torch.from_numpy(array), tensors[name])
