@@ -173,17 +173,32 @@ def test_ports_match_commands_and_urls(compose):
             assert mapping.startswith("127.0.0.1:"), f"{name} publishes {mapping} beyond loopback"
 
 
-def test_gateway_command_targets_the_app_factory_and_health_route(compose):
+def test_gateway_command_targets_the_app_factory_and_health_route(compose, tmp_path, monkeypatch):
+    """The factory in the command builds the app, which answers the healthcheck's URL (database and
+    Redis reachable) and serves the dashboard."""
+    from fastapi.testclient import TestClient
+
     command = compose["services"]["gateway"]["command"]
     assert command[0] == "uvicorn" and "--factory" in command
     module_name, _, attribute = command[1].partition(":")
     factory = getattr(importlib.import_module(module_name), attribute)
-    app = factory()
-    paths = {getattr(route, "path", None) for route in app.routes}
-    health_url = compose["services"]["gateway"]["healthcheck"]["test"][-1]
-    health_path = urlsplit(re.search(r"'(http[^']+)'", health_url)[1]).path
-    assert health_path in paths
-    assert "/dashboard/login" in paths
+    database_url = f"sqlite:///{tmp_path / 'gateway.db'}"
+    subprocess.run(
+        [str(Path(sys.executable).with_name("alembic")), "upgrade", "head"],
+        cwd=REPO_ROOT,
+        env={**os.environ, "MOODREEL_DATABASE_URL": database_url},
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    app = factory(Settings(_env_file=None, database_url=database_url))
+    health_test = " ".join(compose["services"]["gateway"]["healthcheck"]["test"])
+    health_path = urlsplit(re.search(r"'(http[^']+)'", health_test)[1]).path
+    with TestClient(app) as client:
+        assert client.get(health_path).status_code == 200
+        page = client.get("/dashboard/login")
+        assert page.status_code == 200 and 'name="csrf_token"' in page.text
+        assert client.get("/dashboard/static/app.css").status_code == 200
 
 
 def test_worker_command_and_healthcheck_name_the_worker_settings(compose):
