@@ -342,7 +342,8 @@ async def enqueue_delivery(
 
 
 def utterance_event(index: int, prediction: UtterancePrediction) -> dict[str, Any]:
-    return {"index": index, **prediction.model_dump(mode="json")}
+    """The utterance as ``GET /v1/analyses/{id}`` returns it (UtteranceResultPublic)."""
+    return {"index": index, **prediction.model_dump(mode="json", exclude={"modalities"})}
 
 
 def webhook_payload(analysis: Analysis, event_type: str) -> dict[str, Any]:

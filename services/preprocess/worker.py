@@ -14,6 +14,7 @@ jobs cancelled after that go back to the queue and resume idempotently on the ne
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any
 
@@ -37,6 +38,10 @@ ANALYSE_TIMEOUT_MARGIN_SECONDS = 30
 
 async def startup(ctx: dict[str, Any]) -> None:
     configure_logging(settings.log_level, settings.log_json)
+    # arq's CLI installs its own handler; route its records through ours only (no duplicates), and
+    # keep httpx's per-request lines out (the worker logs what it fetched and scored itself).
+    logging.getLogger("arq").handlers.clear()
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     engine = create_db_engine(settings=settings, pool_size=settings.worker_max_jobs + 2)
     ctx["engine"] = engine
     ctx["resources"] = Resources(
