@@ -1,7 +1,8 @@
 """The feature pipeline: one media file (+ optional transcript) -> one FeatureBundle.
 
 probe (limits first) -> utterances (transcript or fixed windows) -> frames, audio and text. The
-video and the audio are each decoded by one ffmpeg process, and the two run at the same time.
+video and the audio are each decoded by one ffmpeg process, and the two run at the same time
+(the log-mels are computed while the video is still decoding).
 The worker and training both call ``extract_features`` so served tensors match trained ones.
 """
 
@@ -57,12 +58,16 @@ def extract_features(
         parsed = parse_transcript(transcript, info.duration, settings)
         utterances, clamped = parsed.utterances, parsed.clamped
 
+    def audio_features() -> tuple[np.ndarray, np.ndarray]:
+        waveform = load_audio(media_path, spec, settings) if info.audio else None
+        return utterance_log_mels(waveform, utterances, spec)
+
     with ThreadPoolExecutor(max_workers=1) as pool:
-        # ffmpeg decodes the audio in its own process while this thread drives the video decode.
-        audio_job = pool.submit(load_audio, media_path, spec, settings) if info.audio else None
+        # Audio decoding and log-mels overlap the video decode, which this thread drives (it mostly
+        # waits on ffmpeg's pipe, and numpy's FFTs release the GIL).
+        audio_job = pool.submit(audio_features)
         visual = extract_frames(media_path, info, utterances, spec, settings)
-        waveform = audio_job.result() if audio_job else None
-    log_mel, audio_mask = utterance_log_mels(waveform, utterances, spec)
+        log_mel, audio_mask = audio_job.result()
     tokens = token_arrays(utterances, spec)
 
     has_text = np.array([bool(u.text.strip()) for u in utterances], dtype=bool)
