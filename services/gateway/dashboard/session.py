@@ -12,6 +12,7 @@ token (HMAC of the seed with the secret key) that is checked before any state ch
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
@@ -35,6 +36,10 @@ CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
 # Refresh the access token this long before it expires, so a page never half-loads.
 REFRESH_MARGIN_SECONDS = 30
+# How long the answer to a rotation is reused for requests that raced with it.
+ROTATION_REUSE_SECONDS = 30
+_ROTATION_LOCK = asyncio.Lock()
+_RECENT_ROTATIONS: dict[str, tuple[float, dict[str, Any]]] = {}
 
 
 class NotSignedIn(Exception):
@@ -171,14 +176,30 @@ class GatewayApi:
             return self.session.access_token  # type: ignore[return-value]
         if not self.session.refresh_token:
             raise NotSignedIn()
-        response = await self.client.post(
-            "/v1/auth/refresh", json={"refresh_token": self.session.refresh_token}
-        )
-        if response.status_code != 200:
+        tokens = await self._rotate(self.session.refresh_token)
+        if tokens is None:
             self.session.clear()
             raise NotSignedIn()
-        self.session.store_tokens(response.json())
+        self.session.store_tokens(tokens)
         return self.session.access_token  # type: ignore[return-value]
+
+    async def _rotate(self, refresh_token: str) -> dict[str, Any] | None:
+        """Refresh tokens are single use and reusing one revokes its family (theft detection).
+        A page fires several requests at once (htmx fragments, the SSE stream), so concurrent
+        refreshes with the same token share one rotation instead of tripping that alarm."""
+        digest = hashlib.sha256(refresh_token.encode()).hexdigest()
+        async with _ROTATION_LOCK:
+            now = time.monotonic()
+            for key in [k for k, (at, _) in _RECENT_ROTATIONS.items() if now - at > ROTATION_REUSE_SECONDS]:
+                del _RECENT_ROTATIONS[key]
+            if digest in _RECENT_ROTATIONS:
+                return _RECENT_ROTATIONS[digest][1]
+            response = await self.client.post("/v1/auth/refresh", json={"refresh_token": refresh_token})
+            if response.status_code != 200:
+                return None
+            tokens = response.json()
+            _RECENT_ROTATIONS[digest] = (now, tokens)
+            return tokens
 
     async def request(self, method: str, path: str, *, auth: bool = True, **kwargs) -> httpx.Response:
         headers = dict(kwargs.pop("headers", None) or {})

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode, urlsplit
 
+import httpx
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
@@ -315,11 +319,25 @@ async def logout(request: Request, csrf_token: Annotated[str, Form()] = "") -> R
 # --- API keys -----------------------------------------------------------------------------
 
 
+# The new key travels from the POST to the page that shows it once (post/redirect/get, so a
+# reload never creates a second key) in a short-lived cookie that only /dashboard/keys receives.
+NEW_KEY_COOKIE = "mr_new_key"
+NEW_KEY_COOKIE_SECONDS = 120
+
+
 @router.get("/keys")
 async def keys_page(request: Request) -> Response:
     async def handler(session: BrowserSession, api: GatewayApi) -> Response:
         keys = items_of(await api.json("GET", "/v1/api-keys"))
-        return render(request, session, "keys.html", keys=keys, created=None)
+        created = None
+        if raw := request.cookies.get(NEW_KEY_COOKIE):
+            try:
+                created = json.loads(base64.urlsafe_b64decode(raw.encode()))
+            except ValueError:
+                created = None
+        response = render(request, session, "keys.html", keys=keys, created=created)
+        response.delete_cookie(NEW_KEY_COOKIE, path=f"{PREFIX}/keys", httponly=True, samesite="strict")
+        return response
 
     return await _page(request, handler)
 
@@ -335,13 +353,32 @@ async def create_key(
     async def handler(session: BrowserSession, api: GatewayApi) -> Response:
         session.check_csrf(request, csrf_token)
         scopes = [s for s, on in (("analyses:read", scope_read), ("analyses:write", scope_write)) if on]
-        error, created = None, None
         try:
             created = await api.json("POST", "/v1/api-keys", json={"name": name, "scopes": scopes})
         except ApiError as exc:
-            error = exc.message
-        keys = items_of(await api.json("GET", "/v1/api-keys"))
-        return render(request, session, "keys.html", keys=keys, created=created, error=error)
+            keys = items_of(await api.json("GET", "/v1/api-keys"))
+            return render(
+                request,
+                session,
+                "keys.html",
+                status_code=exc.status,
+                keys=keys,
+                created=None,
+                error=exc.message,
+            )
+        response = redirect(session, f"{PREFIX}/keys")
+        response.set_cookie(
+            NEW_KEY_COOKIE,
+            base64.urlsafe_b64encode(
+                json.dumps({"name": created["name"], "key": created["key"]}).encode()
+            ).decode(),
+            max_age=NEW_KEY_COOKIE_SECONDS,
+            path=f"{PREFIX}/keys",
+            secure=session.secure,
+            httponly=True,
+            samesite="strict",
+        )
+        return response
 
     return await _page(request, handler)
 
@@ -352,13 +389,20 @@ async def revoke_key(
 ) -> Response:
     async def handler(session: BrowserSession, api: GatewayApi) -> Response:
         session.check_csrf(request, csrf_token)
-        error = None
         try:
             await api.json("DELETE", f"/v1/api-keys/{key_id}")
         except ApiError as exc:
-            error = exc.message
-        keys = items_of(await api.json("GET", "/v1/api-keys"))
-        return render(request, session, "keys.html", keys=keys, created=None, error=error)
+            keys = items_of(await api.json("GET", "/v1/api-keys"))
+            return render(
+                request,
+                session,
+                "keys.html",
+                status_code=exc.status,
+                keys=keys,
+                created=None,
+                error=exc.message,
+            )
+        return redirect(session, f"{PREFIX}/keys")
 
     return await _page(request, handler)
 
@@ -396,42 +440,49 @@ async def new_analysis_page(request: Request) -> Response:
 
 
 async def _upload_file(api: GatewayApi, upload: UploadFile) -> str:
-    """Create an upload through the API and PUT the bytes where it says (the gateway's local
-    storage or a presigned S3 URL); returns the upload id."""
+    """Create an upload through the API and PUT the bytes where it says: the gateway's own signed
+    local-storage URL (same app, in-process) or a presigned S3 URL. Returns the upload id."""
     upload.file.seek(0, 2)
     size = upload.file.tell()
     upload.file.seek(0)
-    created = await api.json(
+    target = await api.json(
         "POST",
         "/v1/uploads",
         json={
             "filename": Path(upload.filename or "video").name,
-            "content_type": upload.content_type or "application/octet-stream",
-            "size": size,
+            "content_type": upload.content_type or "",
+            "size_bytes": size,
         },
     )
-    target = created.get("upload_url") or created.get("url")
-    method = str(created.get("method") or "PUT").upper()
-    headers = dict(
-        created.get("headers") or {"Content-Type": upload.content_type or "application/octet-stream"}
-    )
-    body = upload.file.read()
-    if urlsplit(target).netloc in ("", urlsplit(str(api.client.base_url)).netloc):
-        # The gateway's own local storage: same app, authenticated as the user.
-        response = await api.request(
-            method,
-            urlsplit(target).path + (f"?{urlsplit(target).query}" if urlsplit(target).query else ""),
-            content=body,
-            headers=headers,
+    url = urlsplit(target["url"])
+    # The PUT streams from the spooled temporary file; the body is never held in memory whole.
+    content = iter(lambda: upload.file.read(1 << 20), b"")
+    headers = {**target["headers"], "Content-Length": str(size)}
+    if target["backend"] == "local":
+        response = await api.client.request(
+            target["method"], url.path, params=url.query, content=_aiter(content), headers=headers
         )
     else:
-        import httpx
-
-        async with httpx.AsyncClient(timeout=300.0) as s3:
-            response = await s3.request(method, target, content=body, headers=headers)
+        async with httpx.AsyncClient(timeout=httpx.Timeout(30.0, write=600.0)) as s3:
+            response = await s3.request(
+                target["method"], target["url"], content=_aiter(content), headers=headers
+            )
     if response.status_code >= 400:
-        raise ApiError(response.status_code, {"title": "Upload failed", "detail": response.text[:200]})
-    return str(created.get("upload_id") or created.get("id"))
+        raise ApiError(response.status_code, _problem(response))
+    return str(target["upload_id"])
+
+
+async def _aiter(chunks) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+
+
+def _problem(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {"title": "Upload failed", "detail": response.text[:200]}
+    return body if isinstance(body, dict) else {"title": "Upload failed"}
 
 
 @router.post("/analyses")

@@ -4,7 +4,6 @@ import { copyFileSync, mkdirSync } from "node:fs";
 
 const files = [
   ["node_modules/htmx.org/dist/htmx.min.js", "static/vendor/htmx.min.js"],
-  ["node_modules/htmx-ext-sse/dist/sse.min.js", "static/vendor/htmx-ext-sse.min.js"],
 ];
 mkdirSync("static/vendor", { recursive: true });
 for (const [from, to] of files) {
