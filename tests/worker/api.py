@@ -18,6 +18,7 @@ class SseEvent:
     id: str | None
     type: str
     data: dict[str, Any]
+    received_at: float  # time.monotonic() when it arrived
 
 
 class ApiUser:
@@ -60,7 +61,11 @@ class ApiUser:
                 elif line.startswith("data:"):
                     event["data"] = json.loads(line[5:].strip())
                 elif line == "" and "data" in event:
-                    collected.append(SseEvent(event.get("id"), event.get("type", "message"), event["data"]))
+                    collected.append(
+                        SseEvent(
+                            event.get("id"), event.get("type", "message"), event["data"], time.monotonic()
+                        )
+                    )
                     if collected[-1].type == "status" and collected[-1].data.get("status") in TERMINAL:
                         return collected
                     event = {}

@@ -1,0 +1,162 @@
+"""The webhooks API (services/gateway/webhooks): endpoint CRUD, the callback secret and the delivery
+log, in-process against PostgreSQL and SQLite."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from services.gateway.main import create_app
+from shared.db.models import User, WebhookDelivery
+from shared.db.session import create_db_engine, make_session_factory
+from shared.db.types import utcnow
+from shared.webhooks import callback_secret
+from tests.gateway.conftest import delete_prefixed_keys, make_settings, new_api_key, sign_up
+
+
+@pytest.fixture
+def settings(database_url, tmp_path, redis_client):
+    settings = make_settings(database_url, tmp_path)
+    yield settings
+    delete_prefixed_keys(redis_client, settings.redis_key_prefix)
+
+
+@pytest.fixture
+def client(settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+def key_headers(client, scopes=("analyses:read", "analyses:write")) -> dict[str, str]:
+    return {"X-API-Key": new_api_key(client, sign_up(client), scopes=scopes)["key"]}
+
+
+# A public address literal: registration checks it without DNS (this machine has none).
+PUBLIC_HOOK = "https://93.184.216.34/hooks/moodreel"
+
+
+def create(client, headers, url=PUBLIC_HOOK, **extra):
+    return client.post("/v1/webhooks/endpoints", json={"url": url, **extra}, headers=headers)
+
+
+def test_endpoint_crud_shows_the_secret_once(client):
+    headers = key_headers(client)
+    created = create(client, headers, description="prod", event_types=["analysis.failed"])
+    assert created.status_code == 201, created.text
+    body = created.json()
+    assert body["secret"].startswith("whsec_") and body["event_types"] == ["analysis.failed"]
+    endpoint_id = body["id"]
+
+    listed = client.get("/v1/webhooks/endpoints", headers=headers).json()["items"]
+    assert [e["id"] for e in listed] == [endpoint_id] and "secret" not in listed[0]
+    one = client.get(f"/v1/webhooks/endpoints/{endpoint_id}", headers=headers).json()
+    assert "secret" not in one and one["description"] == "prod"
+
+    patched = client.patch(
+        f"/v1/webhooks/endpoints/{endpoint_id}", json={"is_active": False, "event_types": []}, headers=headers
+    )
+    assert patched.status_code == 200 and patched.json()["is_active"] is False
+    assert patched.json()["event_types"] == []
+
+    assert client.delete(f"/v1/webhooks/endpoints/{endpoint_id}", headers=headers).status_code == 204
+    missing = client.get(f"/v1/webhooks/endpoints/{endpoint_id}", headers=headers)
+    assert missing.status_code == 404
+    assert missing.headers["content-type"] == "application/problem+json"
+    assert missing.json()["code"] == "webhook_endpoint_not_found"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data",
+        "http://127.0.0.1:8080/hook",
+        "http://2130706433/hook",
+        "ftp://hooks.example.com/x",
+        "http://user@hooks.example.com/x",
+    ],
+)
+def test_endpoint_urls_pass_the_ssrf_rules(client, url):
+    response = create(client, key_headers(client), url=url)
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "url_not_allowed"
+
+
+def test_endpoints_are_private_to_their_owner_and_need_the_write_scope(client):
+    owner = key_headers(client)
+    endpoint_id = create(client, owner).json()["id"]
+    stranger = key_headers(client)
+    assert client.get(f"/v1/webhooks/endpoints/{endpoint_id}", headers=stranger).status_code == 404
+    assert client.delete(f"/v1/webhooks/endpoints/{endpoint_id}", headers=stranger).status_code == 404
+    assert client.get("/v1/webhooks/endpoints", headers=stranger).json()["items"] == []
+
+    read_only = key_headers(client, scopes=("analyses:read",))
+    assert create(client, read_only).status_code == 403
+    assert client.get("/v1/webhooks/endpoints", headers=read_only).status_code == 200
+    assert client.get("/v1/webhooks/endpoints").status_code == 401
+
+
+def test_callback_secret_is_stable_per_user(client, settings):
+    account = sign_up(client)
+    headers = {"X-API-Key": new_api_key(client, account)["key"]}
+    first = client.get("/v1/webhooks/callback-secret", headers=headers).json()["secret"]
+    assert first == client.get("/v1/webhooks/callback-secret", headers=headers).json()["secret"]
+    other = client.get("/v1/webhooks/callback-secret", headers=key_headers(client)).json()["secret"]
+    assert first.startswith("whsec_") and first != other
+    engine = create_db_engine(settings.database_url)
+    with make_session_factory(engine)() as session:
+        user_id = session.scalar(select(User.id).where(User.email == account.email))
+    engine.dispose()
+    assert first == callback_secret(user_id, settings)
+
+
+def test_delivery_log_pages_newest_first_and_filters(client, settings):
+    account = sign_up(client)
+    headers = {"X-API-Key": new_api_key(client, account)["key"]}
+    endpoint_id = uuid.UUID(create(client, headers).json()["id"])
+    engine = create_db_engine(settings.database_url)
+    with make_session_factory(engine)() as session:
+        user_id = session.scalar(select(User.id).where(User.email == account.email))
+        now = utcnow()
+        for i in range(5):
+            session.add(
+                WebhookDelivery(
+                    user_id=user_id,
+                    endpoint_id=endpoint_id,
+                    url=PUBLIC_HOOK,
+                    message_id=f"msg_{uuid.uuid4().hex}",
+                    event_type="analysis.succeeded",
+                    payload={"type": "analysis.succeeded", "n": i},
+                    status="failed" if i == 0 else "succeeded",
+                    attempts=1,
+                    created_at=now + timedelta(seconds=i),
+                )
+            )
+        session.commit()
+    engine.dispose()
+
+    first = client.get("/v1/webhooks/deliveries", params={"limit": 2}, headers=headers).json()
+    assert len(first["items"]) == 2 and first["next_cursor"]
+    rest = client.get(
+        "/v1/webhooks/deliveries", params={"limit": 10, "cursor": first["next_cursor"]}, headers=headers
+    ).json()
+    seen = first["items"] + rest["items"]
+    assert rest["next_cursor"] is None and len(seen) == 5
+    created = [d["created_at"] for d in seen]
+    assert created == sorted(created, reverse=True)
+    failed = client.get("/v1/webhooks/deliveries", params={"status": "failed"}, headers=headers).json()[
+        "items"
+    ]
+    assert len(failed) == 1
+    detail = client.get(f"/v1/webhooks/deliveries/{failed[0]['id']}", headers=headers).json()
+    assert detail["payload"] == {"type": "analysis.succeeded", "n": 0}
+    assert (
+        client.get(f"/v1/webhooks/deliveries/{failed[0]['id']}", headers=key_headers(client)).status_code
+        == 404
+    )
+    bad = client.get("/v1/webhooks/deliveries", params={"cursor": "not-a-cursor"}, headers=headers)
+    assert bad.status_code == 400 and bad.json()["code"] == "invalid_cursor"
