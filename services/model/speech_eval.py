@@ -1,0 +1,66 @@
+"""Scores on acted speech (RAVDESS held-out actors, EmoDB): the audio branch alone and the fused
+model, in RAVDESS's eight classes and in MELD's seven.
+
+- ``speech_8``: the audio embedding's speech head (RAVDESS's eight emotions); only rows with an
+  8-class label (RAVDESS).
+- ``speech_meld7``: the same head, its class mapped to MELD-7 (calm -> neutral, ...).
+- ``audio_meld7``: the audio branch's own MELD-7 emotion head.
+- ``fused_meld7``: the fused emotion head, with whatever modalities the rows carry.
+
+MELD-7 rows without a MELD label (EmoDB's boredom) are left out and counted.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+
+from services.model.data.examples import ExampleSet
+from services.model.data.speech import RAVDESS_EMOTIONS, RAVDESS_TO_MELD
+from shared.labels import EMOTIONS, MODALITIES
+
+AUDIO = MODALITIES.index("audio")
+_SPEECH_TO_MELD = np.asarray([EMOTIONS.index(RAVDESS_TO_MELD[label]) for label in RAVDESS_EMOTIONS])
+
+
+def _scores(true: np.ndarray, predicted: np.ndarray) -> dict[str, float | int]:
+    return {
+        "count": int(len(true)),
+        "accuracy": float(accuracy_score(true, predicted)),
+        "weighted_f1": float(f1_score(true, predicted, average="weighted", zero_division=0)),
+    }
+
+
+@torch.no_grad()
+def speech_scores(model, examples: ExampleSet, batch_size: int = 128, device="cpu") -> dict:
+    model.eval()
+    fused, audio, speech, used = [], [], [], []
+    order = torch.arange(len(examples))
+    for start in range(0, len(examples), batch_size):
+        batch = examples.batch(order[start : start + batch_size])
+        output = model(batch.inputs.to(device))
+        fused.append(output.emotion_logits.argmax(-1).cpu())
+        audio.append(output.modality_emotion_logits[:, AUDIO].argmax(-1).cpu())
+        used.append(output.modalities_used[:, AUDIO].cpu())
+        if output.speech_logits is not None:
+            speech.append(output.speech_logits.argmax(-1).cpu())
+    emotion = examples.emotion.numpy()
+    has_meld = emotion >= 0
+    audio_used = torch.cat(used).numpy()
+    report: dict = {
+        "rows": len(examples),
+        "rows_without_meld_label": int((~has_meld).sum()),
+        "rows_without_audio": int((~audio_used).sum()),
+        "fused_meld7": _scores(emotion[has_meld], torch.cat(fused).numpy()[has_meld]),
+        "audio_meld7": _scores(emotion[has_meld], torch.cat(audio).numpy()[has_meld]),
+    }
+    if speech:
+        predicted = torch.cat(speech).numpy()
+        report["speech_meld7"] = _scores(emotion[has_meld], _SPEECH_TO_MELD[predicted][has_meld])
+        if examples.speech is not None:
+            labels = examples.speech.numpy()
+            known = labels >= 0
+            if known.any():
+                report["speech_8"] = _scores(labels[known], predicted[known])
+    return report
