@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
+import anyio
 import redis.asyncio as aioredis
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -50,14 +51,17 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
     sent (so a failed commit is a 500, never a false 2xx); then the after-commit hooks run
     (queueing jobs that must only see committed rows)."""
     session: Session = request.app.state.session_factory()
+    # Commits run on their own thread limiter: with every worker thread of the default pool
+    # waiting for a row lock, the transaction holding it must still be able to commit.
+    limiter = request.app.state.commit_limiter
     try:
         yield session
-        await run_in_threadpool(session.commit)
+        await anyio.to_thread.run_sync(session.commit, limiter=limiter)
     except BaseException:
-        await run_in_threadpool(session.rollback)
+        await anyio.to_thread.run_sync(session.rollback, limiter=limiter)
         raise
     finally:
-        await run_in_threadpool(session.close)
+        await anyio.to_thread.run_sync(session.close, limiter=limiter)
     for hook in session.info.pop("after_commit", []):
         await hook()
 
@@ -114,8 +118,15 @@ def _principal_from_api_key(session: Session, settings: Settings, key: str) -> P
     if not api_key.user.is_active:
         raise Unauthorized("The account is disabled.")
     if api_key.last_used_at is None or now - api_key.last_used_at > LAST_USED_RESOLUTION:
-        api_key.last_used_at = now
-        session.flush()
+        # Its own short transaction: a row lock on the key must not last as long as the request.
+        with session.get_bind().connect() as connection:
+            connection.execute(
+                update(ApiKey)
+                .where(ApiKey.id == api_key.id)
+                .where(or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at < now - LAST_USED_RESOLUTION))
+                .values(last_used_at=now)
+            )
+            connection.commit()
     return Principal(api_key.user, api_key, frozenset(api_key.scopes))
 
 

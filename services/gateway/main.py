@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 import redis.asyncio as aioredis
 from arq.connections import ArqRedis
 from fastapi import FastAPI, Request
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pool = aioredis.ConnectionPool.from_url(settings.redis_url)
         app.state.arq = ArqRedis(pool, default_queue_name=settings.queue_name)
         app.state.redis = app.state.arq
+        app.state.commit_limiter = anyio.CapacityLimiter(40)
         try:
             yield
         finally:

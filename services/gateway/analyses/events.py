@@ -41,10 +41,13 @@ async def analysis_event_stream(
     yield f"retry: {RETRY_MILLISECONDS}\n\n"
     deadline = time.monotonic() + MAX_STREAM_SECONDS
     last_id = after
+    waited = False  # the first read does not block, so a finished analysis answers at once
     while time.monotonic() < deadline:
+        block_ms = KEEPALIVE_SECONDS * 1000 if waited else None
         events = await read_events(
-            client, analysis_id, last_id, block_ms=KEEPALIVE_SECONDS * 1000, count=100, settings=settings
+            client, analysis_id, last_id, block_ms=block_ms, count=100, settings=settings
         )
+        waited = True
         for event in events:
             last_id = event.id
             yield format_event(event)
@@ -62,4 +65,5 @@ async def analysis_event_stream(
             # authoritative status so the client does not wait forever.
             yield f"event: status\ndata: {json.dumps(current, separators=(',', ':'))}\n\n"
             return
-        yield ": keep-alive\n\n"
+        if block_ms is not None:
+            yield ": keep-alive\n\n"
