@@ -1,0 +1,220 @@
+"""Uploads: the local signed PUT (embedded default) and a presigned S3 PUT against moto's S3
+server on loopback, each then submitted as an analysis."""
+
+from __future__ import annotations
+
+import urllib.parse
+import uuid
+
+import boto3
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from moto.server import ThreadedMotoServer
+
+from services.gateway.main import create_app
+from shared.storage import LocalStorage
+from tests.gateway.conftest import make_settings, new_api_key, sign_up
+from tests.gateway.test_auth import assert_problem
+
+MEDIA = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40
+
+
+def start_upload(client, key, **overrides):
+    body = {"filename": "clip.mp4", "content_type": "video/mp4", "size_bytes": len(MEDIA)} | overrides
+    return client.post("/v1/uploads", json=body, headers={"X-API-Key": key})
+
+
+def test_local_upload_then_submit(client, api_key, settings):
+    target = start_upload(client, api_key)
+    assert target.status_code == 201, target.text
+    target = target.json()
+    assert target["backend"] == "local" and target["method"] == "PUT"
+    assert target["headers"] == {"Content-Type": "video/mp4"}
+    # Not yet uploaded: refused.
+    early = client.post(
+        "/v1/analyses", json={"upload_id": target["upload_id"]}, headers={"X-API-Key": api_key}
+    )
+    assert_problem(early, 409, "upload_incomplete")
+    put = client.put(target["url"], content=MEDIA, headers=target["headers"])
+    assert put.status_code == 200, put.text
+    assert put.json()["completed_at"] is not None
+    stored = LocalStorage(settings.data_dir / "uploads")
+    key = next((settings.data_dir / "uploads").rglob("*.mp4")).relative_to(settings.data_dir / "uploads")
+    assert stored.size(str(key)) == len(MEDIA)
+    again = client.put(target["url"], content=MEDIA, headers=target["headers"])
+    assert_problem(again, 409, "upload_completed")
+    submitted = client.post(
+        "/v1/analyses", json={"upload_id": target["upload_id"]}, headers={"X-API-Key": api_key}
+    )
+    assert submitted.status_code == 202 and submitted.json()["source"]["upload_id"] == target["upload_id"]
+    # Deleting the analysis deletes the media.
+    analysis_id = submitted.json()["id"]
+    assert client.delete(f"/v1/analyses/{analysis_id}", headers={"X-API-Key": api_key}).status_code == 204
+    assert stored.size(str(key)) is None
+
+
+def test_local_put_is_bounded_and_signed(client, api_key):
+    target = start_upload(client, api_key).json()
+    assert_problem(
+        client.put(target["url"], content=MEDIA + b"x", headers=target["headers"]), 413, "upload_too_large"
+    )
+    assert_problem(
+        client.put(target["url"], content=MEDIA, headers={"Content-Type": "text/html"}),
+        415,
+        "unsupported_media_type",
+    )
+    forged = target["url"].replace("signature=", "signature=A")
+    assert_problem(client.put(forged, content=MEDIA, headers=target["headers"]), 403, "upload_url_invalid")
+    parts = urllib.parse.urlsplit(target["url"])
+    query = dict(urllib.parse.parse_qsl(parts.query))
+    other_id = str(uuid.uuid4())
+    swapped = f"/v1/uploads/{other_id}/content?" + urllib.parse.urlencode(query)
+    assert_problem(client.put(swapped, content=MEDIA, headers=target["headers"]), 403, "upload_url_invalid")
+
+
+def test_other_users_cannot_submit_my_upload(client, api_key):
+    target = start_upload(client, api_key).json()
+    client.put(target["url"], content=MEDIA, headers=target["headers"])
+    other = new_api_key(client, sign_up(client))["key"]
+    response = client.post(
+        "/v1/analyses", json={"upload_id": target["upload_id"]}, headers={"X-API-Key": other}
+    )
+    assert_problem(response, 404, "upload_not_found")
+
+
+@pytest.mark.parametrize(
+    "filename, content_type, expected",
+    [
+        ("a.mp4", "video/mp4", "video/mp4"),
+        ("a.mov", "video/quicktime", "video/quicktime"),
+        ("a.webm", "video/webm", "video/webm"),
+        ("a.mkv", "video/x-matroska", "video/x-matroska"),
+        ("a.mkv", "", "video/x-matroska"),  # what Chrome on Windows sends for .mkv
+        ("a.m4a", "audio/x-m4a", "audio/x-m4a"),  # Safari/Chrome on macOS
+        ("a.wav", "audio/wav", "audio/wav"),
+        ("a.mp3", "audio/mpeg", "audio/mpeg"),
+        ("a.flac", "application/octet-stream", "audio/flac"),
+        ("a.MP4", "Video/MP4; codecs=avc1", "video/mp4"),
+    ],
+)
+def test_accepted_types(client, api_key, filename, content_type, expected):
+    response = start_upload(client, api_key, filename=filename, content_type=content_type)
+    assert response.status_code == 201, response.text
+    assert response.json()["headers"]["Content-Type"] == expected
+
+
+@pytest.mark.parametrize(
+    "filename, content_type",
+    [
+        ("page.html", "text/html"),
+        ("x.exe", "application/x-msdownload"),
+        ("x.bin", ""),
+        ("a.svg", "image/svg+xml"),
+    ],
+)
+def test_rejected_types(client, api_key, filename, content_type):
+    response = start_upload(client, api_key, filename=filename, content_type=content_type)
+    assert_problem(response, 415, "unsupported_media_type")
+
+
+def test_size_bounds(client, api_key, settings):
+    assert_problem(
+        start_upload(client, api_key, size_bytes=settings.max_media_bytes + 1), 413, "upload_too_large"
+    )
+    assert_problem(start_upload(client, api_key, size_bytes=0), 422, "validation_error")
+
+
+def test_filename_is_sanitised(client, api_key):
+    response = start_upload(client, api_key, filename="../../etc/pass\x00wd.mp4")
+    upload = client.get(f"/v1/uploads/{response.json()['upload_id']}", headers={"X-API-Key": api_key}).json()
+    assert upload["filename"] == "pass_wd.mp4"
+
+
+@pytest.fixture
+def s3_server(monkeypatch):
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def test_presigned_s3_upload_against_moto(s3_server, sqlite_url, tmp_path, redis_client):
+    from tests.fixtures.db import empty_all_tables, engine_for
+    from tests.gateway.conftest import delete_prefixed_keys, delete_queued_jobs
+
+    empty_all_tables(engine_for(sqlite_url))
+    bucket = f"moodreel-test-{uuid.uuid4().hex[:8]}"
+    s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+    s3.create_bucket(Bucket=bucket)
+    settings = make_settings(
+        sqlite_url, tmp_path, storage_backend="s3", s3_bucket=bucket, s3_endpoint_url=s3_server
+    )
+    try:
+        with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+            key = new_api_key(client, sign_up(client))["key"]
+            target = start_upload(client, key).json()
+            assert target["backend"] == "s3" and target["url"].startswith(s3_server)
+            query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(target["url"]).query))
+            assert {"content-length", "content-type"} <= set(query["X-Amz-SignedHeaders"].split(";"))
+            submit = {"upload_id": target["upload_id"]}
+            assert_problem(
+                client.post("/v1/analyses", json=submit, headers={"X-API-Key": key}), 409, "upload_incomplete"
+            )
+            put = httpx.put(target["url"], content=MEDIA, headers=target["headers"], timeout=30)
+            assert put.status_code == 200, put.text
+            listed = s3.list_objects_v2(Bucket=bucket)["Contents"]
+            assert len(listed) == 1 and listed[0]["Size"] == len(MEDIA)
+            object_key = listed[0]["Key"]
+            assert object_key.endswith(".mp4") and object_key.startswith("uploads/")
+            submitted = client.post("/v1/analyses", json=submit, headers={"X-API-Key": key})
+            assert submitted.status_code == 202, submitted.text
+            upload = client.get(f"/v1/uploads/{target['upload_id']}", headers={"X-API-Key": key}).json()
+            assert upload["completed_at"] is not None
+            analysis_id = submitted.json()["id"]
+            assert client.delete(f"/v1/analyses/{analysis_id}", headers={"X-API-Key": key}).status_code == 204
+            assert s3.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+    finally:
+        delete_queued_jobs(redis_client, settings.queue_name)
+        delete_prefixed_keys(redis_client, settings.redis_key_prefix)
+
+
+def test_s3_object_of_wrong_size_is_refused(s3_server, sqlite_url, tmp_path, redis_client):
+    from tests.fixtures.db import empty_all_tables, engine_for
+    from tests.gateway.conftest import delete_prefixed_keys
+
+    empty_all_tables(engine_for(sqlite_url))
+    bucket = f"moodreel-test-{uuid.uuid4().hex[:8]}"
+    s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+    s3.create_bucket(Bucket=bucket)
+    settings = make_settings(
+        sqlite_url, tmp_path, storage_backend="s3", s3_bucket=bucket, s3_endpoint_url=s3_server
+    )
+    try:
+        with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+            key = new_api_key(client, sign_up(client))["key"]
+            target = start_upload(client, key).json()
+            object_key = s3.list_objects_v2(Bucket=bucket).get("Contents", [])
+            assert object_key == []
+            # Someone bypasses the signed headers (moto does not enforce them): the gateway still checks.
+            from shared.db.models import Upload
+            from shared.db.session import make_session_factory
+
+            with make_session_factory(engine_for(sqlite_url))() as session:
+                storage_key = session.get(Upload, uuid.UUID(target["upload_id"])).storage_key
+            s3.put_object(Bucket=bucket, Key=storage_key, Body=MEDIA + b"extra")
+            response = client.post(
+                "/v1/analyses", json={"upload_id": target["upload_id"]}, headers={"X-API-Key": key}
+            )
+            body = assert_problem(response, 409, "upload_incomplete")
+            assert "declared" in body["detail"]
+    finally:
+        delete_prefixed_keys(redis_client, settings.redis_key_prefix)
