@@ -21,7 +21,7 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from fastapi import FastAPI, Request, Response
@@ -35,10 +35,12 @@ from prometheus_client import (
     generate_latest,
 )
 
-from services.model.inference import JSON_CONTENT_TYPE, InferenceError, ServedModel, model_fn, transform
 from shared.logging import configure_logging, get_logger
 from shared.problems import PayloadTooLarge, Problem, ServiceUnavailable, install_problem_handlers
 from shared.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from services.model.inference import ServedModel
 
 SAGEMAKER_MODEL_DIR = Path("/opt/ml/model")
 # SageMaker's InvokeEndpoint gives up at 60 s; a deadline configured above it is cut to this.
@@ -108,10 +110,13 @@ def create_app(
     model_dir: Path,
     *,
     settings: Settings | None = None,
-    load_model: Callable[[Path], ServedModel] = model_fn,
+    load_model: Callable[[Path], ServedModel] | None = None,
 ) -> FastAPI:
+    # torch loads here, not at import: `serve`'s multi-worker supervisor never needs it.
+    from services.model.inference import JSON_CONTENT_TYPE, InferenceError, model_fn, transform
+
     settings = settings or get_settings()
-    holder = ModelHolder(Path(model_dir), load_model)
+    holder = ModelHolder(Path(model_dir), load_model or model_fn)
     metrics = Metrics()
     max_payload = settings.model_max_payload_bytes
     deadline_seconds = request_deadline_seconds(settings)

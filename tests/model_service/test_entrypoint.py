@@ -1,0 +1,133 @@
+"""The container's `serve` entry point as SageMaker runs it: model.tar.gz unpacked into an
+/opt/ml/model-style directory, SageMaker's environment variables, SIGTERM at the end; and the
+archive's code/inference.py used on its own, as SageMaker's PyTorch framework container would."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import httpx
+import pytest
+
+from services.model.checkpoint import package_model_tar
+from services.model.testing import TINY_SPEC
+from shared.bundle import CONTENT_TYPE
+from shared.predictions import InvocationResponse
+from shared.settings import REPO_ROOT
+
+from .conftest import free_port, make_bundle, wait_until_ready
+
+MOODREEL = Path(sys.executable).parent / "moodreel"
+
+
+@pytest.fixture(scope="module")
+def opt_ml_model(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("sagemaker")
+    archive = package_model_tar(tiny_checkpoint, root / "model.tar.gz")
+    model_dir = root / "opt" / "ml" / "model"
+    model_dir.mkdir(parents=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(model_dir, filter="data")
+    return model_dir
+
+
+def test_the_archive_has_sagemakers_layout(opt_ml_model: Path):
+    assert (opt_ml_model / "checkpoint.json").is_file()
+    assert (opt_ml_model / "code" / "inference.py").read_bytes() == (
+        REPO_ROOT / "services" / "model" / "inference.py"
+    ).read_bytes()
+    assert (opt_ml_model / "code" / "requirements.txt").read_text() == (
+        REPO_ROOT / "services" / "model" / "requirements-inference.txt"
+    ).read_text()
+    requirements = (opt_ml_model / "code" / "requirements.txt").read_text().splitlines()
+    pins = [line for line in requirements if line and not line.startswith("#")]
+    assert pins and all("==" in line for line in pins), "code/requirements.txt must pin exact versions"
+
+
+def test_serve_runs_under_sagemakers_environment_and_stops_on_sigterm(opt_ml_model: Path):
+    port = free_port()
+    env = {
+        **os.environ,
+        "SAGEMAKER_BIND_TO_PORT": str(port),
+        "SAGEMAKER_PROGRAM": "inference.py",
+        "SAGEMAKER_MODEL_SERVER_TIMEOUT": "20",
+        "SAGEMAKER_MODEL_SERVER_WORKERS": "2",
+        "MOODREEL_LOG_JSON": "true",
+    }
+    process = subprocess.Popen(
+        [str(MOODREEL), "serve", "--model-dir", str(opt_ml_model), "--host", "127.0.0.1"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_ready(url, timeout=120)
+        bundle = make_bundle(count=3)
+        response = httpx.post(
+            f"{url}/invocations",
+            content=bundle.to_bytes(),
+            headers={"Content-Type": CONTENT_TYPE},
+            timeout=30,
+        )
+        assert response.status_code == 200, response.text
+        result = InvocationResponse.model_validate_json(response.content)
+        assert [u.text for u in result.utterances] == [u.text for u in bundle.utterances]
+        assert result.model.spec_hash == TINY_SPEC.hash
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    events = [json.loads(line) for line in process.stderr.read().splitlines() if line.startswith("{")]
+    config = next(e for e in events if e["event"] == "model_server_config")
+    assert (config["port"], config["workers"], config["model_dir"]) == (port, 2, str(opt_ml_model))
+    starts = [e for e in events if e["event"] == "model_server_starting"]
+    assert len(starts) == 2 and all(e["deadline_seconds"] == 20.0 for e in starts)
+    assert sum(e["event"] == "model_server_stopped" for e in events) == 2
+
+
+FRAMEWORK_SCRIPT = """
+import sys
+from pathlib import Path
+code_dir, model_dir, bundle_path = map(Path, sys.argv[1:4])
+import inference
+assert Path(inference.__file__).parent == code_dir, inference.__file__
+import services.model.network as network
+assert Path(network.__file__).is_relative_to(code_dir), network.__file__
+model = inference.model_fn(str(model_dir))
+data = inference.input_fn(bundle_path.read_bytes(), "application/x-safetensors")
+prediction = inference.predict_fn(data, model)
+sys.stdout.buffer.write(inference.output_fn(prediction, "application/json"))
+"""
+
+
+def test_the_archives_code_serves_on_its_own(opt_ml_model: Path, tmp_path: Path):
+    bundle = make_bundle(count=2, seed=8)
+    bundle.save(tmp_path / "bundle.safetensors")
+    code_dir = opt_ml_model / "code"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            FRAMEWORK_SCRIPT,
+            str(code_dir),
+            str(opt_ml_model),
+            str(tmp_path / "bundle.safetensors"),
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(code_dir)},
+        capture_output=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    result = InvocationResponse.model_validate_json(done.stdout.splitlines()[-1])  # logs go first
+    assert [u.speaker for u in result.utterances] == [u.speaker for u in bundle.utterances]
