@@ -18,7 +18,7 @@ import numpy as np
 from transformers.audio_utils import mel_filter_bank, spectrogram, window_function
 
 from shared.bundle import UtteranceMeta
-from shared.features.media import MediaError
+from shared.features.media import MediaError, input_args
 from shared.features.spec import FeatureSpec
 from shared.settings import Settings, get_settings
 
@@ -31,7 +31,7 @@ def load_audio(path: Path | str, spec: FeatureSpec, settings: Settings | None = 
     settings = settings or get_settings()
     args = [
         "ffmpeg", "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error",
-        "-threads", str(settings.ffmpeg_threads), "-i", str(path),
+        "-threads", str(settings.ffmpeg_threads), *input_args(path),
         "-map", "0:a:0", "-vn", "-sn", "-dn",
         "-ac", "1", "-ar", str(spec.sample_rate), "-f", "f32le", "pipe:1",
     ]  # fmt: skip

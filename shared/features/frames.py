@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.bundle import UtteranceMeta
-from shared.features.media import MediaError, MediaInfo
+from shared.features.media import MediaError, MediaInfo, input_args
 from shared.features.spec import FeatureSpec
 from shared.settings import Settings, get_settings
 
@@ -158,7 +158,7 @@ def extract_frames(
         )
         args = [
             "ffmpeg", "-hide_banner", "-nostdin", "-nostats", "-loglevel", "info",
-            "-threads", str(settings.ffmpeg_threads), "-i", str(path),
+            "-threads", str(settings.ffmpeg_threads), *input_args(path),
             "-map", "0:v:0", "-an", "-sn", "-dn",
             "-filter_threads", "1", "-filter_script:v", str(script),
             "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1",

@@ -69,6 +69,26 @@ class MediaInfo:
         return asdict(self)
 
 
+# The only demuxers ffmpeg/ffprobe may use on an upload. Playlist and script formats (hls, dash,
+# concat, image2 patterns, ...) would make ffmpeg open further files or URLs named inside the
+# upload; still-image demuxers are allowed only so probing can name them "unsupported".
+SAFE_DEMUXERS = (
+    "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,flv,mpegts,mpeg,ogg,wav,w64,mp3,aac,flac,asf,aiff,"
+    "png_pipe,jpeg_pipe,webp_pipe,bmp_pipe,gif"
+)
+
+
+def input_args(path: Path | str) -> list[str]:
+    """ffmpeg/ffprobe arguments that open ``path`` as a plain local file: only the ``file``
+    protocol, only SAFE_DEMUXERS, and a ``file:`` URL so names like ``-x`` or ``concat:a|b`` are
+    never read as options or protocols."""
+    return [
+        "-protocol_whitelist", "file",
+        "-format_whitelist", SAFE_DEMUXERS,
+        "-i", f"file:{Path(path).resolve()}",
+    ]  # fmt: skip
+
+
 # Leading bytes of containers ffmpeg reads: a file that starts like one but fails to probe is
 # "corrupt" (e.g. an upload cut short), anything else is "not_media".
 _SIGNATURES: tuple[tuple[int, bytes], ...] = (
@@ -130,7 +150,7 @@ def _duration(report: dict[str, Any]) -> float | None:
 def run_ffprobe(path: Path, timeout: float) -> dict[str, Any]:
     """ffprobe's JSON report. Not ``ffmpeg.probe``: ffmpeg-python 0.2's probe has no time limit,
     and a crafted file must not hold a worker forever."""
-    args = ["ffprobe", "-v", "error", "-show_format", "-show_streams", "-of", "json", str(path)]
+    args = ["ffprobe", "-v", "error", "-show_format", "-show_streams", "-of", "json", *input_args(path)]
     try:
         done = subprocess.run(args, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired as exc:

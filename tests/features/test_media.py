@@ -119,3 +119,18 @@ def test_unknown_code_is_a_programming_error():
     assert {"not_media", "no_streams", "corrupt", "too_long", "too_large_resolution", "unsupported"} <= (
         MEDIA_ERROR_CODES
     )
+
+
+def test_playlists_and_odd_names_are_not_followed(tmp_path, media, settings):
+    """An HLS playlist named .mp4 must not make ffprobe open the files or URLs it lists."""
+    playlist = tmp_path / "playlist.mp4"
+    playlist.write_text(
+        f"#EXTM3U\n#EXT-X-TARGETDURATION:3\n#EXTINF:3,\n{media.mp4}\n#EXT-X-ENDLIST\n", encoding="utf-8"
+    )
+    with pytest.raises(MediaError) as info:
+        probe(playlist, settings)
+    assert info.value.code == "not_media"
+    # a name that looks like an option or a protocol is still just a file
+    odd = tmp_path / "-concat:x|y.mp4"
+    odd.write_bytes(media.mp4.read_bytes())
+    assert probe(odd, settings).video.codec == "h264"
