@@ -18,6 +18,7 @@ from services.gateway.analyses.endpoints import router as analyses_router
 from services.gateway.api_keys.endpoints import router as api_keys_router
 from services.gateway.auth.endpoints import router as auth_router
 from services.gateway.dashboard import router as dashboard_router
+from services.gateway.openapi import install_problem_openapi
 from services.gateway.ratelimit import RateLimitHeadersMiddleware
 from services.gateway.security import DEFAULT_SECRET
 from services.gateway.uploads.endpoints import router as uploads_router
@@ -118,6 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(dashboard_router)
     # Other areas' routers plug in here (webhook endpoints API, dashboard).
     document_webhooks(app)
+    install_problem_openapi(app)
     _add_health_routes(app)
     return app
 
