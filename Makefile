@@ -30,8 +30,9 @@ system-deps:
 	  fi; \
 	fi
 
+# The whole path through the API: dev stack, spoken clip, sign-up, key, upload, SSE, results.
 demo: install
-	$(VENV)/bin/moodreel demo
+	$(PY) scripts/demo.py --state-dir $(DEV_STATE)
 
 # pytest exits 5 when it collected nothing: that is a failure, not a pass.
 test: install
