@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -209,6 +210,30 @@ def create_app(
         return Response(payload, media_type=JSON_CONTENT_TYPE)
 
     return app
+
+
+@contextmanager
+def serve_in_background(app: FastAPI, host: str = "127.0.0.1") -> Iterator[str]:
+    """Run ``app`` on a port the OS picks, in a thread; yield its URL (tests, bench, demos)."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind((host, 0))  # bound here and handed over: no window for another process to take it
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="model-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the model server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
 
 
 def app_from_environment() -> FastAPI:

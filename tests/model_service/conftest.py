@@ -4,20 +4,16 @@ uvicorn servers on free loopback ports."""
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
-from fastapi import FastAPI
 
 from services.model.inference import ServedModel, model_fn
-from services.model.server import create_app
+from services.model.server import create_app, serve_in_background
 from services.model.testing import TINY_SPEC, build_tiny_checkpoint
 from shared.bundle import FeatureBundle, UtteranceMeta
 from shared.features.spec import FeatureSpec
@@ -83,25 +79,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@contextmanager
-def running(app: FastAPI) -> Iterator[str]:
-    """Serve ``app`` with uvicorn on a loopback socket bound here (no port race); yield its URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+running = serve_in_background
 
 
 def wait_until_ready(url: str, timeout: float = 60.0) -> None:
