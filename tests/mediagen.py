@@ -14,6 +14,7 @@ dozens of them in seconds. The media cases:
 ``no_audio_mp4``            video stream only
 ``audio_only_m4a``          audio stream only
 ``video_ends_early_mp4``    video stops after ``video_seconds`` (1 s), audio goes on
+``late_audio_mp4``          the audio stream starts 1 s after the video
 ``truncated_mp4``           a valid mp4 cut short (``faststart=True``: header intact, data cut;
                             ``False``: the index at the end is gone)
 ``time_coded_mp4``          grey level encodes the time (luma = 16 + 50 * t), 10 fps, no audio
@@ -40,6 +41,7 @@ __all__ = [
     "SpokenClip",
     "audio_only_m4a",
     "h264_aac_mp4",
+    "late_audio_mp4",
     "make_clip",
     "mkv",
     "no_audio_mp4",
@@ -152,6 +154,21 @@ def video_ends_early_mp4(
     directory: Path, name: str = "short-video.mp4", duration: float = 3.0, video_seconds: float = 1.0
 ) -> Path:
     return make_clip(directory / name, duration=duration, video_seconds=video_seconds)
+
+
+def late_audio_mp4(directory: Path, name: str = "late-audio.mp4", offset: float = 1.0) -> Path:
+    """3 s of video; a 440 Hz tone from ``offset`` seconds to the end (the stream starts late)."""
+    width, height = SIZE
+    path = directory / name
+    video_codec, audio_codec = _CODECS[".mp4"]
+    run_tool(
+        ffmpeg_args(
+            "-f", "lavfi", "-t", "3", "-i", f"testsrc2=s={width}x{height}:r={FPS}",
+            "-itsoffset", str(offset), "-f", "lavfi", "-t", str(3 - offset), "-i", "sine=frequency=440",
+            *video_codec, *audio_codec, str(path),
+        )
+    )  # fmt: skip
+    return path
 
 
 def truncated_mp4(

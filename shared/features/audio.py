@@ -33,6 +33,9 @@ def load_audio(path: Path | str, spec: FeatureSpec, settings: Settings | None = 
         "ffmpeg", "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error",
         "-threads", str(settings.ffmpeg_threads), *input_args(path),
         "-map", "0:a:0", "-vn", "-sn", "-dn",
+        # Pad/fill by timestamps from 0, so sample i is at i / rate even when the audio stream
+        # starts late or has gaps: utterance times index the waveform directly.
+        "-af", "aresample=async=1:first_pts=0",
         "-ac", "1", "-ar", str(spec.sample_rate), "-f", "f32le", "pipe:1",
     ]  # fmt: skip
     try:

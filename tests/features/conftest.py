@@ -46,6 +46,10 @@ class MediaSet:
         return mediagen.video_ends_early_mp4(self.directory)
 
     @cached_property
+    def late_audio(self) -> Path:
+        return mediagen.late_audio_mp4(self.directory)
+
+    @cached_property
     def truncated(self) -> Path:
         return mediagen.truncated_mp4(self.directory)
 

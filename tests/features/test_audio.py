@@ -84,3 +84,13 @@ def test_utterance_slices_follow_speech(media, settings):
     assert masks[2].sum() <= 21  # only the 0.2 s that exist (and they are silent: maybe none)
     none_features, none_masks = utterance_log_mels(None, utterances, spec)
     assert not none_masks.any() and not none_features.any()
+
+
+def test_audio_starting_late_stays_aligned(media, settings):
+    waveform = load_audio(media.late_audio, SPEC, settings)
+    assert abs(len(waveform) - 3 * 16_000) < 1_600  # padded from 0, not shifted to the start
+    assert np.abs(waveform[:14_000]).max() < 1e-3  # silence until the stream starts at 1 s
+    assert np.abs(waveform[18_000:40_000]).max() > 0.1
+    _, masks = utterance_log_mels(waveform, [UtteranceMeta(0.0, 0.85), UtteranceMeta(1.2, 2.5)], SPEC)
+    assert not masks[0].any()  # before the stream starts: silence, masked
+    assert masks[1].all()  # 1.3 s of tone fills all T = 128 frames
