@@ -280,3 +280,26 @@ def test_model_dir_resolution_prefers_explicit_then_sagemaker_then_setting(
     sagemaker_dir.mkdir(parents=True)
     assert resolve_model_dir(None, settings) == sagemaker_dir
     assert resolve_model_dir(tmp_path / "explicit", settings) == tmp_path / "explicit"
+
+
+def test_a_bundle_extracted_from_generated_media_is_scored(
+    server_url: str, tmp_path: Path, served_model: ServedModel
+):
+    from shared.features.pipeline import extract_features
+    from tests.mediagen import no_audio_mp4, spoken_clip
+
+    clip = spoken_clip(tmp_path)
+    bundle = extract_features(clip.video, TINY_SPEC, clip.transcript)
+    result = InvocationResponse.model_validate_json(invoke(server_url, bundle).content)
+    assert [u.text for u in result.utterances] == [s["text"] for s in clip.segments]
+    assert all(u.modalities_used == ["text", "audio", "visual"] for u in result.utterances)
+    emotion, _ = expected_probabilities(served_model, bundle)
+    np.testing.assert_allclose(
+        [list(u.emotion.scores.values()) for u in result.utterances], emotion, atol=1e-5
+    )
+
+    # No audio track and no transcript: windows scored from the picture alone, and said so.
+    silent = extract_features(no_audio_mp4(tmp_path), TINY_SPEC, window_seconds=1.0)
+    result = InvocationResponse.model_validate_json(invoke(server_url, silent).content)
+    assert result.utterances and all(u.modalities_used == ["visual"] for u in result.utterances)
+    assert all(list(u.modalities) == ["visual"] for u in result.utterances)
