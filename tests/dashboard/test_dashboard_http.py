@@ -1,0 +1,188 @@
+"""The dashboard's server side over real HTTP (the gateway under uvicorn on a loopback port, a
+migrated SQLite database, this machine's Redis with a unique key prefix): sign-in redirects, the
+CSRF and open-redirect guards, static files, the SSE/export relays' ownership, and refresh-token
+rotation shared by concurrent requests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from shared.settings import REPO_ROOT
+from tests.worker.stack import Process, free_port, http_ok
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory) -> Iterator[str]:
+    directory = tmp_path_factory.mktemp("dashboard-gateway")
+    tag = uuid.uuid4().hex[:10]
+    env = {
+        "MOODREEL_DATABASE_URL": f"sqlite:///{directory / 'moodreel.db'}",
+        "MOODREEL_DATA_DIR": str(directory / "data"),
+        "MOODREEL_REDIS_KEY_PREFIX": f"moodreel-dash-{tag}:",
+        "MOODREEL_QUEUE_NAME": f"moodreel-dash-{tag}:queue",
+        "MOODREEL_STORAGE_BACKEND": "local",
+    }
+    subprocess.run(
+        [str(Path(sys.executable).with_name("alembic")), "upgrade", "head"],
+        cwd=REPO_ROOT, env={**os.environ, **env}, check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    port = free_port()
+    argv = [str(Path(sys.executable).with_name("uvicorn")), "services.gateway.main:create_app", "--factory",
+            "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    process = Process("gateway", argv, env, directory, http_ok(f"http://127.0.0.1:{port}/readyz"))
+    process.start(timeout=90)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.stop()
+
+
+def csrf_from(page: httpx.Response) -> str:
+    marker = 'name="csrf_token" value="'
+    start = page.text.index(marker) + len(marker)
+    return page.text[start : page.text.index('"', start)]
+
+
+def signed_in_client(base_url: str) -> tuple[httpx.Client, str]:
+    client = httpx.Client(base_url=base_url, timeout=30.0)
+    token = csrf_from(client.get("/dashboard/signup"))
+    email = f"dash-{uuid.uuid4().hex[:8]}@example.com"
+    response = client.post(
+        "/dashboard/signup", data={"email": email, "password": PASSWORD, "csrf_token": token}
+    )
+    assert response.status_code == 303 and response.headers["location"] == "/dashboard/analyses"
+    return client, email
+
+
+def test_pages_redirect_to_sign_in(gateway):
+    with httpx.Client(base_url=gateway) as client:
+        response = client.get("/dashboard/keys")
+        assert response.status_code == 303
+        assert response.headers["location"] == "/dashboard/login?next=%2Fdashboard%2Fkeys"
+        fragment = client.get("/dashboard/analyses", headers={"HX-Request": "true"})
+        assert fragment.status_code == 204 and fragment.headers["HX-Redirect"] == "/dashboard/login"
+
+
+def test_csrf_token_and_origin_are_required(gateway):
+    with httpx.Client(base_url=gateway) as client:
+        token = csrf_from(client.get("/dashboard/login"))
+        form = {"email": "nobody@example.com", "password": "wrong-password"}
+        assert client.post("/dashboard/login", data=form).status_code == 403
+        assert client.post("/dashboard/login", data={**form, "csrf_token": "x" * 64}).status_code == 403
+        cross_site = client.post(
+            "/dashboard/login", data={**form, "csrf_token": token}, headers={"Origin": "https://evil.example"}
+        )
+        assert cross_site.status_code == 403
+        # A fresh browser (no seed cookie) cannot reuse someone else's token either.
+        with httpx.Client(base_url=gateway) as stranger:
+            assert stranger.post("/dashboard/login", data={**form, "csrf_token": token}).status_code == 403
+        wrong = client.post("/dashboard/login", data={**form, "csrf_token": token})
+        assert wrong.status_code == 401 and 'role="alert"' in wrong.text
+
+
+def test_sign_in_never_redirects_off_site(gateway):
+    client, email = signed_in_client(gateway)
+    with httpx.Client(base_url=gateway) as fresh:
+        token = csrf_from(fresh.get("/dashboard/login"))
+        for target in ("//evil.example/x", "https://evil.example", "/dashboard\\@evil.example", "/v1/usage"):
+            response = fresh.post(
+                "/dashboard/login",
+                data={"email": email, "password": PASSWORD, "csrf_token": token, "next": target},
+            )
+            assert response.status_code == 303 and response.headers["location"] == "/dashboard/analyses"
+        ok = fresh.post(
+            "/dashboard/login",
+            data={"email": email, "password": PASSWORD, "csrf_token": token, "next": "/dashboard/keys"},
+        )
+        assert ok.headers["location"] == "/dashboard/keys"
+    client.close()
+
+
+def test_static_files_stay_inside_their_folder(gateway):
+    with httpx.Client(base_url=gateway) as client:
+        css = client.get("/dashboard/static/app.css")
+        assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+        assert ".btn" in css.text or "btn" in css.text
+        assert client.get("/dashboard/static/vendor/htmx.min.js").status_code == 200
+        for path in ("../views.py", "..%2Fviews.py", "%2e%2e/session.py", "../templates/base.html"):
+            assert client.get(f"/dashboard/static/{path}").status_code == 404
+
+
+def submit_uploaded_analysis(base_url: str, client: httpx.Client) -> str:
+    """An analysis of a (tiny, never processed) upload, submitted through the API with a key."""
+    keys = client.get("/dashboard/keys")
+    form = {"name": "t", "csrf_token": csrf_from(keys), "scope_read": "true", "scope_write": "true"}
+    created = client.post("/dashboard/keys", data=form)
+    assert created.status_code == 303
+    key_page = client.get("/dashboard/keys")
+    marker = 'id="new-key" class="field font-mono" readonly value="'
+    key = key_page.text[key_page.text.index(marker) + len(marker) :].split('"', 1)[0]
+    with httpx.Client(base_url=base_url, headers={"X-API-Key": key}, timeout=30.0) as api:
+        upload = {"filename": "a.mp4", "content_type": "video/mp4", "size_bytes": 64}
+        target = api.post("/v1/uploads", json=upload)
+        assert target.status_code == 201, target.text
+        put = httpx.put(target.json()["url"], content=b"\x00" * 64, headers=target.json()["headers"])
+        assert put.status_code == 200, put.text
+        analysis = api.post("/v1/analyses", json={"upload_id": target.json()["upload_id"]})
+    assert analysis.status_code == 202, analysis.text
+    return analysis.json()["id"]
+
+
+def test_event_and_export_relays_belong_to_the_owner(gateway):
+    owner, _ = signed_in_client(gateway)
+    other, _ = signed_in_client(gateway)
+    analysis_id = submit_uploaded_analysis(gateway, owner)
+
+    page = owner.get(f"/dashboard/analyses/{analysis_id}")
+    assert (
+        page.status_code == 200
+        and f'data-live-events="/dashboard/analyses/{analysis_id}/events"' in page.text
+    )
+    with owner.stream("GET", f"/dashboard/analyses/{analysis_id}/events") as events:
+        assert events.status_code == 200
+        assert events.headers["content-type"].startswith("text/event-stream")
+        first = next(events.iter_lines())
+        assert first.startswith("retry:")
+    assert other.get(f"/dashboard/analyses/{analysis_id}/events").status_code == 404
+    assert other.get(f"/dashboard/analyses/{analysis_id}").status_code == 404
+    assert other.get(f"/dashboard/analyses/{analysis_id}/export?format=json").status_code == 404
+    assert owner.get(f"/dashboard/analyses/{analysis_id}/export?format=exe").status_code == 400
+    owner.close()
+    other.close()
+
+
+def test_concurrent_requests_share_one_refresh_rotation(gateway):
+    """With an expired access token, a page's parallel requests all refresh with the same
+    single-use refresh token; they must share one rotation, not revoke the token family."""
+    client, _ = signed_in_client(gateway)
+    refresh = client.cookies["mr_refresh"]
+    cookies = {"mr_access": "expired.or.garbage", "mr_refresh": refresh, "mr_csrf": client.cookies["mr_csrf"]}
+
+    async def burst() -> list[httpx.Response]:
+        # One client per request, as parallel browser connections each carry the same cookies.
+        async def one() -> httpx.Response:
+            async with httpx.AsyncClient(base_url=gateway, timeout=30.0, cookies=cookies) as browser:
+                return await browser.get("/dashboard/keys")
+
+        return await asyncio.gather(*(one() for _ in range(6)))
+
+    responses = asyncio.run(burst())
+    assert [r.status_code for r in responses] == [200] * 6
+    rotated = {r.cookies.get("mr_refresh") for r in responses}
+    assert len(rotated) == 1 and refresh not in rotated
+    # The family is intact: the rotated token still signs the user in.
+    after = {"mr_access": "expired", "mr_refresh": rotated.pop(), "mr_csrf": cookies["mr_csrf"]}
+    with httpx.Client(base_url=gateway, cookies=after) as browser:
+        assert browser.get("/dashboard/keys").status_code == 200
+    client.close()
