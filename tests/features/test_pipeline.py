@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from shared.bundle import FeatureBundle
+from shared.bundle import FeatureBundle, UtteranceMeta
 from shared.features.frames import NO_FRAME
 from shared.features.media import MediaError
 from shared.features.pipeline import extract_features
@@ -141,3 +141,21 @@ def test_demo_command(tmp_path):
     assert result.exit_code == 0, result.output
     assert "4 utterances; with text 4, audio 4, visual 4" in result.output
     assert "Ross" in result.output and (tmp_path / "spoken.mp4").is_file()
+
+
+def test_time_limits_stop_ffmpeg(media, settings):
+    from shared.features.audio import load_audio
+    from shared.features.frames import extract_frames
+    from shared.features.media import probe
+
+    info = probe(media.spoken.video, settings)
+    hasty = settings.model_copy(update={"ffmpeg_timeout_seconds": 0.001, "ffprobe_timeout_seconds": 0.001})
+    utterances = [UtteranceMeta(0.0, info.duration)]
+    for run in (
+        lambda: probe(media.spoken.video, hasty),
+        lambda: extract_frames(media.spoken.video, info, utterances, SPEC, hasty),
+        lambda: load_audio(media.spoken.video, SPEC, hasty),
+    ):
+        with pytest.raises(MediaError) as error:
+            run()
+        assert error.value.code == "corrupt" and "longer than" in str(error.value)
