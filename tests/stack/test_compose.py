@@ -336,3 +336,18 @@ def test_gateway_app_builds_with_the_gateway_image_packages():
     code = "from services.gateway.main import create_app\ncreate_app()\nimport alembic.config"
     done = run_with_image_packages("services/gateway/requirements-image.txt", code)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_model_command_is_a_command_of_the_image_entrypoint(compose):
+    """compose runs `model` as ENTRYPOINT + command, i.e. `moodreel serve` (SageMaker's contract)."""
+    from typer.main import get_command
+
+    from services.cli import app
+
+    dockerfile = (REPO_ROOT / BUILT["model"]).read_text()
+    entrypoint = re.findall(r"^ENTRYPOINT (\[.*\])$", dockerfile, flags=re.M)
+    assert entrypoint and yaml.safe_load(entrypoint[-1]) == ["moodreel"]
+    command = compose["services"]["model"]["command"]
+    assert command == ["serve"] and command[0] in get_command(app).commands
+    assert compose["services"]["model"]["environment"]["MOODREEL_MODEL_DIR"] == "/opt/ml/model"
+    assert any(v.endswith(":/opt/ml/model:ro") for v in compose["services"]["model"]["volumes"])
