@@ -155,6 +155,7 @@ def api_url(gateway, worker) -> str:
 @dataclass(frozen=True)
 class Clips:
     urls: dict[str, str]
+    paths: dict[str, Path]
     spoken_srt: str
     spoken_duration: float
 
@@ -188,7 +189,7 @@ def clips(e2e_dir, media_server) -> Clips:
     media_server.routes["/media/huge.mp4"] = serve_file(b"\0" * 3_500_000)
     urls["huge.mp4"] = media_server.url("/media/huge.mp4")
     urls["missing.mp4"] = media_server.url("/media/missing.mp4")
-    return Clips(urls, spoken.transcript.read_text(), spoken.duration)
+    return Clips(urls, files, spoken.transcript.read_text(), spoken.duration)
 
 
 @pytest.fixture(scope="session")

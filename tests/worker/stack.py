@@ -59,7 +59,7 @@ class Process:
         self.log_path = log_dir / f"{name}.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 60.0) -> Process:
+    def start(self, timeout: float = 180.0) -> Process:
         if self.before_start is not None:
             self.before_start()
         log = self.log_path.open("ab")

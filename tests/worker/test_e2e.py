@@ -21,7 +21,7 @@ from shared.labels import EMOTIONS, MODALITIES, SENTIMENTS
 from shared.webhooks import verify
 from tests.worker import api
 from tests.worker.helpers import events, ledger, utterance_rows
-from tests.worker.loopback import RecordingServer, redirect_to, send_bytes, status
+from tests.worker.loopback import RecordingServer, redirect_to, send_bytes, serve_file, status
 from tests.worker.stack import wait_until
 
 pytestmark = pytest.mark.slow
@@ -318,3 +318,48 @@ def test_arq_health_check_passes_while_the_worker_runs(worker, worker_env):
         timeout=60,
     )
     assert done.returncode == 0, done.stderr.decode()[-2000:]
+
+
+def test_transient_source_errors_are_retried(api_url, clips, media_server):
+    """A 503 from the video's server is worth another try; the retry succeeds."""
+    user = api.new_user(api_url)
+    good = serve_file(clips.paths["short.mp4"].read_bytes())
+    calls: list[int] = []
+
+    def flaky(handler) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            send_bytes(handler, b"busy", status=503)
+        else:
+            good(handler)
+
+    media_server.routes["/media/flaky.mp4"] = flaky
+    created = user.submit(video_url=media_server.url("/media/flaky.mp4"))
+    assert user.wait(created["id"])["status"] == "succeeded"
+    assert len(calls) == 2
+
+
+def test_canceled_analysis_stops_and_is_refunded(
+    api_url, clips, model_server, sessions, redis_client, namespace
+):
+    user = api.new_user(api_url)
+    created = user.submit(video_url=clips.url("spoken.mp4"), options={"window_seconds": 1.0})
+    analysis_id = created["id"]
+    wait_until(
+        lambda: any(e.type == "utterance" for e in events(redis_client, analysis_id, namespace)),
+        90,
+        "the first scored utterance",
+        interval=0.02,
+    )
+    model_server.signal(signal.SIGSTOP)
+    try:
+        response = user.http.delete(f"/v1/analyses/{analysis_id}")
+        assert response.status_code == 204, response.text
+    finally:
+        model_server.signal(signal.SIGCONT)
+    # The worker notices before its next chunk and stops: the analysis stays canceled, refunded.
+    time.sleep(3.0)
+    analysis = user.get(analysis_id)
+    assert analysis["status"] == "canceled"
+    assert all(entry.refunded_at is not None for entry in ledger(sessions, analysis_id).values())
+    assert user.usage()["video_seconds"]["used"] == 0
