@@ -106,6 +106,8 @@ def main() -> None:
     parser.add_argument("--sqlite", action="store_true", help="SQLite instead of a fresh PostgreSQL database")
     args = parser.parse_args()
 
+    # Other jobs on a shared machine skew absolute numbers; the ratio is the comparable result.
+    load_at_start = round(os.getloadavg()[0], 2)
     workdir = Path(tempfile.mkdtemp(prefix="moodreel-bench-"))
     database_url = f"sqlite:///{workdir / 'bench.db'}" if args.sqlite else create_postgres_database()
     prefix = f"moodreel-bench-{uuid.uuid4().hex[:8]}:"
@@ -185,6 +187,7 @@ def main() -> None:
         },
         "machine": {
             "cpus": os.cpu_count(),
+            "load_average_1m_at_start": load_at_start,
             "python": platform.python_version(),
             "platform": platform.platform(),
         },

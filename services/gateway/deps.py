@@ -54,14 +54,19 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
     # Commits run on their own thread limiter: with every worker thread of the default pool
     # waiting for a row lock, the transaction holding it must still be able to commit.
     limiter = request.app.state.commit_limiter
+
+    def commit_and_close() -> None:
+        try:
+            session.commit()
+        finally:
+            session.close()
+
     try:
         yield session
-        await anyio.to_thread.run_sync(session.commit, limiter=limiter)
     except BaseException:
-        await anyio.to_thread.run_sync(session.rollback, limiter=limiter)
+        await anyio.to_thread.run_sync(session.close, limiter=limiter)  # close() rolls back
         raise
-    finally:
-        await anyio.to_thread.run_sync(session.close, limiter=limiter)
+    await anyio.to_thread.run_sync(commit_and_close, limiter=limiter)
     for hook in session.info.pop("after_commit", []):
         await hook()
 
