@@ -139,6 +139,8 @@ class Settings(BaseSettings):
     idempotency_ttl_hours: int = Field(24, ge=1)
     event_stream_ttl_seconds: int = Field(86_400, ge=60)
     cors_origins: list[str] = Field(default_factory=list)
+    # JSON/form request bodies (uploads stream separately, bounded by their declared size).
+    max_request_body_bytes: int = Field(10_000_000, ge=1024)
 
     # --- preprocess worker: fetching, jobs, webhooks (issue 6) ---------------------------------
     worker_max_jobs: int = Field(2, ge=1)
