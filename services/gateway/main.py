@@ -18,6 +18,7 @@ from services.gateway.analyses.endpoints import router as analyses_router
 from services.gateway.api_keys.endpoints import router as api_keys_router
 from services.gateway.auth.endpoints import router as auth_router
 from services.gateway.dashboard import router as dashboard_router
+from services.gateway.limits import BodySizeLimitMiddleware
 from services.gateway.openapi import install_problem_openapi
 from services.gateway.ratelimit import RateLimitHeadersMiddleware
 from services.gateway.security import DEFAULT_SECRET
@@ -101,6 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     install_problem_handlers(app)
     app.add_middleware(RateLimitHeadersMiddleware)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -310,3 +310,30 @@ def test_enqueue_failure_fails_the_analysis_and_refunds(database_url, tmp_path, 
         listed = client.get("/v1/analyses", headers={"X-API-Key": key}).json()["items"]
         assert [(a["status"], a["error"]["code"]) for a in listed] == [("failed", "queue_unavailable")]
         assert client.get("/v1/usage", headers={"X-API-Key": key}).json()["analyses"]["used"] == 0
+
+
+def test_oversized_bodies_refused(database_url, tmp_path, redis_client):
+    from fastapi.testclient import TestClient
+
+    from services.gateway.main import create_app
+    from tests.gateway.conftest import delete_prefixed_keys, make_settings
+
+    settings = make_settings(database_url, tmp_path, max_request_body_bytes=4096)
+    try:
+        with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+            key = new_api_key(client, sign_up(client))["key"]
+            big = {"video_url": PUBLIC_URL, "transcript": SRT + "x" * 5000}
+            assert_problem(submit(client, key, big), 413, "payload_too_large")
+
+            def chunks():
+                yield json.dumps(big).encode()
+
+            chunked = client.post(
+                "/v1/analyses",
+                content=chunks(),
+                headers={"X-API-Key": key, "Content-Type": "application/json"},
+            )
+            assert_problem(chunked, 413, "payload_too_large")
+            assert submit(client, key).status_code == 202
+    finally:
+        delete_prefixed_keys(redis_client, settings.redis_key_prefix)
