@@ -333,7 +333,13 @@ assert bundle.modality_mask.all(), bundle.modality_mask
 
 
 def test_gateway_app_builds_with_the_gateway_image_packages():
-    code = "from services.gateway.main import create_app\ncreate_app()\nimport alembic.config"
+    # create_app, plus what the gateway imports lazily: transcript validation at submission.
+    code = (
+        "from services.gateway.main import create_app\ncreate_app()\nimport alembic.config\n"
+        "from shared.features.transcripts import parse_transcript\n"
+        "srt = '1\\n00:00:00,000 --> 00:00:02,500\\nJOEY: hi\\n'\n"
+        "assert len(parse_transcript(srt, 10.0).utterances) == 1"
+    )
     done = run_with_image_packages("services/gateway/requirements-image.txt", code)
     assert done.returncode == 0, done.stderr[-3000:]
 
