@@ -58,9 +58,16 @@ async def hit(
     return WindowState(policy, limit, window, int(count), reset_in)
 
 
+def remember(state: WindowState, scope_state: dict) -> None:
+    """Add a policy to the response's headers (several policies form one structured-field list)."""
+    headers = scope_state.setdefault(STATE_KEY, {})
+    for name, value in state.headers().items():
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+
+
 def enforce(state: WindowState, scope_state: dict) -> None:
     """Remember the headers for the response; raise 429 when the window is spent."""
-    scope_state[STATE_KEY] = state.headers()
+    remember(state, scope_state)
     if state.exceeded:
         raise TooManyRequests(
             f"More than {state.limit} requests in {state.window} s; retry after {state.reset_in} s.",

@@ -139,8 +139,9 @@ def test_quota_exhausted_is_429_with_retry_after_and_refund_frees_it(client, api
     response = submit(client, api_key)
     body = assert_problem(response, 429, "quota_exceeded")
     assert int(response.headers["retry-after"]) > 0 and body["limit"] == 5 and body["quota"] == "analysis"
-    usage = client.get("/v1/usage", headers={"X-API-Key": api_key}).json()
-    assert usage["analyses"] == {"used": 5, "limit": 5, "remaining": 0}
+    usage_response = client.get("/v1/usage", headers={"X-API-Key": api_key})
+    assert usage_response.json()["analyses"] == {"used": 5, "limit": 5, "remaining": 0}
+    assert '"analyses";r=0;t=' in usage_response.headers["ratelimit"]
     # Cancelling a queued analysis gives its unit back.
     assert client.delete(f"/v1/analyses/{ids[0]}", headers={"X-API-Key": api_key}).status_code == 204
     assert submit(client, api_key).status_code == 202

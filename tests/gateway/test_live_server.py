@@ -187,7 +187,12 @@ def test_rate_limit_headers_and_429(database_url, tmp_path, redis_client):
             other_key = new_api_key(client, account)["key"]
             responses = [client.get("/v1/usage", headers={"X-API-Key": key}) for _ in range(4)]
             assert [r.status_code for r in responses[:3]] == [200, 200, 200]
-            assert responses[0].headers["ratelimit-policy"] == '"requests";q=3;w=60'
+            policies = responses[0].headers["ratelimit-policy"].split(", ")
+            assert policies[0] == '"requests";q=3;w=60'
+            assert policies[1].startswith('"analyses";q=5;w=') and policies[2].startswith(
+                '"video-seconds";q=60;w='
+            )
+            assert responses[0].headers["ratelimit"].split(", ")[1].startswith('"analyses";r=5;t=')
             remaining = [r.headers["ratelimit"].split(";")[1] for r in responses[:3]]
             assert remaining == ["r=2", "r=1", "r=0"]
             limited = responses[3]

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from services.gateway.deps import CurrentPrincipal, SessionDep, SettingsDep
 from services.gateway.openapi import problem_responses
 from services.gateway.usage.schemas import Meter, UsagePublic
+from services.gateway.usage.service import remember_quota_headers
 from shared import usage
 
 router = APIRouter(prefix="/v1/usage", tags=["usage"])
@@ -17,8 +18,11 @@ def _meter(used: float, limit: float) -> Meter:
 @router.get(
     "", response_model=UsagePublic, responses=problem_responses(401, 429), summary="This month's usage"
 )
-def get_usage(principal: CurrentPrincipal, session: SessionDep, settings: SettingsDep) -> UsagePublic:
+def get_usage(
+    request: Request, principal: CurrentPrincipal, session: SessionDep, settings: SettingsDep
+) -> UsagePublic:
     snapshot = usage.snapshot(session, principal.user_id, principal.user.plan, settings=settings)
+    remember_quota_headers(snapshot, request.scope.setdefault("state", {}))
     return UsagePublic(
         period=snapshot.period,
         plan=snapshot.plan,
