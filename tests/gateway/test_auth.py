@@ -193,3 +193,55 @@ def test_production_refuses_default_secret():
 def test_unknown_route_and_method_are_problems(client):
     assert_problem(client.get("/v1/nothing-here"), 404, "not_found")
     assert_problem(client.put("/v1/usage"), 405, "method_not_allowed")
+
+
+def test_expired_refresh_token_rejected(client, account, database_url):
+    from sqlalchemy import update
+
+    from shared.db.models import RefreshToken
+    from tests.fixtures.db import engine_for
+
+    with engine_for(database_url).begin() as connection:
+        connection.execute(update(RefreshToken).values(expires_at=datetime.now(UTC) - timedelta(seconds=1)))
+    response = client.post("/v1/auth/refresh", json={"refresh_token": account.refresh_token})
+    assert_problem(response, 401, "invalid_refresh_token")
+
+
+def test_disabled_account_loses_every_credential(client, account, database_url):
+    from sqlalchemy import update
+
+    from shared.db.models import User
+    from tests.fixtures.db import engine_for
+    from tests.gateway.conftest import new_api_key
+
+    key = new_api_key(client, account)["key"]
+    with engine_for(database_url).begin() as connection:
+        connection.execute(update(User).values(is_active=False))
+    assert_problem(client.get("/v1/usage", headers=account.headers), 401, "unauthorized")
+    assert_problem(client.get("/v1/usage", headers={"X-API-Key": key}), 401, "unauthorized")
+    login = client.post("/v1/auth/login", data={"username": account.email, "password": PASSWORD})
+    assert_problem(login, 401, "invalid_credentials")
+    refresh = client.post("/v1/auth/refresh", json={"refresh_token": account.refresh_token})
+    assert_problem(refresh, 401, "invalid_refresh_token")
+
+
+def test_token_of_deleted_user_rejected(client, account, database_url):
+    from sqlalchemy import delete
+
+    from shared.db.models import User
+    from tests.fixtures.db import engine_for
+
+    with engine_for(database_url).begin() as connection:
+        connection.execute(delete(User))
+    assert_problem(client.get("/v1/auth/me", headers=account.headers), 401, "unauthorized")
+
+
+def test_passwords_are_argon2id_hashes(client, account, database_url):
+    from sqlalchemy import select
+
+    from shared.db.models import User
+    from tests.fixtures.db import engine_for
+
+    with engine_for(database_url).connect() as connection:
+        stored = connection.execute(select(User.password_hash)).scalar_one()
+    assert stored.startswith("$argon2id$") and PASSWORD not in stored
