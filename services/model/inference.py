@@ -53,6 +53,7 @@ class ServedModel:
     loaded: LoadedModel
     device: torch.device
     batch_size: int
+    vocab_size: int  # token ids at or above it are refused, not looked up out of range
 
     @property
     def spec(self) -> FeatureSpec:
@@ -86,7 +87,10 @@ def model_fn(model_dir: str | Path) -> ServedModel:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     started = time.perf_counter()
     loaded = load_checkpoint(Path(model_dir), device=device)
-    served = ServedModel(loaded=loaded, device=device, batch_size=get_settings().model_batch_size)
+    vocab_size = loaded.model.text.backbone.get_input_embeddings().num_embeddings
+    served = ServedModel(
+        loaded=loaded, device=device, batch_size=get_settings().model_batch_size, vocab_size=vocab_size
+    )
     log.info(
         "model_loaded",
         model_dir=str(model_dir),
@@ -212,8 +216,12 @@ def predict_fn(data: FeatureBundle, model: ServedModel, deadline: float | None =
         )
     _check_shapes(data, model.spec)
     count = len(data)
-    if count and int(np.asarray(data.input_ids).min()) < 0:
-        raise InferenceError(400, "malformed_bundle", "input_ids holds negative token ids")
+    if count and not 0 <= int(data.input_ids.min()) <= int(data.input_ids.max()) < model.vocab_size:
+        raise InferenceError(
+            400, "malformed_bundle", f"input_ids outside the vocabulary [0, {model.vocab_size})"
+        )
+    if count and not np.isin(data.token_type_ids, (0, 1)).all():
+        raise InferenceError(400, "malformed_bundle", "token_type_ids must be 0 or 1")
     parts: list[dict[str, torch.Tensor]] = []
     autocast = model.device.type == "cuda"
     network = model.loaded.model

@@ -131,3 +131,42 @@ def test_the_archives_code_serves_on_its_own(opt_ml_model: Path, tmp_path: Path)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     result = InvocationResponse.model_validate_json(done.stdout.splitlines()[-1])  # logs go first
     assert [u.speaker for u in result.utterances] == [u.speaker for u in bundle.utterances]
+
+
+IMAGE_SCRIPT = """
+import os
+from pathlib import Path
+from services.model.server import create_app
+from services.model.inference import model_fn, transform
+served = model_fn(os.environ["CHECK_MODEL_DIR"])
+create_app(Path("."), load_model=lambda _: served)
+bundle = Path(os.environ["CHECK_BUNDLE"]).read_bytes()
+body, count = transform(bundle, "application/x-safetensors", None, served)
+assert count == 2, count
+"""
+
+
+def test_the_images_packages_are_enough_to_load_and_score(tiny_checkpoint: Path, tmp_path: Path):
+    # The images install torch, then requirements-inference.txt; nothing else may be needed.
+    requirements = tmp_path / "image-requirements.txt"
+    inference = (REPO_ROOT / "services" / "model" / "requirements-inference.txt").read_text()
+    requirements.write_text("torch==2.13.0\n" + inference)
+    make_bundle(count=2).save(tmp_path / "bundle.safetensors")
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "tests" / "stack" / "image_imports.py"),
+            str(requirements),
+            "--",
+            IMAGE_SCRIPT,
+        ],
+        cwd=REPO_ROOT,
+        env={
+            **os.environ,
+            "CHECK_MODEL_DIR": str(tiny_checkpoint),
+            "CHECK_BUNDLE": str(tmp_path / "bundle.safetensors"),
+        },
+        capture_output=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]

@@ -197,6 +197,12 @@ def test_malformed_bundles_are_400(server_url: str):
     lying = dataclasses.replace(bundle, log_mel=bundle.log_mel[:, :, :10].copy())
     body = assert_problem(invoke(server_url, lying), 400, "malformed_bundle")
     assert "log_mel" in body["detail"]
+    # Token ids the embedding table does not have: refused, not an index error in the network.
+    out_of_vocabulary = dataclasses.replace(bundle, input_ids=bundle.input_ids + 10_000_000)
+    body = assert_problem(invoke(server_url, out_of_vocabulary), 400, "malformed_bundle")
+    assert "vocabulary" in body["detail"]
+    token_types = dataclasses.replace(bundle, token_type_ids=bundle.token_type_ids + 5)
+    assert_problem(invoke(server_url, token_types), 400, "malformed_bundle")
 
 
 def test_twenty_concurrent_requests_each_get_their_own_answer(server_url: str, served_model: ServedModel):
