@@ -305,3 +305,45 @@ def test_version_names_fit_sagemaker_limits():
     name = version_name("x" * 80, NOW)
     assert len(name) == 63 and name.endswith("-20261126-123005")
     assert version_name("moodreel", NOW) == VERSION
+
+
+def test_the_deploy_command_packs_the_checkpoint_and_deploys_it(
+    aws: Clients, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import tarfile
+
+    from typer.testing import CliRunner
+
+    from services.cli import app
+
+    monkeypatch.setattr(SageMakerDeployer, "from_region", classmethod(lambda cls, region: aws.deployer))
+    endpoint_missing(aws)
+    expect_model_and_config(aws)
+    aws.sm.add_response(
+        "create_endpoint",
+        {"EndpointArn": f"{ARN}:endpoint/moodreel"},
+        {"EndpointName": "moodreel", "EndpointConfigName": VERSION, "Tags": TAGS},
+    )
+    expect_in_service_and_scaling(aws)
+    arguments = ["sagemaker", "deploy", str(tiny_checkpoint), "--endpoint", "moodreel", "--role", ROLE]
+    result = CliRunner().invoke(app, [*arguments, "--image", IMAGE, "--bucket", "moodreel-artifacts"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout[result.stdout.index("{") :])["artifact_uri"] == ARTIFACT_URI
+    stored = aws.s3.get_object(Bucket="moodreel-artifacts", Key=f"moodreel/models/{VERSION}/model.tar.gz")
+    local = tiny_checkpoint.parent / "downloaded.tar.gz"
+    local.write_bytes(stored["Body"].read())
+    with tarfile.open(local) as archive:
+        names = set(archive.getnames())
+    assert {"checkpoint.json", "model.safetensors", "code/inference.py", "code/requirements.txt"} <= names
+    spec = aws.s3.get_object(Bucket="moodreel-artifacts", Key=f"moodreel/models/{VERSION}/feature-spec.json")
+    assert FeatureSpec.model_validate_json(spec["Body"].read()) == TINY_SPEC
+
+
+def test_the_deploy_command_names_missing_settings(tiny_checkpoint: Path):
+    from typer.testing import CliRunner
+
+    from services.cli import app
+
+    result = CliRunner().invoke(app, ["sagemaker", "deploy", str(tiny_checkpoint), "--bucket", "b"])
+    assert result.exit_code == 2
+    assert "--role" in result.output and "--image" in result.output

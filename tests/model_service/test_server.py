@@ -309,3 +309,22 @@ def test_a_bundle_extracted_from_generated_media_is_scored(
     result = InvocationResponse.model_validate_json(invoke(server_url, silent).content)
     assert result.utterances and all(u.modalities_used == ["visual"] for u in result.utterances)
     assert all(list(u.modalities) == ["visual"] for u in result.utterances)
+
+
+def test_the_deadline_stops_a_request_between_batches(served_model: ServedModel, tiny_checkpoint: Path):
+    import time
+
+    from services.model.inference import InferenceError
+
+    with pytest.raises(InferenceError) as info:
+        predict_fn(
+            make_bundle(count=4), dataclasses.replace(served_model, batch_size=1), time.monotonic() - 1
+        )
+    assert (info.value.status_code, info.value.code) == (503, "deadline_exceeded")
+
+    hurried = Settings(model_request_timeout_seconds=0.001)
+    with running(create_app(tiny_checkpoint, settings=hurried, load_model=lambda _: served_model)) as url:
+        wait_until_ready(url)
+        response = invoke(url, make_bundle(count=30))
+        body = assert_problem(response, 503, "deadline_exceeded")
+        assert response.headers["retry-after"] == "5" and "within" in body["detail"]
