@@ -113,9 +113,14 @@ async def clear_login_failures(
     await client.delete(_login_keys(settings, email, client_ip)[0])
 
 
+# API responses are data, never documents to sniff or frame.
+SECURITY_HEADERS = ((b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"))
+
+
 class RateLimitHeadersMiddleware:
     """Adds the headers a dependency left in ``request.state`` to the response — also to error
-    responses, which FastAPI builds without the endpoint's ``Response`` object."""
+    responses, which FastAPI builds without the endpoint's ``Response`` object — and the
+    security headers every response carries."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -127,12 +132,12 @@ class RateLimitHeadersMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                extra = (scope.get("state") or {}).get(STATE_KEY)
-                if extra:
-                    message["headers"] = [
-                        *message.get("headers", []),
-                        *((name.lower().encode(), value.encode()) for name, value in extra.items()),
-                    ]
+                extra = (scope.get("state") or {}).get(STATE_KEY) or {}
+                message["headers"] = [
+                    *message.get("headers", []),
+                    *SECURITY_HEADERS,
+                    *((name.lower().encode(), value.encode()) for name, value in extra.items()),
+                ]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

@@ -245,3 +245,24 @@ def test_passwords_are_argon2id_hashes(client, account, database_url):
     with engine_for(database_url).connect() as connection:
         stored = connection.execute(select(User.password_hash)).scalar_one()
     assert stored.startswith("$argon2id$") and PASSWORD not in stored
+
+
+def test_token_responses_are_not_cached_and_security_headers_are_set(client, account):
+    login = client.post("/v1/auth/login", data={"username": account.email, "password": PASSWORD})
+    assert login.headers["cache-control"] == "no-store"
+    refreshed = client.post("/v1/auth/refresh", json={"refresh_token": login.json()["refresh_token"]})
+    assert refreshed.headers["cache-control"] == "no-store"
+    for response in (login, client.get("/v1/nothing"), client.get("/healthz")):
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["x-frame-options"] == "DENY"
+
+
+def test_signups_per_address_are_limited(client):
+    from services.gateway.auth.endpoints import SIGNUPS_PER_HOUR_PER_ADDRESS
+
+    for index in range(SIGNUPS_PER_HOUR_PER_ADDRESS):
+        body = {"email": f"bulk{index}@example.com", "password": PASSWORD}
+        assert client.post("/v1/auth/signup", json=body).status_code == 201
+    response = client.post("/v1/auth/signup", json={"email": "one-more@example.com", "password": PASSWORD})
+    assert_problem(response, 429, "rate_limited")
+    assert response.headers["ratelimit-policy"].startswith('"signups";q=20;w=3600')

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, status
+from fastapi import APIRouter, Depends, Request, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
 from starlette.concurrency import run_in_threadpool
 
@@ -13,17 +13,28 @@ from services.gateway.deps import CurrentPrincipal, RedisDep, SessionDep, Settin
 from services.gateway.openapi import problem_responses
 
 router = APIRouter(prefix="/v1/auth", tags=["auth"])
+SIGNUPS_PER_HOUR_PER_ADDRESS = 20
+# Token responses must not be cached (RFC 6749 §5.1).
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
 @router.post(
     "/signup",
     status_code=status.HTTP_201_CREATED,
     response_model=UserPublic,
-    responses=problem_responses(409, 422),
+    responses=problem_responses(409, 422, 429),
     summary="Create an account",
 )
-def signup(body: SignupRequest, session: SessionDep, settings: SettingsDep) -> UserPublic:
-    return UserPublic.model_validate(service.signup(session, settings, body.email, body.password))
+async def signup(
+    body: SignupRequest, request: Request, session: SessionDep, settings: SettingsDep, redis_client: RedisDep
+) -> UserPublic:
+    client_ip = request.client.host if request.client else "unknown"
+    state = await ratelimit.hit(
+        redis_client, settings, client_ip, limit=SIGNUPS_PER_HOUR_PER_ADDRESS, window=3600, policy="signups"
+    )
+    ratelimit.enforce(state, request.scope.setdefault("state", {}))
+    user = await run_in_threadpool(service.signup, session, settings, body.email, body.password)
+    return UserPublic.model_validate(user)
 
 
 @router.post(
@@ -34,6 +45,7 @@ def signup(body: SignupRequest, session: SessionDep, settings: SettingsDep) -> U
 )
 async def login(
     request: Request,
+    response: Response,
     form: Annotated[OAuth2PasswordRequestForm, Depends()],
     session: SessionDep,
     settings: SettingsDep,
@@ -48,6 +60,7 @@ async def login(
         await ratelimit.record_login_failure(redis_client, settings, email, client_ip)
         raise
     await ratelimit.clear_login_failures(redis_client, settings, email, client_ip)
+    response.headers.update(NO_STORE)
     return await run_in_threadpool(service.issue_tokens, session, settings, user)
 
 
@@ -57,7 +70,10 @@ async def login(
     responses=problem_responses(401, 422),
     summary="Exchange a refresh token for a new token pair (rotation)",
 )
-def refresh(body: RefreshRequest, session: SessionDep, settings: SettingsDep) -> TokenPair:
+def refresh(
+    body: RefreshRequest, response: Response, session: SessionDep, settings: SettingsDep
+) -> TokenPair:
+    response.headers.update(NO_STORE)
     return service.rotate_refresh_token(session, settings, body.refresh_token)
 
 
