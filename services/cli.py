@@ -124,6 +124,23 @@ def sagemaker_delete(
 
 
 # --- feature pipeline (issue 2) -----------------------------------------------------------------
+@app.command()
+def purge() -> None:
+    """Delete expired idempotency records and never-completed uploads (run it periodically)."""
+    from services.gateway.maintenance import purge_expired
+    from shared.db.session import create_db_engine, make_session_factory, session_scope
+    from shared.settings import get_settings
+
+    settings = get_settings()
+    engine = create_db_engine(settings=settings)
+    try:
+        with session_scope(make_session_factory(engine)) as session:
+            report = purge_expired(session, settings)
+    finally:
+        engine.dispose()
+    print(f"purged {report.idempotency_records} idempotency records and {report.uploads} stale uploads")
+
+
 def _load_spec(spec_path: Path | None):
     from shared.features.spec import FeatureSpec
     from shared.logging import configure_logging
