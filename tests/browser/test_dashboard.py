@@ -120,3 +120,39 @@ def test_sign_up_key_upload_results_revoke(dev_stack, browser, artifacts, tmp_pa
     page.wait_for_url("**/dashboard/login?next=%2Fdashboard%2Fkeys")
     assert console_errors == [], console_errors
     context.close()
+
+
+def test_failed_analysis_shows_its_error_and_can_be_deleted(dev_stack, browser, artifacts, tmp_path):
+    not_media = tmp_path / "notes.mp4"
+    not_media.write_bytes(b"these are meeting notes, not a video\n" * 50)
+    context = browser.new_context(base_url=dev_stack.base_url, viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.goto("/dashboard/signup")
+    page.fill("input[name=email]", f"browser-{uuid.uuid4().hex[:8]}@example.com")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/dashboard/analyses")
+
+    # Neither a file nor a URL: the form says so and nothing is submitted.
+    page.click("text=New analysis")
+    page.click("button:has-text('Analyse')")
+    assert "Choose a video file or enter a URL" in page.locator("[role=alert]").inner_text()
+
+    page.set_input_files("input[name=video_file]", str(not_media))
+    page.click("button:has-text('Analyse')")
+    page.wait_for_url(re.compile(r".*/dashboard/analyses/[0-9a-f-]{36}$"))
+    page.wait_for_selector("[data-status=failed]", timeout=120_000)
+    assert page.locator("[data-error-code]").inner_text() == "not_media"
+    page.screenshot(path=artifacts / "failed.png", full_page=True)
+    # A failed analysis is refunded: the meter shows none used.
+    page.click("text=Analyses")
+    assert re.search(r"0\s*/\s*100", page.locator("[data-meter=Analyses]").inner_text())
+    assert page.locator("[data-status=failed]").count() == 1
+
+    page.locator("a:has-text('Open')").first.click()
+    page.click("button:has-text('Delete')")
+    page.wait_for_url("**/dashboard/analyses")
+    assert page.locator("[data-status]").count() == 0
+    context.close()

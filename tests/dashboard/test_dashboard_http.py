@@ -5,12 +5,12 @@ rotation shared by concurrent requests."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -169,15 +169,14 @@ def test_concurrent_requests_share_one_refresh_rotation(gateway):
     refresh = client.cookies["mr_refresh"]
     cookies = {"mr_access": "expired.or.garbage", "mr_refresh": refresh, "mr_csrf": client.cookies["mr_csrf"]}
 
-    async def burst() -> list[httpx.Response]:
-        # One client per request, as parallel browser connections each carry the same cookies.
-        async def one() -> httpx.Response:
-            async with httpx.AsyncClient(base_url=gateway, timeout=30.0, cookies=cookies) as browser:
-                return await browser.get("/dashboard/keys")
+    def one_browser_connection(_: int) -> httpx.Response:
+        # Each parallel connection of the page carries the same cookies.
+        with httpx.Client(base_url=gateway, timeout=30.0, cookies=cookies) as browser:
+            return browser.get("/dashboard/keys")
 
-        return await asyncio.gather(*(one() for _ in range(6)))
-
-    responses = asyncio.run(burst())
+    # Threads, not asyncio.run: Playwright's sync API may own this thread's event loop.
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        responses = list(pool.map(one_browser_connection, range(6)))
     assert [r.status_code for r in responses] == [200] * 6
     rotated = {r.cookies.get("mr_refresh") for r in responses}
     assert len(rotated) == 1 and refresh not in rotated
