@@ -185,3 +185,27 @@ def test_concurrent_requests_share_one_refresh_rotation(gateway):
     with httpx.Client(base_url=gateway, cookies=after) as browser:
         assert browser.get("/dashboard/keys").status_code == 200
     client.close()
+
+
+def test_api_problems_are_shown_in_the_form(gateway):
+    """The API's own checks apply: a loopback URL is refused with its problem message, and the
+    analysis is not created."""
+    client, _ = signed_in_client(gateway)
+    form_page = client.get("/dashboard/analyses/new")
+    token = csrf_from(form_page)
+    refused = client.post(
+        "/dashboard/analyses",
+        data={"csrf_token": token, "video_url": "http://127.0.0.1:9/private.mp4"},
+        files={"video_file": ("", b"", "application/octet-stream")},
+    )
+    assert refused.status_code in (400, 422), refused.text
+    alert = refused.text.split('role="alert"', 1)[1].split("</div>", 1)[0]
+    assert "video_url:" in alert  # the API's UrlRejected detail, "<field>: <reason>"
+    bad_window = client.post(
+        "/dashboard/analyses",
+        data={"csrf_token": token, "video_url": "https://example.com/a.mp4", "window_seconds": "soon"},
+    )
+    assert bad_window.status_code == 422 and "Window seconds must be a number" in bad_window.text
+    listing = client.get("/dashboard/analyses")
+    assert "No analyses yet" in listing.text
+    client.close()
