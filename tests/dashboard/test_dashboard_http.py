@@ -209,3 +209,12 @@ def test_api_problems_are_shown_in_the_form(gateway):
     listing = client.get("/dashboard/analyses")
     assert "No analyses yet" in listing.text
     client.close()
+
+
+def test_api_page_shows_samples_for_this_server(gateway):
+    client, _ = signed_in_client(gateway)
+    page = client.get("/dashboard/api")
+    assert page.status_code == 200
+    assert f"curl -sS -X POST {gateway}/v1/analyses" in page.text
+    assert f'base_url="{gateway}"' in page.text.replace("&#34;", '"')
+    client.close()
