@@ -84,5 +84,8 @@ images:
 	docker build -f services/model/Dockerfile -t moodreel-model:$(IMAGE_TAG) .
 
 # Push the three images to ECR (AWS_REGION, optional AWS_ACCOUNT_ID); see docs/deploy.md.
-ecr-push: images
+# Images are tagged with the commit, so a dirty tree is refused before anything is built.
+ecr-push:
+	@case "$(IMAGE_TAG)" in *-dirty) echo "commit your changes first: images are tagged with the git sha" >&2; exit 1;; esac
+	$(MAKE) images IMAGE_TAG=$(IMAGE_TAG)
 	IMAGE_TAG=$(IMAGE_TAG) scripts/ecr_push.sh

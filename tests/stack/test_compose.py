@@ -4,6 +4,7 @@ values, the commands' Python targets, hadolint, and `docker-compose config` when
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
 import os
 import re
@@ -357,3 +358,32 @@ def test_model_command_is_a_command_of_the_image_entrypoint(compose):
     assert command == ["serve"] and command[0] in get_command(app).commands
     assert compose["services"]["model"]["environment"]["MOODREEL_MODEL_DIR"] == "/opt/ml/model"
     assert any(v.endswith(":/opt/ml/model:ro") for v in compose["services"]["model"]["volumes"])
+
+
+def dockerignore_patterns() -> list[str]:
+    lines = (REPO_ROOT / ".dockerignore").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith(("#", "!"))]
+
+
+def ignored(path: str, patterns: list[str]) -> bool:
+    path = path.rstrip("/")
+    return any(
+        path == p
+        or path.startswith(p + "/")
+        or fnmatch.fnmatch(path, p)
+        or fnmatch.fnmatch(path, p.lstrip("*/"))
+        for p in patterns
+    )
+
+
+def test_build_context_keeps_secrets_and_state_out_but_every_copied_source_in():
+    patterns = dockerignore_patterns()
+    for secret_or_state in (".env", ".venv", ".git", "var", "services/model/checkpoints", "test-artifacts"):
+        assert ignored(secret_or_state, patterns), secret_or_state
+    assert ignored("services/gateway/dashboard/node_modules", patterns)
+    for dockerfile in dockerfiles():
+        for line in re.findall(r"^COPY (?!--from)(.+)$", dockerfile.read_text(), flags=re.M):
+            *sources, _destination = line.split()
+            for source in sources:
+                assert (REPO_ROOT / source).exists(), f"{dockerfile.name}: {source} does not exist"
+                assert not ignored(source, patterns), f"{dockerfile}: {source} is excluded by .dockerignore"
