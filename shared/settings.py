@@ -147,6 +147,8 @@ class Settings(BaseSettings):
     # A killed job is picked up again only after this (+10 s) has passed since it started.
     worker_job_timeout_seconds: float = Field(1800.0, gt=0)
     worker_job_tries: int = Field(4, ge=1)
+    # Utterances scored (and then stored and announced) per step, so results arrive progressively.
+    worker_score_chunk_utterances: int = Field(16, ge=1)
     # Base of the exponential backoff between tries of a transiently failed job.
     worker_retry_base_seconds: float = Field(5.0, ge=0)
     # SIGTERM lets running jobs finish for this long before they are cancelled (and re-queued).

@@ -246,7 +246,7 @@ class AnalysisRun:
         """Predict chunk by chunk; each chunk's rows are stored and announced before the next."""
         predictions: list[UtterancePrediction] = []
         first: InvocationResponse | None = None
-        step = max(1, self.r.model.max_utterances_per_request)
+        step = self.settings.worker_score_chunk_utterances
         starts = range(0, len(bundle), step) if len(bundle) else []
         for start in starts:
             await self.ensure_active()

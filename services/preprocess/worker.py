@@ -66,6 +66,13 @@ async def analyse_video(ctx: dict[str, Any], analysis_id: str) -> dict[str, Any]
     resources: Resources = ctx["resources"]
     run = AnalysisRun(resources, uuid.UUID(analysis_id))
     job_try: int = ctx.get("job_try", 1)
+    if job_try > settings.worker_job_tries:
+        # Only reachable when every try so far died with its worker (e.g. killed for memory):
+        # end the analysis cleanly instead of letting arq drop the job and leave it "processing".
+        await run.fail(
+            "interrupted", "processing was interrupted too many times (the worker stopped mid-job)"
+        )
+        return {"outcome": "failed", "code": "interrupted"}
     try:
         return await run.run()
     except Exception as exc:
@@ -101,7 +108,8 @@ class WorkerSettings:
         func(
             analyse_video,
             timeout=settings.worker_job_timeout_seconds + ANALYSE_TIMEOUT_MARGIN_SECONDS,
-            max_tries=settings.worker_job_tries,
+            # One try more than worker_job_tries, kept for failing cleanly (see analyse_video).
+            max_tries=settings.worker_job_tries + 1,
         ),
         # One attempt per try; the delivery row counts attempts, arq's tries only bound the loop.
         func(

@@ -120,7 +120,7 @@ def worker_env(base_env, e2e_dir, media_server, receiver) -> dict[str, str]:
         "MOODREEL_MODEL_CLIENT_BACKOFF_SECONDS": "0.2",
         "MOODREEL_MODEL_CLIENT_TIMEOUT_SECONDS": "10",
         # Several requests per video, so results arrive (and are stored) chunk by chunk.
-        "MOODREEL_MODEL_CLIENT_MAX_UTTERANCES_PER_REQUEST": "2",
+        "MOODREEL_WORKER_SCORE_CHUNK_UTTERANCES": "2",
     }
 
 
