@@ -35,6 +35,9 @@ class ModelConfig:
 
     # --- audio: a CNN over log-mel ---------------------------------------------------------------
     audio_channels: tuple[int, ...] = (32, 64, 128)
+    # Labels of an extra head on the audio embedding, trained on acted speech (RAVDESS's eight
+    # emotions, services/model/data/speech.py); empty: no such head.
+    speech_labels: tuple[str, ...] = ()
 
     # --- visual: per-frame backbone + temporal pooling -----------------------------------------
     # "cnn": a small CNN trained from scratch; "transformers": an image model (e.g. ResNet) by
@@ -56,6 +59,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         self.audio_channels = tuple(self.audio_channels)
+        self.speech_labels = tuple(self.speech_labels)
         self.visual_channels = tuple(self.visual_channels)
         self.trained_modalities = tuple(self.trained_modalities)
         unknown = set(self.trained_modalities) - set(MODALITIES)

@@ -97,6 +97,12 @@ def evaluate_checkpoint(
         cache_dir or settings.data_dir / "cache" / "meld",
     )
     metrics = evaluate_examples(loaded.model, examples, batch_size, device)
+    acted_speech = {}
+    if "audio" in loaded.config.trained_modalities:
+        from services.model.speech_eval import evaluate_speech_corpora
+
+        # RAVDESS's actors of the same split (test: held-out actors 21-24) and EmoDB.
+        acted_speech = evaluate_speech_corpora(loaded.model, loaded.spec, split, batch_size, device)
     report = {
         "checkpoint": {key: loaded.meta.get(key) for key in ("name", "version", "git_sha", "data_hash")},
         "split": split,
@@ -105,6 +111,8 @@ def evaluate_checkpoint(
         "spec_hash": loaded.spec.hash,
         **metrics,
     }
+    if acted_speech:
+        report["acted_speech"] = acted_speech
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -115,7 +123,10 @@ def evaluate_checkpoint(
             )
             report[f"{head}_confusion_png"] = png.name
         card = out.with_name(f"{out.stem}-model-card.md")
-        card.write_text(render_model_card(loaded.meta, loaded.config, loaded.spec, {split: metrics}))
+        speech_metrics = {f"{corpus}_{split}": {"speech": scores} for corpus, scores in acted_speech.items()}
+        card.write_text(
+            render_model_card(loaded.meta, loaded.config, loaded.spec, {split: metrics} | speech_metrics)
+        )
         report["model_card"] = card.name
         out.write_text(json.dumps(report, indent=2) + "\n")
     log.info(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from services.model.config import ModelConfig
+from services.model.speech_eval import speech_card_lines
 from shared.features.spec import FeatureSpec
 from shared.labels import MODALITIES
 
@@ -90,6 +91,7 @@ def render_model_card(
         if split in metrics_by_split:
             lines += [f"Per class on {split}:", "", *_per_class_table(metrics_by_split[split], "emotion"), ""]
             break
+    lines += speech_card_lines(metrics_by_split)
     lines += [
         "For orientation (published MELD test emotion weighted F1): always-neutral 0.313, text-CNN "
         "0.550, single-utterance RoBERTa-base 0.626, EmoBERTa (context) 0.656.",

@@ -59,6 +59,8 @@ class ModelOutput:
     modality_emotion_logits: torch.Tensor  # [B, 3, 7], zeros where the modality was not used
     modality_sentiment_logits: torch.Tensor  # [B, 3, 3], zeros where the modality was not used
     modalities_used: torch.Tensor  # [B, 3] bool: present in the input AND trained
+    # [B, K] the audio embedding's speech head (config.speech_labels), zeros where audio was not used
+    speech_logits: torch.Tensor | None = None
 
 
 def inputs_from_bundle(bundle: FeatureBundle, device: torch.device | str = "cpu") -> ModelInputs:
@@ -281,6 +283,7 @@ class MoodreelModel(nn.Module):
         self.sentiment_head = nn.Linear(config.fusion_hidden, len(SENTIMENTS))
         self.modality_emotion_heads = nn.ModuleList(nn.Linear(dim, len(EMOTIONS)) for _ in MODALITIES)
         self.modality_sentiment_heads = nn.ModuleList(nn.Linear(dim, len(SENTIMENTS)) for _ in MODALITIES)
+        self.speech_head = nn.Linear(dim, len(config.speech_labels)) if config.speech_labels else None
         trained = torch.tensor([m in config.trained_modalities for m in MODALITIES])
         self.register_buffer("trained", trained, persistent=False)
 
@@ -336,6 +339,11 @@ class MoodreelModel(nn.Module):
             modality_emotion_logits=modality_emotion * weights,
             modality_sentiment_logits=modality_sentiment * weights,
             modalities_used=used,
+            speech_logits=(
+                self.speech_head(embeddings[AUDIO]) * weights[:, AUDIO]
+                if self.speech_head is not None
+                else None
+            ),
         )
 
     def base_state_names(self) -> set[str]:
@@ -365,7 +373,7 @@ class MoodreelModel(nn.Module):
                 continue
             if name.startswith("text.backbone."):
                 groups["text_encoder"].append(parameter)
-            elif name.startswith("audio."):
+            elif name.startswith(("audio.", "speech_head.")):
                 groups["audio"].append(parameter)
             elif name.startswith("visual."):
                 groups["visual"].append(parameter)

@@ -32,6 +32,13 @@ import torch.nn.functional as F
 from services.model.checkpoint import load_checkpoint, save_checkpoint
 from services.model.config import ModelConfig
 from services.model.data.examples import ExampleSet
+from services.model.data.speech import (
+    RAVDESS_EMOTIONS,
+    SPEECH_CORPORA,
+    SpeechAugment,
+    corpus_available,
+    speech_examples,
+)
 from services.model.evaluate import autocast, evaluate_examples, summary
 from services.model.metrics import emit_metric_line
 from services.model.network import ModelOutput, MoodreelModel
@@ -81,6 +88,16 @@ class TrainConfig:
     # Copy the finished checkpoint (+ MODEL_CARD.md) here if its weights fit in publish_max_mb.
     publish_dir: Path | None = None
     publish_max_mb: float = 15.0
+    # Acted speech (sources "ravdess"/"emodb", services/model/data/speech.py): weight of the
+    # 8-class speech-head loss, log-mel augmentations, and whether rows carry their spoken statement.
+    speech_loss_weight: float = 1.0
+    speech_augment: bool = True
+    speech_text: bool = False
+    # Start from a checkpoint (its ModelConfig, FeatureSpec and weights) and keep the named parts
+    # ("text", "fusion", "audio", "visual") as they are: e.g. add audio to a text checkpoint.
+    init_checkpoint: Path | None = None
+    init_parts: tuple[str, ...] = ()  # parts to take from it; empty: every matching weight
+    freeze: tuple[str, ...] = ()
     model: ModelConfig = field(default_factory=ModelConfig)
     spec: FeatureSpec = field(default_factory=FeatureSpec)
 
@@ -128,6 +145,10 @@ class Criterion:
             "emotion": class_weights(train.emotion, len(EMOTIONS), config.class_weighting),
             "sentiment": class_weights(train.sentiment, len(SENTIMENTS), config.class_weighting),
         }
+        if train.speech is not None:
+            weights["speech"] = class_weights(
+                train.speech, int(train.speech.max()) + 1, config.class_weighting
+            )
         self.weights = {k: (v.to(device) if v is not None else None) for k, v in weights.items()}
         self.gamma = config.focal_gamma if config.loss == "focal" else None
 
@@ -136,7 +157,13 @@ class Criterion:
             logits, targets, self.weights[head], self.config.label_smoothing, self.gamma
         )
 
-    def __call__(self, output: ModelOutput, emotion: torch.Tensor, sentiment: torch.Tensor) -> LossTerms:
+    def __call__(
+        self,
+        output: ModelOutput,
+        emotion: torch.Tensor,
+        sentiment: torch.Tensor,
+        speech: torch.Tensor | None = None,
+    ) -> LossTerms:
         parts = {
             "emotion": self._loss("emotion", output.emotion_logits, emotion),
             "sentiment": self._loss("sentiment", output.sentiment_logits, sentiment),
@@ -151,6 +178,11 @@ class Criterion:
             ) + self._loss("sentiment", output.modality_sentiment_logits[used, index], sentiment[used])
             parts[f"{modality}_head"] = term
             total = total + self.config.modality_loss_weight * term
+        if output.speech_logits is not None and speech is not None:
+            audio_used = output.modalities_used[:, MODALITIES.index("audio")]
+            speech = torch.where(audio_used, speech, torch.full_like(speech, -1))
+            parts["speech_head"] = self._loss("speech", output.speech_logits, speech)
+            total = total + self.config.speech_loss_weight * parts["speech_head"]
         return LossTerms(total=total, parts=parts)
 
 
@@ -180,6 +212,10 @@ def load_source(name: str, split: str, config: TrainConfig) -> ExampleSet | None
             log.info("meld_clips", split=split, **report)
         else:
             examples = load_text_examples(directory, split, config.spec, config.cache_dir)
+    elif name in SPEECH_CORPORA:
+        examples = speech_examples(name, split, config.spec, with_text=config.speech_text)
+        if examples is None:
+            return None
     else:
         raise ValueError(f"unknown training source {name!r}")
     if config.limit_per_split:
@@ -193,6 +229,7 @@ def subset(examples: ExampleSet, indices: torch.Tensor) -> ExampleSet:
         modality_mask=examples.modality_mask[indices],
         emotion=examples.emotion[indices],
         sentiment=examples.sentiment[indices],
+        speech=examples.speech[indices] if examples.speech is not None else None,
     )
 
 
@@ -245,7 +282,28 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# Parameter-name prefixes of each part `TrainConfig.freeze` can name; a modality's own heads
+# belong to it, so a frozen text branch also keeps its own text scores.
+FREEZABLE_PARTS = {
+    "text": ("text.", "modality_emotion_heads.0.", "modality_sentiment_heads.0."),
+    "audio": ("audio.", "speech_head.", "modality_emotion_heads.1.", "modality_sentiment_heads.1."),
+    "visual": ("visual.", "modality_emotion_heads.2.", "modality_sentiment_heads.2."),
+    "fusion": ("fusion.", "absent", "emotion_head.", "sentiment_head."),
+}
+
+
+def frozen_parameters(model: MoodreelModel, parts: tuple[str, ...]) -> set[int]:
+    """ids of the parameters of ``parts``: left out of the optimiser (they keep requires_grad, so
+    the checkpoint still stores them as trained weights)."""
+    unknown = set(parts) - set(FREEZABLE_PARTS)
+    if unknown:
+        raise ValueError(f"cannot freeze {sorted(unknown)}; parts are {sorted(FREEZABLE_PARTS)}")
+    prefixes = tuple(prefix for part in parts for prefix in FREEZABLE_PARTS[part])
+    return {id(p) for name, p in model.named_parameters() if prefixes and name.startswith(prefixes)}
+
+
 def build_optimizer(model: MoodreelModel, config: TrainConfig) -> torch.optim.Optimizer:
+    frozen = frozen_parameters(model, config.freeze)
     rates = {
         "text_encoder": config.lr_text_encoder,
         "audio": config.lr_audio,
@@ -255,6 +313,7 @@ def build_optimizer(model: MoodreelModel, config: TrainConfig) -> torch.optim.Op
     groups = [
         {"params": params, "lr": rates[part], "name": part}
         for part, params in model.parameter_groups().items()
+        for params in [[p for p in params if id(p) not in frozen]]
         if params
     ]
     return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
@@ -312,6 +371,30 @@ class Distributed:
             dist.destroy_process_group()
 
 
+def _model_config(config: TrainConfig, initial) -> ModelConfig:
+    """The initial checkpoint's ModelConfig with the fields this run sets explicitly (those that
+    differ from the defaults) applied on top; without one, the run's own."""
+    if initial is None:
+        return config.model
+    defaults = ModelConfig().to_dict()
+    explicit = {k: v for k, v in config.model.to_dict().items() if v != defaults[k]}
+    return initial.config.replace(**explicit)
+
+
+def _load_initial_weights(model: MoodreelModel, initial: MoodreelModel, parts: tuple[str, ...]) -> None:
+    """Copy every weight of ``parts`` (all if empty) whose name and shape match; the rest starts
+    fresh, so a run that takes only "text" rebuilds the same model whatever else the checkpoint has."""
+    own = model.state_dict()
+    prefixes = tuple(prefix for part in parts for prefix in FREEZABLE_PARTS[part]) or ("",)
+    matching = {
+        k: v
+        for k, v in initial.state_dict().items()
+        if k.startswith(prefixes) and k in own and own[k].shape == v.shape
+    }
+    model.load_state_dict(matching, strict=False)
+    log.info("initial_weights", loaded=len(matching), fresh=len(own) - len(matching))
+
+
 def train(config: TrainConfig) -> Path:
     """Train, keep the best checkpoint on dev, evaluate it; returns the checkpoint directory."""
     distributed = Distributed()
@@ -322,17 +405,26 @@ def train(config: TrainConfig) -> Path:
     started = time.monotonic()
     output_dir = Path(config.output_dir)
     best_dir = output_dir / "checkpoint"
+    initial = load_checkpoint(config.init_checkpoint) if config.init_checkpoint else None
+    if initial is not None:
+        # Features must be the ones the initial weights were trained on.
+        config.spec = initial.spec
 
     train_set, dev_set = load_split("train", config), load_split("dev", config)
     if train_set is None or dev_set is None:
         raise ValueError("training needs a train and a dev split")
     provided = {m for i, m in enumerate(MODALITIES) if bool(train_set.modality_mask[:, i].any())}
-    trained = tuple(m for m in MODALITIES if m in config.modalities and m in provided)
+    kept = set(initial.config.trained_modalities) if initial is not None else set()
+    trained = tuple(m for m in MODALITIES if (m in config.modalities and m in provided) or m in kept)
     if not trained:
         raise ValueError(f"no source provides any of the modalities {config.modalities}")
-    model_config = config.model.replace(trained_modalities=trained)
+    model_config = _model_config(config, initial).replace(trained_modalities=trained)
+    if train_set.speech is not None:
+        model_config = model_config.replace(speech_labels=RAVDESS_EMOTIONS)
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     model = MoodreelModel(model_config)
+    if initial is not None:
+        _load_initial_weights(model, initial.model, config.init_parts)
     for modality in MODALITIES:
         if modality not in trained:
             # An untrained branch keeps its initial weights; the model treats it as absent.
@@ -343,6 +435,9 @@ def train(config: TrainConfig) -> Path:
         and "text" in trained
         and model_config.text_train_mode in ("frozen", "top_layers")
     )
+    if use_cache and "text" in config.freeze:
+        # A frozen text branch is constant: cache the last layer, so epochs run none of them.
+        model.text.frozen_depth = model.text.layer_count
     if use_cache:
         for examples in (train_set, dev_set):
             cache_text_hidden(
@@ -365,6 +460,7 @@ def train(config: TrainConfig) -> Path:
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
         )
     criterion = Criterion(config, train_set, device)
+    augment = SpeechAugment() if config.speech_augment else None
     optimizer = build_optimizer(model, config)
     steps_per_epoch = math.ceil(len(train_set) / distributed.world / config.batch_size)
     scheduler = schedule(optimizer, steps_per_epoch * config.epochs, config.warmup_ratio)
@@ -377,7 +473,10 @@ def train(config: TrainConfig) -> Path:
         epoch_started = time.monotonic()
         network.train()
         generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
-        order = torch.randperm(len(train_set), generator=generator)[distributed.rank :: distributed.world]
+        order = torch.randperm(len(train_set), generator=generator)
+        # Pad by wrapping so every rank runs the same number of full steps (DDP needs that).
+        padded = steps_per_epoch * distributed.world * config.batch_size
+        order = order.repeat(math.ceil(padded / len(order)))[:padded][distributed.rank :: distributed.world]
         from tqdm import tqdm
 
         bar = tqdm(
@@ -388,12 +487,15 @@ def train(config: TrainConfig) -> Path:
         running: dict[str, float] = {}
         for index in bar:
             rows = order[index * config.batch_size : (index + 1) * config.batch_size]
-            if len(rows) == 0:
-                continue
             batch = train_set.batch(rows)
+            if augment is not None and batch.inputs.log_mel is not None:
+                batch.inputs.log_mel, batch.inputs.audio_mask = augment(
+                    batch.inputs.log_mel, batch.inputs.audio_mask, generator
+                )
             with autocast(device):
                 output = network(batch.inputs.to(device))
-            terms = criterion(output, batch.emotion.to(device), batch.sentiment.to(device))
+            speech = batch.speech.to(device) if batch.speech is not None else None
+            terms = criterion(output, batch.emotion.to(device), batch.sentiment.to(device), speech)
             optimizer.zero_grad(set_to_none=True)
             terms.total.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -453,13 +555,24 @@ def _finish(config: TrainConfig, best_dir: Path, best_epoch: int, history, start
     loaded = load_checkpoint(best_dir, device=device)
     metrics = {}
     splits = ["dev", "test"] if config.evaluate_test else ["dev"]
+    # Each source is scored on its own ("test" is the first source's, "ravdess_test" another's),
+    # so MELD's numbers are never mixed with acted speech; EmoDB is a cross-language check.
+    sources = list(config.sources)
+    if "ravdess" in sources and corpus_available("emodb"):
+        sources.append("emodb")
     for split in splits:
-        examples = load_split(split, config)
-        if examples is None:
-            continue
-        report = evaluate_examples(loaded.model, examples, config.eval_batch_size, device)
-        metrics[split] = report
-        emit_metric_line(f"best_{split}", best_epoch, summary(report))
+        for source in dict.fromkeys(sources):
+            examples = load_source(source, split, config)
+            if examples is None:
+                continue
+            key = split if source == config.sources[0] else f"{source}_{split}"
+            report = evaluate_examples(loaded.model, examples, config.eval_batch_size, device)
+            if source in SPEECH_CORPORA:
+                from services.model.speech_eval import speech_scores
+
+                report["speech"] = speech_scores(loaded.model, examples, config.eval_batch_size, device)
+            metrics[key] = report
+            emit_metric_line(f"best_{key}", best_epoch, summary(report))
     document = json.loads((best_dir / META_FILE).read_text())
     document["meta"].update(
         {

@@ -28,6 +28,7 @@ class Batch:
     inputs: ModelInputs
     emotion: torch.Tensor  # [B] int64, -1 = unknown
     sentiment: torch.Tensor  # [B] int64, -1 = unknown
+    speech: torch.Tensor | None = None  # [B] int64 speech-head label (config.speech_labels), -1 = unknown
 
 
 @dataclass
@@ -36,6 +37,7 @@ class ExampleSet:
     modality_mask: torch.Tensor  # [N, 3] bool
     emotion: torch.Tensor  # [N] int64
     sentiment: torch.Tensor  # [N] int64
+    speech: torch.Tensor | None = None  # [N] int64: acted-speech label (speech head), -1 = unknown
 
     def __post_init__(self) -> None:
         count = len(self.emotion)
@@ -62,6 +64,11 @@ class ExampleSet:
             modality_mask=torch.cat([s.modality_mask for s in sets]),
             emotion=torch.cat([s.emotion for s in sets]),
             sentiment=torch.cat([s.sentiment for s in sets]),
+            speech=(
+                torch.cat([s.speech if s.speech is not None else torch.full((len(s),), IGNORE) for s in sets])
+                if any(s.speech is not None for s in sets)
+                else None
+            ),
         )
 
     def batch(self, indices: torch.Tensor) -> Batch:
@@ -88,12 +95,15 @@ class ExampleSet:
             inputs=ModelInputs(modality_mask=mask, **picked),
             emotion=self.emotion[indices],
             sentiment=self.sentiment[indices],
+            speech=self.speech[indices] if self.speech is not None else None,
         )
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {f"feature.{name}": t.contiguous() for name, t in self.tensors.items()}
         tensors |= {"modality_mask": self.modality_mask, "emotion": self.emotion, "sentiment": self.sentiment}
+        if self.speech is not None:
+            tensors["speech"] = self.speech
         save_file(tensors, path)
 
     @classmethod
@@ -104,4 +114,5 @@ class ExampleSet:
             modality_mask=stored["modality_mask"],
             emotion=stored["emotion"],
             sentiment=stored["sentiment"],
+            speech=stored.get("speech"),
         )

@@ -1,0 +1,264 @@
+"""Acted-speech corpora: name parsing, readers on the real files, the actor split, the log-mel
+cache, augmentations, mixed-source batches and a short training run on generated speech-like clips."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from services.model.checkpoint import load_checkpoint
+from services.model.data.examples import ExampleSet
+from services.model.data.speech import (
+    RAVDESS_DEV_ACTORS,
+    RAVDESS_EMOTIONS,
+    RAVDESS_TEST_ACTORS,
+    SpeechAugment,
+    SpeechDataError,
+    compute_log_mels,
+    load_log_mels,
+    parse_emodb_name,
+    parse_ravdess_name,
+    read_emodb,
+    read_ravdess,
+    speech_examples,
+    split_ravdess,
+)
+from services.model.network import MoodreelModel
+from services.model.testing import TINY_SPEC, tiny_model_config
+from services.model.train import Criterion, TrainConfig, build_optimizer, train
+from shared.labels import EMOTIONS, MODALITIES, SENTIMENTS
+from shared.settings import Settings, get_settings
+
+REAL = get_settings().emotion_speech_dir
+needs_ravdess = pytest.mark.skipif(
+    not (REAL / "ravdess").is_dir(), reason=f"RAVDESS not present at {REAL / 'ravdess'} (EMOTION_SPEECH_DIR)"
+)
+needs_emodb = pytest.mark.skipif(
+    not (REAL / "emodb").is_dir(), reason=f"EmoDB not present at {REAL / 'emodb'} (EMOTION_SPEECH_DIR)"
+)
+
+
+def test_ravdess_names_give_labels_actor_and_statement():
+    clip = parse_ravdess_name(Path("Actor_12/03-01-05-02-02-01-12.flac"))
+    assert (clip.label, clip.emotion, clip.sentiment) == ("angry", "anger", "negative")
+    assert (clip.speaker, clip.male, clip.text) == (12, False, "Dogs are sitting by the door.")
+    assert clip.label_index == RAVDESS_EMOTIONS.index("angry") == 4
+    calm = parse_ravdess_name(Path("03-01-02-01-01-01-07.flac"))
+    assert (calm.emotion, calm.sentiment, calm.male) == ("neutral", "neutral", True)
+    surprised = parse_ravdess_name(Path("03-01-08-01-01-01-07.flac"))
+    assert (surprised.emotion, surprised.sentiment) == ("surprise", None)  # MELD splits surprise
+    for bad in ("03-01-09-01-01-01-07.flac", "03-02-01-01-01-01-07.flac", "03-01-01.flac", "x.flac"):
+        with pytest.raises(SpeechDataError):
+            parse_ravdess_name(Path(bad))
+
+
+def test_emodb_names_give_labels_and_boredom_has_no_meld_class():
+    clip = parse_emodb_name(Path("03a01Fa.flac"))
+    assert (clip.speaker, clip.label, clip.emotion, clip.sentiment, clip.male) == (
+        3,
+        "happiness",
+        "joy",
+        "positive",
+        True,
+    )
+    boredom = parse_emodb_name(Path("08a02La.flac"))
+    assert (boredom.emotion, boredom.sentiment, boredom.male) == (None, None, False)
+    with pytest.raises(SpeechDataError):
+        parse_emodb_name(Path("03a01Xa.flac"))
+
+
+def test_split_holds_whole_actors_out():
+    clips = [
+        parse_ravdess_name(Path(f"03-01-{e:02d}-01-0{s}-01-{a:02d}.flac"))
+        for a in range(1, 25)
+        for e in range(1, 9)
+        for s in (1, 2)
+    ]
+    splits = split_ravdess(clips)
+    actors = {name: {c.speaker for c in part} for name, part in splits.items()}
+    assert actors["test"] == set(RAVDESS_TEST_ACTORS) == {21, 22, 23, 24}
+    assert actors["dev"] == set(RAVDESS_DEV_ACTORS)
+    assert actors["train"] == set(range(1, 25)) - RAVDESS_TEST_ACTORS - RAVDESS_DEV_ACTORS
+    assert not (
+        actors["train"] & actors["dev"] or actors["train"] & actors["test"] or actors["dev"] & actors["test"]
+    )
+    assert sum(len(part) for part in splits.values()) == len(clips)
+
+
+@needs_ravdess
+def test_ravdess_reader_on_the_real_corpus():
+    clips = read_ravdess()
+    assert len(clips) == 1440
+    per_actor = {a: sum(c.speaker == a for c in clips) for a in range(1, 25)}
+    assert set(per_actor.values()) == {60}
+    assert {c.label for c in clips} == set(RAVDESS_EMOTIONS)
+    splits = split_ravdess(clips)
+    assert [len(splits[s]) for s in ("train", "dev", "test")] == [960, 240, 240]
+    spec = TINY_SPEC.model_copy(update={"max_audio_frames": 600})  # 6 s: longer than any clip
+    features = compute_log_mels(clips[:3], spec)
+    assert features.log_mel.shape == (3, spec.n_mels, 600) and features.log_mel.dtype == np.float16
+    lengths = features.audio_mask.sum(1)  # clips last 2.94-5.27 s: 295-528 frames, then padding
+    assert ((lengths >= 290) & (lengths <= 530)).all(), lengths
+    assert np.isfinite(features.log_mel.astype(np.float32)).all() and features.log_mel.std() > 0
+    padding = ~features.audio_mask[:, None, :].repeat(spec.n_mels, 1)
+    assert (features.log_mel[padding] == 0).all()
+
+
+@needs_emodb
+def test_emodb_reader_on_the_real_corpus():
+    clips = read_emodb()
+    assert len(clips) == 535
+    assert sum(c.label == "boredom" for c in clips) == 81
+    assert sum(c.emotion == "anger" for c in clips) == 127
+    features = compute_log_mels(clips[:2], TINY_SPEC.model_copy(update={"max_audio_frames": 300}))
+    assert (features.audio_mask.sum(1) == 201).all()  # every clip is exactly 2.0 s
+
+
+def test_augmentation_keeps_shapes_padding_and_finite_values():
+    generator = torch.Generator().manual_seed(0)
+    mel = torch.rand(4, 16, 100, generator=generator).half() + 0.5
+    mask = torch.zeros(4, 100, dtype=torch.bool)
+    mask[:, :60] = True
+    mel = mel * mask[:, None, :]
+    augmented, new_mask = SpeechAugment(max_shift_frames=10)(mel, mask, generator)
+    assert augmented.shape == mel.shape and augmented.dtype == mel.dtype
+    assert torch.isfinite(augmented.float()).all()
+    assert 50 <= int(new_mask[0].sum()) <= 60  # shifted, never grown
+    assert (augmented.float() * ~new_mask[:, None, :]).abs().max() == 0  # padding stays empty
+    assert not torch.equal(augmented, mel)
+    silent, silent_mask = SpeechAugment()(torch.zeros(2, 16, 100), torch.zeros(2, 100, dtype=torch.bool))
+    assert silent.abs().max() == 0 and not silent_mask.any()
+
+
+# --- generated corpus: sine "voices" whose pitch is the emotion ------------------------------------
+
+TONES = {"angry": 900, "sad": 200}
+
+
+@pytest.fixture(scope="module")
+def generated_speech(tmp_path_factory) -> Settings:
+    """A RAVDESS-shaped folder: actors 1, 2 (train), 17 (dev), 21 (test); two emotions told apart
+    by pitch; 16 kHz mono FLAC like the real corpus."""
+    root = tmp_path_factory.mktemp("emotion-speech")
+    for actor in (1, 2, 17, 21):
+        folder = root / "ravdess" / f"Actor_{actor:02d}"
+        folder.mkdir(parents=True)
+        for label, tone in TONES.items():
+            code = RAVDESS_EMOTIONS.index(label) + 1
+            for statement in (1, 2):
+                name = f"03-01-{code:02d}-01-{statement:02d}-01-{actor:02d}.flac"
+                pitch = tone * (1 + 0.05 * actor) + 40 * statement
+                subprocess.run(
+                    ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", f"sine=f={pitch}:d=0.8:sample_rate=16000",
+                     "-af", "volume=0.5", "-ac", "1", str(folder / name)],
+                    check=True,
+                )  # fmt: skip
+    return Settings(emotion_speech_dir=root, data_dir=tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture
+def speech_settings(generated_speech, monkeypatch):
+    monkeypatch.setenv("MOODREEL_EMOTION_SPEECH_DIR", str(generated_speech.emotion_speech_dir))
+    monkeypatch.setenv("MOODREEL_DATA_DIR", str(generated_speech.data_dir))
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+def test_log_mels_are_cached_once(speech_settings):
+    clips = read_ravdess(speech_settings)
+    first = load_log_mels(clips, TINY_SPEC, speech_settings)
+    cached = list((speech_settings.data_dir / "cache" / "speech").glob("ravdess-*.safetensors"))
+    assert len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    again = load_log_mels(clips, TINY_SPEC, speech_settings)
+    assert cached[0].stat().st_mtime_ns == stamp
+    np.testing.assert_array_equal(first.log_mel, again.log_mel)
+
+
+def text_rows(count: int) -> ExampleSet:
+    ids = torch.randint(1000, 2000, (count, TINY_SPEC.max_tokens))
+    mask = torch.zeros(count, len(MODALITIES), dtype=torch.bool)
+    mask[:, 0] = True
+    return ExampleSet(
+        tensors={
+            "input_ids": ids,
+            "attention_mask": torch.ones_like(ids),
+            "token_type_ids": torch.zeros_like(ids),
+        },
+        modality_mask=mask,
+        emotion=torch.full((count,), EMOTIONS.index("joy")),
+        sentiment=torch.full((count,), SENTIMENTS.index("positive")),
+    )
+
+
+def test_mixed_source_batch_keeps_masks_and_labels(speech_settings):
+    speech = speech_examples("ravdess", "train", TINY_SPEC)
+    assert len(speech) == 8 and speech.modality_mask.tolist() == [[False, True, False]] * 8
+    mixed = ExampleSet.concat([text_rows(3), speech])
+    batch = mixed.batch(torch.tensor([0, 3, 1, 4]))
+    assert batch.inputs.modality_mask.tolist() == [
+        [True, False, False],
+        [False, True, False],
+        [True, False, False],
+        [False, True, False],
+    ]
+    assert batch.speech[[0, 2]].tolist() == [-1, -1] and (batch.speech[[1, 3]] >= 0).all()
+    assert batch.inputs.audio_mask[[0, 2]].sum() == 0  # zero-filled, and masked, for text rows
+    model = MoodreelModel(tiny_model_config(TINY_SPEC, speech_labels=RAVDESS_EMOTIONS, modality_dropout=0.0))
+    model.eval()
+    output = model(batch.inputs)
+    assert output.modalities_used.tolist() == batch.inputs.modality_mask.tolist()
+    assert output.speech_logits.shape == (4, 8)
+    assert output.speech_logits[[0, 2]].abs().max() == 0  # no audio: no speech scores
+    with_text = speech_examples("ravdess", "train", TINY_SPEC, with_text=True)
+    assert with_text.modality_mask[:, :2].all() and "input_ids" in with_text.tensors
+
+
+def test_loss_falls_on_a_handful_of_speech_clips(speech_settings):
+    examples = speech_examples("ravdess", "train", TINY_SPEC)
+    torch.manual_seed(0)
+    model = MoodreelModel(
+        tiny_model_config(TINY_SPEC, speech_labels=RAVDESS_EMOTIONS, modality_dropout=0.0, dropout=0.0)
+    )
+    config = TrainConfig(lr_audio=3e-3, lr_fusion=3e-3, label_smoothing=0.0)
+    optimizer = build_optimizer(model, config)
+    criterion = Criterion(config, examples, torch.device("cpu"))
+    batch = examples.batch(torch.arange(len(examples)))
+    losses = []
+    model.train()
+    for _ in range(25):
+        terms = criterion(model(batch.inputs), batch.emotion, batch.sentiment, batch.speech)
+        optimizer.zero_grad()
+        terms.total.backward()
+        optimizer.step()
+        losses.append(float(terms.total.detach()))
+    assert "speech_head" in terms.parts
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_train_on_speech_source_reports_held_out_actors(speech_settings, tmp_path):
+    config = TrainConfig(
+        output_dir=tmp_path / "run",
+        sources=("ravdess",),
+        modalities=("audio",),
+        epochs=2,
+        batch_size=4,
+        progress=False,
+        evaluate_test=True,
+        model=tiny_model_config(TINY_SPEC),
+        spec=TINY_SPEC,
+    )
+    checkpoint = train(config)
+    loaded = load_checkpoint(checkpoint)
+    assert loaded.config.trained_modalities == ("audio",)
+    assert loaded.config.speech_labels == RAVDESS_EMOTIONS
+    metrics = loaded.meta["metrics"]
+    assert set(metrics) == {"dev", "test"}  # ravdess is the first source; no EmoDB folder here
+    scores = metrics["test"]["speech"]
+    assert scores["rows"] == 4 and scores["speech_8"]["count"] == 4
+    assert 0.0 <= scores["speech_8"]["accuracy"] <= 1.0
