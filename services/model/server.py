@@ -63,13 +63,19 @@ def _problem(status: int, code: str, detail: str, headers: dict[str, str] | None
 
 
 class ModelHolder:
-    """The model, loaded once in a background thread; requests before that get 503."""
+    """The model, loaded once in a background thread.
+
+    /ping answers 503 until it is loaded. An invocation that arrives meanwhile waits for it
+    (within its deadline): with several worker processes, a load balancer may send it to a
+    worker that is still loading while another one already answered /ping.
+    """
 
     def __init__(self, model_dir: Path, load: Callable[[Path], ServedModel]):
         self.model_dir = model_dir
         self._load = load
         self.model: ServedModel | None = None
         self.error: str | None = None
+        self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="model-load", daemon=True)
 
     def start(self) -> None:
@@ -81,6 +87,13 @@ class ModelHolder:
         except Exception as exc:  # reported by /ping; the log carries the traceback
             self.error = f"{type(exc).__name__}: {exc}"
             log.exception("model_load_failed", model_dir=str(self.model_dir))
+        finally:
+            self._done.set()
+
+    async def ready(self, timeout: float) -> ServedModel:
+        if not self._done.is_set():
+            await asyncio.to_thread(self._done.wait, max(timeout, 0))
+        return self.require()
 
     def require(self) -> ServedModel:
         if self.model is not None:
@@ -180,7 +193,8 @@ def create_app(
 
     @app.post("/invocations")
     async def invocations(request: Request) -> Response:
-        served = holder.require()
+        deadline = time.monotonic() + deadline_seconds
+        served = await holder.ready(deadline_seconds)
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > max_payload:
             raise PayloadTooLarge(f"the body is {declared} bytes; the limit is {max_payload}")
@@ -189,9 +203,8 @@ def create_app(
             body += chunk
             if len(body) > max_payload:
                 raise PayloadTooLarge(f"the body exceeds the {max_payload}-byte limit")
-        deadline = time.monotonic() + deadline_seconds
         try:
-            async with asyncio.timeout(deadline_seconds), slots:
+            async with asyncio.timeout(deadline - time.monotonic()), slots:
                 payload, count = await run_in_threadpool(
                     transform,
                     bytes(body),

@@ -10,6 +10,8 @@ import signal
 import subprocess
 import sys
 import tarfile
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -56,8 +58,12 @@ def test_serve_runs_under_sagemakers_environment_and_stops_on_sigterm(opt_ml_mod
         **os.environ,
         "SAGEMAKER_BIND_TO_PORT": str(port),
         "SAGEMAKER_PROGRAM": "inference.py",
-        "SAGEMAKER_MODEL_SERVER_TIMEOUT": "20",
+        "SAGEMAKER_MODEL_SERVER_TIMEOUT": "45",
         "SAGEMAKER_MODEL_SERVER_WORKERS": "2",
+        # One utterance per forward pass and room for a long video: a request that takes a while.
+        "MOODREEL_MODEL_BATCH_SIZE": "1",
+        "MOODREEL_MODEL_MAX_PAYLOAD_BYTES": "16000000",
+        "MOODREEL_MODEL_GRACEFUL_SHUTDOWN_SECONDS": "29",
         "MOODREEL_LOG_JSON": "true",
     }
     process = subprocess.Popen(
@@ -81,7 +87,27 @@ def test_serve_runs_under_sagemakers_environment_and_stops_on_sigterm(opt_ml_mod
         result = InvocationResponse.model_validate_json(response.content)
         assert [u.text for u in result.utterances] == [u.text for u in bundle.utterances]
         assert result.model.spec_hash == TINY_SPEC.hash
-        process.send_signal(signal.SIGTERM)
+        # SIGTERM while a long request is in flight: it is answered, then the server exits 0.
+        long_video = make_bundle(count=80, seed=11).to_bytes()
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(
+                lambda: (
+                    httpx.post(
+                        f"{url}/invocations",
+                        content=long_video,
+                        headers={"Content-Type": CONTENT_TYPE},
+                        timeout=60,
+                    ),
+                    time.monotonic(),
+                )
+            )
+            time.sleep(0.5)
+            signalled = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            late, answered = pending.result(60)
+        assert late.status_code == 200, late.text
+        assert len(late.json()["utterances"]) == 80
+        assert answered > signalled, "the request finished before SIGTERM; make it longer"
         assert process.wait(30) == 0
     finally:
         if process.poll() is None:
@@ -91,7 +117,7 @@ def test_serve_runs_under_sagemakers_environment_and_stops_on_sigterm(opt_ml_mod
     config = next(e for e in events if e["event"] == "model_server_config")
     assert (config["port"], config["workers"], config["model_dir"]) == (port, 2, str(opt_ml_model))
     starts = [e for e in events if e["event"] == "model_server_starting"]
-    assert len(starts) == 2 and all(e["deadline_seconds"] == 20.0 for e in starts)
+    assert len(starts) == 2 and all(e["deadline_seconds"] == 45.0 for e in starts)
     assert sum(e["event"] == "model_server_stopped" for e in events) == 2
 
 

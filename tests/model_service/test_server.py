@@ -61,10 +61,15 @@ def test_ping_answers_200_only_once_the_model_is_loaded(tiny_checkpoint: Path):
         ping = httpx.get(f"{url}/ping")
         assert_problem(ping, 503, "service_unavailable")
         assert ping.headers["retry-after"] == "1"
-        assert_problem(invoke(url, make_bundle()), 503, "service_unavailable")
         assert httpx.get(f"{url}/spec").status_code == 503
         assert "moodreel_model_loaded 0.0" in httpx.get(f"{url}/metrics").text
-        release.set()
+        # An invocation that arrives while the model loads waits for it (within its deadline).
+        with ThreadPoolExecutor(1) as pool:
+            early = pool.submit(invoke, url, make_bundle(count=2))
+            threading.Event().wait(0.5)
+            assert not early.done()
+            release.set()
+            assert early.result(30).status_code == 200
         wait_until_ready(url, timeout=30)
         body = httpx.get(f"{url}/ping").json()
         assert body["model"] == {"name": "moodreel-tiny-test", "version": "test", "spec_hash": TINY_SPEC.hash}
@@ -80,6 +85,18 @@ def test_a_model_that_fails_to_load_keeps_ping_unhealthy(tmp_path: Path):
             threading.Event().wait(0.05)
         body = assert_problem(response, 503, "model_load_failed")
         assert "checkpoint.json" in body["detail"]
+        assert_problem(invoke(url, make_bundle(count=1)), 503, "model_load_failed")
+
+
+def test_an_invocation_gives_up_waiting_for_the_model_at_its_deadline(tiny_checkpoint: Path):
+    never = threading.Event()
+    hurried = Settings(model_request_timeout_seconds=0.3)
+    app = create_app(tiny_checkpoint, settings=hurried, load_model=lambda _: never.wait(60) or None)
+    with running(app) as url:
+        response = invoke(url, make_bundle(count=1))
+        assert_problem(response, 503, "service_unavailable")
+        assert response.headers["retry-after"] == "1"
+        never.set()
 
 
 def test_invocations_score_every_utterance_like_the_bare_model(server_url: str, served_model: ServedModel):
