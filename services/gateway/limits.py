@@ -10,8 +10,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.problems import PayloadTooLarge, problem_response
 
-# Upload content is streamed to disk and bounded by the upload's declared size instead.
-_EXEMPT = re.compile(r"^/v1/uploads/[^/]+/content$")
+# Upload content is streamed to disk and bounded by the upload's declared size instead; the
+# dashboard's upload form is bounded by the media limit in services/gateway/dashboard/views.py.
+_EXEMPT = re.compile(r"^/v1/uploads/[^/]+/content$|^/dashboard/analyses$")
 
 
 class BodyTooLarge(PayloadTooLarge):

@@ -32,6 +32,8 @@ def gateway(tmp_path_factory) -> Iterator[str]:
         "MOODREEL_REDIS_KEY_PREFIX": f"moodreel-dash-{tag}:",
         "MOODREEL_QUEUE_NAME": f"moodreel-dash-{tag}:queue",
         "MOODREEL_STORAGE_BACKEND": "local",
+        # Above the gateway's 10 MB request-body limit, so the upload form's own bound is exercised.
+        "MOODREEL_MAX_MEDIA_BYTES": "20000000",
     }
     subprocess.run(
         [str(Path(sys.executable).with_name("alembic")), "upgrade", "head"],
@@ -217,4 +219,27 @@ def test_api_page_shows_samples_for_this_server(gateway):
     assert page.status_code == 200
     assert f"curl -sS -X POST {gateway}/v1/analyses" in page.text
     assert f'base_url="{gateway}"' in page.text.replace("&#34;", '"')
+    client.close()
+
+
+def test_upload_form_takes_videos_above_the_json_body_limit_up_to_the_media_limit(gateway):
+    client, _ = signed_in_client(gateway)
+    token = csrf_from(client.get("/dashboard/analyses/new"))
+    video = b"\x00" * 11_000_000  # over MOODREEL_MAX_REQUEST_BODY_BYTES (10 MB), under the media limit
+    accepted = client.post(
+        "/dashboard/analyses",
+        data={"csrf_token": token},
+        files={"video_file": ("big.mp4", video, "video/mp4")},
+    )
+    assert accepted.status_code == 303 and accepted.headers["location"].startswith("/dashboard/analyses/")
+    too_big = client.post(
+        "/dashboard/analyses",
+        data={"csrf_token": token},
+        files={"video_file": ("huge.mp4", b"\x00" * 23_000_000, "video/mp4")},
+    )
+    assert too_big.status_code == 413 and "limited to 22 MB" in too_big.text
+    # Signed-out posts are not even parsed.
+    with httpx.Client(base_url=gateway) as stranger:
+        refused = stranger.post("/dashboard/analyses", files={"video_file": ("a.mp4", b"x", "video/mp4")})
+        assert refused.status_code == 303 and refused.headers["location"].startswith("/dashboard/login")
     client.close()

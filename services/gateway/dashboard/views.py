@@ -11,9 +11,10 @@ from typing import Annotated, Any
 from urllib.parse import urlencode, urlsplit
 
 import httpx
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, Form, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from services.gateway.dashboard.forward import ForwardToApi
 from services.gateway.dashboard.session import (
@@ -27,6 +28,7 @@ from services.gateway.dashboard.session import (
 )
 from shared.labels import EMOTIONS, MODALITIES, SENTIMENTS
 from shared.logging import get_logger
+from shared.settings import get_settings
 
 HERE = Path(__file__).resolve().parent
 PREFIX = "/dashboard"
@@ -485,52 +487,72 @@ def _problem(response: httpx.Response) -> dict[str, Any]:
     return body if isinstance(body, dict) else {"title": "Upload failed"}
 
 
-@router.post("/analyses")
-async def create_analysis(
-    request: Request,
-    csrf_token: Annotated[str, Form()] = "",
-    video_url: Annotated[str, Form()] = "",
-    video_file: Annotated[UploadFile | None, File()] = None,
-    transcript_file: Annotated[UploadFile | None, File()] = None,
-    window_seconds: Annotated[str, Form()] = "",
-) -> Response:
-    async def handler(session: BrowserSession, api: GatewayApi) -> Response:
-        session.check_csrf(request, csrf_token)
-        body: dict[str, Any] = {}
-        try:
-            if transcript_file is not None and transcript_file.filename:
-                raw = await transcript_file.read(MAX_TRANSCRIPT_BYTES + 1)
-                if len(raw) > MAX_TRANSCRIPT_BYTES:
-                    raise ApiError(
-                        413, {"title": "Transcript too large", "detail": "Transcripts are limited to 1 MB."}
-                    )
-                body["transcript"] = raw.decode("utf-8-sig", errors="replace")
-            if window_seconds.strip():
-                body["options"] = {"window_seconds": float(window_seconds)}
-            if video_file is not None and video_file.filename:
-                body["upload_id"] = await _upload_file(api, video_file)
-            elif video_url.strip():
-                body["video_url"] = video_url.strip()
-            else:
-                raise ApiError(
-                    422, {"title": "Nothing to analyse", "detail": "Choose a video file or enter a URL."}
-                )
-            analysis = await api.json("POST", "/v1/analyses", json=body)
-        except (ApiError, ValueError) as exc:
-            usage = await api.json("GET", "/v1/usage")
-            message = exc.message if isinstance(exc, ApiError) else "Window seconds must be a number."
-            return render(
-                request,
-                session,
-                "new_analysis.html",
-                status_code=getattr(exc, "status", 422),
-                meters=usage_meters(usage),
-                error=message,
-                video_url=video_url,
-            )
-        return redirect(session, f"{PREFIX}/analyses/{analysis['id']}")
+# The new-analysis form carries the video itself, so the gateway's body limit for JSON requests
+# does not apply to this path (services/gateway/limits.py exempts it); it is bounded here, on
+# Content-Length and before anything is parsed: the media limit plus room for the other fields.
+FORM_OVERHEAD_BYTES = MAX_TRANSCRIPT_BYTES + 1_000_000
 
-    return await _page(request, handler)
+
+@router.post("/analyses")
+async def create_analysis(request: Request) -> Response:
+    session = BrowserSession.from_request(request)
+    if not session.signed_in:
+        return to_login(session, request)
+    limit = get_settings().max_media_bytes + FORM_OVERHEAD_BYTES
+    declared = request.headers.get("content-length", "")
+    if not declared.isdigit() or int(declared) > limit:
+        message = f"Uploads through the dashboard are limited to {limit // 1_000_000} MB."
+        return render(request, session, "error.html", status_code=413, message=message)
+    form = await request.form(max_files=2, max_fields=10)
+    try:
+        return await _page(request, lambda session, api: _submit_analysis(request, session, api, form))
+    finally:
+        await form.close()
+
+
+def _form_file(form, name: str) -> UploadFile | None:
+    value = form.get(name)
+    return value if isinstance(value, StarletteUploadFile) and value.filename else None
+
+
+async def _submit_analysis(request: Request, session: BrowserSession, api: GatewayApi, form) -> Response:
+    session.check_csrf(request, str(form.get(CSRF_FIELD) or ""))
+    video_url = str(form.get("video_url") or "").strip()
+    window_seconds = str(form.get("window_seconds") or "").strip()
+    video_file, transcript_file = _form_file(form, "video_file"), _form_file(form, "transcript_file")
+    body: dict[str, Any] = {}
+    try:
+        if transcript_file is not None:
+            raw = await transcript_file.read(MAX_TRANSCRIPT_BYTES + 1)
+            if len(raw) > MAX_TRANSCRIPT_BYTES:
+                raise ApiError(
+                    413, {"title": "Transcript too large", "detail": "Transcripts are limited to 1 MB."}
+                )
+            body["transcript"] = raw.decode("utf-8-sig", errors="replace")
+        if window_seconds:
+            body["options"] = {"window_seconds": float(window_seconds)}
+        if video_file is not None:
+            body["upload_id"] = await _upload_file(api, video_file)
+        elif video_url:
+            body["video_url"] = video_url
+        else:
+            raise ApiError(
+                422, {"title": "Nothing to analyse", "detail": "Choose a video file or enter a URL."}
+            )
+        analysis = await api.json("POST", "/v1/analyses", json=body)
+    except (ApiError, ValueError) as exc:
+        usage = await api.json("GET", "/v1/usage")
+        message = exc.message if isinstance(exc, ApiError) else "Window seconds must be a number."
+        return render(
+            request,
+            session,
+            "new_analysis.html",
+            status_code=getattr(exc, "status", 422),
+            meters=usage_meters(usage),
+            error=message,
+            video_url=video_url,
+        )
+    return redirect(session, f"{PREFIX}/analyses/{analysis['id']}")
 
 
 def _analysis_context(analysis: dict[str, Any]) -> dict[str, Any]:
