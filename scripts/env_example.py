@@ -26,6 +26,7 @@ COMPOSE_ONLY = {
     "MINIO_ROOT_USER": "moodreel",
     "MINIO_ROOT_PASSWORD": "moodreel-minio-secret",
     "MOODREEL_IMAGE_TAG": "local",
+    "FORWARDED_ALLOW_IPS": "127.0.0.1",
 }
 # Settings whose compose value must be set in .env (uncommented in the example).
 REQUIRED_IN_COMPOSE = {"MOODREEL_SECRET_KEY": "change-me-to-a-long-random-string"}
