@@ -118,6 +118,9 @@ class Metrics:
             "moodreel_model_utterances_scored", "Utterances scored.", registry=self.registry
         )
         self.loaded = Gauge("moodreel_model_loaded", "1 once the model is loaded.", registry=self.registry)
+        self.in_flight = Gauge(
+            "moodreel_model_invocations_in_flight", "Invocations being answered now.", registry=self.registry
+        )
 
 
 def create_app(
@@ -193,6 +196,10 @@ def create_app(
 
     @app.post("/invocations")
     async def invocations(request: Request) -> Response:
+        with metrics.in_flight.track_inprogress():
+            return await answer(request)
+
+    async def answer(request: Request) -> Response:
         deadline = time.monotonic() + deadline_seconds
         served = await holder.ready(deadline_seconds)
         declared = request.headers.get("content-length")

@@ -52,6 +52,16 @@ def test_the_archive_has_sagemakers_layout(opt_ml_model: Path):
     assert pins and all("==" in line for line in pins), "code/requirements.txt must pin exact versions"
 
 
+def wait_for_in_flight(url: str, timeout: float = 30.0) -> None:
+    """Until some worker reports an invocation in flight (each /metrics call reaches one worker)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if "moodreel_model_invocations_in_flight 1.0" in httpx.get(f"{url}/metrics", timeout=5).text:
+            return
+        time.sleep(0.01)
+    raise AssertionError("no invocation was ever in flight")
+
+
 def test_serve_runs_under_sagemakers_environment_and_stops_on_sigterm(opt_ml_model: Path):
     port = free_port()
     env = {
@@ -88,7 +98,7 @@ def test_serve_runs_under_sagemakers_environment_and_stops_on_sigterm(opt_ml_mod
         assert [u.text for u in result.utterances] == [u.text for u in bundle.utterances]
         assert result.model.spec_hash == TINY_SPEC.hash
         # SIGTERM while a long request is in flight: it is answered, then the server exits 0.
-        long_video = make_bundle(count=80, seed=11).to_bytes()
+        long_video = make_bundle(count=40, seed=11).to_bytes()
         with ThreadPoolExecutor(1) as pool:
             pending = pool.submit(
                 lambda: (
@@ -101,13 +111,13 @@ def test_serve_runs_under_sagemakers_environment_and_stops_on_sigterm(opt_ml_mod
                     time.monotonic(),
                 )
             )
-            time.sleep(0.5)
+            wait_for_in_flight(url)
             signalled = time.monotonic()
             process.send_signal(signal.SIGTERM)
             late, answered = pending.result(60)
         assert late.status_code == 200, late.text
-        assert len(late.json()["utterances"]) == 80
-        assert answered > signalled, "the request finished before SIGTERM; make it longer"
+        assert len(late.json()["utterances"]) == 40
+        assert answered > signalled
         assert process.wait(30) == 0
     finally:
         if process.poll() is None:

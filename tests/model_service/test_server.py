@@ -245,6 +245,7 @@ def test_twenty_concurrent_requests_each_get_their_own_answer(server_url: str, s
 
     assert scored(after) - scored(before) == sum(len(b) for b in bundles)
     assert 'moodreel_model_invocation_seconds_bucket{le="+Inf",status="200"}' in after
+    assert "moodreel_model_invocations_in_flight 0.0" in after
 
 
 def test_bundle_uri_reads_the_bundle_from_s3(server_url: str, monkeypatch: pytest.MonkeyPatch):
