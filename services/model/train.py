@@ -93,10 +93,11 @@ class TrainConfig:
     speech_loss_weight: float = 1.0
     speech_augment: bool = True
     speech_text: bool = False
-    # Start from a checkpoint (its ModelConfig, FeatureSpec and weights) and keep the named parts
-    # ("text", "fusion", "audio", "visual") as they are: e.g. add audio to a text checkpoint.
-    init_checkpoint: Path | None = None
-    init_parts: tuple[str, ...] = ()  # parts to take from it; empty: every matching weight
+    # Start from trained weights: entries "DIR" (every matching weight) or "PART+PART=DIR" (only
+    # those parts of FREEZABLE_PARTS); the first entry's ModelConfig and FeatureSpec are used. E.g.
+    # the text branch of the text checkpoint and the audio branch of a RAVDESS run.
+    init_from: tuple[str, ...] = ()
+    # Parts kept as they are (FREEZABLE_PARTS): e.g. "text" keeps MELD's text scores unchanged.
     freeze: tuple[str, ...] = ()
     model: ModelConfig = field(default_factory=ModelConfig)
     spec: FeatureSpec = field(default_factory=FeatureSpec)
@@ -371,6 +372,23 @@ class Distributed:
             dist.destroy_process_group()
 
 
+def _initial_checkpoints(config: TrainConfig) -> list[tuple[tuple[str, ...], object]]:
+    """``(parts, LoadedModel)`` per ``config.init_from`` entry (parts empty: all)."""
+    loaded = []
+    for entry in config.init_from:
+        parts_text, _, directory = entry.rpartition("=")
+        parts = tuple(p for p in parts_text.split("+") if p)
+        unknown = set(parts) - set(FREEZABLE_PARTS)
+        if unknown:
+            raise ValueError(f"init_from {entry!r}: unknown parts {sorted(unknown)}")
+        loaded.append((parts, load_checkpoint(Path(directory))))
+    audio_fields = ("sample_rate", "n_fft", "hop_length", "n_mels", "max_audio_frames")
+    for _, other in loaded[1:]:
+        if any(getattr(other.spec, f) != getattr(loaded[0][1].spec, f) for f in audio_fields):
+            raise ValueError("init_from checkpoints were trained on different log-mel settings")
+    return loaded
+
+
 def _model_config(config: TrainConfig, initial) -> ModelConfig:
     """The initial checkpoint's ModelConfig with the fields this run sets explicitly (those that
     differ from the defaults) applied on top; without one, the run's own."""
@@ -405,7 +423,8 @@ def train(config: TrainConfig) -> Path:
     started = time.monotonic()
     output_dir = Path(config.output_dir)
     best_dir = output_dir / "checkpoint"
-    initial = load_checkpoint(config.init_checkpoint) if config.init_checkpoint else None
+    initial_checkpoints = _initial_checkpoints(config)
+    initial = initial_checkpoints[0][1] if initial_checkpoints else None
     if initial is not None:
         # Features must be the ones the initial weights were trained on.
         config.spec = initial.spec
@@ -414,7 +433,12 @@ def train(config: TrainConfig) -> Path:
     if train_set is None or dev_set is None:
         raise ValueError("training needs a train and a dev split")
     provided = {m for i, m in enumerate(MODALITIES) if bool(train_set.modality_mask[:, i].any())}
-    kept = set(initial.config.trained_modalities) if initial is not None else set()
+    kept = {
+        modality
+        for parts, loaded in initial_checkpoints
+        for modality in loaded.config.trained_modalities
+        if not parts or modality in parts
+    }
     trained = tuple(m for m in MODALITIES if (m in config.modalities and m in provided) or m in kept)
     if not trained:
         raise ValueError(f"no source provides any of the modalities {config.modalities}")
@@ -423,8 +447,14 @@ def train(config: TrainConfig) -> Path:
         model_config = model_config.replace(speech_labels=RAVDESS_EMOTIONS)
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     model = MoodreelModel(model_config)
-    if initial is not None:
-        _load_initial_weights(model, initial.model, config.init_parts)
+    for parts, loaded in initial_checkpoints:
+        _load_initial_weights(model, loaded.model, parts)
+    frozen = frozen_parameters(model, config.freeze)
+    for name, parameter in model.named_parameters():
+        # Frozen weights need no gradient; a pretrained text backbone keeps requires_grad, which
+        # is how the checkpoint tells its trained layers from the base it rebuilds.
+        if id(parameter) in frozen and not name.startswith("text.backbone."):
+            parameter.requires_grad_(False)
     for modality in MODALITIES:
         if modality not in trained:
             # An untrained branch keeps its initial weights; the model treats it as absent.
@@ -729,6 +759,36 @@ PRESETS: dict[str, dict[str, str]] = {
         "spec.context_turns": "2",
         "spec.max_tokens": "64",
     }
+}
+
+# The combined default (`make train-default`, docs/audio.md), in two runs: the audio branch learns
+# RAVDESS's eight emotions (training actors, selected on actors 17-20), then it is put beside the
+# committed text branch and, both encoders frozen, the fusion learns from MELD text rows and
+# RAVDESS audio rows; MELD's text scores of the text branch stay exactly as they were.
+SPEECH_AUDIO_CHANNELS = "24,48,96"
+PRESETS["audio-ravdess"] = {
+    "checkpoint_name": "moodreel-audio-ravdess",
+    "sources": "ravdess",
+    "modalities": "audio",
+    "epochs": "20",
+    "patience": "20",
+    "max_minutes": "45",
+    "threads": "2",
+    "lr_audio": "2e-3",
+    "weights_dtype": "float16",
+    "model.audio_channels": SPEECH_AUDIO_CHANNELS,
+}
+PRESETS["text-audio-default"] = {
+    "checkpoint_name": "moodreel-text-audio",
+    "sources": "meld,ravdess",
+    "modalities": "text,audio",
+    "freeze": "text,audio",
+    "epochs": "4",
+    "patience": "2",
+    "max_minutes": "20",
+    "threads": "2",
+    "weights_dtype": "float16",
+    "model.audio_channels": SPEECH_AUDIO_CHANNELS,
 }
 
 

@@ -262,3 +262,53 @@ def test_train_on_speech_source_reports_held_out_actors(speech_settings, tmp_pat
     scores = metrics["test"]["speech"]
     assert scores["rows"] == 4 and scores["speech_8"]["count"] == 4
     assert 0.0 <= scores["speech_8"]["accuracy"] <= 1.0
+
+
+def test_combined_training_keeps_frozen_branches_and_learns_fusion(speech_settings, mini_meld, tmp_path):
+    """The default's recipe in miniature: a text checkpoint's text branch + fusion and an audio
+    run's audio branch, both encoders frozen, fusion trained on MELD text rows + RAVDESS audio rows."""
+    from services.model.testing import build_tiny_checkpoint
+
+    text_checkpoint = build_tiny_checkpoint(tmp_path / "text", spec=TINY_SPEC)
+    audio_checkpoint = train(
+        TrainConfig(
+            output_dir=tmp_path / "audio",
+            sources=("ravdess",),
+            modalities=("audio",),
+            epochs=1,
+            batch_size=4,
+            progress=False,
+            evaluate_test=False,
+            model=tiny_model_config(TINY_SPEC),
+            spec=TINY_SPEC,
+        )
+    )
+    combined = train(
+        TrainConfig(
+            output_dir=tmp_path / "combined",
+            sources=("meld", "ravdess"),
+            modalities=("text", "audio"),
+            init_from=(f"text+fusion={text_checkpoint}", f"audio={audio_checkpoint}"),
+            freeze=("text", "audio"),
+            epochs=2,
+            batch_size=4,
+            lr_fusion=1e-2,
+            progress=False,
+            meld_dir=mini_meld,
+            cache_dir=tmp_path / "cache",
+        )
+    )
+    result = load_checkpoint(combined)
+    assert result.config.trained_modalities == ("text", "audio")
+    assert result.config.speech_labels == RAVDESS_EMOTIONS
+    state = result.model.state_dict()
+    for source, prefix in ((text_checkpoint, "text."), (audio_checkpoint, "audio.")):
+        before = load_checkpoint(source).model.state_dict()
+        for name in (k for k in before if k.startswith(prefix)):
+            torch.testing.assert_close(state[name].float(), before[name].float(), msg=name)
+    fusion_before = load_checkpoint(text_checkpoint).model.state_dict()["fusion.0.weight"]
+    assert not torch.equal(state["fusion.0.weight"].float(), fusion_before.float())
+    metrics = result.meta["metrics"]
+    assert {"dev", "test", "ravdess_dev", "ravdess_test"} <= set(metrics)
+    assert metrics["test"]["emotion"]["count"] == 4  # MELD rows only, never mixed with speech
+    assert metrics["ravdess_test"]["speech"]["speech_8"]["count"] == 4
