@@ -232,3 +232,22 @@ def evaluate(
         typer.echo(f"{head}: " + json.dumps({k: round(v, 4) for k, v in scores.items()}))
     if out:
         typer.echo(f"report: {out}")
+
+
+@app.command("audio-baseline")
+def audio_baseline(
+    out: Path | None = typer.Option(None, help="write the JSON report here as well"),
+) -> None:
+    """The plain audio baseline on RAVDESS (held-out actors 21-24) and EmoDB: log-mel mean+std ->
+    logistic regression (docs/audio.md)."""
+    import json
+
+    from services.model.audio_baseline import run_baseline
+    from shared.logging import configure_logging
+
+    configure_logging()
+    report = run_baseline()
+    text = json.dumps(report, indent=2)
+    if out is not None:
+        out.write_text(text + "\n")
+    typer.echo(text)
