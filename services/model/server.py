@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import threading
 import time
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 SAGEMAKER_MODEL_DIR = Path("/opt/ml/model")
 # SageMaker's InvokeEndpoint gives up at 60 s; a deadline configured above it is cut to this.
 MAX_DEADLINE_SECONDS = 58.0
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 log = get_logger(__name__)
 
 
@@ -153,7 +155,9 @@ def create_app(
 
     @app.middleware("http")
     async def access_log(request: Request, call_next):
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        # A caller's id is kept only when it is short and plain, so it cannot forge log fields.
+        offered = request.headers.get("x-request-id", "")
+        request_id = offered if REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()
         try:

@@ -154,6 +154,16 @@ def test_an_empty_bundle_is_answered_with_no_utterances(server_url: str):
     assert response.json()["utterances"] == []
 
 
+def test_request_ids_are_echoed_only_when_plain(server_url: str):
+    assert httpx.get(f"{server_url}/spec", headers={"X-Request-Id": "job-42.chunk-3"}).headers[
+        "x-request-id"
+    ] == ("job-42.chunk-3")
+    forged = httpx.get(f"{server_url}/spec", headers={"X-Request-Id": 'x" level=error'}).headers[
+        "x-request-id"
+    ]
+    assert forged != 'x" level=error' and len(forged) == 32
+
+
 def test_spec_is_the_models_feature_spec(server_url: str):
     response = httpx.get(f"{server_url}/spec")
     assert FeatureSpec.model_validate_json(response.content) == TINY_SPEC
