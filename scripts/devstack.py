@@ -38,6 +38,7 @@ STOP_GRACE_SECONDS = 20.0
 class ServiceRecord:
     name: str
     pid: int
+    started: int  # the process' start time (/proc/<pid>/stat), so a recycled pid is not ours
     argv: list[str]
     log: str
 
@@ -54,18 +55,21 @@ def stack_file(state_dir: Path) -> Path:
     return run_dir(state_dir) / "devstack.json"
 
 
-def _cmdline(pid: int) -> list[str] | None:
+def _process_stat(pid: int) -> tuple[str, int] | None:
+    """(state, start time in clock ticks since boot) from /proc/<pid>/stat, or None if gone."""
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        raw = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+    # Fields after the command name, which is in parentheses and may itself contain spaces.
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return fields[0], int(fields[19])
 
 
 def is_running(record: ServiceRecord) -> bool:
-    """Alive AND still the process we started (a recycled pid runs something else)."""
-    cmdline = _cmdline(record.pid)
-    return cmdline is not None and cmdline[-len(record.argv[1:]) :] == record.argv[1:]
+    """Alive AND still the process we started: a recycled pid has another start time."""
+    stat = _process_stat(record.pid)
+    return stat is not None and stat[0] != "Z" and stat[1] == record.started
 
 
 def start_process(name: str, argv: list[str], env: dict[str, str], state_dir: Path) -> ServiceRecord:
@@ -82,7 +86,8 @@ def start_process(name: str, argv: list[str], env: dict[str, str], state_dir: Pa
             stderr=subprocess.STDOUT,
             start_new_session=True,  # survives the launcher; stopped by its process group
         )
-    record = ServiceRecord(name, process.pid, argv, str(log_path))
+    stat = _process_stat(process.pid)
+    record = ServiceRecord(name, process.pid, stat[1] if stat else -1, argv, str(log_path))
     (run_dir(state_dir) / f"{name}.pid").write_text(f"{process.pid}\n")
     return record
 
