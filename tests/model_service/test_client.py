@@ -27,6 +27,7 @@ from shared.features.spec import FeatureSpec
 from shared.model_client import (
     HttpModelClient,
     ModelRequestRejected,
+    ModelServiceError,
     ModelUnavailable,
     RetryPolicy,
     SageMakerModelClient,
@@ -327,3 +328,47 @@ def test_sagemaker_get_spec_reads_the_spec_beside_the_deployed_artifact(aws_env)
             )
             assert client.get_spec() == TINY_SPEC
             stubber.assert_no_pending_responses()
+
+
+def test_a_model_swapped_between_chunks_rescores_the_video_from_the_start(
+    server_url: str, served_model: ServedModel, tiny_checkpoint: Path
+):
+    import dataclasses
+
+    from services.model.server import create_app
+
+    from .conftest import SERVER_SETTINGS, running
+
+    loaded_v2 = dataclasses.replace(served_model.loaded, meta={**served_model.loaded.meta, "version": "v2"})
+    v2 = dataclasses.replace(served_model, loaded=loaded_v2)
+
+    class BlueGreen(HttpModelClient):
+        """Sends the first ``old_requests`` requests to the old model, the rest to the new one."""
+
+        def __init__(self, new_url: str, old_requests: int, **options):
+            super().__init__(server_url, **options)
+            self.new = HttpModelClient(new_url, **options)
+            self.old_requests, self.sent = old_requests, 0
+
+        def _send(self, body: bytes) -> bytes:
+            self.sent += 1
+            return super()._send(body) if self.sent <= self.old_requests else self.new._send(body)
+
+    bundle = make_bundle(count=9, seed=12)
+    app = create_app(tiny_checkpoint, settings=SERVER_SETTINGS, load_model=lambda _: v2)
+    with running(app) as new_url:
+        wait_until_ready(new_url)
+        client = BlueGreen(new_url, old_requests=1, chunk_bytes=50_000)
+        chunks = len(list(client.chunks(bundle)))
+        result = client.invoke(bundle)
+        assert result.model.version == "v2" and len(result.utterances) == 9
+        assert client.sent == 2 + chunks  # two requests before the swap showed, then the whole video
+
+        class Flapping(BlueGreen):
+            def _send(self, body: bytes) -> bytes:  # old, new, old, new...
+                self.sent += 1
+                return HttpModelClient._send(self, body) if self.sent % 2 else self.new._send(body)
+
+        with pytest.raises(ModelServiceError) as info:
+            Flapping(new_url, old_requests=0, chunk_bytes=50_000).invoke(bundle)
+        assert info.value.code == "model_changed"
