@@ -84,7 +84,7 @@ class Process:
             raise RuntimeError(f"{self.name} exited; log tail:\n{self.log_tail()}")
         return True
 
-    def stop(self, timeout: float = 20.0) -> None:
+    def stop(self, timeout: float = 45.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.send_signal(signal.SIGTERM)

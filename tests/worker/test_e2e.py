@@ -363,3 +363,41 @@ def test_canceled_analysis_stops_and_is_refunded(
     assert analysis["status"] == "canceled"
     assert all(entry.refunded_at is not None for entry in ledger(sessions, analysis_id).values())
     assert user.usage()["video_seconds"]["used"] == 0
+
+
+def test_sigterm_lets_the_running_job_finish(api_url, clips, worker, redis_client, namespace):
+    user = api.new_user(api_url)
+    created = user.submit(video_url=clips.url("short.mp4"))
+    wait_until(
+        lambda: any(
+            e.type == "status" and e.data["status"] == "processing"
+            for e in events(redis_client, created["id"], namespace)
+        ),
+        60,
+        "the job to start",
+        interval=0.02,
+    )
+    worker.signal(signal.SIGTERM)
+    try:
+        assert worker.proc.wait(timeout=60) == 0
+        # It stopped taking jobs but finished this one before exiting.
+        assert user.get(created["id"])["status"] == "succeeded"
+    finally:
+        worker.start()
+
+
+def test_analysis_of_an_upload(api_url, clips):
+    """Local upload storage: POST /v1/uploads, PUT the bytes to the gateway, analyse by upload_id."""
+    user = api.new_user(api_url)
+    data = clips.paths["short.mp4"].read_bytes()
+    target = user.http.post(
+        "/v1/uploads", json={"filename": "short.mp4", "content_type": "video/mp4", "size_bytes": len(data)}
+    )
+    assert target.status_code == 201, target.text
+    upload = target.json()
+    put = user.http.put(upload["url"], content=data, headers=upload["headers"])
+    assert put.status_code == 200, put.text
+    created = user.submit(upload_id=upload["upload_id"])
+    analysis = user.wait(created["id"])
+    assert analysis["status"] == "succeeded", analysis["error"]
+    assert analysis["duration_seconds"] == pytest.approx(3.0, abs=0.1)
