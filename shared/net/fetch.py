@@ -93,7 +93,8 @@ async def resolve_checked(url: httpx.URL, settings: Settings) -> str:
 def _pinned(client: httpx.AsyncClient, method: str, url: httpx.URL, address: str, **kwargs) -> httpx.Request:
     headers = httpx.Headers(kwargs.pop("headers", None))
     headers["host"] = url.netloc.decode("ascii")
-    extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
+    # The ASCII (IDNA) form: what the certificate names and what SNI carries.
+    extensions = {"sni_hostname": url.raw_host.decode("ascii")} if url.scheme == "https" else {}
     return client.build_request(
         method, url.copy_with(host=address), headers=headers, extensions=extensions, **kwargs
     )

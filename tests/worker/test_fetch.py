@@ -184,3 +184,86 @@ async def test_job_workspace_is_removed_even_on_error(tmp_path):
             (directory / "media").write_bytes(b"x")
             raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
+
+
+def _tls_material(tmp_path):
+    """A throwaway CA and a server certificate for ``videos.example`` signed by it."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("moodreel test CA"))
+        .issuer_name(name("moodreel test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    server = (
+        x509.CertificateBuilder()
+        .subject_name(name("videos.example"))
+        .issuer_name(ca.subject)
+        .public_key(server_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("videos.example")]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    (tmp_path / "ca.pem").write_bytes(ca.public_bytes(pem))
+    (tmp_path / "server.pem").write_bytes(server.public_bytes(pem))
+    (tmp_path / "server.key").write_bytes(
+        server_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return tmp_path / "ca.pem", tmp_path / "server.pem", tmp_path / "server.key"
+
+
+async def test_https_to_the_pinned_address_verifies_the_certificate_for_the_name(tmp_path, monkeypatch):
+    """Connecting to the checked IP keeps TLS right: SNI and verification use the URL's name."""
+    import ssl
+
+    import httpx
+
+    ca, cert, key = _tls_material(tmp_path)
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert, key)
+    client_context = ssl.create_default_context(cafile=str(ca))
+    monkeypatch.setattr(
+        fetch,
+        "_client",
+        lambda timeout: httpx.AsyncClient(
+            timeout=timeout, follow_redirects=False, trust_env=False, verify=client_context
+        ),
+    )
+    monkeypatch.setattr(fetch, "system_resolver", lambda host, port: ["127.0.0.1"])
+    with RecordingServer({"/v.mp4": serve_file(VIDEO)}) as server:
+        server.socket = server_context.wrap_socket(server.socket, server_side=True)
+        settings = settings_for(
+            private_url_origins=[f"videos.example:{server.port}", f"other.example:{server.port}"]
+        )
+        result = await download_url(
+            f"https://videos.example:{server.port}/v.mp4", tmp_path / "m", settings=settings
+        )
+        assert result.path.read_bytes() == VIDEO
+        assert server.requests[0][2]["host"] == f"videos.example:{server.port}"
+        # Same address, a name the certificate does not cover: refused by verification.
+        with pytest.raises(FetchError) as caught:
+            await download_url(
+                f"https://other.example:{server.port}/v.mp4", tmp_path / "m2", settings=settings
+            )
+        assert caught.value.code == "download_failed"
+        assert "CERTIFICATE_VERIFY_FAILED" in str(caught.value.__cause__)
+        assert len(server.requests) == 1
