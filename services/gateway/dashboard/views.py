@@ -125,22 +125,20 @@ def static_url(path: str) -> str:
 templates.env.globals["static_url"] = static_url
 
 
-def items_of(payload: Any) -> list[dict[str, Any]]:
-    """List endpoints answer ``{"items": [...]}``; accept a bare list too."""
-    if isinstance(payload, list):
-        return payload
-    return list(payload.get("items") or payload.get("data") or [])
+def items_of(page: dict[str, Any]) -> list[dict[str, Any]]:
+    """The API's list endpoints answer ``{"items": [...]}``."""
+    return page["items"]
 
 
 def timeline(utterances: list[dict[str, Any]], duration: float | None) -> dict[str, Any]:
-    """Geometry of the emotion timeline: one lane per emotion, one cell per utterance whose opacity
-    is that emotion's score, plus the dominant-emotion strip."""
-    end = max([duration or 0.0, *(float(u.get("end") or 0.0) for u in utterances)]) or 1.0
+    """Geometry of the emotion timeline (x in percent of the video): one lane per emotion, one cell
+    per utterance whose opacity is that emotion's score."""
+    end = max([duration or 0.0, *(u["end"] for u in utterances)]) or 1.0
     cells = []
     for u in utterances:
-        start, stop = float(u.get("start") or 0.0), float(u.get("end") or 0.0)
+        start, stop = u["start"], u["end"]
         x, width = 100 * start / end, max(0.4, 100 * (stop - start) / end)
-        scores = (u.get("emotion") or {}).get("scores") or {}
+        scores = u["emotion"]["scores"]
         for lane, emotion in enumerate(EMOTIONS):
             cells.append(
                 {
@@ -157,31 +155,26 @@ def timeline(utterances: list[dict[str, Any]], duration: float | None) -> dict[s
     return {"cells": cells, "end": end, "ticks": [(100 * t / end, format_seconds(t)) for t in ticks]}
 
 
-def share_bars(summary: dict[str, Any] | None, utterances: list[dict[str, Any]]) -> list[tuple[str, float]]:
-    """Share of the video per emotion: the summary's numbers, else counted from the utterances."""
-    shares = (summary or {}).get("emotion_share") or (summary or {}).get("emotion_shares")
-    if isinstance(shares, dict) and shares:
+def share_bars(summary: dict[str, Any], utterances: list[dict[str, Any]]) -> list[tuple[str, float]]:
+    """Share of speaking time per emotion: the summary's, or while the job runs (no summary yet)
+    counted from the utterances scored so far."""
+    if shares := summary.get("emotion_share"):
         return [(e, float(shares.get(e, 0.0))) for e in EMOTIONS]
-    total = sum(max(0.0, float(u.get("end", 0)) - float(u.get("start", 0))) for u in utterances) or 1.0
-    counts = dict.fromkeys(EMOTIONS, 0.0)
+    spoken = dict.fromkeys(EMOTIONS, 0.0)
     for u in utterances:
-        label = (u.get("emotion") or {}).get("label")
-        if label in counts:
-            counts[label] += max(0.0, float(u.get("end", 0)) - float(u.get("start", 0)))
-    return [(e, counts[e] / total) for e in EMOTIONS]
+        spoken[u["emotion"]["label"]] += max(0.0, u["end"] - u["start"])
+    total = sum(spoken.values()) or 1.0
+    return [(e, spoken[e] / total) for e in EMOTIONS]
 
 
 def usage_meters(usage: dict[str, Any]) -> list[dict[str, Any]]:
     """Usage as bars: analyses and video minutes used of the month's limits."""
     meters = []
-    analyses = usage.get("analyses") or {}
-    seconds = usage.get("video_seconds") or usage.get("seconds") or {}
     for label, block, scale, unit in (
-        ("Analyses", analyses, 1.0, ""),
-        ("Video minutes", seconds, 60.0, " min"),
+        ("Analyses", usage["analyses"], 1.0, ""),
+        ("Video minutes", usage["video_seconds"], 60.0, " min"),
     ):
-        used = float(block.get("used", 0)) / scale
-        limit = float(block.get("limit", 0)) / scale
+        used, limit = block["used"] / scale, block["limit"] / scale
         meters.append(
             {
                 "label": label,
@@ -238,9 +231,7 @@ async def signup_page(request: Request) -> Response:
     return render(request, session, "login.html", next=f"{PREFIX}/analyses", mode="signup")
 
 
-async def _sign_in(
-    request: Request, session: BrowserSession, api: GatewayApi, email: str, password: str
-) -> None:
+async def _sign_in(session: BrowserSession, api: GatewayApi, email: str, password: str) -> None:
     tokens = await api.json(
         "POST", "/v1/auth/login", auth=False, data={"username": email, "password": password}
     )
@@ -258,7 +249,7 @@ async def login(
     async def handler(session: BrowserSession, api: GatewayApi) -> Response:
         session.check_csrf(request, csrf_token)
         try:
-            await _sign_in(request, session, api, email, password)
+            await _sign_in(session, api, email, password)
         except ApiError as exc:
             return render(
                 request,
@@ -286,7 +277,7 @@ async def signup(
         session.check_csrf(request, csrf_token)
         try:
             await api.json("POST", "/v1/auth/signup", auth=False, json={"email": email, "password": password})
-            await _sign_in(request, session, api, email, password)
+            await _sign_in(session, api, email, password)
         except ApiError as exc:
             return render(
                 request,
@@ -423,7 +414,7 @@ async def analyses_page(request: Request, cursor: str | None = None, status: str
             session,
             "analyses.html",
             analyses=items_of(page),
-            next_cursor=(page or {}).get("next_cursor") if isinstance(page, dict) else None,
+            next_cursor=page["next_cursor"],
             status=status,
             usage=usage,
             meters=usage_meters(usage),
@@ -556,19 +547,17 @@ async def _submit_analysis(request: Request, session: BrowserSession, api: Gatew
 
 
 def _analysis_context(analysis: dict[str, Any]) -> dict[str, Any]:
-    utterances = analysis.get("utterances") or analysis.get("results") or []
-    summary = analysis.get("summary") or {}
-    modalities = sorted(
-        {m for u in utterances for m in (u.get("modalities_used") or [])}, key=MODALITIES.index
-    )
+    utterances = analysis["utterances"]
+    summary = analysis["summary"] or {}
+    modalities = sorted({m for u in utterances for m in u["modalities_used"]}, key=MODALITIES.index)
     return {
         "analysis": analysis,
         "utterances": utterances,
         "summary": summary,
         "modalities": modalities,
-        "timeline": timeline(utterances, analysis.get("duration_seconds")),
+        "timeline": timeline(utterances, analysis["duration_seconds"]),
         "shares": share_bars(summary, utterances),
-        "terminal": analysis.get("status") in ("succeeded", "failed", "canceled"),
+        "terminal": analysis["status"] in ("succeeded", "failed", "canceled"),
     }
 
 
