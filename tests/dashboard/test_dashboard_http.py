@@ -243,3 +243,14 @@ def test_upload_form_takes_videos_above_the_json_body_limit_up_to_the_media_limi
         refused = stranger.post("/dashboard/analyses", files={"video_file": ("a.mp4", b"x", "video/mp4")})
         assert refused.status_code == 303 and refused.headers["location"].startswith("/dashboard/login")
     client.close()
+
+
+def test_invalid_fields_are_named_in_the_form(gateway):
+    with httpx.Client(base_url=gateway) as client:
+        token = csrf_from(client.get("/dashboard/signup"))
+        short = client.post(
+            "/dashboard/signup", data={"email": "short@example.com", "password": "short", "csrf_token": token}
+        )
+        assert short.status_code == 422
+        alert = short.text.split('role="alert"', 1)[1].split("</div>", 1)[0]
+        assert "password:" in alert and "10 characters" in alert

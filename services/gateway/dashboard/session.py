@@ -63,16 +63,10 @@ class ApiError(Exception):
 
     @property
     def message(self) -> str:
-        if self.detail:
-            return self.detail
+        """What to show in the form: the invalid fields for a 422, else the problem's detail."""
         if self.errors:
-            first = self.errors[0]
-            return (
-                str(first.get("msg") or first.get("detail") or first)
-                if isinstance(first, dict)
-                else str(first)
-            )
-        return self.title
+            return "; ".join(f"{error['loc'][-1]}: {error['msg']}" for error in self.errors[:3])
+        return self.detail or self.title
 
 
 def _sign(settings: Settings, value: str) -> str:
