@@ -70,7 +70,8 @@ dev-stop:
 dev-status:
 	$(PY) scripts/devstack.py status --state-dir $(DEV_STATE)
 
-# .env.example is generated from shared/settings.py (tests/stack fails when it is stale).
+# .env.example and docs/configuration.md are generated from shared/settings.py (tests/stack
+# fails when they are stale).
 env-example: install
 	$(PY) scripts/env_example.py
 

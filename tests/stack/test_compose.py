@@ -226,6 +226,11 @@ def test_env_example_lists_every_setting():
     assert listed - names <= set(env_example.COMPOSE_ONLY), f"unknown: {sorted(listed - names)}"
     assert str(REPO_ROOT) not in text, ".env.example must not contain this machine's paths"
     assert text == env_example.render(), ".env.example is stale: run `make env-example`"
+    reference = (REPO_ROOT / "docs" / "configuration.md").read_text()
+    assert reference == env_example.render_markdown(), (
+        "docs/configuration.md is stale: run `make env-example`"
+    )
+    assert all(f"`{name}`" in reference for name in names)
 
 
 def test_compose_interpolates_only_documented_variables():
