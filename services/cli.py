@@ -91,19 +91,31 @@ def sagemaker_deploy(
 
 @sagemaker_app.command("invoke")
 def sagemaker_invoke(
-    bundle: Path = typer.Argument(..., exists=True, dir_okay=False, help="a feature bundle (.safetensors)"),
+    source: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, help="a feature bundle (.safetensors) or a video/audio file"
+    ),
+    transcript: Path | None = typer.Option(
+        None, exists=True, dir_okay=False, help="SRT, WebVTT or JSON transcript of a media file"
+    ),
     endpoint: str | None = typer.Option(None, help="[default: MOODREEL_SAGEMAKER_ENDPOINT_NAME]"),
 ) -> None:
-    """Score a feature bundle on the endpoint (chunked under 6 MB, retried) and print the JSON."""
+    """Score a bundle, or a media file featurised with the endpoint's own FeatureSpec, and print the
+    JSON (requests chunked under 6 MB and retried)."""
+    from shared import model_client
     from shared.bundle import FeatureBundle
-    from shared.model_client import model_client_from_settings
     from shared.settings import get_settings
 
     settings = get_settings().model_copy(update={"model_backend": "sagemaker"})
     if endpoint:
         settings = settings.model_copy(update={"sagemaker_endpoint_name": endpoint})
-    with model_client_from_settings(settings) as client:
-        print(client.invoke(FeatureBundle.load(bundle)).model_dump_json(indent=2))
+    with model_client.model_client_from_settings(settings) as client:
+        if source.suffix == ".safetensors":
+            bundle = FeatureBundle.load(source)
+        else:
+            from shared.features.pipeline import extract_features
+
+            bundle = extract_features(source, client.get_spec(), transcript, settings=settings)
+        print(client.invoke(bundle).model_dump_json(indent=2))
 
 
 @sagemaker_app.command("delete")

@@ -372,3 +372,36 @@ def test_a_model_swapped_between_chunks_rescores_the_video_from_the_start(
         with pytest.raises(ModelServiceError) as info:
             Flapping(new_url, old_requests=0, chunk_bytes=50_000).invoke(bundle)
         assert info.value.code == "model_changed"
+
+
+def test_the_invoke_command_scores_a_media_file_or_a_bundle(
+    server_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from typer.testing import CliRunner
+
+    from services.cli import app
+    from shared import model_client
+    from tests.mediagen import spoken_clip
+
+    chosen = []
+
+    def local_twin(settings):  # the endpoint's stand-in: the real server, over HTTP
+        chosen.append((settings.model_backend, settings.sagemaker_endpoint_name))
+        return HttpModelClient(server_url, retry=FAST_RETRY)
+
+    monkeypatch.setattr(model_client, "model_client_from_settings", local_twin)
+    clip = spoken_clip(tmp_path)
+    runner = CliRunner()
+    result = runner.invoke(
+        app,
+        ["sagemaker", "invoke", str(clip.video), "--transcript", str(clip.transcript), "--endpoint", "prod"],
+    )
+    assert result.exit_code == 0, result.output
+    scored = InvocationResponse.model_validate_json(result.stdout[result.stdout.index("{") :])
+    assert [u.text for u in scored.utterances] == [s["text"] for s in clip.segments]
+    assert chosen == [("sagemaker", "prod")]
+
+    make_bundle(count=2).save(tmp_path / "bundle.safetensors")
+    result = runner.invoke(app, ["sagemaker", "invoke", str(tmp_path / "bundle.safetensors")])
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.stdout[result.stdout.index("{") :])["utterances"]) == 2
