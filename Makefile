@@ -45,6 +45,7 @@ lint: install
 
 bench: install
 	$(PY) bench/preprocess.py
+	$(PY) bench/model.py
 
 # The default checkpoint (docs/model.md): MiniLM's text branch on MELD's label CSVs, <= 45 min on
 # 2 CPU cores, niced; published to services/model/checkpoints/default/ if its weights fit 15 MB.
