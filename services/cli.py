@@ -246,6 +246,61 @@ def evaluate(
         typer.echo(f"report: {out}")
 
 
+@sagemaker_app.command("train")
+def sagemaker_train(
+    role: str | None = typer.Option(None, help="execution role ARN [default: MOODREEL_SAGEMAKER_ROLE_ARN]"),
+    bucket: str | None = typer.Option(None, help="S3 bucket [default: MOODREEL_SAGEMAKER_BUCKET]"),
+    prefix: str = typer.Option("moodreel/training", help="S3 key prefix for source, data, outputs"),
+    data_uri: str | None = typer.Option(
+        None, help="S3 prefix with train/ dev/ test/ [default: <prefix>/data]"
+    ),
+    image: str | None = typer.Option(
+        None, help="our ECR image [default: SageMaker's PyTorch training image]"
+    ),
+    instance_type: str = typer.Option("ml.g5.xlarge"),
+    instance_count: int = typer.Option(1, min=1),
+    spot: bool = typer.Option(False, help="managed spot training (checkpoints sync to S3)"),
+    max_run: int = typer.Option(4 * 3600, help="seconds"),
+    distributed: bool = typer.Option(False, help="torchrun across the instance's GPUs"),
+    hyperparameter: list[str] = typer.Option(
+        [], "--hp", help="trainer option as name=value (e.g. --hp epochs=8); repeatable"
+    ),
+) -> None:
+    """Launch `services/model/train.py` as a SageMaker training job (prints the job name and ARN)."""
+    import boto3
+
+    from services.model.sagemaker_train import TrainingJobConfig, launch
+    from shared.settings import get_settings
+
+    settings = get_settings()
+    role_arn, bucket_name = role or settings.sagemaker_role_arn, bucket or settings.sagemaker_bucket
+    if not role_arn or not bucket_name:
+        raise typer.BadParameter("set --role and --bucket (or MOODREEL_SAGEMAKER_ROLE_ARN / _BUCKET)")
+    hyperparameters = {"preset": "text-default"}
+    for item in hyperparameter:
+        name, separator, value = item.partition("=")
+        if not separator:
+            raise typer.BadParameter(f"--hp {item!r}: expected name=value")
+        hyperparameters[name] = value
+    config = TrainingJobConfig(
+        role_arn=role_arn,
+        bucket=bucket_name,
+        prefix=prefix,
+        region=settings.aws_region,
+        image_uri=image,
+        instance_type=instance_type,
+        instance_count=instance_count,
+        spot=spot,
+        max_run_seconds=max_run,
+        data_uri=data_uri,
+        hyperparameters=hyperparameters,
+        distributed=distributed,
+    )
+    session = boto3.Session(region_name=settings.aws_region)
+    job = launch(config, session.client("sagemaker"), session.client("s3"))
+    typer.echo(f"{job['name']}\n{job['arn']}")
+
+
 @app.command("audio-baseline")
 def audio_baseline(
     out: Path | None = typer.Option(None, help="write the JSON report here as well"),

@@ -1,0 +1,155 @@
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from services.model.checkpoint import load_checkpoint
+from services.model.data.meld import clip_examples
+from services.model.network import MoodreelModel
+from services.model.sagemaker_train import metric_definitions
+from services.model.testing import TINY_SPEC, tiny_model_config
+from services.model.train import (
+    Criterion,
+    TrainConfig,
+    build_optimizer,
+    class_weights,
+    classification_loss,
+    config_from_args,
+    train,
+)
+from shared.settings import REPO_ROOT
+
+
+def tiny_train_config(tmp_path: Path, meld_dir: Path, **changes) -> TrainConfig:
+    values = {
+        "output_dir": tmp_path / "run",
+        "meld_dir": meld_dir,
+        "cache_dir": tmp_path / "cache",
+        "epochs": 2,
+        "batch_size": 4,
+        "eval_batch_size": 8,
+        "progress": False,
+        "lr_text_encoder": 1e-3,
+        "model": tiny_model_config(TINY_SPEC, text_train_mode="top_layers", text_train_layers=1),
+        "spec": TINY_SPEC,
+    }
+    return TrainConfig(**(values | changes))
+
+
+def test_loss_falls_when_overfitting_generated_clips(mini_meld, tmp_path):
+    examples, _ = clip_examples(mini_meld, "train", TINY_SPEC, tmp_path)
+    torch.manual_seed(0)
+    model = MoodreelModel(tiny_model_config(TINY_SPEC, modality_dropout=0.0, dropout=0.0))
+    config = TrainConfig(
+        lr_fusion=3e-3, lr_audio=3e-3, lr_visual=3e-3, lr_text_encoder=3e-3, label_smoothing=0.0
+    )
+    optimizer = build_optimizer(model, config)
+    criterion = Criterion(config, examples, torch.device("cpu"))
+    batch = examples.batch(torch.arange(len(examples)))
+    assert batch.inputs.modality_mask[:, 1:].sum() == 12  # 6 clips with audio and video
+    losses = []
+    model.train()
+    for _ in range(25):
+        terms = criterion(model(batch.inputs), batch.emotion, batch.sentiment)
+        optimizer.zero_grad()
+        terms.total.backward()
+        optimizer.step()
+        losses.append(float(terms.total.detach()))
+    assert losses[-1] < 0.5 * losses[0]
+    assert set(terms.parts) == {"emotion", "sentiment", "text_head", "audio_head", "visual_head"}
+
+
+def test_losses_ignore_unknown_labels_and_weight_classes():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 2.0]])
+    targets = torch.tensor([0, -1, 1])
+    plain = classification_loss(logits, targets, None, 0.0, None)
+    expected = torch.nn.functional.cross_entropy(logits[[0, 2]], targets[[0, 2]])
+    torch.testing.assert_close(plain, expected)
+    focal = classification_loss(logits, targets, None, 0.0, 2.0)
+    assert focal < plain  # the easy, correct row is down-weighted
+    assert classification_loss(logits, torch.tensor([-1, -1, -1]), None, 0.0, None) == 0
+    weights = class_weights(torch.tensor([0, 0, 0, 1, -1]), 3, "inverse")
+    assert weights[1] > weights[0]
+    assert class_weights(torch.tensor([0, 1]), 3, "none") is None
+
+
+def test_hyperparameters_from_arguments_and_preset():
+    config = config_from_args(["--preset", "text-default", "--epochs", "3", "--model-audio-channels", "4,8"])
+    assert config.epochs == 3
+    assert config.max_minutes == 40.0
+    assert config.spec.context_turns == 0
+    assert config.model.text_train_mode == "top_layers"
+    assert config.model.audio_channels == (4, 8)
+    assert config.modalities == ("text",)
+    with pytest.raises(SystemExit):
+        config_from_args(["--no-such-option", "1"])
+
+
+def test_text_training_caches_frozen_layers_and_keeps_the_best_checkpoint(mini_meld, tmp_path, capsys):
+    checkpoint = train(tiny_train_config(tmp_path, mini_meld, publish_dir=tmp_path / "published"))
+    out = capsys.readouterr().out
+    assert re.search(r"^METRIC split=dev epoch=1 .* emotion_weighted_f1=[0-9.]+", out, re.M)
+    assert re.search(r"^METRIC split=best_test epoch=\d .* sentiment_weighted_f1=[0-9.]+", out, re.M)
+    # Every SageMaker metric definition finds its value in what the trainer really printed.
+    for definition in metric_definitions():
+        match = re.search(definition["Regex"], out)
+        assert match, definition
+        float(match.group(1))
+    loaded = load_checkpoint(checkpoint)
+    assert loaded.meta["trained_modalities"] == ["text"]
+    assert set(loaded.meta["metrics"]) == {"dev", "test"}
+    assert loaded.meta["metrics"]["test"]["emotion"]["count"] == 4
+    assert loaded.meta["training"]["best_epoch"] in (1, 2)
+    assert len(loaded.meta["data_hash"]) == 16
+    assert "## Measured results" in (checkpoint / "MODEL_CARD.md").read_text()
+    assert (tmp_path / "published" / "model.safetensors").is_file()
+    events = list((tmp_path / "run" / "tensorboard").rglob("events.out.tfevents.*"))
+    assert events
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(
+        str(tmp_path / "run" / "tensorboard"), size_guidance={"images": 0}
+    ).Reload()
+    tags = accumulator.Tags()
+    assert {"emotion_weighted_f1/dev", "emotion_macro_f1/dev", "loss_emotion/train"} <= set(tags["scalars"])
+    assert "emotion_f1_per_class/fear" in tags["scalars"]
+    assert "emotion_confusion/dev" in tags["images"]
+
+
+def test_multimodal_training_from_clips_trains_every_modality(mini_meld, tmp_path):
+    config = tiny_train_config(
+        tmp_path, mini_meld, modalities=("text", "audio", "visual"), epochs=1, evaluate_test=False
+    )
+    loaded = load_checkpoint(train(config))
+    assert loaded.meta["trained_modalities"] == ["text", "audio", "visual"]
+    assert set(loaded.meta["metrics"]) == {"dev"}
+
+
+def test_distributed_training_with_two_gloo_processes(mini_meld, tmp_path):
+    model_config = json.dumps(tiny_model_config(TINY_SPEC).text_encoder_config)
+    visual_config = json.dumps(tiny_model_config(TINY_SPEC).visual_encoder_config)
+    spec_args = [f"--spec-{k.replace('_', '-')}={v}" for k, v in TINY_SPEC.model_dump().items()]
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "services.model.train",
+        "--output-dir", str(tmp_path / "run"), "--meld-dir", str(mini_meld),
+        "--cache-dir", str(tmp_path / "cache"), "--epochs", "2", "--batch-size", "2",
+        "--progress", "false", "--threads", "1", "--evaluate-test", "false",
+        "--model-text-encoder", "", "--model-text-encoder-config", model_config,
+        "--model-text-train-mode", "full",
+        "--model-visual-backbone", "transformers", "--model-visual-encoder-config", visual_config,
+        "--model-audio-channels", "8,16", "--model-embed-dim", "16", "--model-fusion-hidden", "16",
+        *spec_args,
+    ]  # fmt: skip
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # Only rank 0 evaluates and prints metric lines; both ranks trained the same model.
+    assert result.stdout.count("METRIC split=dev ") == 2
+    loaded = load_checkpoint(tmp_path / "run" / "checkpoint")
+    assert loaded.meta["training"]["epochs_run"] == 2
