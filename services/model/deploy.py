@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, WaiterError
 
 from shared.features.spec import FeatureSpec
 from shared.logging import get_logger
@@ -202,10 +202,24 @@ class SageMakerDeployer:
             previous_models = [variant["ModelName"] for variant in previous_config["ProductionVariants"]]
 
         log.info("waiting_for_endpoint", endpoint=config.endpoint_name, action=action)
-        self.sagemaker.get_waiter("endpoint_in_service").wait(
-            EndpointName=config.endpoint_name,
-            WaiterConfig={"Delay": self.waiter_delay_seconds, "MaxAttempts": 120},
-        )
+        try:
+            self.sagemaker.get_waiter("endpoint_in_service").wait(
+                EndpointName=config.endpoint_name,
+                WaiterConfig={"Delay": self.waiter_delay_seconds, "MaxAttempts": 120},
+            )
+        except WaiterError as exc:
+            reason = (exc.last_response or {}).get("FailureReason", str(exc))
+            raise DeployError(
+                f"endpoint {config.endpoint_name} did not come up with {name}: {reason}"
+            ) from exc
+        # A failed blue/green update rolls back: InService again, but on the old config. Then the
+        # old version must stay (it is what serves) and nothing else may change.
+        serving = self.sagemaker.describe_endpoint(EndpointName=config.endpoint_name)
+        if serving["EndpointConfigName"] != name:
+            raise DeployError(
+                f"the update to {name} was rolled back; {config.endpoint_name} still serves "
+                f"{serving['EndpointConfigName']} ({serving.get('FailureReason', 'no reason given')})"
+            )
         self._register_scaling(config)
         if current is not None:
             # The previous version's config and models no longer serve traffic.

@@ -133,7 +133,10 @@ def expect_model_and_config(clients: Clients, instance_type: str = "ml.g5.xlarge
 
 
 def expect_in_service_and_scaling(clients: Clients) -> None:
-    clients.sm.add_response("describe_endpoint", endpoint("InService", VERSION), {"EndpointName": "moodreel"})
+    for _ in ("waiter", "which config serves"):
+        clients.sm.add_response(
+            "describe_endpoint", endpoint("InService", VERSION), {"EndpointName": "moodreel"}
+        )
     clients.scaling.add_response(
         "register_scalable_target",
         {},
@@ -262,6 +265,34 @@ def test_changing_the_instance_type_deregisters_autoscaling_before_the_update(aw
 
     config = DeployConfig(**{**CONFIG.__dict__, "instance_type": "ml.g6.xlarge"})
     assert aws.deployer.deploy(artifact, TINY_SPEC, config).action == "updated"
+
+
+def test_a_rolled_back_update_keeps_the_old_version_and_registers_nothing(aws: Clients, artifact: Path):
+    aws.sm.add_response("describe_endpoint", endpoint("InService"), {"EndpointName": "moodreel"})
+    expect_model_and_config(aws)
+    previous_config(aws, "ml.g5.xlarge")
+    expect_update(aws, retain=True)
+    rolled_back = {**endpoint("InService", OLD), "FailureReason": "health check failed on /ping"}
+    aws.sm.add_response("describe_endpoint", rolled_back, {"EndpointName": "moodreel"})
+    aws.sm.add_response("describe_endpoint", rolled_back, {"EndpointName": "moodreel"})
+    with pytest.raises(DeployError) as info:
+        aws.deployer.deploy(artifact, TINY_SPEC, CONFIG)
+    assert "rolled back" in str(info.value) and "/ping" in str(info.value)
+    # No autoscaling change and no deletion: the stubbers hold no further responses.
+
+
+def test_an_endpoint_that_fails_to_create_is_reported(aws: Clients, artifact: Path):
+    endpoint_missing(aws)
+    expect_model_and_config(aws)
+    aws.sm.add_response(
+        "create_endpoint",
+        {"EndpointArn": f"{ARN}:endpoint/moodreel"},
+        {"EndpointName": "moodreel", "EndpointConfigName": VERSION, "Tags": TAGS},
+    )
+    failed = {**endpoint("Failed", VERSION), "FailureReason": "CannotStartContainerError"}
+    aws.sm.add_response("describe_endpoint", failed, {"EndpointName": "moodreel"})
+    with pytest.raises(DeployError, match="CannotStartContainerError"):
+        aws.deployer.deploy(artifact, TINY_SPEC, CONFIG)
 
 
 @pytest.mark.parametrize("status", ["Updating", "Creating", "Failed"])
