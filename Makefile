@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-SYSTEM_TOOLS := ffmpeg ffprobe espeak-ng chromium
+SYSTEM_TOOLS := ffmpeg ffprobe espeak-ng chromium curl jq
 
 .PHONY: install system-deps demo test lint bench
 
@@ -18,15 +18,16 @@ $(STAMP): pyproject.toml requirements.lock
 
 install: system-deps $(STAMP)
 
-# ffmpeg (media), espeak-ng (speech for demo and test clips), chromium (browser tests).
+# ffmpeg (media), espeak-ng (speech for demo and test clips), chromium (browser tests), curl and
+# jq (the dashboard's API samples are run as shown by tests/browser).
 system-deps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing:$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg espeak-ng chromium >/dev/null; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg espeak-ng chromium curl jq >/dev/null; \
 	  else \
-	    echo "missing system tools:$$missing — install them (Debian: sudo apt-get install ffmpeg espeak-ng chromium)" >&2; exit 1; \
+	    echo "missing system tools:$$missing — install them (Debian: sudo apt-get install ffmpeg espeak-ng chromium curl jq)" >&2; exit 1; \
 	  fi; \
 	fi
 
