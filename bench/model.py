@@ -1,18 +1,18 @@
 """Model service speed: utterances per second and latency through the HTTP server, against the bare
 forward pass of the same model in the same process.
 
-For batch sizes 1, 8 and 32 (utterances per request) it times, interleaved, ``POST /invocations``
-on a uvicorn server on a loopback port (body already serialised; the time covers HTTP, parsing the
-bundle, the forward pass, JSON) and the bare forward pass (``inputs_from_bundle`` + ``model(...)``
-under ``torch.inference_mode``). The server's overhead is the ratio of the two medians. Results go
-to bench/results/model.json.
+For each torch thread count and 1, 8 and 32 utterances per request it times, interleaved,
+``POST /invocations`` on a uvicorn server on a loopback port (body already serialised; the time
+covers HTTP, parsing the bundle, the forward pass, JSON) and the bare forward pass
+(``inputs_from_bundle`` + ``model(...)`` under ``torch.inference_mode``). The server's overhead is
+the ratio of the two medians. Results go to bench/results/model.json.
 
 The model is the checkpoint in MOODREEL_MODEL_DIR when there is one, else a random-weight model
 of the default ModelConfig and FeatureSpec (MiniLM text, CNN audio and visual: the same shapes and
 compute as a trained one). Each request is one forward pass (server batch size 32); the payload
 cap is raised so a 32-utterance bundle (~12 MB with the default spec) goes in one request.
 
-    .venv/bin/python bench/model.py [--requests 12] [--model-dir DIR]
+    .venv/bin/python bench/model.py [--requests 12] [--threads 1,2] [--model-dir DIR]
 """
 
 from __future__ import annotations
@@ -91,6 +91,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=12, help="timed requests per batch size")
     parser.add_argument("--model-dir", type=Path, default=None)
+    parser.add_argument("--threads", default="1,2", help="torch intra-op thread counts to compare")
     args = parser.parse_args()
 
     directory, kind = model_directory(args.model_dir)
@@ -108,7 +109,8 @@ def main() -> None:
     with serve_in_background(app) as url, httpx.Client(base_url=url, timeout=120) as http:
         while http.get("/ping").status_code != 200:
             time.sleep(0.05)
-        for batch in BATCHES:
+        for threads, batch in [(int(t), b) for t in args.threads.split(",") for b in BATCHES]:
+            torch.set_num_threads(threads)  # process-wide: the server's forward passes too
             bundle = make_bundle(served.spec, batch, seed=batch)
             body = bundle.to_bytes()
             headers = {"Content-Type": CONTENT_TYPE, "Accept": "application/json"}
@@ -129,6 +131,7 @@ def main() -> None:
                 bare(bundle)
                 bare_s.append(time.perf_counter() - started)
             row = {
+                "torch_threads": threads,
                 "batch": batch,
                 "request_bytes": len(body),
                 "requests": args.requests,
@@ -148,7 +151,6 @@ def main() -> None:
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
             "device": str(served.device),
             "load_average_1m": round(os.getloadavg()[0], 2),
         },

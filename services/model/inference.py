@@ -85,6 +85,9 @@ class Prediction:
 # --- model_fn -------------------------------------------------------------------------------------
 def model_fn(model_dir: str | Path) -> ServedModel:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    threads = get_settings().model_torch_threads
+    if threads:
+        torch.set_num_threads(threads)
     started = time.perf_counter()
     loaded = load_checkpoint(Path(model_dir), device=device)
     vocab_size = loaded.model.text.backbone.get_input_embeddings().num_embeddings
@@ -95,6 +98,7 @@ def model_fn(model_dir: str | Path) -> ServedModel:
         "model_loaded",
         model_dir=str(model_dir),
         device=str(device),
+        torch_threads=torch.get_num_threads(),
         name=served.info.name,
         version=served.info.version,
         spec_hash=served.info.spec_hash,
