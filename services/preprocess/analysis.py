@@ -32,6 +32,10 @@ from shared.bundle import FeatureBundle
 from shared.db.models import Analysis, AnalysisStatus
 from shared.db.session import session_scope
 from shared.events import apublish_event
+from shared.features.media import MediaError, probe
+from shared.features.pipeline import extract_features
+from shared.features.spec import FeatureSpec
+from shared.features.transcripts import TranscriptError
 from shared.logging import get_logger
 from shared.model_client import ModelClient, ModelServiceError, ModelUnavailable
 from shared.net.fetch import FetchError, download_url, job_workspace
@@ -98,9 +102,6 @@ class StageTimer:
 
 def classify(exc: BaseException) -> JobFailed | TransientJobError | None:
     """Map the typed errors of every stage to permanent/transient job errors (None: a bug)."""
-    from shared.features.media import MediaError
-    from shared.features.transcripts import TranscriptError
-
     if isinstance(exc, JobFailed | TransientJobError):
         return exc
     if isinstance(exc, FetchError):
@@ -175,8 +176,6 @@ class AnalysisRun:
             raise JobFailed("timeout", f"the analysis did not finish within {limit:g} s") from exc
 
     async def pipeline(self, analysis: Analysis) -> dict[str, Any]:
-        from shared.features.media import probe
-
         async with job_workspace(self.settings) as workspace:
             with self.timer.stage("fetch"):
                 media_path = await self.fetch(analysis, workspace)
@@ -232,9 +231,7 @@ class AnalysisRun:
 
         await self.db(work)
 
-    def features(self, analysis: Analysis, media_path: Path, spec) -> FeatureBundle:
-        from shared.features.pipeline import extract_features
-
+    def features(self, analysis: Analysis, media_path: Path, spec: FeatureSpec) -> FeatureBundle:
         # SRT, WebVTT or JSON segments: the parser tells them apart by their first characters.
         transcript = analysis.transcript or None
         window = (analysis.options or {}).get("window_seconds") or self.settings.default_window_seconds
