@@ -106,7 +106,7 @@ def test_sign_up_key_upload_results_revoke(dev_stack, browser, artifacts, tmp_pa
     assert page.locator("[data-status=succeeded]").count() == 1
     page.screenshot(path=artifacts / "4b-analyses-list.png", full_page=True)
     page.click("nav a[href='/dashboard/api']")
-    assert f"{dev_stack.base_url}/v1/analyses" in page.locator("pre").first.inner_text()
+    assert f"API={dev_stack.base_url}" in page.locator("pre").first.inner_text()
     page.screenshot(path=artifacts / "4c-api-samples.png", full_page=True)
 
     # Revoke the key: the API refuses it at once.

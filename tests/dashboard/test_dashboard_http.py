@@ -217,7 +217,7 @@ def test_api_page_shows_samples_for_this_server(gateway):
     client, _ = signed_in_client(gateway)
     page = client.get("/dashboard/api")
     assert page.status_code == 200
-    assert f"curl -sS -X POST {gateway}/v1/analyses" in page.text
+    assert f"API={gateway}\n" in page.text
     assert f'base_url="{gateway}"' in page.text.replace("&#34;", '"')
     client.close()
 
