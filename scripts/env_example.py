@@ -31,7 +31,8 @@ COMPOSE_ONLY = {
     "FORWARDED_ALLOW_IPS": "127.0.0.1",
 }
 # Settings whose compose value must be set in .env (uncommented in the example).
-REQUIRED_IN_COMPOSE = {"MOODREEL_SECRET_KEY": "change-me-to-a-long-random-string"}
+# Too short on purpose: a production gateway refuses it until it is replaced (>= 32 characters).
+REQUIRED_IN_COMPOSE = {"MOODREEL_SECRET_KEY": "change-me"}
 
 
 def env_name(name: str, field: FieldInfo) -> str:

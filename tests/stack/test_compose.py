@@ -392,3 +392,14 @@ def test_build_context_keeps_secrets_and_state_out_but_every_copied_source_in():
             for source in sources:
                 assert (REPO_ROOT / source).exists(), f"{dockerfile.name}: {source} does not exist"
                 assert not ignored(source, patterns), f"{dockerfile}: {source} is excluded by .dockerignore"
+
+
+def test_example_secret_is_refused_in_production():
+    """`cp .env.example .env && docker compose up` must not run production with a known secret."""
+    from services.gateway.main import check_production_settings
+
+    example = re.search(r"^MOODREEL_SECRET_KEY=(.*)$", (REPO_ROOT / ".env.example").read_text(), flags=re.M)[
+        1
+    ]
+    with pytest.raises(RuntimeError, match="MOODREEL_SECRET_KEY"):
+        check_production_settings(Settings(_env_file=None, environment="production", secret_key=example))
