@@ -254,3 +254,15 @@ def test_invalid_fields_are_named_in_the_form(gateway):
         assert short.status_code == 422
         alert = short.text.split('role="alert"', 1)[1].split("</div>", 1)[0]
         assert "password:" in alert and "10 characters" in alert
+
+
+def test_unexpected_api_answers_keep_the_live_fragment(gateway):
+    """A fragment refresh the API turns away (here: an unknown analysis) answers 204, so htmx keeps
+    what is on screen; a page answers with the problem's status and message."""
+    client, _ = signed_in_client(gateway)
+    missing = uuid.uuid4()
+    fragment = client.get(f"/dashboard/analyses/{missing}/live", headers={"HX-Request": "true"})
+    assert fragment.status_code == 204 and fragment.content == b""
+    page = client.get(f"/dashboard/analyses/{missing}/live")
+    assert page.status_code == 404 and "Something went wrong" in page.text
+    client.close()

@@ -202,6 +202,11 @@ async def _page(request: Request, handler) -> Response:
             session.apply(response)
             return response
         return to_login(session, request)
+    except ApiError as exc:
+        # An API answer the view did not expect (e.g. 429 from the per-user request rate).
+        if request.headers.get("hx-request"):
+            return Response(status_code=204)  # keep the current fragment; the next event retries
+        return render(request, session, "error.html", status_code=exc.status, message=exc.message)
     except CsrfFailed as exc:
         log.warning("dashboard.csrf_rejected", path=request.url.path, reason=str(exc))
         return render(

@@ -6,12 +6,25 @@ const TERMINAL = ["succeeded", "failed", "canceled"];
 document.addEventListener("DOMContentLoaded", () => {
   for (const target of document.querySelectorAll("[data-live-events]")) {
     const source = new EventSource(target.dataset.liveEvents);
-    const refresh = () => htmx.trigger(target, "refresh");
+    // Events come in bursts (a chunk of utterances at a time): one re-render per burst, shortly
+    // after its first event, keeps the page current without a request per utterance.
+    let pending = null;
+    const refresh = () => {
+      pending ??= setTimeout(() => {
+        pending = null;
+        htmx.trigger(target, "refresh");
+      }, 500);
+    };
     source.addEventListener("utterance", refresh);
     source.addEventListener("summary", refresh);
     source.addEventListener("status", (event) => {
-      if (TERMINAL.includes(JSON.parse(event.data).status)) source.close();
       refresh();
+      if (TERMINAL.includes(JSON.parse(event.data).status)) {
+        source.close();
+        // The fragment answers HX-Refresh once it sees the final status; should that request be
+        // turned away (rate limit), keep asking until the page reloads.
+        setInterval(() => htmx.trigger(target, "refresh"), 3000);
+      }
     });
     window.addEventListener("pagehide", () => source.close());
   }
