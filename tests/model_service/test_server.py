@@ -356,3 +356,17 @@ def test_the_deadline_stops_a_request_between_batches(served_model: ServedModel,
         response = invoke(url, make_bundle(count=30))
         body = assert_problem(response, 503, "deadline_exceeded")
         assert response.headers["retry-after"] == "5" and "within" in body["detail"]
+
+
+def test_model_torch_threads_sets_the_intra_op_threads(
+    tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from services.model import inference
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(inference, "get_settings", lambda: Settings(model_torch_threads=1))
+    try:
+        inference.model_fn(tiny_checkpoint)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
