@@ -10,7 +10,6 @@ re-check at fetch time is what those tests exercise.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import Iterator
@@ -19,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import redis
-from arq.connections import RedisSettings, create_pool
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.session import create_db_engine, make_session_factory
@@ -207,22 +205,3 @@ def redis_client(namespace) -> Iterator[redis.Redis]:
     for key in client.scan_iter(match=f"{namespace}*", count=500):
         client.delete(key)
     client.close()
-
-
-@pytest.fixture(scope="session")
-def enqueue(base_env):
-    """Enqueue a job the way the gateway does (job id = analysis id)."""
-
-    def run(function: str, *args: str, job_id: str | None = None) -> None:
-        async def go() -> None:
-            pool = await create_pool(RedisSettings.from_dsn(REDIS_URL))
-            try:
-                await pool.enqueue_job(
-                    function, *args, _job_id=job_id, _queue_name=base_env["MOODREEL_QUEUE_NAME"]
-                )
-            finally:
-                await pool.aclose()
-
-        asyncio.run(go())
-
-    return run
