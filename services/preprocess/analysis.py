@@ -188,11 +188,6 @@ class AnalysisRun:
             await self.ensure_active()
             with self.timer.stage("features"):
                 bundle = await asyncio.to_thread(self.features, analysis, media_path, spec)
-        if len(bundle) > self.settings.max_utterances:
-            raise JobFailed(
-                "too_many_utterances",
-                f"the video has {len(bundle)} utterances; the limit is {self.settings.max_utterances}",
-            )
         predictions, model = await self.score(bundle)
         summary = summarise(predictions, duration)
         await self.succeed(analysis, predictions, summary, model, duration)
