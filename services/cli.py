@@ -230,6 +230,7 @@ def evaluate(
     checkpoint: Path = typer.Argument(..., exists=True, file_okay=False, help="checkpoint directory"),
     split: str = typer.Option("test", help="MELD split: train, dev or test"),
     out: Path | None = typer.Option(None, help="JSON report; PNGs and the model card go beside it"),
+    acted_speech: bool = typer.Option(True, help="also score an audio-trained checkpoint on acted speech"),
 ) -> None:
     """Score a checkpoint on MELD: accuracy, weighted/macro F1, per class, confusion, calibration."""
     import json
@@ -238,7 +239,7 @@ def evaluate(
     from shared.logging import configure_logging
 
     configure_logging()
-    report = evaluate_checkpoint(checkpoint, split, out)
+    report = evaluate_checkpoint(checkpoint, split, out, acted_speech=acted_speech)
     for head in ("emotion", "sentiment"):
         scores = {key: report[head][key] for key in ("accuracy", "weighted_f1", "macro_f1", "ece")}
         typer.echo(f"{head}: " + json.dumps({k: round(v, 4) for k, v in scores.items()}))

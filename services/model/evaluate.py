@@ -80,9 +80,11 @@ def evaluate_checkpoint(
     cache_dir: Path | None = None,
     batch_size: int = 128,
     device: str = "cpu",
+    acted_speech: bool = True,
 ) -> dict:
     """Score a checkpoint on a MELD split; with ``out``, write the JSON report, confusion PNGs and
-    the model card beside it."""
+    the model card beside it. ``acted_speech``: also score an audio-trained checkpoint on the
+    speech corpora (slow the first time: it builds their feature cache)."""
     from services.model.checkpoint import load_checkpoint
     from services.model.data.meld import load_text_examples
     from services.model.model_card import render_model_card
@@ -97,12 +99,12 @@ def evaluate_checkpoint(
         cache_dir or settings.data_dir / "cache" / "meld",
     )
     metrics = evaluate_examples(loaded.model, examples, batch_size, device)
-    acted_speech = {}
-    if "audio" in loaded.config.trained_modalities:
+    speech_scores = {}
+    if acted_speech and "audio" in loaded.config.trained_modalities:
         from services.model.speech_eval import evaluate_speech_corpora
 
         # RAVDESS's actors of the same split (test: held-out actors 21-24) and EmoDB.
-        acted_speech = evaluate_speech_corpora(loaded.model, loaded.spec, split, batch_size, device)
+        speech_scores = evaluate_speech_corpora(loaded.model, loaded.spec, split, batch_size, device)
     report = {
         "checkpoint": {key: loaded.meta.get(key) for key in ("name", "version", "git_sha", "data_hash")},
         "split": split,
@@ -111,8 +113,8 @@ def evaluate_checkpoint(
         "spec_hash": loaded.spec.hash,
         **metrics,
     }
-    if acted_speech:
-        report["acted_speech"] = acted_speech
+    if speech_scores:
+        report["acted_speech"] = speech_scores
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -123,7 +125,7 @@ def evaluate_checkpoint(
             )
             report[f"{head}_confusion_png"] = png.name
         card = out.with_name(f"{out.stem}-model-card.md")
-        speech_metrics = {f"{corpus}_{split}": {"speech": scores} for corpus, scores in acted_speech.items()}
+        speech_metrics = {f"{corpus}_{split}": {"speech": scores} for corpus, scores in speech_scores.items()}
         card.write_text(
             render_model_card(loaded.meta, loaded.config, loaded.spec, {split: metrics} | speech_metrics)
         )
