@@ -148,6 +148,13 @@ def test_webhook_receiver_sees_retries_after_a_500(api_url, clips, receiver):
     time.sleep(1.5)
     assert len(hits) == 2  # no delivery after the success
 
+    # A resend from the delivery log: one more attempt, same webhook-id, through the worker.
+    resent = user.http.post(f"/v1/webhooks/deliveries/{delivery['id']}/resend")
+    assert resent.status_code == 202, resent.text
+    wait_until(lambda: len(hits) == 3, 30, "the resent delivery")
+    assert hits[2][0]["webhook-id"] == first["webhook-id"]
+    verify(endpoint["secret"], *hits[2])
+
 
 MEDIA_ERRORS = [
     ("noise.mp4", "not_media"),

@@ -16,13 +16,20 @@ from shared.db.models import User, WebhookDelivery
 from shared.db.session import create_db_engine, make_session_factory
 from shared.db.types import utcnow
 from shared.webhooks import callback_secret
-from tests.gateway.conftest import delete_prefixed_keys, make_settings, new_api_key, sign_up
+from tests.gateway.conftest import (
+    delete_prefixed_keys,
+    delete_queued_jobs,
+    make_settings,
+    new_api_key,
+    sign_up,
+)
 
 
 @pytest.fixture
 def settings(database_url, tmp_path, redis_client):
     settings = make_settings(database_url, tmp_path)
     yield settings
+    delete_queued_jobs(redis_client, settings.queue_name)
     delete_prefixed_keys(redis_client, settings.redis_key_prefix)
 
 
@@ -160,3 +167,40 @@ def test_delivery_log_pages_newest_first_and_filters(client, settings):
     )
     bad = client.get("/v1/webhooks/deliveries", params={"cursor": "not-a-cursor"}, headers=headers)
     assert bad.status_code == 400 and bad.json()["code"] == "invalid_cursor"
+
+
+def test_resend_puts_a_finished_delivery_back_on_the_queue(client, settings, redis_client):
+    account = sign_up(client)
+    headers = {"X-API-Key": new_api_key(client, account)["key"]}
+    endpoint_id = uuid.UUID(create(client, headers).json()["id"])
+    engine = create_db_engine(settings.database_url)
+    sessions = make_session_factory(engine)
+    with sessions() as session:
+        user_id = session.scalar(select(User.id).where(User.email == account.email))
+        delivery = WebhookDelivery(
+            user_id=user_id,
+            endpoint_id=endpoint_id,
+            url=PUBLIC_HOOK,
+            message_id=f"msg_{uuid.uuid4().hex}",
+            event_type="analysis.failed",
+            payload={"type": "analysis.failed"},
+            status="failed",
+            attempts=8,
+            created_at=utcnow(),
+        )
+        session.add(delivery)
+        session.commit()
+        delivery_id = delivery.id
+
+    resent = client.post(f"/v1/webhooks/deliveries/{delivery_id}/resend", headers=headers)
+    assert resent.status_code == 202, resent.text
+    assert resent.json()["status"] == "pending" and resent.json()["attempts"] == 8
+    queued = [job_id.decode() for job_id in redis_client.zrange(settings.queue_name, 0, -1)]
+    assert len(queued) == 1
+    assert b"deliver_webhook" in redis_client.get(f"arq:job:{queued[0]}")
+
+    again = client.post(f"/v1/webhooks/deliveries/{delivery_id}/resend", headers=headers)
+    assert again.status_code == 409 and again.json()["code"] == "webhook_delivery_pending"
+    stranger = client.post(f"/v1/webhooks/deliveries/{delivery_id}/resend", headers=key_headers(client))
+    assert stranger.status_code == 404
+    engine.dispose()

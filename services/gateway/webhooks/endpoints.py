@@ -3,9 +3,10 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Request, status
+from starlette.concurrency import run_in_threadpool
 
-from services.gateway.deps import ReadPrincipal, SessionDep, SettingsDep, WritePrincipal
+from services.gateway.deps import ReadPrincipal, SessionDep, SettingsDep, WritePrincipal, after_commit
 from services.gateway.openapi import problem_responses
 from services.gateway.webhooks import repository, service
 from services.gateway.webhooks.schemas import (
@@ -19,6 +20,8 @@ from services.gateway.webhooks.schemas import (
     WebhookEndpointPublic,
     WebhookEndpointUpdate,
 )
+from shared.db.session import session_scope
+from shared.problems import ServiceUnavailable
 from shared.webhooks import callback_secret
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
@@ -133,3 +136,36 @@ def get_delivery(
     delivery_id: uuid.UUID, principal: ReadPrincipal, session: SessionDep
 ) -> WebhookDeliveryDetail:
     return WebhookDeliveryDetail.model_validate(service.get_delivery(session, principal.user_id, delivery_id))
+
+
+@router.post(
+    "/deliveries/{delivery_id}/resend",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=WebhookDeliveryDetail,
+    responses=problem_responses(401, 403, 404, 409, 429, 503),
+    summary="Send a finished delivery once more (same body and webhook-id)",
+)
+def resend_delivery(
+    delivery_id: uuid.UUID, request: Request, principal: WritePrincipal, session: SessionDep
+) -> WebhookDeliveryDetail:
+    previous_status = service.get_delivery(session, principal.user_id, delivery_id).status
+    delivery = service.resend_delivery(session, principal.user_id, delivery_id)
+    app_state = request.app.state
+
+    async def enqueue() -> None:
+        # A fresh arq job id: the first one's result may still be kept, which would refuse it.
+        try:
+            await app_state.arq.enqueue_job(
+                "deliver_webhook", str(delivery_id), _queue_name=app_state.settings.queue_name
+            )
+        except Exception as exc:
+            # Not left "pending" with no job behind it: the user can resend again later.
+            def restore() -> None:
+                with session_scope(app_state.session_factory) as fresh:
+                    service.restore_status(fresh, delivery_id, previous_status)
+
+            await run_in_threadpool(restore)
+            raise ServiceUnavailable("The job queue is unavailable; try again shortly.") from exc
+
+    after_commit(session, enqueue)
+    return WebhookDeliveryDetail.model_validate(delivery)

@@ -46,6 +46,10 @@ class WebhookUrlNotAllowed(BadRequest):
     code, title = "url_not_allowed", "The URL is not allowed"
 
 
+class DeliveryPending(Conflict):
+    code, title = "webhook_delivery_pending", "The delivery is still pending"
+
+
 class InvalidCursor(BadRequest):
     code, title = "invalid_cursor", "The cursor is invalid"
 
@@ -118,6 +122,26 @@ def get_delivery(session: Session, user_id: uuid.UUID, delivery_id: uuid.UUID) -
     if delivery is None:
         raise WebhookDeliveryNotFound()
     return delivery
+
+
+def resend_delivery(session: Session, user_id: uuid.UUID, delivery_id: uuid.UUID) -> WebhookDelivery:
+    """Put a delivery back to pending for one more attempt (same body and webhook-id).
+
+    The attempt count is kept, so a delivery that had used up its attempts gets exactly one more.
+    """
+    delivery = get_delivery(session, user_id, delivery_id)
+    if delivery.status == "pending":
+        raise DeliveryPending("The delivery is still being attempted.")
+    delivery.status, delivery.next_attempt_at = "pending", None
+    session.flush()
+    return delivery
+
+
+def restore_status(session: Session, delivery_id: uuid.UUID, status: str) -> None:
+    delivery = session.get(WebhookDelivery, delivery_id)
+    if delivery is not None and delivery.status == "pending":
+        delivery.status = status
+        session.flush()
 
 
 def page_deliveries(
