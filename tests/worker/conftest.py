@@ -108,7 +108,7 @@ def worker_env(base_env, e2e_dir, media_server, receiver) -> dict[str, str]:
         "MOODREEL_WORKER_JOB_TIMEOUT_SECONDS": "90",
         "MOODREEL_WORKER_RETRY_BASE_SECONDS": "1",
         # Tries 1 s, 2 s, 4 s, … apart: enough to outlast a model server restart.
-        "MOODREEL_WORKER_JOB_TRIES": "7",
+        "MOODREEL_WORKER_JOB_TRIES": "8",
         "MOODREEL_WORKER_SHUTDOWN_GRACE_SECONDS": "30",
         "MOODREEL_WEBHOOK_RETRY_BASE_SECONDS": "0.5",
         "MOODREEL_WEBHOOK_MAX_ATTEMPTS": "4",
