@@ -340,16 +340,27 @@ def build_optimizer(model: MoodreelModel, config: TrainConfig) -> torch.optim.Op
     return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
 
 
-def schedule(optimizer, total_steps: int, warmup_ratio: float):
-    warmup = max(1, int(total_steps * warmup_ratio))
+class WarmupCosine:
+    """Linear warm-up, then cosine decay to zero at ``total_steps``; ``total_steps`` may shrink
+    during training when a time budget allows fewer epochs than asked for."""
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
+    def __init__(self, total_steps: int, warmup_ratio: float):
+        self.total_steps = total_steps
+        self.warmup = max(1, int(total_steps * warmup_ratio))
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = (step - self.warmup) / max(1, self.total_steps - self.warmup)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+def planned_epochs(config: TrainConfig, epoch: int, elapsed_seconds: float, epoch_seconds: float) -> int:
+    """How many epochs fit the time budget, judged after ``epoch`` epochs."""
+    if not config.max_minutes:
+        return config.epochs
+    remaining = config.max_minutes * 60 - elapsed_seconds
+    return max(epoch, min(config.epochs, epoch + int(remaining // max(epoch_seconds, 1e-9))))
 
 
 class Distributed:
@@ -384,6 +395,15 @@ class Distributed:
         flag = torch.tensor([1 if value else 0])
         dist.broadcast(flag, 0)
         return bool(flag.item())
+
+    def broadcast_int(self, value: int) -> int:
+        if not self.enabled:
+            return value
+        import torch.distributed as dist
+
+        number = torch.tensor([value])
+        dist.broadcast(number, 0)
+        return int(number.item())
 
     def close(self) -> None:
         if self.enabled:
@@ -513,7 +533,8 @@ def train(config: TrainConfig) -> Path:
     augment = SpeechAugment() if config.speech_augment else None
     optimizer = build_optimizer(model, config)
     steps_per_epoch = math.ceil(len(train_set) / distributed.world / config.batch_size)
-    scheduler = schedule(optimizer, steps_per_epoch * config.epochs, config.warmup_ratio)
+    plan = WarmupCosine(steps_per_epoch * config.epochs, config.warmup_ratio)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, plan)
     writer = _summary_writer(config.tensorboard_dir or output_dir / "tensorboard", distributed)
 
     best_f1, best_epoch, stale, step = -1.0, 0, 0, 0
@@ -585,8 +606,12 @@ def train(config: TrainConfig) -> Path:
         stale = 0 if improved else stale + 1
         epoch_seconds.append(time.monotonic() - epoch_started)
         log.info("epoch_done", epoch=epoch, seconds=round(epoch_seconds[-1], 1), best_epoch=best_epoch)
-        elapsed_minutes = (time.monotonic() - started) / 60
-        over_budget = config.max_minutes and elapsed_minutes + max(epoch_seconds) / 60 > config.max_minutes
+        planned = planned_epochs(config, epoch, time.monotonic() - started, max(epoch_seconds))
+        # Decay the learning rate to zero by the last epoch that fits (same on every rank: rank
+        # 0's timing decides).
+        planned = distributed.broadcast_int(planned)
+        plan.total_steps = min(plan.total_steps, planned * steps_per_epoch)
+        over_budget = epoch >= planned < config.epochs
         if distributed.broadcast_flag(stale >= config.patience or bool(over_budget)):
             log.info("training_stopped", epoch=epoch, stale=stale, over_budget=bool(over_budget))
             break
@@ -796,9 +821,11 @@ PRESETS["audio-ravdess"] = {
     "patience": "20",
     "max_minutes": "45",
     "threads": "2",
+    "batch_size": "16",
     "lr_audio": "2e-3",
     "weights_dtype": "float16",
     "model.audio_channels": SPEECH_AUDIO_CHANNELS,
+    "model.audio_frequency_bands": "8",
 }
 PRESETS["text-audio-default"] = {
     "checkpoint_name": "moodreel-text-audio",
@@ -811,6 +838,7 @@ PRESETS["text-audio-default"] = {
     "threads": "2",
     "weights_dtype": "float16",
     "model.audio_channels": SPEECH_AUDIO_CHANNELS,
+    "model.audio_frequency_bands": "8",
 }
 
 

@@ -16,10 +16,12 @@ from services.model.testing import TINY_SPEC, tiny_model_config
 from services.model.train import (
     Criterion,
     TrainConfig,
+    WarmupCosine,
     build_optimizer,
     class_weights,
     classification_loss,
     config_from_args,
+    planned_epochs,
     train,
 )
 from shared.settings import REPO_ROOT
@@ -153,3 +155,17 @@ def test_distributed_training_with_two_gloo_processes(mini_meld, tmp_path):
     assert result.stdout.count("METRIC split=dev ") == 2
     loaded = load_checkpoint(tmp_path / "run" / "checkpoint")
     assert loaded.meta["training"]["epochs_run"] == 2
+
+
+def test_time_budget_plans_epochs_and_the_schedule_decays_to_zero():
+    config = TrainConfig(epochs=5, max_minutes=40)
+    # 18 minutes gone after epoch 1 of 14 minutes: one more epoch fits, not two.
+    assert planned_epochs(config, 1, 18 * 60, 14 * 60) == 2
+    assert planned_epochs(config, 1, 5 * 60, 5 * 60) == 5
+    assert planned_epochs(config, 2, 45 * 60, 14 * 60) == 2
+    assert planned_epochs(TrainConfig(epochs=5), 1, 10**6, 10**6) == 5
+    plan = WarmupCosine(total_steps=100, warmup_ratio=0.1)
+    assert plan(0) == pytest.approx(0.1) and plan(9) == pytest.approx(1.0)
+    plan.total_steps = 50
+    assert plan(50) == pytest.approx(0.0, abs=1e-9)
+    assert 0.0 < plan(30) < 1.0
