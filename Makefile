@@ -57,6 +57,20 @@ train-text: install
 	set -o pipefail; nice -n 5 $(VENV)/bin/moodreel train --preset text-default --output-dir $(TRAIN_TEXT_DIR) \
 	  --publish-dir services/model/checkpoints/default 2>&1 | tee var/logs/train-text.log
 
+# The combined default (docs/audio.md): the audio branch learned on RAVDESS, then put beside the
+# committed text branch with the fusion retrained on MELD text + RAVDESS audio rows (both encoders
+# frozen); niced, 2 CPU threads, published if the weights fit 15 MB.
+TRAIN_AUDIO_DIR ?= var/train/audio-ravdess
+TRAIN_DEFAULT_DIR ?= var/train/default
+.PHONY: train-default
+train-default: install
+	mkdir -p var/logs
+	set -o pipefail; nice -n 5 $(VENV)/bin/moodreel train --preset audio-ravdess --output-dir $(TRAIN_AUDIO_DIR) \
+	  2>&1 | tee var/logs/train-audio.log
+	set -o pipefail; nice -n 5 $(VENV)/bin/moodreel train --preset text-audio-default --output-dir $(TRAIN_DEFAULT_DIR) \
+	  --init-from text+fusion=services/model/checkpoints/default,audio=$(TRAIN_AUDIO_DIR)/checkpoint \
+	  --publish-dir services/model/checkpoints/default 2>&1 | tee var/logs/train-default.log
+
 # --- local stack, containers, dashboard assets (issue 7) -------------------------------------
 .PHONY: dev dev-stop dev-status env-example dashboard-assets images ecr-push
 DEV_STATE ?= var

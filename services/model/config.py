@@ -35,6 +35,9 @@ class ModelConfig:
 
     # --- audio: a CNN over log-mel ---------------------------------------------------------------
     audio_channels: tuple[int, ...] = (32, 64, 128)
+    # Mel-frequency bands kept after the convolutions (1: averaged away). More bands keep where in
+    # the spectrum energy sits (pitch, formants), which acted-emotion speech needs.
+    audio_frequency_bands: int = 1
     # Labels of an extra head on the audio embedding, trained on acted speech (RAVDESS's eight
     # emotions, services/model/data/speech.py); empty: no such head.
     speech_labels: tuple[str, ...] = ()

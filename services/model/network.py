@@ -189,8 +189,10 @@ class AudioEncoder(nn.Module):
             in_channels = channels
         self.conv = nn.Sequential(*layers)
         self.stride = 2 ** len(config.audio_channels)
+        self.frequency_bands = config.audio_frequency_bands
+        features = in_channels * self.frequency_bands
         self.project = nn.Sequential(
-            nn.Dropout(config.dropout), nn.Linear(2 * in_channels, config.embed_dim), nn.GELU()
+            nn.Dropout(config.dropout), nn.Linear(2 * features, config.embed_dim), nn.GELU()
         )
 
     def forward(self, log_mel: torch.Tensor, audio_mask: torch.Tensor) -> torch.Tensor:
@@ -201,7 +203,11 @@ class AudioEncoder(nn.Module):
         mean = (x * frame_weights).sum((1, 2), keepdim=True) / count
         var = (((x - mean) ** 2) * frame_weights).sum((1, 2), keepdim=True) / count
         x = (x - mean) / (var.sqrt() + 1e-5) * frame_weights
-        x = self.conv(x.unsqueeze(1).to(self.project[1].weight.dtype)).mean(2)  # [B, C, T']
+        x = self.conv(x.unsqueeze(1).to(self.project[1].weight.dtype))  # [B, C, F', T']
+        if self.frequency_bands == 1:
+            x = x.mean(2)  # [B, C, T']
+        else:
+            x = F.adaptive_avg_pool2d(x, (self.frequency_bands, x.shape[-1])).flatten(1, 2)
         pooled_mask = F.max_pool1d(mask[:, None, :].float(), self.stride, self.stride, ceil_mode=True)[
             :, :, : x.shape[-1]
         ]  # [B, 1, T']
