@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from fastapi import Request
-from jose import jwt
+from fastapi import Request, Response
+from jose import JWTError, jwt
 
 from shared.settings import Settings, get_settings
 
@@ -134,11 +134,11 @@ class BrowserSession:
         try:
             # Only to schedule a refresh; the API verifies the signature on every call.
             expires = int(jwt.get_unverified_claims(self.access_token).get("exp", 0))
-        except Exception:
+        except (JWTError, TypeError, ValueError):
             return False
         return expires - REFRESH_MARGIN_SECONDS > time.time()
 
-    def apply(self, response) -> None:
+    def apply(self, response: Response) -> None:
         """Write changed cookies onto the response."""
         max_age = self.settings.refresh_token_days * 86_400
         for name, value in self.new_cookies.items():
