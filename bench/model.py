@@ -24,6 +24,7 @@ import platform
 import statistics
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -100,17 +101,25 @@ def main() -> None:
     settings = Settings(model_max_payload_bytes=64 * 1024 * 1024, model_request_timeout_seconds=55)
     app = create_app(directory, settings=settings, load_model=lambda _: served)
     network = served.loaded.model
+    # torch's thread count is per calling thread: the bare pass runs in a worker thread of its own
+    # with the same count the server's worker threads get (predict_fn applies served.torch_threads).
+    bare_thread = ThreadPoolExecutor(1, thread_name_prefix="bare-forward")
 
-    def bare(bundle: FeatureBundle) -> None:
+    def forward(bundle: FeatureBundle, threads: int) -> None:
+        torch.set_num_threads(threads)
         with torch.inference_mode():
             network(inputs_from_bundle(bundle, served.device))
 
     results = []
-    with serve_in_background(app) as url, httpx.Client(base_url=url, timeout=120) as http:
+    with serve_in_background(app) as url, httpx.Client(base_url=url, timeout=120) as http, bare_thread:
         while http.get("/ping").status_code != 200:
             time.sleep(0.05)
         for threads, batch in [(int(t), b) for t in args.threads.split(",") for b in BATCHES]:
-            torch.set_num_threads(threads)  # process-wide: the server's forward passes too
+            served.torch_threads = threads
+
+            def bare(bundle: FeatureBundle, threads: int = threads) -> None:
+                bare_thread.submit(forward, bundle, threads).result()
+
             bundle = make_bundle(served.spec, batch, seed=batch)
             body = bundle.to_bytes()
             headers = {"Content-Type": CONTENT_TYPE, "Accept": "application/json"}

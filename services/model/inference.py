@@ -54,6 +54,9 @@ class ServedModel:
     device: torch.device
     batch_size: int
     vocab_size: int  # token ids at or above it are refused, not looked up out of range
+    # Intra-op threads for forward passes. torch keeps this per calling thread once a thread has
+    # run an op, so predict_fn sets it in whichever worker thread serves the request.
+    torch_threads: int | None = None
 
     @property
     def spec(self) -> FeatureSpec:
@@ -85,20 +88,22 @@ class Prediction:
 # --- model_fn -------------------------------------------------------------------------------------
 def model_fn(model_dir: str | Path) -> ServedModel:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    threads = get_settings().model_torch_threads
-    if threads:
-        torch.set_num_threads(threads)
     started = time.perf_counter()
     loaded = load_checkpoint(Path(model_dir), device=device)
     vocab_size = loaded.model.text.backbone.get_input_embeddings().num_embeddings
+    settings = get_settings()
     served = ServedModel(
-        loaded=loaded, device=device, batch_size=get_settings().model_batch_size, vocab_size=vocab_size
+        loaded=loaded,
+        device=device,
+        batch_size=settings.model_batch_size,
+        vocab_size=vocab_size,
+        torch_threads=settings.model_torch_threads,
     )
     log.info(
         "model_loaded",
         model_dir=str(model_dir),
         device=str(device),
-        torch_threads=torch.get_num_threads(),
+        torch_threads=served.torch_threads or torch.get_num_threads(),
         name=served.info.name,
         version=served.info.version,
         spec_hash=served.info.spec_hash,
@@ -226,6 +231,8 @@ def predict_fn(data: FeatureBundle, model: ServedModel, deadline: float | None =
         )
     if count and not np.isin(data.token_type_ids, (0, 1)).all():
         raise InferenceError(400, "malformed_bundle", "token_type_ids must be 0 or 1")
+    if model.torch_threads and torch.get_num_threads() != model.torch_threads:
+        torch.set_num_threads(model.torch_threads)
     parts: list[dict[str, torch.Tensor]] = []
     autocast = model.device.type == "cuda"
     network = model.loaded.model

@@ -358,15 +358,20 @@ def test_the_deadline_stops_a_request_between_batches(served_model: ServedModel,
         assert response.headers["retry-after"] == "5" and "within" in body["detail"]
 
 
-def test_model_torch_threads_sets_the_intra_op_threads(
+def test_model_torch_threads_applies_in_the_thread_that_serves(
     tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ):
     from services.model import inference
 
-    before = torch.get_num_threads()
     monkeypatch.setattr(inference, "get_settings", lambda: Settings(model_torch_threads=1))
-    try:
-        inference.model_fn(tiny_checkpoint)
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(before)
+    served = inference.model_fn(tiny_checkpoint)
+    assert served.torch_threads == 1
+
+    def serve_once() -> int:  # a fresh worker thread, like the server's thread pool
+        torch.set_num_threads(2)
+        torch.ones(4).sum()  # this thread has now run an op with 2 threads
+        predict_fn(make_bundle(count=1), served)
+        return torch.get_num_threads()
+
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(serve_once).result() == 1
