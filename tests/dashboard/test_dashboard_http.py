@@ -17,9 +17,8 @@ import httpx
 import pytest
 
 from shared.settings import REPO_ROOT
+from tests.dashboard.helpers import PASSWORD, csrf_from, signed_in_client
 from tests.worker.stack import Process, free_port, http_ok
-
-PASSWORD = "correct horse battery staple"
 
 
 @pytest.fixture(scope="module")
@@ -48,23 +47,6 @@ def gateway(tmp_path_factory) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         process.stop()
-
-
-def csrf_from(page: httpx.Response) -> str:
-    marker = 'name="csrf_token" value="'
-    start = page.text.index(marker) + len(marker)
-    return page.text[start : page.text.index('"', start)]
-
-
-def signed_in_client(base_url: str) -> tuple[httpx.Client, str]:
-    client = httpx.Client(base_url=base_url, timeout=30.0)
-    token = csrf_from(client.get("/dashboard/signup"))
-    email = f"dash-{uuid.uuid4().hex[:8]}@example.com"
-    response = client.post(
-        "/dashboard/signup", data={"email": email, "password": PASSWORD, "csrf_token": token}
-    )
-    assert response.status_code == 303 and response.headers["location"] == "/dashboard/analyses"
-    return client, email
 
 
 def test_pages_redirect_to_sign_in(gateway):
