@@ -160,7 +160,9 @@ async def deliver(
             settings=settings,
         )
     except FetchError as exc:
-        return DeliveryResult(None, f"{exc.code}: {exc}", "", _elapsed_ms(started))
+        # The fetch module's codes name downloads; for a delivery only the SSRF refusal needs one.
+        error = f"url_not_allowed: {exc}" if exc.code == "url_not_allowed" else str(exc)
+        return DeliveryResult(None, error, "", _elapsed_ms(started))
     return DeliveryResult(
         response.status_code,
         None,

@@ -117,3 +117,13 @@ async def test_callback_urls_are_rechecked_at_send_time(receiver):
     assert not result.ok and result.status_code is None
     assert result.error.startswith("url_not_allowed")
     assert receiver.connections == 0
+
+
+async def test_a_receiver_that_does_not_answer_in_time_is_a_failed_attempt(receiver):
+    from tests.worker.loopback import stall
+
+    receiver.routes["/slow"] = stall(3.0)
+    settings = Settings(private_url_origins=[receiver.origin], webhook_timeout_seconds=0.5)
+    result = await deliver(receiver.url("/slow"), generate_secret(), "m", b"{}", settings=settings)
+    assert not result.ok and result.status_code is None
+    assert "did not answer in time" in result.error and result.duration_ms < 2500
