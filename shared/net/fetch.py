@@ -141,7 +141,9 @@ async def pinned_request(
                 finally:
                     await response.aclose()
     except TimeoutError as exc:
-        raise FetchError("download_failed", f"no answer within {total_timeout:g} s", transient=True) from exc
+        raise FetchError(
+            "download_failed", f"the server did not answer within {total_timeout:g} s", transient=True
+        ) from exc
     except httpx.TransportError as exc:
         raise _transport_error(exc) from exc
     return PinnedResponse(response.status_code, response.headers, bytes(body))

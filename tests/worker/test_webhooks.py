@@ -126,4 +126,4 @@ async def test_a_receiver_that_does_not_answer_in_time_is_a_failed_attempt(recei
     settings = Settings(private_url_origins=[receiver.origin], webhook_timeout_seconds=0.5)
     result = await deliver(receiver.url("/slow"), generate_secret(), "m", b"{}", settings=settings)
     assert not result.ok and result.status_code is None
-    assert "did not answer in time" in result.error and result.duration_ms < 2500
+    assert "did not answer" in result.error and result.duration_ms < 2500
