@@ -85,8 +85,8 @@ class Settings(BaseSettings):
     model_batch_size: int = Field(16, ge=1, le=512)
     # Forward passes run one at a time per server process: on CPU parallel passes only contend.
     model_max_concurrency: int = Field(1, ge=1, le=64)
-    # torch intra-op threads per server process (unset: torch's default, one per core). On a CPU
-    # shared with other busy processes 1 is faster: idle-spinning worker threads lose their cores.
+    # torch intra-op threads per forward pass (unset: torch's default, one per core). Lower it when
+    # several server workers or other services share the CPU, so their threads do not oversubscribe it.
     model_torch_threads: int | None = Field(None, ge=1, le=256)
     # Inline bundle cap (413 above it); SageMaker real-time endpoints cap requests at 6 MB anyway.
     model_max_payload_bytes: int = Field(6 * 1024 * 1024, ge=1024)
