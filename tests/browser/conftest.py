@@ -74,7 +74,9 @@ def dev_stack(tmp_path_factory) -> Iterator[DevStack]:
         drop_postgres_database(database_url)
 
 
-@pytest.fixture(scope="session")
+# Module scope: Playwright's sync API runs its event loop in this thread while it is open, and
+# later tests elsewhere call asyncio.run(), which refuses to start inside a running loop.
+@pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.exists():
         pytest.fail("Debian's chromium is required for browser tests (apt-get install chromium)")
