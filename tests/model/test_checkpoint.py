@@ -161,3 +161,15 @@ def test_model_tar_has_sagemaker_layout(tmp_path):
     with tarfile.open(archive_path) as archive:
         archive.extractall(extracted, filter="data")
     assert load_checkpoint(extracted).meta["name"] == "moodreel-tiny-test"
+
+
+def test_model_tar_defaults_carry_the_model_service_code(tmp_path):
+    from shared.settings import REPO_ROOT
+
+    checkpoint = build_tiny_checkpoint(tmp_path / "ckpt")
+    archive_path = package_model_tar(checkpoint, tmp_path / "model.tar.gz")
+    with tarfile.open(archive_path) as archive:
+        inference = archive.extractfile("code/inference.py").read()
+        requirements = archive.extractfile("code/requirements.txt").read()
+    assert inference == (REPO_ROOT / "services/model/inference.py").read_bytes()
+    assert requirements == (REPO_ROOT / "services/model/requirements-inference.txt").read_bytes()
