@@ -357,17 +357,19 @@ class MoodreelModel(nn.Module):
         names: set[str] = set()
         state = self.state_dict()
         parameters = dict(self.named_parameters())
-        for prefix, pretrained in (
-            ("text.backbone.", self.config.text_is_pretrained),
-            ("visual.backbone.", self.config.visual_is_pretrained),
+        for prefix, pretrained, modality in (
+            ("text.backbone.", self.config.text_is_pretrained, "text"),
+            ("visual.backbone.", self.config.visual_is_pretrained, "visual"),
         ):
             if not pretrained:
                 continue
+            # A branch this checkpoint never trained is its base, whatever requires_grad says.
+            untrained = modality not in self.config.trained_modalities
             for name in state:
                 if not name.startswith(prefix):
                     continue
                 parameter = parameters.get(name)
-                if parameter is None or not parameter.requires_grad:
+                if untrained or parameter is None or not parameter.requires_grad:
                     names.add(name)
         return names
 
