@@ -47,7 +47,7 @@ def test_submit_is_accepted_and_queued_after_commit(client, api_key, settings, r
     body = response.json()
     assert response.headers["location"] == f"/v1/analyses/{body['id']}"
     assert body["status"] == "queued" and body["source"]["video_url"] == PUBLIC_URL
-    assert body["options"] == {"window_seconds": 3.0, "context": True}
+    assert body["options"] == {"window_seconds": 3.0}
     job = queued_job(redis_client, settings, body["id"])
     assert job is not None and job["f"] == "analyse_video" and job["a"] == (body["id"],)
     with engine_for(database_url).connect() as connection:
@@ -105,6 +105,8 @@ def test_invalid_transcript_is_422_with_line(client, api_key):
         {"video_url": PUBLIC_URL, "upload_id": str(uuid.uuid4())},
         {"video_url": PUBLIC_URL, "options": {"window_seconds": 0.01}},
         {"video_url": PUBLIC_URL, "unexpected": 1},
+        # dialogue context follows the model's FeatureSpec; a per-request switch would be ignored
+        {"video_url": PUBLIC_URL, "options": {"context": False}},
     ],
 )
 def test_payload_validation(client, api_key, payload):

@@ -21,6 +21,9 @@ class TranscriptSegment(BaseModel):
 
 
 class AnalysisOptions(BaseModel):
+    """Per-analysis choices. Dialogue context is not one: it follows the deployed model's
+    FeatureSpec (`context_turns`), since other features would change the spec hash it refuses."""
+
     model_config = ConfigDict(extra="forbid")
 
     window_seconds: float | None = Field(
@@ -29,11 +32,6 @@ class AnalysisOptions(BaseModel):
         le=60,
         description="Without a transcript the media is cut into windows of this length "
         "(default from the server's settings).",
-    )
-    context: bool = Field(
-        default=True,
-        description="Let neighbouring utterances' text inform each prediction when the deployed "
-        "model was trained with dialogue context.",
     )
 
 
