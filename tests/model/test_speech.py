@@ -318,3 +318,25 @@ def test_combined_training_keeps_frozen_branches_and_learns_fusion(speech_settin
     assert {"dev", "test", "ravdess_dev", "ravdess_test"} <= set(metrics)
     assert metrics["test"]["emotion"]["count"] == 4  # MELD rows only, never mixed with speech
     assert metrics["ravdess_test"]["speech"]["speech_8"]["count"] == 4
+
+
+def test_audio_only_checkpoint_with_a_pretrained_text_encoder_round_trips(tmp_path):
+    """An audio-only run freezes the untrained text branch; its pretrained backbone is then base
+    weights both when saving and when loading (they once disagreed on the top layers)."""
+    from services.model.checkpoint import save_checkpoint
+    from services.model.config import ModelConfig
+
+    config = ModelConfig(
+        trained_modalities=("audio",),
+        audio_channels=(8, 16),
+        audio_frequency_bands=2,
+        embed_dim=16,
+        fusion_hidden=16,
+        speech_labels=RAVDESS_EMOTIONS,
+    )
+    model = MoodreelModel(config)
+    model.text.requires_grad_(False)  # what training does to an untrained branch
+    save_checkpoint(tmp_path / "audio", model, TINY_SPEC, {"name": "audio-only"})
+    loaded = load_checkpoint(tmp_path / "audio")
+    torch.testing.assert_close(loaded.model.speech_head.weight, model.speech_head.weight)
+    torch.testing.assert_close(loaded.model.audio.project[1].weight, model.audio.project[1].weight)
