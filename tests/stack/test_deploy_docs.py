@@ -53,3 +53,28 @@ def test_policies_name_the_keys_the_code_uses():
     assert f"/*/{SPEC_FILENAME}" in text
     upload_keys = (REPO_ROOT / "services/gateway/uploads/service.py").read_text()
     assert 'f"uploads/{user_id}/' in upload_keys and "moodreel-media-ACCOUNT/uploads/*" in text
+
+
+def test_deployer_policy_allows_target_tracking_autoscaling():
+    deployer = next(
+        document
+        for document in policies()
+        if any(
+            "application-autoscaling:PutScalingPolicy" in statement["Action"]
+            for statement in document["Statement"]
+        )
+    )
+    granted = {}
+    for statement in deployer["Statement"]:
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        for action in actions:
+            granted[action] = statement
+    # Target tracking makes CloudWatch alarms for the caller and needs the service-linked role.
+    for action in ("cloudwatch:PutMetricAlarm", "cloudwatch:DescribeAlarms", "cloudwatch:DeleteAlarms"):
+        assert ":alarm:TargetTracking-endpoint/moodreel" in granted[action]["Resource"], action
+    linked_role = granted["iam:CreateServiceLinkedRole"]
+    assert (
+        linked_role["Condition"]["StringEquals"]["iam:AWSServiceName"]
+        == "sagemaker.application-autoscaling.amazonaws.com"
+    )
+    assert "/aws-service-role/sagemaker.application-autoscaling.amazonaws.com/" in linked_role["Resource"]
