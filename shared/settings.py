@@ -138,6 +138,9 @@ class Settings(BaseSettings):
     storage_backend: Literal["local", "s3"] = "local"
     s3_bucket: str = "moodreel-media"
     s3_endpoint_url: str | None = None
+    # Endpoint written into presigned upload URLs when clients reach S3 by another address than
+    # the services do (docker compose: services use http://minio:9000, the host 127.0.0.1:9000).
+    s3_public_endpoint_url: str | None = None
     upload_url_ttl_seconds: int = Field(900, ge=60, le=86_400)
     idempotency_ttl_hours: int = Field(24, ge=1)
     event_stream_ttl_seconds: int = Field(86_400, ge=60)

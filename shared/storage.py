@@ -63,10 +63,12 @@ class S3Storage:
     client: object  # a boto3 S3 client
     bucket: str
     backend: str = "s3"
+    # Signs URLs for clients outside the services' network (the signature covers the host).
+    presign_client: object | None = None
 
     def presign_put(self, key: str, content_type: str, size: int, expires_in: int) -> str:
         # Content-Type and Content-Length are signed: S3 refuses a PUT that differs from them.
-        return self.client.generate_presigned_url(
+        return (self.presign_client or self.client).generate_presigned_url(
             "put_object",
             Params={
                 "Bucket": self.bucket,
@@ -107,14 +109,14 @@ class S3Storage:
             raise StorageError(str(exc)) from exc
 
 
-def s3_client(settings: Settings):
+def s3_client(settings: Settings, endpoint_url: str | None = None):
     import boto3
     from botocore.config import Config
 
     return boto3.client(
         "s3",
         region_name=settings.aws_region,
-        endpoint_url=settings.s3_endpoint_url,
+        endpoint_url=endpoint_url or settings.s3_endpoint_url,
         config=Config(signature_version="s3v4", retries={"max_attempts": 3, "mode": "standard"}),
     )
 
@@ -122,5 +124,10 @@ def s3_client(settings: Settings):
 def get_storage(settings: Settings | None = None) -> LocalStorage | S3Storage:
     settings = settings or get_settings()
     if settings.storage_backend == "s3":
-        return S3Storage(s3_client(settings), settings.s3_bucket)
+        public = settings.s3_public_endpoint_url
+        return S3Storage(
+            s3_client(settings),
+            settings.s3_bucket,
+            presign_client=s3_client(settings, public) if public else None,
+        )
     return LocalStorage(settings.data_dir / "uploads")

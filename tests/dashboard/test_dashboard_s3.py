@@ -50,6 +50,8 @@ def s3_gateway(tmp_path_factory) -> Iterator[tuple[str, object, str]]:
         "MOODREEL_STORAGE_BACKEND": "s3",
         "MOODREEL_S3_BUCKET": bucket,
         "MOODREEL_S3_ENDPOINT_URL": endpoint,
+        # As under compose: presigned URLs name an address the gateway itself cannot resolve.
+        "MOODREEL_S3_PUBLIC_ENDPOINT_URL": f"http://moodreel-s3-public:{port}",
     }
     subprocess.run(
         [str(Path(sys.executable).with_name("alembic")), "upgrade", "head"],

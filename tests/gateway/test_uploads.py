@@ -218,3 +218,33 @@ def test_s3_object_of_wrong_size_is_refused(s3_server, sqlite_url, tmp_path, red
             assert "declared" in body["detail"]
     finally:
         delete_prefixed_keys(redis_client, settings.redis_key_prefix)
+
+
+def test_presigned_url_uses_the_public_endpoint(s3_server, sqlite_url, tmp_path):
+    # As under docker compose: the services reach S3 by one address, clients by another.
+    from shared.storage import get_storage
+
+    public = s3_server.replace("127.0.0.1", "localhost")
+    bucket = f"moodreel-test-{uuid.uuid4().hex[:8]}"
+    s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+    s3.create_bucket(Bucket=bucket)
+    settings = make_settings(
+        sqlite_url,
+        tmp_path,
+        storage_backend="s3",
+        s3_bucket=bucket,
+        s3_endpoint_url=s3_server,
+        s3_public_endpoint_url=public,
+    )
+    storage = get_storage(settings)
+    url = storage.presign_put("uploads/u/clip.mp4", "video/mp4", len(MEDIA), 60)
+    assert url.startswith(f"{public}/{bucket}/uploads/u/clip.mp4?")
+    put = httpx.put(url, content=MEDIA, headers={"Content-Type": "video/mp4"}, timeout=30)
+    assert put.status_code == 200, put.text
+    # The services' own client still talks to the internal endpoint.
+    assert storage.size("uploads/u/clip.mp4") == len(MEDIA)
+    assert (
+        get_storage(settings.model_copy(update={"s3_public_endpoint_url": None}))
+        .presign_put("uploads/u/clip.mp4", "video/mp4", len(MEDIA), 60)
+        .startswith(f"{s3_server}/{bucket}/")
+    )

@@ -437,6 +437,18 @@ async def new_analysis_page(request: Request) -> Response:
     return await _page(request, handler)
 
 
+def _internal_s3_url(url: str, headers: dict[str, str]) -> str:
+    """A URL presigned for the public S3 endpoint (MOODREEL_S3_PUBLIC_ENDPOINT_URL), reached by the
+    services' own endpoint: the gateway may not resolve the public name (compose's 127.0.0.1:9000
+    is the container itself). The signed Host header is kept, so the signature still holds."""
+    settings = get_settings()
+    public, internal = settings.s3_public_endpoint_url, settings.s3_endpoint_url
+    if not public or not internal or not url.startswith(public.rstrip("/") + "/"):
+        return url
+    headers["Host"] = urlsplit(public).netloc
+    return internal.rstrip("/") + url[len(public.rstrip("/")) :]
+
+
 async def _upload_file(api: GatewayApi, upload: UploadFile) -> str:
     """Create an upload through the API and PUT the bytes where it says: the gateway's own signed
     local-storage URL (same app, in-process) or a presigned S3 URL. Returns the upload id."""
@@ -461,10 +473,9 @@ async def _upload_file(api: GatewayApi, upload: UploadFile) -> str:
             target["method"], url.path, params=url.query, content=_aiter(content), headers=headers
         )
     else:
+        put_url = _internal_s3_url(target["url"], headers)
         async with httpx.AsyncClient(timeout=httpx.Timeout(30.0, write=600.0)) as s3:
-            response = await s3.request(
-                target["method"], target["url"], content=_aiter(content), headers=headers
-            )
+            response = await s3.request(target["method"], put_url, content=_aiter(content), headers=headers)
     if response.status_code >= 400:
         raise ApiError(response.status_code, _problem(response))
     return str(target["upload_id"])
