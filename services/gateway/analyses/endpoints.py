@@ -21,6 +21,7 @@ from services.gateway.deps import (
     after_commit,
 )
 from services.gateway.openapi import problem_responses
+from services.gateway.pagination import decode_cursor, encode_cursor
 from shared.db.models import Analysis
 from shared.db.session import session_scope
 from shared.events import apublish_event, is_valid_event_id
@@ -109,11 +110,11 @@ def list_analyses(
     position = None
     if cursor is not None:
         try:
-            position = repository.decode_cursor(cursor)
+            position = decode_cursor(cursor)
         except (ValueError, UnicodeDecodeError) as exc:
             raise BadRequest("The cursor is not one this API returned.", code="invalid_cursor") from exc
     rows = repository.page(session, principal.user_id, status=status_filter, limit=limit, cursor=position)
-    next_cursor = repository.encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
     return AnalysisPage(items=[service.to_public(row) for row in rows[:limit]], next_cursor=next_cursor)
 
 

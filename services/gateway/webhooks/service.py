@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from sqlalchemy.orm import Session
 
+from services.gateway.pagination import decode_cursor, encode_cursor
 from services.gateway.webhooks import repository
 from services.gateway.webhooks.schemas import (
     WebhookDeliveryPage,
@@ -155,7 +156,7 @@ def page_deliveries(
     cursor: str | None,
 ) -> WebhookDeliveryPage:
     try:
-        position = repository.decode_cursor(cursor) if cursor else None
+        position = decode_cursor(cursor) if cursor else None
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidCursor() from exc
     rows: Sequence[WebhookDelivery] = repository.page_deliveries(
@@ -171,5 +172,5 @@ def page_deliveries(
     rows = rows[:limit]
     return WebhookDeliveryPage(
         items=[WebhookDeliveryPublic.model_validate(row) for row in rows],
-        next_cursor=repository.encode_cursor(rows[-1]) if more and rows else None,
+        next_cursor=encode_cursor(rows[-1]) if more and rows else None,
     )
