@@ -4,39 +4,21 @@ log, in-process against PostgreSQL and SQLite."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from services.gateway.main import create_app
 from shared.db.models import User, WebhookDelivery
 from shared.db.session import create_db_engine, make_session_factory
 from shared.db.types import utcnow
 from shared.webhooks import callback_secret
-from tests.gateway.conftest import (
-    delete_prefixed_keys,
-    delete_queued_jobs,
-    make_settings,
-    new_api_key,
-    sign_up,
-)
+from tests.gateway import conftest as gateway_fixtures
+from tests.gateway.conftest import new_api_key, sign_up
 
-
-@pytest.fixture
-def settings(database_url, tmp_path, redis_client):
-    settings = make_settings(database_url, tmp_path)
-    yield settings
-    delete_queued_jobs(redis_client, settings.queue_name)
-    delete_prefixed_keys(redis_client, settings.redis_key_prefix)
-
-
-@pytest.fixture
-def client(settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
-        yield test_client
+# The gateway tests' fixtures: settings with a unique Redis prefix (cleaned up), an in-process app.
+settings = gateway_fixtures.settings
+client = gateway_fixtures.client
 
 
 def key_headers(client, scopes=("analyses:read", "analyses:write")) -> dict[str, str]:
