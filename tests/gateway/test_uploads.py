@@ -10,10 +10,10 @@ import boto3
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from moto.server import ThreadedMotoServer
 
 from services.gateway.main import create_app
 from shared.storage import LocalStorage
+from tests.fixtures import s3 as moto_s3
 from tests.gateway.conftest import make_settings, new_api_key, sign_up
 from tests.gateway.test_auth import assert_problem
 
@@ -131,20 +131,8 @@ def test_filename_is_sanitised(client, api_key):
     assert upload["filename"] == "pass_wd.mp4"
 
 
-@pytest.fixture
-def s3_server(monkeypatch):
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    yield f"http://{host}:{port}"
-    server.stop()
+# moto S3 on loopback (shared fixture)
+s3_server = moto_s3.moto_s3_endpoint
 
 
 def test_presigned_s3_upload_against_moto(s3_server, sqlite_url, tmp_path, redis_client):

@@ -7,7 +7,6 @@ from datetime import timedelta
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from services.preprocess.sources import fetch_upload
 from shared.db.models import Upload, User
@@ -15,6 +14,7 @@ from shared.db.session import make_session_factory
 from shared.db.types import utcnow
 from shared.net.fetch import FetchError
 from shared.settings import Settings
+from tests.fixtures import s3 as moto_s3
 
 MEDIA = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 100
 
@@ -75,20 +75,8 @@ async def test_unusable_uploads_fail_with_a_code(sessions, tmp_path, key, comple
     assert not (tmp_path / "media").exists()
 
 
-@pytest.fixture
-def s3_endpoint(monkeypatch):
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    yield f"http://{host}:{port}"
-    server.stop()
+# moto S3 on loopback (shared fixture)
+s3_endpoint = moto_s3.moto_s3_endpoint
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
