@@ -63,8 +63,11 @@ def test_verify_accepts_any_of_several_signatures():
     old, new, body = generate_secret(), generate_secret(), b"{}"
     ts = int(time.time())
     header = f"{sign(old, 'm', ts, body)} {sign(new, 'm', ts, body)}"
+    headers = {"webhook-id": "m", "webhook-timestamp": str(ts), "webhook-signature": header}
     for secret in (old, new):
-        verify(secret, {"webhook-id": "m", "webhook-timestamp": str(ts), "webhook-signature": header}, body)
+        verify(secret, headers, body)  # raises unless one of the signatures matches
+    with pytest.raises(WebhookVerificationError):
+        verify(generate_secret(), headers, body)
 
 
 def test_malformed_secret_is_refused():
