@@ -64,8 +64,9 @@ def render_model_card(
         "",
         f"- text: `{text_source}`, training mode `{config.text_train_mode}`"
         + (f" (top {config.text_train_layers} layers)" if config.text_train_mode == "top_layers" else "")
-        + f", mean-pooled over the utterance's tokens; dialogue context: {spec.context_turns} turn(s) "
-        f"either side as a second segment, {spec.max_tokens} tokens at most",
+        + ", mean-pooled over the utterance's tokens; dialogue context: "
+        + (f"{spec.context_turns} turn(s) either side as a second segment" if spec.context_turns else "none")
+        + f", {spec.max_tokens} tokens at most",
         f"- audio: CNN over {spec.n_mels}-bin log-mel at {spec.sample_rate} Hz (masked pooling)",
         f"- visual: {config.visual_backbone} backbone per frame ({spec.frames_per_utterance} frames of "
         f"{spec.frame_size}x{spec.frame_size} RGB, ImageNet normalisation), mean+max over time",
