@@ -109,3 +109,45 @@ def test_spot_own_image_and_distributed(aws):
         request["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"]
         == "s3://other-bucket/meld/train/"
     )
+
+
+def test_sagemaker_train_command_passes_options_and_hyperparameters(monkeypatch):
+    from typer.testing import CliRunner
+
+    from services import cli
+    from services.model import sagemaker_train
+
+    launched = {}
+
+    def fake_launch(config, sagemaker_client, s3_client):
+        launched["config"] = config
+        return {"name": "moodreel-train-x", "arn": ARN, "request": {}}
+
+    monkeypatch.setattr(sagemaker_train, "launch", fake_launch)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    result = CliRunner().invoke(
+        cli.app,
+        [
+            "sagemaker",
+            "train",
+            "--role",
+            ROLE,
+            "--bucket",
+            "b",
+            "--spot",
+            "--hp",
+            "epochs=8",
+            "--hp",
+            "seed=3",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert ARN in result.output
+    config = launched["config"]
+    assert config.spot and config.instance_type == "ml.g5.xlarge"
+    assert config.hyperparameters == {"preset": "text-default", "epochs": "8", "seed": "3"}
+    bad = CliRunner().invoke(
+        cli.app, ["sagemaker", "train", "--role", ROLE, "--bucket", "b", "--hp", "epochs"]
+    )
+    assert bad.exit_code != 0
