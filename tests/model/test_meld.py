@@ -13,7 +13,7 @@ from shared.features.spec import FeatureSpec
 from shared.features.text import load_tokenizer
 from shared.labels import EMOTIONS
 from shared.settings import get_settings
-from tests.model.conftest import COLUMNS, _row, write_split
+from tests.model.conftest import _row, write_split
 
 
 @pytest.mark.parametrize(
@@ -38,7 +38,6 @@ def test_rows_are_keyed_by_dialogue_and_utterance_and_ordered(tmp_path):
     assert data.report["duplicate_key"] == 1  # (4, 0) twice: the first row wins
     assert data.utterances[1].emotion == EMOTIONS.index("anger")
     assert [[u.utterance_id for u in d] for d in data.dialogues()] == [[5], [0, 2]]
-    assert len(COLUMNS) == 11
 
 
 def test_real_meld_label_files_parse_completely():

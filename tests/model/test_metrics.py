@@ -48,8 +48,8 @@ def test_report_on_a_fixed_prediction_set_has_the_known_values():
 
 
 def test_expected_calibration_error_by_hand():
-    # Two bins used (15 bins): confidences 0.9/0.95 correct, 0.8 correct, 0.6 wrong, 0.7 correct, 0.5 wrong.
-    # Each confidence falls in its own bin: ECE = mean over samples of |correct - confidence|.
+    # With 15 bins every one of the six confidences falls in its own bin, so
+    # ECE = mean over samples of |correct - confidence|.
     correct = PREDICTED == TARGETS
     expected = np.mean(np.abs(correct.astype(float) - CONFIDENCE))
     assert expected_calibration_error(probabilities(), TARGETS) == pytest.approx(expected)
