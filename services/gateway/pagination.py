@@ -10,8 +10,14 @@ from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Select, and_, or_
 
+from shared.problems import BadRequest
+
 Cursor = tuple[datetime, uuid.UUID]
 RowT = TypeVar("RowT", bound=tuple[Any, ...])
+
+
+class InvalidCursor(BadRequest):
+    code, title = "invalid_cursor", "The cursor is invalid"
 
 
 class Keyed(Protocol):
@@ -25,10 +31,13 @@ def encode_cursor(row: Keyed) -> str:
 
 
 def decode_cursor(cursor: str) -> Cursor:
-    """Raises ValueError (or UnicodeDecodeError) for anything that is not a cursor this API issued."""
+    """Raises :class:`InvalidCursor` (400) for anything that is not a cursor this API issued."""
     padded = cursor + "=" * (-len(cursor) % 4)
-    created, _, row_id = base64.urlsafe_b64decode(padded.encode()).decode().partition("|")
-    return datetime.fromisoformat(created), uuid.UUID(row_id)
+    try:
+        created, _, row_id = base64.urlsafe_b64decode(padded.encode()).decode().partition("|")
+        return datetime.fromisoformat(created), uuid.UUID(row_id)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidCursor("The cursor is not one this API returned.") from exc
 
 
 def newest_first(statement: Select[RowT], model: Any, *, limit: int, cursor: Cursor | None) -> Select[RowT]:

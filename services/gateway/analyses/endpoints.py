@@ -107,12 +107,7 @@ def list_analyses(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> AnalysisPage:
-    position = None
-    if cursor is not None:
-        try:
-            position = decode_cursor(cursor)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BadRequest("The cursor is not one this API returned.", code="invalid_cursor") from exc
+    position = decode_cursor(cursor) if cursor is not None else None
     rows = repository.page(session, principal.user_id, status=status_filter, limit=limit, cursor=position)
     next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
     return AnalysisPage(items=[service.to_public(row) for row in rows[:limit]], next_cursor=next_cursor)

@@ -51,10 +51,6 @@ class DeliveryPending(Conflict):
     code, title = "webhook_delivery_pending", "The delivery is still pending"
 
 
-class InvalidCursor(BadRequest):
-    code, title = "invalid_cursor", "The cursor is invalid"
-
-
 def _checked_url(url: str, settings: Settings) -> str:
     try:
         check_url(url, allow_private=settings.allow_private_urls)
@@ -155,10 +151,7 @@ def page_deliveries(
     limit: int,
     cursor: str | None,
 ) -> WebhookDeliveryPage:
-    try:
-        position = decode_cursor(cursor) if cursor else None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidCursor() from exc
+    position = decode_cursor(cursor) if cursor else None
     rows: Sequence[WebhookDelivery] = repository.page_deliveries(
         session,
         user_id,
