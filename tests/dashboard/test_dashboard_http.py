@@ -195,6 +195,17 @@ def test_api_problems_are_shown_in_the_form(gateway):
     client.close()
 
 
+def test_key_problems_are_shown_on_the_keys_page(gateway):
+    """A key without scopes and revoking an unknown key: the API's problem, on the keys page."""
+    client, _ = signed_in_client(gateway)
+    token = csrf_from(client.get("/dashboard/keys"))
+    no_scopes = client.post("/dashboard/keys", data={"name": "none", "csrf_token": token})
+    assert no_scopes.status_code == 422 and 'role="alert"' in no_scopes.text
+    unknown = client.post(f"/dashboard/keys/{uuid.uuid4()}/revoke", data={"csrf_token": token})
+    assert unknown.status_code == 404 and 'role="alert"' in unknown.text
+    client.close()
+
+
 def test_api_page_shows_samples_for_this_server(gateway):
     client, _ = signed_in_client(gateway)
     page = client.get("/dashboard/api")

@@ -354,16 +354,7 @@ async def create_key(
         try:
             created = await api.json("POST", "/v1/api-keys", json={"name": name, "scopes": scopes})
         except ApiError as exc:
-            keys = items_of(await api.json("GET", "/v1/api-keys"))
-            return render(
-                request,
-                session,
-                "keys.html",
-                status_code=exc.status,
-                keys=keys,
-                created=None,
-                error=exc.message,
-            )
+            return await _keys_page_with_error(request, session, api, exc)
         response = redirect(session, f"{PREFIX}/keys")
         response.set_cookie(
             NEW_KEY_COOKIE,
@@ -381,6 +372,15 @@ async def create_key(
     return await _page(request, handler)
 
 
+async def _keys_page_with_error(
+    request: Request, session: BrowserSession, api: GatewayApi, error: ApiError
+) -> Response:
+    keys = items_of(await api.json("GET", "/v1/api-keys"))
+    return render(
+        request, session, "keys.html", status_code=error.status, keys=keys, created=None, error=error.message
+    )
+
+
 @router.post("/keys/{key_id}/revoke")
 async def revoke_key(
     request: Request, key_id: uuid.UUID, csrf_token: Annotated[str, Form()] = ""
@@ -390,16 +390,7 @@ async def revoke_key(
         try:
             await api.json("DELETE", f"/v1/api-keys/{key_id}")
         except ApiError as exc:
-            keys = items_of(await api.json("GET", "/v1/api-keys"))
-            return render(
-                request,
-                session,
-                "keys.html",
-                status_code=exc.status,
-                keys=keys,
-                created=None,
-                error=exc.message,
-            )
+            return await _keys_page_with_error(request, session, api, exc)
         return redirect(session, f"{PREFIX}/keys")
 
     return await _page(request, handler)
