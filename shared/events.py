@@ -121,9 +121,3 @@ def read_events_sync(
 ) -> list[AnalysisEvent]:
     response = client.xread({stream_key(analysis_id, settings): after}, count=MAX_STREAM_LENGTH)
     return _decode(response[0][1]) if response else []
-
-
-def delete_events(
-    client: redis.Redis, analysis_id: uuid.UUID | str, settings: Settings | None = None
-) -> None:
-    client.delete(stream_key(analysis_id, settings))

@@ -15,6 +15,7 @@ from sqlalchemy import func, select, update
 from shared.db.models import Analysis, UsagePeriod, UtteranceResult
 from shared.db.session import make_session_factory, session_scope
 from shared.db.types import utcnow
+from shared.events import publish_event, stream_key
 from shared.labels import EMOTIONS, SENTIMENTS
 from tests.fixtures.db import engine_for
 from tests.gateway.conftest import new_api_key, sign_up
@@ -255,15 +256,19 @@ def test_results_and_exports(client, api_key, database_url):
     )
 
 
-def test_delete_finished_removes_everything(client, api_key, database_url):
+def test_delete_finished_removes_everything(client, api_key, database_url, redis_client, settings):
     analysis_id = submit(client, api_key).json()["id"]
     store_results(database_url, analysis_id)
+    # The event stream holds the scored utterances too: it goes with the analysis.
+    publish_event(redis_client, analysis_id, "utterance", {"index": 0, "emotion": "joy"}, settings)
+    assert redis_client.exists(stream_key(analysis_id, settings))
     assert client.delete(f"/v1/analyses/{analysis_id}", headers={"X-API-Key": api_key}).status_code == 204
     assert_problem(
         client.get(f"/v1/analyses/{analysis_id}", headers={"X-API-Key": api_key}), 404, "analysis_not_found"
     )
     with engine_for(database_url).connect() as connection:
         assert connection.execute(select(func.count()).select_from(UtteranceResult)).scalar_one() == 0
+    assert not redis_client.exists(stream_key(analysis_id, settings))
 
 
 def test_delete_running_cancels(client, api_key, database_url, redis_client, settings):

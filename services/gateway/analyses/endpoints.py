@@ -24,7 +24,7 @@ from services.gateway.openapi import problem_responses
 from services.gateway.pagination import decode_cursor, encode_cursor
 from shared.db.models import Analysis
 from shared.db.session import session_scope
-from shared.events import apublish_event, is_valid_event_id
+from shared.events import apublish_event, is_valid_event_id, stream_key
 from shared.logging import get_logger
 from shared.problems import BadRequest, ServiceUnavailable
 
@@ -146,9 +146,7 @@ async def delete_analysis(
 
         after_commit(session, announce)
     else:
-        after_commit(
-            session, lambda: redis_client.delete(f"{settings.redis_key_prefix}analysis:{analysis_id}:events")
-        )
+        after_commit(session, lambda: redis_client.delete(stream_key(analysis_id, settings)))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
