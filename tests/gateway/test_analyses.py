@@ -291,11 +291,13 @@ def test_delete_running_cancels(client, api_key, database_url, redis_client, set
                     sentiment_scores={},
                 )
             )
+    publish_event(redis_client, analysis_id, "utterance", {"index": 0, "emotion": "joy"}, settings)
     assert client.delete(f"/v1/analyses/{analysis_id}", headers={"X-API-Key": api_key}).status_code == 204
     detail = client.get(f"/v1/analyses/{analysis_id}", headers={"X-API-Key": api_key}).json()
     assert detail["status"] == "canceled" and detail["utterances"] == []
     events = redis_client.xrange(f"{settings.redis_key_prefix}analysis:{analysis_id}:events")
     assert json.loads(events[-1][1][b"data"]) == {"status": "canceled"}
+    assert len(events) == 1  # the scored utterance went with the results
     assert client.get("/v1/usage", headers={"X-API-Key": api_key}).json()["analyses"]["used"] == 0
 
 

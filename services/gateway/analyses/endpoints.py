@@ -140,6 +140,9 @@ async def delete_analysis(
     if cancelled:
 
         async def announce() -> None:
+            # The stream held the scored utterances (results, deleted with the cancel): it restarts
+            # with the final status, which also ends any open SSE stream.
+            await redis_client.delete(stream_key(analysis_id, settings))
             await apublish_event(redis_client, analysis_id, "status", {"status": "canceled"}, settings)
             # Ask arq to abort the job if a worker is running it (workers started with allow_abort_jobs).
             await redis_client.zadd(abort_jobs_ss, {str(analysis_id): int(time.time() * 1000)})
