@@ -6,14 +6,13 @@ from __future__ import annotations
 import base64
 import uuid
 from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from sqlalchemy import Select, and_, or_
 
 from shared.problems import BadRequest
 
 Cursor = tuple[datetime, uuid.UUID]
-RowT = TypeVar("RowT", bound=tuple[Any, ...])
 
 
 class InvalidCursor(BadRequest):
@@ -40,7 +39,7 @@ def decode_cursor(cursor: str) -> Cursor:
         raise InvalidCursor("The cursor is not one this API returned.") from exc
 
 
-def newest_first(statement: Select[RowT], model: Any, *, limit: int, cursor: Cursor | None) -> Select[RowT]:
+def newest_first(statement: Select, model: Any, *, limit: int, cursor: Cursor | None) -> Select:
     """The page after `cursor`, plus one extra row that tells the caller whether more follow."""
     if cursor is not None:
         created_at, row_id = cursor
