@@ -117,7 +117,7 @@ def extract_frames(
     frames = np.zeros((count, per, 3, size, size), dtype=np.uint8)
     frame_times = np.full((count, per), NO_FRAME, dtype=np.float32)
     present = np.zeros(count, dtype=bool)
-    if info.video is None or count == 0:
+    if info.video is None or count == 0 or per == 0:
         return VisualFeatures(frames, frame_times, present)
 
     targets = target_times(utterances, per)

@@ -21,7 +21,8 @@ class FeatureSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     # visual
-    frames_per_utterance: int = Field(8, ge=1, le=64)
+    # 0 means the model reads no frames (its visual branch is untrained): the video is not decoded.
+    frames_per_utterance: int = Field(8, ge=0, le=64)
     frame_size: int = Field(112, ge=16, le=512, description="S: frames are S x S RGB after crop")
     # audio
     sample_rate: int = Field(16_000, ge=8_000, le=48_000)

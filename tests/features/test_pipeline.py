@@ -159,3 +159,24 @@ def test_time_limits_stop_ffmpeg(media, settings):
         with pytest.raises(MediaError) as error:
             run()
         assert error.value.code == "corrupt" and "longer than" in str(error.value)
+
+
+def test_spec_without_frames_decodes_no_video(media, settings, monkeypatch):
+    """A model whose visual branch is untrained declares 0 frames: only the audio is decoded."""
+    launched = []
+    real_popen = subprocess.Popen
+
+    class RecordingPopen(real_popen):
+        def __init__(self, args, *rest, **options):
+            launched.append(list(args))
+            super().__init__(args, *rest, **options)
+
+    monkeypatch.setattr(subprocess, "Popen", RecordingPopen)
+    spec = SPEC.model_copy(update={"frames_per_utterance": 0})
+    clip = media.spoken
+    bundle = extract_features(clip.video, spec, clip.transcript, settings=settings)
+    check_bundle(bundle, spec)
+    assert bundle.frames.shape[1] == 0 and not bundle.modality_mask[:, 2].any()
+    assert bundle.modality_mask[:, :2].all()
+    ffmpeg_runs = [args for args in launched if args[0].endswith("ffmpeg")]
+    assert len(ffmpeg_runs) == 1 and "-vn" in ffmpeg_runs[0]
