@@ -68,8 +68,12 @@ def render_model_card(
         + (f"{spec.context_turns} turn(s) either side as a second segment" if spec.context_turns else "none")
         + f", {spec.max_tokens} tokens at most",
         f"- audio: CNN over {spec.n_mels}-bin log-mel at {spec.sample_rate} Hz (masked pooling)",
-        f"- visual: {config.visual_backbone} backbone per frame ({spec.frames_per_utterance} frames of "
-        f"{spec.frame_size}x{spec.frame_size} RGB, ImageNet normalisation), mean+max over time",
+        (
+            f"- visual: {config.visual_backbone} backbone per frame ({spec.frames_per_utterance} frames of "
+            f"{spec.frame_size}x{spec.frame_size} RGB, ImageNet normalisation), mean+max over time"
+            if spec.frames_per_utterance
+            else "- visual: none read (the feature spec asks for 0 frames, so no video is decoded)"
+        ),
         f"- late fusion: concatenated {config.embed_dim}-d modality embeddings (learned 'absent' "
         f"embedding for a missing modality) -> 2 dense layers of {config.fusion_hidden} -> emotion "
         "and sentiment heads; each modality also has its own heads",

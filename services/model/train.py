@@ -742,11 +742,24 @@ _MODEL_FIELDS = {f.name: f for f in dataclasses.fields(ModelConfig)}
 _SPEC_FIELDS = FeatureSpec.model_fields
 
 
+# Where this machine keeps things, not how the model was trained: kept out of the checkpoint.
+_LOCAL_FIELDS = (
+    "model",
+    "spec",
+    "cache_dir",
+    "tensorboard_dir",
+    "meld_dir",
+    "output_dir",
+    "publish_dir",
+    "progress",
+)
+
+
 def hyperparameters(config: TrainConfig) -> dict:
     values = {
         f.name: getattr(config, f.name)
         for f in dataclasses.fields(TrainConfig)
-        if f.name not in ("model", "spec")
+        if f.name not in _LOCAL_FIELDS
     }
     values |= {f"model.{k}": v for k, v in config.model.to_dict().items()}
     values |= {f"spec.{k}": v for k, v in config.spec.model_dump(mode="json").items()}
@@ -805,6 +818,8 @@ PRESETS: dict[str, dict[str, str]] = {
         "model.text_train_layers": "2",
         "spec.context_turns": "0",
         "spec.max_tokens": "48",
+        # No visual branch is trained: the model reads no frames, so the worker decodes no video.
+        "spec.frames_per_utterance": "0",
     }
 }
 
@@ -824,6 +839,7 @@ PRESETS["audio-ravdess"] = {
     "batch_size": "16",
     "lr_audio": "2e-3",
     "weights_dtype": "float16",
+    "spec.frames_per_utterance": "0",
     "model.audio_channels": SPEECH_AUDIO_CHANNELS,
     "model.audio_frequency_bands": "8",
 }
