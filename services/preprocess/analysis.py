@@ -335,7 +335,8 @@ async def enqueue_delivery(
 
 def utterance_event(index: int, prediction: UtterancePrediction) -> dict[str, Any]:
     """The utterance as ``GET /v1/analyses/{id}`` returns it (UtteranceResultPublic)."""
-    return {"index": index, **prediction.model_dump(mode="json", exclude={"modalities"})}
+    data = prediction.model_dump(mode="json", exclude={"modalities"})
+    return {"index": index, **data, "modality_scores": prediction.model_dump(mode="json")["modalities"]}
 
 
 def webhook_payload(analysis: Analysis, event_type: str) -> dict[str, Any]:

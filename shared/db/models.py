@@ -164,6 +164,9 @@ class UtteranceResult(Base):
     sentiment_scores: Mapped[dict[str, Any]]
     # Modality names used for this prediction (subset of shared.labels.MODALITIES).
     modalities: Mapped[list[Any]] = mapped_column(default=list)
+    # Each used modality's own head ({"text": {"emotion": {...}, "sentiment": {...}}, ...}): what
+    # drove the fused result (shared.predictions.ModalityScores).
+    modality_scores: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -83,6 +83,9 @@ def test_sign_up_key_upload_results_revoke(dev_stack, browser, artifacts, tmp_pa
     assert dominant in EMOTIONS
     assert page.locator("[data-dominant-sentiment]").inner_text().strip() in SENTIMENTS
     assert page.locator("svg[aria-label^='Emotion scores'] rect title").count() == 7 * len(clip.segments)
+    # each used modality's badge names what that modality alone says ("text: joy 61%")
+    text_badge = cards.first.locator("[data-modality=text]").inner_text()
+    assert re.fullmatch(rf"text: ({'|'.join(EMOTIONS)}) \d+%", text_badge), text_badge
     page.screenshot(path=artifacts / "4-results.png", full_page=True)
     if live:
         # The page opened while the job ran: SSE events drove fragment refreshes, then the reload.

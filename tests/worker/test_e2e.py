@@ -84,6 +84,12 @@ def test_happy_path_post_sse_results_and_webhooks(api_url, clips, receiver, sess
         assert sum(u["emotion"]["scores"].values()) == pytest.approx(1.0, abs=1e-3)
         assert u["emotion"]["confidence"] == pytest.approx(u["emotion"]["scores"][u["emotion"]["label"]])
         assert set(u["modalities_used"]) <= set(MODALITIES) and "text" in u["modalities_used"]
+        # each used modality's own head, and only those: what drove the fused result
+        assert list(u["modality_scores"]) == u["modalities_used"]
+        for own in u["modality_scores"].values():
+            assert own["emotion"]["label"] in EMOTIONS and own["sentiment"]["label"] in SENTIMENTS
+            assert sum(own["emotion"]["scores"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert [u["modality_scores"] for u in utterances] == [u["modality_scores"] for u in utterance_events]
     summary = analysis["summary"]
     assert summary["dominant_emotion"] in EMOTIONS and summary["dominant_sentiment"] in SENTIMENTS
     assert sum(summary["emotion_share"].values()) == pytest.approx(1.0, abs=1e-3)

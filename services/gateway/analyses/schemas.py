@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from shared.predictions import ModalityScores
+
 AnalysisStatusName = Literal["queued", "processing", "succeeded", "failed", "canceled"]
 
 TRANSCRIPT_EXAMPLE = "1\n00:00:00,000 --> 00:00:02,500\nJOEY: How you doin'?\n"
@@ -85,6 +87,10 @@ class UtteranceResultPublic(BaseModel):
     emotion: LabelScores
     sentiment: LabelScores
     modalities_used: list[str]
+    modality_scores: dict[str, ModalityScores] = Field(
+        default_factory=dict,
+        description="each used modality's own emotion and sentiment scores: what drove the result",
+    )
 
 
 class AnalysisError(BaseModel):

@@ -321,6 +321,7 @@ def utterance_public(row: UtteranceResult) -> UtteranceResultPublic:
         emotion=_scores(row.emotion, row.emotion_scores),
         sentiment=_scores(row.sentiment, row.sentiment_scores),
         modalities_used=list(row.modalities or []),
+        modality_scores=row.modality_scores or {},
     )
 
 
