@@ -156,7 +156,18 @@ def render_markdown() -> str:
     return "\n".join(lines)
 
 
-OUTPUTS = {OUTPUT: render, MARKDOWN_OUTPUT: render_markdown}
+README = REPO_ROOT / "README.md"
+README_BLOCK = re.compile(r"(<!-- settings:begin -->\n).*?(<!-- settings:end -->)", re.S)
+
+
+def render_readme() -> str:
+    """README.md with the settings tables of docs/configuration.md between its markers."""
+    tables = render_markdown().split("\n## ", 1)[1]
+    block = "### " + tables.replace("\n## ", "\n### ")
+    return README_BLOCK.sub(lambda m: m[1] + block + m[2], README.read_text(), count=1)
+
+
+OUTPUTS = {OUTPUT: render, MARKDOWN_OUTPUT: render_markdown, README: render_readme}
 
 
 def main() -> None:

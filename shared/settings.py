@@ -30,41 +30,59 @@ class Settings(BaseSettings):
     )
 
     # --- general -----------------------------------------------------------------------------
+    # "production" turns on the refusals of development defaults (e.g. the example secret key).
     environment: Literal["development", "test", "production"] = "development"
+    # Standard logging level of every service.
     log_level: str = "INFO"
+    # One JSON object per log line (for log shippers) instead of the console renderer.
     log_json: bool = False
+    # Where local state lives: the SQLite database, local uploads, caches, training runs.
     data_dir: Path = REPO_ROOT / "var"
 
     # --- media limits (checked before any heavy work) -----------------------------------------
+    # Longest media accepted (seconds), checked by probing before any decoding.
     max_media_seconds: float = 3600.0
+    # Largest media file accepted (bytes), checked before probing and while downloading.
     max_media_bytes: int = 2_000_000_000
     # Long and short side limits, so a portrait 2160x3840 video passes like a landscape one.
     max_video_long_side: int = 3840
     max_video_short_side: int = 2160
+    # Most utterances (transcript cues or windows) per video.
     max_utterances: int = 2000
+    # Without a transcript the media is cut into windows of this many seconds.
     default_window_seconds: float = 4.0
+    # Transcript times this far past the media's end are clamped (and reported), not refused.
     transcript_time_tolerance_seconds: float = 0.5
+    # Wall-clock limit of one ffmpeg decode.
     ffmpeg_timeout_seconds: float = 600.0
+    # Decoder threads per ffmpeg process.
     ffmpeg_threads: int = 2
+    # Wall-clock limit of one ffprobe.
     ffprobe_timeout_seconds: float = 30.0
+    # Largest transcript accepted (bytes).
     max_transcript_bytes: int = 5_000_000
 
     # --- data sets (read-only, never copied into the repo) ------------------------------------
+    # MELD's label CSVs (train/dev/test_sent_emo.csv) and, when present, MELD.Raw's clip folders.
     meld_dir: Path = Field(
         default=REPO_ROOT.parent / "shared" / "meld",
         validation_alias=AliasChoices("MELD_DIR", "MOODREEL_MELD_DIR"),
     )
+    # RAVDESS (ravdess/) and EmoDB (emodb/) speech for the audio branch.
     emotion_speech_dir: Path = Field(
         default=REPO_ROOT.parent / "shared" / "emotion-speech",
         validation_alias=AliasChoices("EMOTION_SPEECH_DIR", "MOODREEL_EMOTION_SPEECH_DIR"),
     )
+    # FER2013 faces, for the visual branch (planned).
     face_expression_dir: Path = Field(
         default=REPO_ROOT.parent / "shared" / "face-expression",
         validation_alias=AliasChoices("FACE_EXPRESSION_DIR", "MOODREEL_FACE_EXPRESSION_DIR"),
     )
 
     # --- database / redis ---------------------------------------------------------------------
+    # SQLAlchemy URL: postgresql+psycopg://... in production, SQLite as the embedded default.
     database_url: str = f"sqlite:///{REPO_ROOT / 'var' / 'moodreel.db'}"
+    # arq queue, rate limits, login throttling and the analyses' event streams.
     redis_url: str = "redis://127.0.0.1:6379/0"
 
     # --- security -----------------------------------------------------------------------------
@@ -74,10 +92,15 @@ class Settings(BaseSettings):
     allow_private_urls: bool = False
 
     # --- model --------------------------------------------------------------------------------
+    # Checkpoint the local model server loads (SageMaker uses /opt/ml/model).
     model_dir: Path = REPO_ROOT / "services" / "model" / "checkpoints" / "default"
+    # How the worker reaches the model: the local/compose HTTP server or a SageMaker endpoint.
     model_backend: Literal["http", "sagemaker"] = "http"
+    # Base URL of the model server (model_backend "http").
     model_url: str = "http://127.0.0.1:8080"
+    # Endpoint invoked with model_backend "sagemaker".
     sagemaker_endpoint_name: str = "moodreel"
+    # AWS region of S3, SageMaker and ECR.
     aws_region: str = "us-east-1"
 
     # --- model service: server, invoke client, deployment (issue 4) ---------------------------

@@ -231,6 +231,11 @@ def test_env_example_lists_every_setting():
         "docs/configuration.md is stale: run `make env-example`"
     )
     assert all(f"`{name}`" in reference for name in names)
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert readme == env_example.render_readme(), (
+        "README.md's settings reference is stale: run `make env-example`"
+    )
+    assert all(f"`{name}`" in readme for name in names)
 
 
 def test_compose_interpolates_only_documented_variables():
