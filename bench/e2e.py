@@ -1,6 +1,6 @@
 """End-to-end analysis time: POST to ``succeeded`` through the real stack, against video duration.
 
-Generates (once, into bench/work/) a ~5-minute 1280x720 H.264/AAC "conversation": 60 espeak-ng
+Generates (once, into bench/media/) a ~5-minute 1280x720 H.264/AAC "conversation": 60 espeak-ng
 lines over testsrc2 with a 60-cue SRT. Then starts, as subprocesses on loopback ports, the model
 server, the gateway and the arq worker on a fresh PostgreSQL database and a private Redis
 namespace; serves the clip from a loopback HTTP server; and for each run signs up, POSTs the
@@ -43,7 +43,7 @@ from tests.fixtures.db import create_postgres_database, drop_postgres_database, 
 from tests.worker import api, stack  # noqa: E402
 from tests.worker.loopback import RecordingServer, serve_file  # noqa: E402
 
-WORK = ROOT / "bench" / "work"
+WORK = ROOT / "bench" / "media"
 RESULTS = ROOT / "bench" / "results" / "e2e.json"
 WIDTH, HEIGHT, FPS, UTTERANCES = 1280, 720, 25, 60
 TARGET_RATIO = 0.1
@@ -59,7 +59,7 @@ _SENTENCES = [
 
 
 def make_conversation() -> tuple[Path, str, float]:
-    """The clip, its SRT and its duration; generated once and kept in bench/work/.
+    """The clip, its SRT and its duration; generated once and kept in bench/media/.
 
     The speech and its SRT come from the demo-clip generator (at a thumbnail size, which is
     quick); the 1280x720 video is then encoded here with x264 veryfast, without a time limit.

@@ -45,7 +45,7 @@ from shared.features.spec import FeatureSpec  # noqa: E402
 from shared.features.text import tokenize_utterances  # noqa: E402
 from shared.settings import Settings, get_settings  # noqa: E402
 
-WORK = ROOT / "bench" / "work"
+WORK = ROOT / "bench" / "media"
 RESULTS = ROOT / "bench" / "results" / "model.json"
 BATCHES = (1, 8, 32)
 

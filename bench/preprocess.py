@@ -1,6 +1,6 @@
 """Feature pipeline speed against the full-decode bound.
 
-Generates (once, into bench/work/) a 60 s 1280x720 24 fps H.264/AAC clip with a 20-utterance
+Generates (once, into bench/media/) a 60 s 1280x720 24 fps H.264/AAC clip with a 20-utterance
 transcript, then times, interleaved in this one process, ``extract_features`` on it and
 ``ffmpeg -i clip -f null -`` (decoding every video and audio frame and doing nothing else). The
 medians and their ratio go to bench/results/preprocess.json. Target: ratio <= 1.5.
@@ -28,7 +28,7 @@ from shared.features.demo_media import ffmpeg_args, run_tool  # noqa: E402
 from shared.features.pipeline import extract_features  # noqa: E402
 from shared.features.spec import FeatureSpec  # noqa: E402
 
-WORK = ROOT / "bench" / "work"
+WORK = ROOT / "bench" / "media"
 RESULTS = ROOT / "bench" / "results" / "preprocess.json"
 DURATION, WIDTH, HEIGHT, FPS, UTTERANCES = 60, 1280, 720, 24, 20
 
