@@ -97,9 +97,7 @@ class FeatureBundle:
     def select(self, indices: slice | list[int]) -> FeatureBundle:
         """A bundle of a subset of utterances (the invoke client chunks videos with this)."""
         picked = (
-            self.utterances[indices]
-            if isinstance(indices, slice)
-            else [self.utterances[i] for i in indices]
+            self.utterances[indices] if isinstance(indices, slice) else [self.utterances[i] for i in indices]
         )
         index = indices if isinstance(indices, slice) else np.asarray(indices, dtype=np.int64)
         tensors = {name: getattr(self, name)[index] for name in _TENSORS}
@@ -132,8 +130,7 @@ class FeatureBundle:
         if expected_spec_hash is not None and spec_hash != expected_spec_hash:
             raise BundleError(
                 "spec_mismatch",
-                f"bundle was built with feature spec {spec_hash} but the model expects "
-                f"{expected_spec_hash}",
+                f"bundle was built with feature spec {spec_hash} but the model expects {expected_spec_hash}",
             )
         try:
             tensors = st_load(data)

@@ -1,5 +1,5 @@
-import pytest
 import numpy as np
+import pytest
 
 from shared.bundle import BundleError, FeatureBundle, UtteranceMeta, read_metadata
 from shared.features.spec import FeatureSpec
@@ -7,7 +7,13 @@ from shared.features.spec import FeatureSpec
 
 def make_bundle(spec: FeatureSpec, count: int = 3) -> FeatureBundle:
     rng = np.random.default_rng(0)
-    n, s, m, t, length = spec.frames_per_utterance, spec.frame_size, spec.n_mels, spec.max_audio_frames, spec.max_tokens
+    n, s, m, t, length = (
+        spec.frames_per_utterance,
+        spec.frame_size,
+        spec.n_mels,
+        spec.max_audio_frames,
+        spec.max_tokens,
+    )
     return FeatureBundle(
         utterances=[UtteranceMeta(start=i, end=i + 0.5, text=f"line {i}", speaker="A") for i in range(count)],
         frames=rng.integers(0, 255, (count, n, 3, s, s), dtype=np.uint8),
