@@ -21,6 +21,7 @@ from services.model.data.examples import TEXT_TENSORS, ExampleSet
 from shared.bundle import UtteranceMeta
 from shared.features.spec import FeatureSpec
 from shared.features.text import tokenize_utterances
+from shared.features.transcripts import parse_timestamp
 from shared.labels import EMOTIONS, MODALITIES, SENTIMENTS
 
 SPLITS = ("train", "dev", "test")
@@ -30,7 +31,8 @@ CLIP_DIRS = {"train": "train_splits", "dev": "dev_splits_complete", "test": "out
 KNOWN_BAD_CLIPS = {("train", 125, 3): "corrupt", ("dev", 110, 7): "missing"}
 # Longer clips are mis-cut (test dia38_utt4 is 305 s): their media is clamped to this length.
 MAX_CLIP_SECONDS = 30.0
-_TIME = re.compile(r"^(\d{1,2}):(\d{2}):(\d{2}),(\d{1,3})$")
+# MELD's own shape ([H]H:MM:SS,f-fff); the arithmetic is the transcript parser's.
+_MELD_TIME = re.compile(r"^\d{1,2}:\d{2}:\d{2},\d{1,3}$")
 
 
 class MeldError(ValueError):
@@ -39,11 +41,12 @@ class MeldError(ValueError):
 
 def parse_meld_time(value: str) -> float:
     """Seconds of a MELD timestamp; the digits after the comma are a decimal fraction."""
-    match = _TIME.match(value.strip())
-    if not match:
+    if not _MELD_TIME.match(value.strip()):
         raise MeldError(f"not a MELD timestamp: {value!r}")
-    hours, minutes, seconds, fraction = match.groups()
-    return int(hours) * 3600 + int(minutes) * 60 + int(seconds) + float(f"0.{fraction}")
+    try:
+        return parse_timestamp(value.strip())
+    except ValueError as exc:
+        raise MeldError(f"not a MELD timestamp: {value!r}") from exc
 
 
 @dataclass(frozen=True)
