@@ -88,7 +88,9 @@ def _transformers_model(name: str | None, inline_config: dict | None) -> nn.Modu
         config = dict(inline_config)
         return AutoModel.from_config(AutoConfig.for_model(config.pop("model_type"), **config))
     # local_files_only: loading a checkpoint must never reach the network.
-    return AutoModel.from_pretrained(resolve_pretrained(name), local_files_only=True)
+    # float32 whatever the files hold: transformers 5 would keep a half-precision copy half, and
+    # training mixes precision only under autocast.
+    return AutoModel.from_pretrained(resolve_pretrained(name), local_files_only=True, dtype=torch.float32)
 
 
 class TextEncoder(nn.Module):
