@@ -38,6 +38,12 @@ class ModelConfig:
     # Mel-frequency bands kept after the convolutions (1: averaged away). More bands keep where in
     # the spectrum energy sits (pitch, formants), which acted-emotion speech needs.
     audio_frequency_bands: int = 1
+    # Extra stride-1 3x3 convolutions in each stage, before its stride-2 one: depth without
+    # shrinking the log-mel image further.
+    audio_convs_per_stage: int = 0
+    # "utterance": one mean and deviation over the whole log-mel (keeps the spectral shape);
+    # "per_bin": each mel bin on its own (removes a speaker's and microphone's fixed colouring).
+    audio_normalization: Literal["utterance", "per_bin"] = "utterance"
     # Labels of an extra head on the audio embedding, trained on acted speech (RAVDESS's eight
     # emotions, services/model/data/speech.py); empty: no such head.
     speech_labels: tuple[str, ...] = ()

@@ -183,13 +183,15 @@ class AudioEncoder(nn.Module):
         layers: list[nn.Module] = []
         in_channels = 1
         for channels in config.audio_channels:
-            layers += [
-                nn.Conv2d(in_channels, channels, 3, stride=2, padding=1),
-                nn.GroupNorm(min(8, channels), channels),
-                nn.GELU(),
-            ]
-            in_channels = channels
+            for stride in [1] * config.audio_convs_per_stage + [2]:
+                layers += [
+                    nn.Conv2d(in_channels, channels, 3, stride=stride, padding=1),
+                    nn.GroupNorm(min(8, channels), channels),
+                    nn.GELU(),
+                ]
+                in_channels = channels
         self.conv = nn.Sequential(*layers)
+        self.normalize_per_bin = config.audio_normalization == "per_bin"
         self.stride = 2 ** len(config.audio_channels)
         self.frequency_bands = config.audio_frequency_bands
         features = in_channels * self.frequency_bands
@@ -201,9 +203,11 @@ class AudioEncoder(nn.Module):
         x = log_mel.float()
         mask = audio_mask.bool()
         frame_weights = mask[:, None, :].float()  # [B, 1, T]
-        count = (frame_weights.sum(-1, keepdim=True) * x.shape[1]).clamp(min=1.0)
-        mean = (x * frame_weights).sum((1, 2), keepdim=True) / count
-        var = (((x - mean) ** 2) * frame_weights).sum((1, 2), keepdim=True) / count
+        axes = (2,) if self.normalize_per_bin else (1, 2)
+        bins = 1 if self.normalize_per_bin else x.shape[1]
+        count = (frame_weights.sum(-1, keepdim=True) * bins).clamp(min=1.0)
+        mean = (x * frame_weights).sum(axes, keepdim=True) / count
+        var = (((x - mean) ** 2) * frame_weights).sum(axes, keepdim=True) / count
         x = (x - mean) / (var.sqrt() + 1e-5) * frame_weights
         x = self.conv(x.unsqueeze(1).to(self.project[1].weight.dtype))  # [B, C, F', T']
         if self.frequency_bands == 1:

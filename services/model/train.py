@@ -93,6 +93,9 @@ class TrainConfig:
     speech_loss_weight: float = 1.0
     speech_augment: bool = True
     speech_text: bool = False
+    # SpeechAugment's vocal-tract (mel-axis) and tempo (time-axis) stretch, as fractions; 0: off.
+    speech_frequency_warp: float = 0.0
+    speech_tempo: float = 0.0
     # Start from trained weights: entries "DIR" (every matching weight) or "PART+PART=DIR" (only
     # those parts of FREEZABLE_PARTS); the first entry's ModelConfig and FeatureSpec are used. E.g.
     # the text branch of the text checkpoint and the audio branch of a RAVDESS run.
@@ -530,7 +533,11 @@ def train(config: TrainConfig) -> Path:
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
         )
     criterion = Criterion(config, train_set, device)
-    augment = SpeechAugment() if config.speech_augment else None
+    augment = (
+        SpeechAugment(frequency_warp=config.speech_frequency_warp, tempo=config.speech_tempo)
+        if config.speech_augment
+        else None
+    )
     optimizer = build_optimizer(model, config)
     steps_per_epoch = math.ceil(len(train_set) / distributed.world / config.batch_size)
     plan = WarmupCosine(steps_per_epoch * config.epochs, config.warmup_ratio)

@@ -155,3 +155,37 @@ def test_inputs_from_numpy_bundle():
     assert output.modalities_used.tolist() == [[True, False, True], [True, True, True]]
     assert output.emotion_logits.shape == (2, 7)
     assert len(MODALITIES) == output.modality_emotion_logits.shape[1]
+
+
+@pytest.mark.parametrize("normalization", ["utterance", "per_bin"])
+def test_audio_normalization_removes_the_offset_it_is_meant_to(normalization):
+    """Both ignore a level change; per-bin normalisation also ignores a fixed colouring of the
+    spectrum (a different offset in every mel bin, like a microphone's), which utterance one keeps."""
+    model = build(audio_normalization=normalization)
+    inputs = random_inputs(TINY_SPEC, [[False, True, False]] * 2)
+    bins = inputs.log_mel.shape[1]
+    mask = inputs.audio_mask[:, None, :].float()
+    level = torch.full((1, 1, 1), 0.4)
+    colouring = torch.linspace(-0.5, 0.7, bins).view(1, bins, 1)
+    with torch.no_grad():
+        plain, louder, coloured = (
+            model.audio((inputs.log_mel.float() + offset) * mask, inputs.audio_mask)
+            for offset in (0.0, level, colouring)
+        )
+    torch.testing.assert_close(plain, louder, rtol=1e-3, atol=1e-4)
+    if normalization == "per_bin":
+        torch.testing.assert_close(plain, coloured, rtol=1e-3, atol=1e-4)
+    else:
+        assert not torch.allclose(plain, coloured, rtol=1e-3, atol=1e-4)
+
+
+def test_audio_convs_per_stage_add_depth_not_shape():
+    shallow, deep = build(audio_convs_per_stage=0), build(audio_convs_per_stage=2)
+    conv_count = [sum(isinstance(m, torch.nn.Conv2d) for m in b.audio.conv) for b in (shallow, deep)]
+    assert conv_count[1] == 3 * conv_count[0]
+    inputs = random_inputs(TINY_SPEC, [[False, True, False]] * 3)
+    with torch.no_grad():
+        assert (
+            deep.audio(inputs.log_mel, inputs.audio_mask).shape
+            == shallow.audio(inputs.log_mel, inputs.audio_mask).shape
+        )

@@ -340,3 +340,35 @@ def test_audio_only_checkpoint_with_a_pretrained_text_encoder_round_trips(tmp_pa
     loaded = load_checkpoint(tmp_path / "audio")
     torch.testing.assert_close(loaded.model.speech_head.weight, model.speech_head.weight)
     torch.testing.assert_close(loaded.model.audio.project[1].weight, model.audio.project[1].weight)
+
+
+def test_frequency_warp_and_tempo_move_a_band_and_stretch_the_speech():
+    """A tone in one mel band of 50 speech frames: the warp moves the band (formants of another
+    vocal tract), the tempo changes how many frames the speech lasts; padding stays empty."""
+    generator = torch.Generator().manual_seed(1)
+    mel = torch.zeros(8, 32, 120)
+    mask = torch.zeros(8, 120, dtype=torch.bool)
+    mask[:, 10:60] = True
+    mel[:, 12, :] = 1.0
+    mel = mel * mask[:, None, :]
+    only_warps = SpeechAugment(
+        gain_db=0.0,
+        noise_probability=0.0,
+        max_shift_frames=0,
+        freq_masks=0,
+        time_masks=0,
+        crop_frames=0,
+        frequency_warp=0.25,
+        tempo=0.25,
+    )
+    warped, warped_mask = only_warps(mel, mask, generator)
+    lengths = warped_mask.sum(1)
+    assert lengths.min() < 50 < lengths.max()
+    assert all(39 <= int(n) <= 65 for n in lengths)  # within exp(+-0.25) of 50
+    bands = warped[:, :, 30].argmax(1)
+    assert len(set(bands.tolist())) > 1 and all(9 <= int(b) <= 16 for b in bands)
+    assert (warped * ~warped_mask[:, None, :]).abs().max() == 0
+    unchanged, same_mask = SpeechAugment(
+        gain_db=0.0, noise_probability=0.0, max_shift_frames=0, freq_masks=0, time_masks=0, crop_frames=0
+    )(mel, mask, generator)
+    assert torch.equal(same_mask, mask) and torch.allclose(unchanged, mel)

@@ -306,6 +306,11 @@ class SpeechAugment:
     # Train on random windows of this many frames inside the speech (0: whole clips): halves the
     # CNN's work per clip and varies what it hears; evaluation always sees the whole clip.
     crop_frames: int = 256
+    # Speaker-like variety for a corpus of few speakers: the mel axis stretched by up to this
+    # fraction (a longer or shorter vocal tract moves formants and pitch harmonics), and the time
+    # axis by up to ``tempo`` (slower or faster speech). 0 turns either off.
+    frequency_warp: float = 0.0
+    tempo: float = 0.0
 
     def __call__(
         self, log_mel: torch.Tensor, audio_mask: torch.Tensor, generator: torch.Generator | None = None
@@ -317,6 +322,8 @@ class SpeechAugment:
         def uniform(low: float, high: float, *shape: int) -> torch.Tensor:
             return torch.rand(*shape, generator=generator) * (high - low) + low
 
+        if self.frequency_warp or self.tempo:
+            x, mask = self._warp(x, mask, uniform)
         # gain: dB / 10 decades of power, / 4 for the feature scale
         x = x + (uniform(-self.gain_db, self.gain_db, rows, 1, 1) / 40.0)
         weights = mask[:, None, :].float()
@@ -364,6 +371,29 @@ class SpeechAugment:
                 x = torch.where(band, level.expand_as(x), x)
         x = x * mask[:, None, :]
         return x.to(log_mel.dtype), mask
+
+    def _warp(self, x: torch.Tensor, mask: torch.Tensor, uniform) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stretch each row's mel and time axes by random factors, anchored at the lowest bin and
+        the first frame (speech keeps its start; what is pushed past the end is dropped)."""
+        import torch.nn.functional as F
+
+        rows = x.shape[0]
+        # A factor s samples input position s * output position: s < 1 stretches the image.
+        frequency = torch.exp(uniform(-self.frequency_warp, self.frequency_warp, rows))
+        time = torch.exp(uniform(-self.tempo, self.tempo, rows))
+        theta = torch.zeros(rows, 2, 3)
+        theta[:, 0, 0], theta[:, 0, 2] = time, time - 1.0  # x: frames
+        theta[:, 1, 1], theta[:, 1, 2] = frequency, frequency - 1.0  # y: mel bins
+        grid = F.affine_grid(theta, [rows, 1, *x.shape[1:]], align_corners=True)
+        warped = F.grid_sample(x[:, None], grid, padding_mode="border", align_corners=True)[:, 0]
+        frames = F.grid_sample(
+            mask[:, None, None, :].float().expand(-1, -1, x.shape[1], -1),
+            grid,
+            padding_mode="zeros",
+            align_corners=True,
+        )[:, 0, 0]
+        warped_mask = frames > 0.5
+        return warped * warped_mask[:, None, :], warped_mask
 
 
 # --- training rows -----------------------------------------------------------------------------
