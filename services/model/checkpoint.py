@@ -97,6 +97,7 @@ def save_checkpoint(
             "dtype": str(weights_dtype or "as trained").removeprefix("torch."),
             "base_rebuilt_from": {
                 "text": config.text_encoder if config.text_is_pretrained else None,
+                "audio": config.audio_encoder if config.audio_is_pretrained else None,
                 "visual": config.visual_encoder if config.visual_is_pretrained else None,
             },
         },

@@ -33,7 +33,15 @@ class ModelConfig:
     # Pool over the utterance's own tokens (segment 0); context tokens only inform via attention.
     text_pool_target_only: bool = True
 
-    # --- audio: a CNN over log-mel ---------------------------------------------------------------
+    # --- audio: a CNN over log-mel, or a pretrained speech encoder -------------------------------
+    # "cnn": the CNN below, trained from scratch; "transformers": a speech encoder that reads
+    # Whisper-style log-mels (shared.features.audio computes exactly Whisper's scale), by
+    # name/path in `audio_encoder` (e.g. "openai/whisper-base": then spec.n_mels must be its 80
+    # mel bins) or inline in `audio_encoder_config`. Its input is padded to the encoder's own length.
+    audio_backbone: Literal["cnn", "transformers"] = "cnn"
+    audio_encoder: str | None = None
+    audio_encoder_config: dict[str, Any] | None = None
+    audio_train_backbone: bool = True
     audio_channels: tuple[int, ...] = (32, 64, 128)
     # Mel-frequency bands kept after the convolutions (1: averaged away). More bands keep where in
     # the spectrum energy sits (pitch, formants), which acted-emotion speech needs.
@@ -74,12 +82,18 @@ class ModelConfig:
         unknown = set(self.trained_modalities) - set(MODALITIES)
         if unknown:
             raise ValueError(f"unknown modalities: {sorted(unknown)}")
+        if self.audio_backbone == "transformers" and not (self.audio_encoder or self.audio_encoder_config):
+            raise ValueError("audio_backbone='transformers' needs audio_encoder or audio_encoder_config")
         if self.visual_backbone == "transformers" and not (self.visual_encoder or self.visual_encoder_config):
             raise ValueError("visual_backbone='transformers' needs visual_encoder or visual_encoder_config")
 
     @property
     def text_is_pretrained(self) -> bool:
         return self.text_encoder_config is None
+
+    @property
+    def audio_is_pretrained(self) -> bool:
+        return self.audio_backbone == "transformers" and self.audio_encoder_config is None
 
     @property
     def visual_is_pretrained(self) -> bool:

@@ -175,11 +175,67 @@ class TextEncoder(nn.Module):
         return self.project(pooled)
 
 
-class AudioEncoder(nn.Module):
-    """2-D CNN over the log-mel image; padded frames are excluded from normalisation and pooling."""
+def _masked_mean_max(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``[B, C, T]`` features and a ``[B, 1, T]`` 0/1 mask -> ``[B, 2C]``: mean and max over the
+    masked steps (zeros for a row with none)."""
+    valid = mask.sum(-1).clamp(min=1.0)
+    mean_pool = (x * mask).sum(-1) / valid
+    max_pool = x.masked_fill(mask == 0, torch.finfo(x.dtype).min).amax(-1)
+    max_pool = torch.where(mask.sum(-1) > 0, max_pool, torch.zeros_like(max_pool))
+    return torch.cat([mean_pool, max_pool], dim=-1)
+
+
+class SpeechTransformerBackbone(nn.Module):
+    """A pretrained speech encoder over Whisper-style log-mels (Whisper's encoder family).
+
+    The log-mel is padded to the encoder's fixed input length with the utterance's own floor level
+    (Whisper's silence: 8 decades below the peak), not with the zeros that mark padding in a bundle,
+    which would read as sound to a model pretrained on Whisper's scale.
+    """
 
     def __init__(self, config: ModelConfig):
         super().__init__()
+        model = _transformers_model(config.audio_encoder, config.audio_encoder_config)
+        # Encoder-decoder speech models (Whisper): only the encoder is kept.
+        self.encoder = model.get_encoder() if hasattr(model, "get_encoder") else model
+        encoder_config = self.encoder.config
+        self.mel_bins = encoder_config.num_mel_bins
+        self.input_frames = 2 * encoder_config.max_source_positions
+        self.features = encoder_config.d_model
+        if not config.audio_train_backbone:
+            self.encoder.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B, M, T]`` log-mel and ``[B, T]`` mask -> ``[B, D, T']`` states and ``[B, 1, T']`` mask."""
+        if x.shape[1] != self.mel_bins:
+            raise ValueError(
+                f"the speech encoder reads {self.mel_bins} mel bins, the features have {x.shape[1]}: "
+                f"set the FeatureSpec's n_mels to {self.mel_bins}"
+            )
+        padding = self.input_frames - min(x.shape[-1], self.input_frames)
+        x = F.pad(x[..., : self.input_frames], (0, padding))
+        mask = F.pad(mask[:, : self.input_frames].float(), (0, padding)) > 0.5  # [B, L]
+        peak = x.masked_fill(~mask[:, None, :], float("-inf")).amax((1, 2), keepdim=True)
+        # -1.5 is Whisper's value for digital silence (log10 of its 1e-10 floor, then (x + 4) / 4).
+        floor = torch.where(torch.isfinite(peak), peak - 2.0, torch.full_like(peak, -1.5))
+        x = torch.where(mask[:, None, :], x, floor)
+        states = self.encoder(input_features=x).last_hidden_state.transpose(1, 2)  # [B, D, L/2]
+        pooled_mask = F.max_pool1d(mask[:, None, :].float(), 2, 2)[..., : states.shape[-1]]
+        return states, pooled_mask.to(states.dtype)
+
+
+class AudioEncoder(nn.Module):
+    """2-D CNN over the log-mel image (padded frames are excluded from normalisation and pooling),
+    or a pretrained speech encoder (``SpeechTransformerBackbone``); mean+max pooled, projected."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.backbone = SpeechTransformerBackbone(config) if config.audio_backbone == "transformers" else None
+        if self.backbone is not None:
+            self.project = nn.Sequential(
+                nn.Dropout(config.dropout), nn.Linear(2 * self.backbone.features, config.embed_dim), nn.GELU()
+            )
+            return
         layers: list[nn.Module] = []
         in_channels = 1
         for channels in config.audio_channels:
@@ -202,6 +258,9 @@ class AudioEncoder(nn.Module):
     def forward(self, log_mel: torch.Tensor, audio_mask: torch.Tensor) -> torch.Tensor:
         x = log_mel.float()
         mask = audio_mask.bool()
+        if self.backbone is not None:
+            states, pooled_mask = self.backbone(x.to(self.project[1].weight.dtype), mask)
+            return self.project(_masked_mean_max(states, pooled_mask))
         frame_weights = mask[:, None, :].float()  # [B, 1, T]
         axes = (2,) if self.normalize_per_bin else (1, 2)
         bins = 1 if self.normalize_per_bin else x.shape[1]
@@ -217,11 +276,7 @@ class AudioEncoder(nn.Module):
         pooled_mask = F.max_pool1d(mask[:, None, :].float(), self.stride, self.stride, ceil_mode=True)[
             :, :, : x.shape[-1]
         ]  # [B, 1, T']
-        valid = pooled_mask.sum(-1).clamp(min=1.0)
-        mean_pool = (x * pooled_mask).sum(-1) / valid
-        max_pool = x.masked_fill(pooled_mask == 0, torch.finfo(x.dtype).min).amax(-1)
-        max_pool = torch.where(pooled_mask.sum(-1) > 0, max_pool, torch.zeros_like(max_pool))
-        return self.project(torch.cat([mean_pool, max_pool], dim=-1))
+        return self.project(_masked_mean_max(x, pooled_mask))
 
 
 class VisualEncoder(nn.Module):
@@ -365,6 +420,7 @@ class MoodreelModel(nn.Module):
         parameters = dict(self.named_parameters())
         for prefix, pretrained, modality in (
             ("text.backbone.", self.config.text_is_pretrained, "text"),
+            ("audio.backbone.", self.config.audio_is_pretrained, "audio"),
             ("visual.backbone.", self.config.visual_is_pretrained, "visual"),
         ):
             if not pretrained:

@@ -44,6 +44,28 @@ TINY_VISUAL_CONFIG = {
 }
 
 
+def tiny_speech_encoder_config(spec: FeatureSpec) -> dict:
+    """A Whisper-shaped speech encoder (random weights) that reads ``spec``'s log-mels whole."""
+    return {
+        "model_type": "whisper",
+        "num_mel_bins": spec.n_mels,
+        "max_source_positions": spec.max_audio_frames // 2,
+        "d_model": 16,
+        "encoder_layers": 1,
+        "encoder_attention_heads": 2,
+        "encoder_ffn_dim": 32,
+        "decoder_layers": 1,
+        "decoder_attention_heads": 2,
+        "decoder_ffn_dim": 32,
+        "max_target_positions": 8,
+        "vocab_size": 64,
+        "pad_token_id": 0,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "decoder_start_token_id": 1,
+    }
+
+
 def tiny_model_config(spec: FeatureSpec, **changes) -> ModelConfig:
     config = ModelConfig(
         text_encoder="",

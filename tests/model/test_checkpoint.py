@@ -14,7 +14,12 @@ from services.model.checkpoint import (
     save_checkpoint,
 )
 from services.model.network import MoodreelModel
-from services.model.testing import TINY_SPEC, build_tiny_checkpoint, tiny_model_config
+from services.model.testing import (
+    TINY_SPEC,
+    build_tiny_checkpoint,
+    tiny_model_config,
+    tiny_speech_encoder_config,
+)
 from tests.model.helpers import random_inputs
 
 MASKS = [[True, True, True], [True, False, False], [False, True, True], [False, False, True]]
@@ -97,6 +102,39 @@ def test_pretrained_base_is_rebuilt_not_stored(tmp_path, local_base_encoder, mod
         assert not text_stored
     assert "text.backbone.embeddings.word_embeddings.weight" not in stored
     assert_same(outputs(model), outputs(load_checkpoint(tmp_path).model))
+
+
+@pytest.mark.parametrize("train_backbone", [False, True])
+def test_pretrained_speech_encoder_is_rebuilt_unless_trained(tmp_path, train_backbone):
+    """A Whisper-style speech encoder from a local directory: frozen, only the projection and
+    heads are stored; fine-tuned, its weights are stored too. Both reload to the same outputs."""
+    from transformers import AutoConfig, AutoModel
+
+    encoder_config = dict(tiny_speech_encoder_config(TINY_SPEC))
+    torch.manual_seed(2)
+    base = AutoModel.from_config(AutoConfig.for_model(encoder_config.pop("model_type"), **encoder_config))
+    base.save_pretrained(tmp_path / "speech-encoder")
+    config = tiny_model_config(
+        TINY_SPEC,
+        audio_backbone="transformers",
+        audio_encoder=str(tmp_path / "speech-encoder"),
+        audio_train_backbone=train_backbone,
+    )
+    torch.manual_seed(0)
+    model = MoodreelModel(config)
+    with torch.no_grad():
+        for parameter in model.audio.backbone.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.05)
+    save_checkpoint(tmp_path / "checkpoint", model, TINY_SPEC, {})
+    stored = set(load_file(tmp_path / "checkpoint" / WEIGHTS_FILE))
+    backbone_stored = {name for name in stored if name.startswith("audio.backbone.")}
+    assert bool(backbone_stored) == train_backbone
+    assert not any(".decoder." in name for name in stored)  # only the encoder is kept
+    assert {"audio.project.1.weight", "modality_emotion_heads.1.weight"} <= stored
+    document = json.loads((tmp_path / "checkpoint" / META_FILE).read_text())
+    assert document["weights"]["base_rebuilt_from"]["audio"] == str(tmp_path / "speech-encoder")
+    assert_same(outputs(model), outputs(load_checkpoint(tmp_path / "checkpoint").model))
 
 
 def test_float16_storage_halves_the_file_and_stays_close(tmp_path):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from services.model.network import MoodreelModel, inputs_from_bundle
-from services.model.testing import TINY_SPEC, tiny_model_config
+from services.model.testing import TINY_SPEC, tiny_model_config, tiny_speech_encoder_config
 from shared.bundle import FeatureBundle, UtteranceMeta
 from shared.labels import MODALITIES
 from tests.model.helpers import random_inputs
@@ -189,3 +189,43 @@ def test_audio_convs_per_stage_add_depth_not_shape():
             deep.audio(inputs.log_mel, inputs.audio_mask).shape
             == shallow.audio(inputs.log_mel, inputs.audio_mask).shape
         )
+
+
+def speech_encoder_model(**changes) -> MoodreelModel:
+    return build(
+        audio_backbone="transformers", audio_encoder_config=tiny_speech_encoder_config(TINY_SPEC), **changes
+    )
+
+
+def test_speech_encoder_ignores_padding_and_reads_the_speech():
+    model = speech_encoder_model()
+    inputs = random_inputs(TINY_SPEC, [[False, True, False]] * 2)
+    padding = ~inputs.audio_mask[:, None, :]
+    with torch.no_grad():
+        plain = model(inputs).modality_emotion_logits[:, 1]
+        inputs.log_mel = inputs.log_mel.masked_fill(padding, 3.0)  # loud "sound" in the padding
+        padded = model(inputs).modality_emotion_logits[:, 1]
+        inputs.log_mel = inputs.log_mel.masked_fill(~padding, 0.5)  # the speech itself changed
+        changed = model(inputs).modality_emotion_logits[:, 1]
+    torch.testing.assert_close(plain, padded)
+    assert not torch.allclose(plain, changed)
+
+
+def test_speech_encoder_trains_or_stays_frozen():
+    for train_backbone in (True, False):
+        model = speech_encoder_model(audio_train_backbone=train_backbone).train()
+        output = model(random_inputs(TINY_SPEC, [[False, True, False]] * 3))
+        output.modality_emotion_logits[:, 1].sum().backward()
+        grads = [p.grad for p in model.audio.backbone.parameters()]
+        assert any(g is not None and g.abs().sum() > 0 for g in grads) == train_backbone
+        assert model.audio.project[1].weight.grad.abs().sum() > 0
+
+
+def test_speech_encoder_refuses_features_with_other_mel_bins():
+    model = build(
+        audio_backbone="transformers",
+        audio_encoder_config=tiny_speech_encoder_config(TINY_SPEC) | {"num_mel_bins": TINY_SPEC.n_mels + 16},
+    )
+    inputs = random_inputs(TINY_SPEC, [[False, True, False]])
+    with pytest.raises(ValueError, match="set the FeatureSpec's n_mels to 80"):
+        model(inputs)
