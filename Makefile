@@ -58,8 +58,9 @@ train-text: install
 	  --publish-dir services/model/checkpoints/default 2>&1 | tee var/logs/train-text.log
 
 # The combined default (docs/audio.md): the audio branch learned on RAVDESS, then put beside the
-# committed text branch with the fusion retrained on MELD text + RAVDESS audio rows (both encoders
-# frozen); niced, 2 CPU threads, published if the weights fit 15 MB.
+# committed text branch and fusion (frozen: MELD's text numbers stay exactly the text checkpoint's)
+# with only the audio heads and the audio fusion adapter trained; niced, 2 CPU threads, published
+# if the weights fit 15 MB.
 TRAIN_AUDIO_DIR ?= var/train/audio-ravdess
 TRAIN_DEFAULT_DIR ?= var/train/default
 .PHONY: train-default

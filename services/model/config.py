@@ -71,6 +71,11 @@ class ModelConfig:
     dropout: float = 0.2
     # Probability, per present modality and sample, of hiding it during training.
     modality_dropout: float = 0.15
+    # Per-modality adapters into the fusion's first layer, fed (embedding - absent embedding) of the
+    # rows where the modality is used and zero-initialised: with the fusion frozen, they let a new
+    # branch (audio beside a trained text branch) speak to it while an input without that modality
+    # gets exactly the old output.
+    fusion_adapters: bool = False
     # Modalities whose encoder was trained; an untrained one is treated as absent at inference.
     trained_modalities: tuple[str, ...] = MODALITIES
 

@@ -67,7 +67,12 @@ def render_model_card(
         + ", mean-pooled over the utterance's tokens; dialogue context: "
         + (f"{spec.context_turns} turn(s) either side as a second segment" if spec.context_turns else "none")
         + f", {spec.max_tokens} tokens at most",
-        f"- audio: CNN over {spec.n_mels}-bin log-mel at {spec.sample_rate} Hz (masked pooling)",
+        (
+            f"- audio: speech encoder `{config.audio_encoder or 'inline config'}` over {spec.n_mels}-bin "
+            f"log-mel at {spec.sample_rate} Hz (masked pooling)"
+            if config.audio_backbone == "transformers"
+            else f"- audio: CNN over {spec.n_mels}-bin log-mel at {spec.sample_rate} Hz (masked pooling)"
+        ),
         (
             f"- visual: {config.visual_backbone} backbone per frame ({spec.frames_per_utterance} frames of "
             f"{spec.frame_size}x{spec.frame_size} RGB, ImageNet normalisation), mean+max over time"
@@ -76,7 +81,13 @@ def render_model_card(
         ),
         f"- late fusion: concatenated {config.embed_dim}-d modality embeddings (learned 'absent' "
         f"embedding for a missing modality) -> 2 dense layers of {config.fusion_hidden} -> emotion "
-        "and sentiment heads; each modality also has its own heads",
+        "and sentiment heads; each modality also has its own heads"
+        + (
+            "; per-modality fusion adapters add what a present modality contributes to a frozen "
+            "fusion, so an input without it gets exactly the fusion's earlier output"
+            if config.fusion_adapters
+            else ""
+        ),
         f"- feature spec hash: `{spec.hash}`",
         "",
         "## Data",

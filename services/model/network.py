@@ -346,6 +346,14 @@ class MoodreelModel(nn.Module):
             nn.GELU(),
             nn.Dropout(config.dropout),
         )
+        self.fusion_adapters = (
+            nn.ModuleList(nn.Linear(dim, config.fusion_hidden, bias=False) for _ in MODALITIES)
+            if config.fusion_adapters
+            else None
+        )
+        if self.fusion_adapters is not None:
+            for adapter in self.fusion_adapters:
+                nn.init.zeros_(adapter.weight)
         self.emotion_head = nn.Linear(config.fusion_hidden, len(EMOTIONS))
         self.sentiment_head = nn.Linear(config.fusion_hidden, len(SENTIMENTS))
         self.modality_emotion_heads = nn.ModuleList(nn.Linear(dim, len(EMOTIONS)) for _ in MODALITIES)
@@ -392,8 +400,8 @@ class MoodreelModel(nn.Module):
                 encoded = self._encode(index, inputs, rows).to(embedding.dtype)
                 embedding = embedding.index_copy(0, rows, encoded)
             embeddings.append(embedding)
-        fused = self.fusion(torch.cat(embeddings, dim=-1))
-        weights = used.unsqueeze(-1).to(fused.dtype)
+        weights = used.unsqueeze(-1).to(embeddings[0].dtype)
+        fused = self._fuse(embeddings, weights)
         modality_emotion = torch.stack(
             [head(e) for head, e in zip(self.modality_emotion_heads, embeddings, strict=True)], dim=1
         )
@@ -412,6 +420,15 @@ class MoodreelModel(nn.Module):
                 else None
             ),
         )
+
+    def _fuse(self, embeddings: list[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+        if self.fusion_adapters is None:
+            return self.fusion(torch.cat(embeddings, dim=-1))
+        hidden = self.fusion[0](torch.cat(embeddings, dim=-1))
+        for index, adapter in enumerate(self.fusion_adapters):
+            # Exactly zero for a row without the modality, whatever the adapter learned.
+            hidden = hidden + adapter((embeddings[index] - self.absent[index]) * weights[:, index])
+        return self.fusion[1:](hidden)
 
     def base_state_names(self) -> set[str]:
         """State entries that come unchanged from a pretrained base: rebuilt, not stored."""

@@ -306,13 +306,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-# Parameter-name prefixes of each part `TrainConfig.freeze` can name; a modality's own heads
-# belong to it, so a frozen text branch also keeps its own text scores.
+# Parameter-name prefixes of each part `TrainConfig.freeze` can name; a modality's own heads and
+# fusion adapter belong to it, so a frozen text branch also keeps its own text scores and the
+# fused output of text-only input.
 FREEZABLE_PARTS = {
-    "text": ("text.", "modality_emotion_heads.0.", "modality_sentiment_heads.0."),
-    "audio": ("audio.", "speech_head.", "modality_emotion_heads.1.", "modality_sentiment_heads.1."),
-    "visual": ("visual.", "modality_emotion_heads.2.", "modality_sentiment_heads.2."),
+    "text": ("text.", "modality_emotion_heads.0.", "modality_sentiment_heads.0.", "fusion_adapters.0."),
+    "audio": (
+        "audio.",
+        "speech_head.",
+        "modality_emotion_heads.1.",
+        "modality_sentiment_heads.1.",
+        "fusion_adapters.1.",
+    ),
+    "visual": ("visual.", "modality_emotion_heads.2.", "modality_sentiment_heads.2.", "fusion_adapters.2."),
     "fusion": ("fusion.", "absent", "emotion_head.", "sentiment_head."),
+    # A modality's encoder alone (the audio one with its 8-class speech head), without its heads
+    # and fusion adapter: frozen, the adapter can still learn to pass it to a frozen fusion.
+    "text_encoder": ("text.",),
+    "audio_encoder": ("audio.", "speech_head."),
+    "visual_encoder": ("visual.",),
 }
 
 
@@ -832,8 +844,9 @@ PRESETS: dict[str, dict[str, str]] = {
 
 # The combined default (`make train-default`, docs/audio.md), in two runs: the audio branch learns
 # RAVDESS's eight emotions (training actors, selected on actors 17-20), then it is put beside the
-# committed text branch and, both encoders frozen, the fusion learns from MELD text rows and
-# RAVDESS audio rows; MELD's text scores of the text branch stay exactly as they were.
+# committed text branch and fusion, both frozen, and the audio branch learns to speak to that
+# fusion through its RAVDESS rows. A frozen fusion with a frozen "absent audio" embedding gives a
+# text-only input exactly the text checkpoint's output, so MELD's text numbers cannot drop.
 SPEECH_AUDIO_CHANNELS = "24,48,96"
 # Chosen on dev actors 17-20 (docs/audio.md): lr 3e-3 for 50 epochs (the cosine schedule's whole
 # length; selection keeps the best epoch), and vocal-tract + tempo stretches of up to 10 %, which
@@ -859,9 +872,12 @@ PRESETS["text-audio-default"] = {
     "checkpoint_name": "moodreel-text-audio",
     "sources": "meld,ravdess",
     "modalities": "text,audio",
-    "freeze": "text,audio",
-    "epochs": "4",
-    "patience": "2",
+    "freeze": "text,fusion,audio_encoder",
+    "model.fusion_adapters": "true",
+    "epochs": "10",
+    "patience": "4",
+    "speech_frequency_warp": "0.1",
+    "speech_tempo": "0.1",
     "max_minutes": "20",
     "threads": "2",
     "weights_dtype": "float16",

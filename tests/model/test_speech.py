@@ -12,6 +12,7 @@ import torch
 
 from services.model.checkpoint import load_checkpoint
 from services.model.data.examples import ExampleSet
+from services.model.data.meld import load_text_examples
 from services.model.data.speech import (
     RAVDESS_DEV_ACTORS,
     RAVDESS_EMOTIONS,
@@ -382,3 +383,66 @@ def test_frequency_warp_and_tempo_move_a_band_and_stretch_the_speech():
         gain_db=0.0, noise_probability=0.0, max_shift_frames=0, freq_masks=0, time_masks=0, crop_frames=0
     )(mel, mask, generator)
     assert torch.equal(same_mask, mask) and torch.allclose(unchanged, mel)
+
+
+def test_fusion_adapter_recipe_keeps_text_only_outputs_exactly(speech_settings, mini_meld, tmp_path):
+    """The default's recipe in miniature: the text checkpoint's text branch and fusion frozen, the
+    audio run's encoder frozen, only the audio branch's heads and its fusion adapter learn. A
+    text-only input then gets bit for bit the text checkpoint's output; an audio input reaches the
+    fused heads through the adapter."""
+    from services.model.testing import build_tiny_checkpoint
+
+    text_checkpoint = build_tiny_checkpoint(tmp_path / "text", spec=TINY_SPEC)
+    audio_checkpoint = train(
+        TrainConfig(
+            output_dir=tmp_path / "audio",
+            sources=("ravdess",),
+            modalities=("audio",),
+            epochs=1,
+            batch_size=4,
+            progress=False,
+            evaluate_test=False,
+            model=tiny_model_config(TINY_SPEC),
+            spec=TINY_SPEC,
+        )
+    )
+    combined = train(
+        TrainConfig(
+            output_dir=tmp_path / "combined",
+            sources=("meld", "ravdess"),
+            modalities=("text", "audio"),
+            init_from=(f"text+fusion={text_checkpoint}", f"audio={audio_checkpoint}"),
+            freeze=("text", "fusion", "audio_encoder"),
+            model=tiny_model_config(TINY_SPEC, fusion_adapters=True),
+            epochs=2,
+            batch_size=4,
+            lr_fusion=1e-2,
+            progress=False,
+            meld_dir=mini_meld,
+            cache_dir=tmp_path / "cache",
+        )
+    )
+    result = load_checkpoint(combined).model
+    state = result.state_dict()
+    audio_state = load_checkpoint(audio_checkpoint).model.state_dict()
+    for name in (k for k in audio_state if k.startswith(("audio.", "speech_head."))):
+        torch.testing.assert_close(state[name].float(), audio_state[name].float(), msg=name)
+    assert state["fusion_adapters.1.weight"].abs().sum() > 0  # the audio adapter learned
+    assert state["fusion_adapters.0.weight"].abs().sum() == 0  # the text one stayed frozen at zero
+
+    text_model = load_checkpoint(text_checkpoint).model
+    meld = load_text_examples(mini_meld, "test", TINY_SPEC, tmp_path / "cache")
+    batch = meld.batch(torch.arange(len(meld)))
+    with torch.no_grad():
+        before, after = text_model(batch.inputs), result(batch.inputs)
+    assert torch.equal(before.emotion_logits, after.emotion_logits)
+    assert torch.equal(before.sentiment_logits, after.sentiment_logits)
+
+    speech = speech_examples("ravdess", "test", TINY_SPEC)
+    speech_batch = speech.batch(torch.arange(len(speech)))
+    adapterless = load_checkpoint(combined).model
+    with torch.no_grad():
+        adapterless.fusion_adapters[MODALITIES.index("audio")].weight.zero_()
+        with_adapter = result(speech_batch.inputs).emotion_logits
+        without_adapter = adapterless(speech_batch.inputs).emotion_logits
+    assert not torch.allclose(with_adapter, without_adapter)
