@@ -216,8 +216,9 @@ class SpeechTransformerBackbone(nn.Module):
         x = F.pad(x[..., : self.input_frames], (0, padding))
         mask = F.pad(mask[:, : self.input_frames].float(), (0, padding)) > 0.5  # [B, L]
         peak = x.masked_fill(~mask[:, None, :], float("-inf")).amax((1, 2), keepdim=True)
-        # -1.5 is Whisper's value for digital silence (log10 of its 1e-10 floor, then (x + 4) / 4).
-        floor = torch.where(torch.isfinite(peak), peak - 2.0, torch.full_like(peak, -1.5))
+        # Whisper's floor: 8 decades (2.0 on this scale) below the peak, never below -1.5, its value
+        # for digital silence (log10 of its 1e-10 clamp, then (x + 4) / 4).
+        floor = torch.where(torch.isfinite(peak), peak - 2.0, torch.full_like(peak, -1.5)).clamp(min=-1.5)
         x = torch.where(mask[:, None, :], x, floor)
         states = self.encoder(input_features=x).last_hidden_state.transpose(1, 2)  # [B, D, L/2]
         pooled_mask = F.max_pool1d(mask[:, None, :].float(), 2, 2)[..., : states.shape[-1]]

@@ -328,6 +328,17 @@ FREEZABLE_PARTS = {
 }
 
 
+def part_modality(part: str) -> str | None:
+    """The modality a freezable part belongs to ("audio_encoder" -> "audio"; "fusion" -> None)."""
+    modality = part.removesuffix("_encoder")
+    return modality if modality in MODALITIES else None
+
+
+# A pretrained backbone's weights keep requires_grad even when frozen: that is how the checkpoint
+# tells weights it must store (trained at some point) from the base it rebuilds from the package.
+PRETRAINED_BACKBONES = ("text.backbone.", "audio.backbone.", "visual.backbone.")
+
+
 def frozen_parameters(model: MoodreelModel, parts: tuple[str, ...]) -> set[int]:
     """ids of the parameters of ``parts``: left out of the optimiser (they keep requires_grad, so
     the checkpoint still stores them as trained weights)."""
@@ -444,17 +455,28 @@ def _initial_checkpoints(config: TrainConfig) -> list[tuple[tuple[str, ...], obj
     return loaded
 
 
-def _model_config(config: TrainConfig, initial) -> ModelConfig:
-    """The initial checkpoint's ModelConfig with the fields this run sets explicitly (those that
-    differ from the defaults) applied on top; without one, the run's own."""
-    if initial is None:
+# ModelConfig fields that shape each modality's branch: they come from the checkpoint that
+# supplies the branch, so an audio run's architecture travels with its weights.
+_BRANCH_FIELDS = {"text": ("text_",), "audio": ("audio_", "speech_labels"), "visual": ("visual_",)}
+
+
+def _model_config(config: TrainConfig, initial_checkpoints) -> ModelConfig:
+    """The first initial checkpoint's ModelConfig, each later entry's branch fields for the parts
+    it supplies, then the fields this run sets explicitly (those that differ from the defaults);
+    without initial checkpoints, the run's own."""
+    if not initial_checkpoints:
         return config.model
+    values = initial_checkpoints[0][1].config.to_dict()
+    for parts, loaded in initial_checkpoints[1:]:
+        modalities = {part_modality(part) for part in parts} - {None} if parts else set(MODALITIES)
+        prefixes = tuple(prefix for modality in modalities for prefix in _BRANCH_FIELDS[modality])
+        values |= {k: v for k, v in loaded.config.to_dict().items() if prefixes and k.startswith(prefixes)}
     defaults = ModelConfig().to_dict()
     explicit = {k: v for k, v in config.model.to_dict().items() if v != defaults[k]}
-    return initial.config.replace(**explicit)
+    return ModelConfig.from_dict(values | explicit)
 
 
-def _load_initial_weights(model: MoodreelModel, initial: MoodreelModel, parts: tuple[str, ...]) -> None:
+def _load_initial_weights(model: MoodreelModel, initial: MoodreelModel, parts: tuple[str, ...]) -> set[str]:
     """Copy every weight of ``parts`` (all if empty) whose name and shape match; the rest starts
     fresh, so a run that takes only "text" rebuilds the same model whatever else the checkpoint has."""
     own = model.state_dict()
@@ -466,6 +488,22 @@ def _load_initial_weights(model: MoodreelModel, initial: MoodreelModel, parts: t
     }
     model.load_state_dict(matching, strict=False)
     log.info("initial_weights", loaded=len(matching), fresh=len(own) - len(matching))
+    return set(matching)
+
+
+def _check_frozen_parts_loaded(model: MoodreelModel, frozen: set[int], loaded: set[str]) -> None:
+    """A frozen weight that no initial checkpoint supplied would stay at its random start: refuse.
+    Fusion adapters are exempt: a checkpoint without them has none, which is what zero means."""
+    missing = [
+        name
+        for name, parameter in model.named_parameters()
+        if id(parameter) in frozen and name not in loaded and not name.startswith("fusion_adapters.")
+    ]
+    if missing:
+        raise ValueError(
+            f"frozen weights not supplied by any init_from checkpoint (different architecture?): "
+            f"{missing[:5]}{' ...' if len(missing) > 5 else ''}"
+        )
 
 
 def train(config: TrainConfig) -> Path:
@@ -492,23 +530,26 @@ def train(config: TrainConfig) -> Path:
         modality
         for parts, loaded in initial_checkpoints
         for modality in loaded.config.trained_modalities
-        if not parts or modality in parts
+        if not parts or modality in {part_modality(part) for part in parts}
     }
     trained = tuple(m for m in MODALITIES if (m in config.modalities and m in provided) or m in kept)
     if not trained:
         raise ValueError(f"no source provides any of the modalities {config.modalities}")
-    model_config = _model_config(config, initial).replace(trained_modalities=trained)
+    model_config = _model_config(config, initial_checkpoints).replace(trained_modalities=trained)
     if train_set.speech is not None:
         model_config = model_config.replace(speech_labels=RAVDESS_EMOTIONS)
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     model = MoodreelModel(model_config)
+    loaded_names: set[str] = set()
     for parts, loaded in initial_checkpoints:
-        _load_initial_weights(model, loaded.model, parts)
+        loaded_names |= _load_initial_weights(model, loaded.model, parts)
     frozen = frozen_parameters(model, config.freeze)
+    if initial_checkpoints:
+        _check_frozen_parts_loaded(model, frozen, loaded_names)
     for name, parameter in model.named_parameters():
-        # Frozen weights need no gradient; a pretrained text backbone keeps requires_grad, which
-        # is how the checkpoint tells its trained layers from the base it rebuilds.
-        if id(parameter) in frozen and not name.startswith("text.backbone."):
+        # Frozen weights need no gradient (a pretrained backbone's keep the flag: see
+        # PRETRAINED_BACKBONES); the optimiser never sees any of them.
+        if id(parameter) in frozen and not name.startswith(PRETRAINED_BACKBONES):
             parameter.requires_grad_(False)
     for modality in MODALITIES:
         if modality not in trained:
@@ -520,7 +561,7 @@ def train(config: TrainConfig) -> Path:
         and "text" in trained
         and model_config.text_train_mode in ("frozen", "top_layers")
     )
-    if use_cache and "text" in config.freeze:
+    if use_cache and {"text", "text_encoder"} & set(config.freeze):
         # A frozen text branch is constant: cache the last layer, so epochs run none of them.
         model.text.frozen_depth = model.text.layer_count
     if use_cache:
@@ -551,6 +592,8 @@ def train(config: TrainConfig) -> Path:
         else None
     )
     optimizer = build_optimizer(model, config)
+    # Only what the optimiser updates is clipped: a frozen backbone's gradients must not shrink it.
+    optimized = [p for group in optimizer.param_groups for p in group["params"]]
     steps_per_epoch = math.ceil(len(train_set) / distributed.world / config.batch_size)
     plan = WarmupCosine(steps_per_epoch * config.epochs, config.warmup_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, plan)
@@ -588,7 +631,7 @@ def train(config: TrainConfig) -> Path:
             terms = criterion(output, batch.emotion.to(device), batch.sentiment.to(device), speech)
             optimizer.zero_grad(set_to_none=True)
             terms.total.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            torch.nn.utils.clip_grad_norm_(optimized, config.grad_clip)
             optimizer.step()
             scheduler.step()
             step += 1

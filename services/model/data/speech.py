@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.numpy import load_file, save_file
 
 from shared.features.spec import FeatureSpec
@@ -374,9 +375,8 @@ class SpeechAugment:
 
     def _warp(self, x: torch.Tensor, mask: torch.Tensor, uniform) -> tuple[torch.Tensor, torch.Tensor]:
         """Stretch each row's mel and time axes by random factors, anchored at the lowest bin and
-        the first frame (speech keeps its start; what is pushed past the end is dropped)."""
-        import torch.nn.functional as F
-
+        at frame 0 (speech that starts late moves with the stretch; what is pushed past the end is
+        dropped)."""
         rows = x.shape[0]
         # A factor s samples input position s * output position: s < 1 stretches the image.
         frequency = torch.exp(uniform(-self.frequency_warp, self.frequency_warp, rows))
