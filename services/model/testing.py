@@ -81,6 +81,19 @@ def tiny_model_config(spec: FeatureSpec, **changes) -> ModelConfig:
     return config.replace(**changes)
 
 
+def save_tiny_pretrained(inline_config: dict, directory: Path, *, seed: int = 0) -> Path:
+    """A pretrained-style model directory (``save_pretrained``, random weights) from an inline
+    config: what a hub name or local path gives, without the hub."""
+    from transformers import AutoConfig, AutoModel
+
+    config = dict(inline_config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModel.from_config(AutoConfig.for_model(config.pop("model_type"), **config))
+    model.save_pretrained(directory)
+    return Path(directory)
+
+
 def build_tiny_checkpoint(directory: Path, spec: FeatureSpec | None = None, *, seed: int = 0) -> Path:
     """Write a deterministic random-weight checkpoint (same seed, same weights) and return its path."""
     spec = spec or TINY_SPEC

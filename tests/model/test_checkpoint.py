@@ -17,6 +17,7 @@ from services.model.network import MoodreelModel
 from services.model.testing import (
     TINY_SPEC,
     build_tiny_checkpoint,
+    save_tiny_pretrained,
     tiny_model_config,
     tiny_speech_encoder_config,
 )
@@ -66,17 +67,19 @@ def test_tiny_checkpoint_is_small_deterministic_and_loads(tmp_path):
     assert outputs(loaded_a.model).modalities_used.tolist() == MASKS
 
 
+def pretend_trained(module: torch.nn.Module) -> None:
+    """Change every trainable weight of ``module``, as training would."""
+    with torch.no_grad():
+        for parameter in module.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.05)
+
+
 @pytest.fixture(scope="module")
 def local_base_encoder(tmp_path_factory):
     """A pretrained-style encoder directory (save_pretrained), standing in for a package's model."""
-    from transformers import AutoConfig, AutoModel
-
-    config = dict(tiny_model_config(TINY_SPEC).text_encoder_config)
-    torch.manual_seed(1)
-    model = AutoModel.from_config(AutoConfig.for_model(config.pop("model_type"), **config))
-    path = tmp_path_factory.mktemp("base-encoder")
-    model.save_pretrained(path)
-    return path
+    config = tiny_model_config(TINY_SPEC).text_encoder_config
+    return save_tiny_pretrained(config, tmp_path_factory.mktemp("base-encoder"), seed=1)
 
 
 @pytest.mark.parametrize("mode", ["top_layers", "lora", "frozen"])
@@ -86,11 +89,7 @@ def test_pretrained_base_is_rebuilt_not_stored(tmp_path, local_base_encoder, mod
     ).replace(text_train_layers=1)
     torch.manual_seed(0)
     model = MoodreelModel(config)
-    # Pretend training changed the trainable text weights.
-    with torch.no_grad():
-        for parameter in model.text.backbone.parameters():
-            if parameter.requires_grad:
-                parameter.add_(0.05)
+    pretend_trained(model.text.backbone)
     save_checkpoint(tmp_path, model, TINY_SPEC, {})
     stored = set(load_file(tmp_path / WEIGHTS_FILE))
     text_stored = {name for name in stored if name.startswith("text.backbone.")}
@@ -108,12 +107,7 @@ def test_pretrained_base_is_rebuilt_not_stored(tmp_path, local_base_encoder, mod
 def test_pretrained_speech_encoder_is_rebuilt_unless_trained(tmp_path, train_backbone):
     """A Whisper-style speech encoder from a local directory: frozen, only the projection and
     heads are stored; fine-tuned, its weights are stored too. Both reload to the same outputs."""
-    from transformers import AutoConfig, AutoModel
-
-    encoder_config = dict(tiny_speech_encoder_config(TINY_SPEC))
-    torch.manual_seed(2)
-    base = AutoModel.from_config(AutoConfig.for_model(encoder_config.pop("model_type"), **encoder_config))
-    base.save_pretrained(tmp_path / "speech-encoder")
+    save_tiny_pretrained(tiny_speech_encoder_config(TINY_SPEC), tmp_path / "speech-encoder", seed=2)
     config = tiny_model_config(
         TINY_SPEC,
         audio_backbone="transformers",
@@ -122,10 +116,7 @@ def test_pretrained_speech_encoder_is_rebuilt_unless_trained(tmp_path, train_bac
     )
     torch.manual_seed(0)
     model = MoodreelModel(config)
-    with torch.no_grad():
-        for parameter in model.audio.backbone.parameters():
-            if parameter.requires_grad:
-                parameter.add_(0.05)
+    pretend_trained(model.audio.backbone)
     save_checkpoint(tmp_path / "checkpoint", model, TINY_SPEC, {})
     stored = set(load_file(tmp_path / "checkpoint" / WEIGHTS_FILE))
     backbone_stored = {name for name in stored if name.startswith("audio.backbone.")}

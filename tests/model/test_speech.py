@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from services.model.checkpoint import load_checkpoint
+from services.model.config import ModelConfig
 from services.model.data.examples import ExampleSet
 from services.model.data.meld import load_text_examples
 from services.model.data.speech import (
@@ -259,19 +260,43 @@ def test_loss_falls_on_a_handful_of_speech_clips(speech_settings, backbone):
     assert losses[-1] < AUDIO_BACKBONES[backbone][1] * losses[0]
 
 
-def test_train_on_speech_source_reports_held_out_actors(speech_settings, tmp_path):
-    config = TrainConfig(
-        output_dir=tmp_path / "run",
-        sources=("ravdess",),
-        modalities=("audio",),
-        epochs=2,
-        batch_size=4,
-        progress=False,
-        evaluate_test=True,
-        model=tiny_model_config(TINY_SPEC),
-        spec=TINY_SPEC,
+def audio_run(directory: Path, model: ModelConfig | None = None, **changes) -> Path:
+    """A short audio-only RAVDESS run: the first half of the default's recipe, in miniature."""
+    settings = {"epochs": 1, "evaluate_test": False} | changes
+    return train(
+        TrainConfig(
+            output_dir=directory,
+            sources=("ravdess",),
+            modalities=("audio",),
+            batch_size=4,
+            progress=False,
+            model=model or tiny_model_config(TINY_SPEC),
+            spec=TINY_SPEC,
+            **settings,
+        )
     )
-    checkpoint = train(config)
+
+
+def combined_run(directory: Path, text: Path, audio: Path, meld_dir: Path, **changes) -> Path:
+    """The second half: a text checkpoint's text branch and fusion beside an audio run's branch,
+    trained on MELD text rows + RAVDESS audio rows."""
+    return train(
+        TrainConfig(
+            output_dir=directory,
+            sources=("meld", "ravdess"),
+            modalities=("text", "audio"),
+            init_from=(f"text+fusion={text}", f"audio={audio}"),
+            batch_size=4,
+            progress=False,
+            meld_dir=meld_dir,
+            cache_dir=directory.parent / "cache",
+            **changes,
+        )
+    )
+
+
+def test_train_on_speech_source_reports_held_out_actors(speech_settings, tmp_path):
+    checkpoint = audio_run(tmp_path / "run", epochs=2, evaluate_test=True)
     loaded = load_checkpoint(checkpoint)
     assert loaded.config.trained_modalities == ("audio",)
     assert loaded.config.speech_labels == RAVDESS_EMOTIONS
@@ -283,38 +308,21 @@ def test_train_on_speech_source_reports_held_out_actors(speech_settings, tmp_pat
 
 
 def test_combined_training_keeps_frozen_branches_and_learns_fusion(speech_settings, mini_meld, tmp_path):
-    """The default's recipe in miniature: a text checkpoint's text branch + fusion and an audio
-    run's audio branch, both encoders frozen, fusion trained on MELD text rows + RAVDESS audio rows."""
+    """The other way to combine branches: a text checkpoint's text branch + fusion and an audio
+    run's audio branch, both encoders frozen, the whole fusion retrained on MELD text rows +
+    RAVDESS audio rows (the first default's recipe; it may move text-only results)."""
     from services.model.testing import build_tiny_checkpoint
 
     text_checkpoint = build_tiny_checkpoint(tmp_path / "text", spec=TINY_SPEC)
-    audio_checkpoint = train(
-        TrainConfig(
-            output_dir=tmp_path / "audio",
-            sources=("ravdess",),
-            modalities=("audio",),
-            epochs=1,
-            batch_size=4,
-            progress=False,
-            evaluate_test=False,
-            model=tiny_model_config(TINY_SPEC),
-            spec=TINY_SPEC,
-        )
-    )
-    combined = train(
-        TrainConfig(
-            output_dir=tmp_path / "combined",
-            sources=("meld", "ravdess"),
-            modalities=("text", "audio"),
-            init_from=(f"text+fusion={text_checkpoint}", f"audio={audio_checkpoint}"),
-            freeze=("text", "audio"),
-            epochs=2,
-            batch_size=4,
-            lr_fusion=1e-2,
-            progress=False,
-            meld_dir=mini_meld,
-            cache_dir=tmp_path / "cache",
-        )
+    audio_checkpoint = audio_run(tmp_path / "audio")
+    combined = combined_run(
+        tmp_path / "combined",
+        text_checkpoint,
+        audio_checkpoint,
+        mini_meld,
+        freeze=("text", "audio"),
+        epochs=2,
+        lr_fusion=1e-2,
     )
     result = load_checkpoint(combined)
     assert result.config.trained_modalities == ("text", "audio")
@@ -336,7 +344,6 @@ def test_audio_only_checkpoint_with_a_pretrained_text_encoder_round_trips(tmp_pa
     """An audio-only run freezes the untrained text branch; its pretrained backbone is then base
     weights both when saving and when loading (they once disagreed on the top layers)."""
     from services.model.checkpoint import save_checkpoint
-    from services.model.config import ModelConfig
 
     config = ModelConfig(
         trained_modalities=("audio",),
@@ -394,34 +401,16 @@ def test_fusion_adapter_recipe_keeps_text_only_outputs_exactly(speech_settings, 
     from services.model.testing import build_tiny_checkpoint
 
     text_checkpoint = build_tiny_checkpoint(tmp_path / "text", spec=TINY_SPEC)
-    audio_checkpoint = train(
-        TrainConfig(
-            output_dir=tmp_path / "audio",
-            sources=("ravdess",),
-            modalities=("audio",),
-            epochs=1,
-            batch_size=4,
-            progress=False,
-            evaluate_test=False,
-            model=tiny_model_config(TINY_SPEC),
-            spec=TINY_SPEC,
-        )
-    )
-    combined = train(
-        TrainConfig(
-            output_dir=tmp_path / "combined",
-            sources=("meld", "ravdess"),
-            modalities=("text", "audio"),
-            init_from=(f"text+fusion={text_checkpoint}", f"audio={audio_checkpoint}"),
-            freeze=("text", "fusion", "audio_encoder"),
-            model=tiny_model_config(TINY_SPEC, fusion_adapters=True),
-            epochs=2,
-            batch_size=4,
-            lr_fusion=1e-2,
-            progress=False,
-            meld_dir=mini_meld,
-            cache_dir=tmp_path / "cache",
-        )
+    audio_checkpoint = audio_run(tmp_path / "audio")
+    combined = combined_run(
+        tmp_path / "combined",
+        text_checkpoint,
+        audio_checkpoint,
+        mini_meld,
+        freeze=("text", "fusion", "audio_encoder"),
+        model=ModelConfig(fusion_adapters=True),
+        epochs=2,
+        lr_fusion=1e-2,
     )
     result = load_checkpoint(combined).model
     state = result.state_dict()
@@ -455,46 +444,24 @@ def test_a_fine_tuned_speech_encoder_travels_frozen_into_the_combined_run(
     """Run 1 fine-tunes a pretrained (local) speech encoder; run 2 takes its branch beside a text
     checkpoint with the encoder frozen. The branch's architecture comes from run 1's checkpoint,
     the frozen fine-tuned weights are stored (not mistaken for the base) and the result loads."""
-    from transformers import AutoConfig, AutoModel
+    from services.model.testing import build_tiny_checkpoint, save_tiny_pretrained
 
-    from services.model.config import ModelConfig
-    from services.model.testing import build_tiny_checkpoint
-
-    encoder_config = dict(tiny_speech_encoder_config(TINY_SPEC))
-    torch.manual_seed(3)
-    AutoModel.from_config(
-        AutoConfig.for_model(encoder_config.pop("model_type"), **encoder_config)
-    ).save_pretrained(tmp_path / "speech-encoder")
-    audio_checkpoint = train(
-        TrainConfig(
-            output_dir=tmp_path / "audio",
-            sources=("ravdess",),
-            modalities=("audio",),
-            epochs=1,
-            batch_size=4,
-            progress=False,
-            evaluate_test=False,
-            model=tiny_model_config(
-                TINY_SPEC, audio_backbone="transformers", audio_encoder=str(tmp_path / "speech-encoder")
-            ),
-            spec=TINY_SPEC,
-        )
+    save_tiny_pretrained(tiny_speech_encoder_config(TINY_SPEC), tmp_path / "speech-encoder", seed=3)
+    audio_checkpoint = audio_run(
+        tmp_path / "audio",
+        tiny_model_config(
+            TINY_SPEC, audio_backbone="transformers", audio_encoder=str(tmp_path / "speech-encoder")
+        ),
     )
     text_checkpoint = build_tiny_checkpoint(tmp_path / "text", spec=TINY_SPEC)
-    combined = train(
-        TrainConfig(
-            output_dir=tmp_path / "combined",
-            sources=("meld", "ravdess"),
-            modalities=("text", "audio"),
-            init_from=(f"text+fusion={text_checkpoint}", f"audio={audio_checkpoint}"),
-            freeze=("text", "fusion", "audio_encoder"),
-            model=ModelConfig(fusion_adapters=True),  # only this differs from the defaults
-            epochs=1,
-            batch_size=4,
-            progress=False,
-            meld_dir=mini_meld,
-            cache_dir=tmp_path / "cache",
-        )
+    combined = combined_run(
+        tmp_path / "combined",
+        text_checkpoint,
+        audio_checkpoint,
+        mini_meld,
+        freeze=("text", "fusion", "audio_encoder"),
+        model=ModelConfig(fusion_adapters=True),  # only this differs from the defaults
+        epochs=1,
     )
     result = load_checkpoint(combined)
     assert result.config.audio_backbone == "transformers" and result.config.fusion_adapters
@@ -510,31 +477,11 @@ def test_a_fine_tuned_speech_encoder_travels_frozen_into_the_combined_run(
 def test_a_frozen_part_no_checkpoint_supplies_is_refused(speech_settings, tmp_path):
     """Freezing the audio encoder of a checkpoint whose audio CNN has another shape would keep random
     weights: refused instead."""
-    audio_checkpoint = train(
-        TrainConfig(
-            output_dir=tmp_path / "audio",
-            sources=("ravdess",),
-            modalities=("audio",),
-            epochs=1,
-            batch_size=4,
-            progress=False,
-            evaluate_test=False,
-            model=tiny_model_config(TINY_SPEC),
-            spec=TINY_SPEC,
-        )
-    )
+    audio_checkpoint = audio_run(tmp_path / "audio")
     with pytest.raises(ValueError, match="frozen weights not supplied"):
-        train(
-            TrainConfig(
-                output_dir=tmp_path / "again",
-                sources=("ravdess",),
-                modalities=("audio",),
-                init_from=(str(audio_checkpoint),),
-                freeze=("audio_encoder",),
-                model=tiny_model_config(TINY_SPEC, audio_channels=(8, 16, 32)),
-                epochs=1,
-                batch_size=4,
-                progress=False,
-                spec=TINY_SPEC,
-            )
+        audio_run(
+            tmp_path / "again",
+            tiny_model_config(TINY_SPEC, audio_channels=(8, 16, 32)),
+            init_from=(str(audio_checkpoint),),
+            freeze=("audio_encoder",),
         )
