@@ -5,20 +5,16 @@ rotation shared by concurrent requests."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
 
-from shared.settings import REPO_ROOT
 from tests.dashboard.helpers import PASSWORD, csrf_from, signed_in_client
-from tests.worker.stack import Process, free_port, http_ok
+from tests.fixtures.db import migrate
+from tests.worker import stack
 
 
 @pytest.fixture(scope="module")
@@ -34,17 +30,11 @@ def gateway(tmp_path_factory) -> Iterator[str]:
         # Above the gateway's 10 MB request-body limit, so the upload form's own bound is exercised.
         "MOODREEL_MAX_MEDIA_BYTES": "20000000",
     }
-    subprocess.run(
-        [str(Path(sys.executable).with_name("alembic")), "upgrade", "head"],
-        cwd=REPO_ROOT, env={**os.environ, **env}, check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
-    port = free_port()
-    argv = [str(Path(sys.executable).with_name("uvicorn")), "services.gateway.main:create_app", "--factory",
-            "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-    process = Process("gateway", argv, env, directory, http_ok(f"http://127.0.0.1:{port}/readyz"))
+    migrate(env["MOODREEL_DATABASE_URL"])
+    process = stack.gateway(env, directory)
     process.start(timeout=90)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{process.port}"
     finally:
         process.stop()
 

@@ -5,20 +5,17 @@ S3 server: the gateway presigns, the dashboard PUTs the file to the presigned UR
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import boto3
 import httpx
 import pytest
 from moto.server import ThreadedMotoServer
 
-from shared.settings import REPO_ROOT
 from tests.dashboard.helpers import csrf_from, signed_in_client
-from tests.worker.stack import Process, free_port, http_ok
+from tests.fixtures.db import migrate
+from tests.worker import stack
 
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -53,17 +50,11 @@ def s3_gateway(tmp_path_factory) -> Iterator[tuple[str, object, str]]:
         # As under compose: presigned URLs name an address the gateway itself cannot resolve.
         "MOODREEL_S3_PUBLIC_ENDPOINT_URL": f"http://moodreel-s3-public:{port}",
     }
-    subprocess.run(
-        [str(Path(sys.executable).with_name("alembic")), "upgrade", "head"],
-        cwd=REPO_ROOT, env={**os.environ, **env}, check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
-    gateway_port = free_port()
-    argv = [str(Path(sys.executable).with_name("uvicorn")), "services.gateway.main:create_app", "--factory",
-            "--host", "127.0.0.1", "--port", str(gateway_port)]  # fmt: skip
-    process = Process("gateway", argv, env, directory, http_ok(f"http://127.0.0.1:{gateway_port}/readyz"))
+    migrate(env["MOODREEL_DATABASE_URL"])
+    process = stack.gateway(env, directory)
     process.start(timeout=90)
     try:
-        yield f"http://127.0.0.1:{gateway_port}", s3, bucket
+        yield f"http://127.0.0.1:{process.port}", s3, bucket
     finally:
         process.stop()
         server.stop()

@@ -135,7 +135,10 @@ def test_filename_is_sanitised(client, api_key):
 s3_server = moto_s3.moto_s3_endpoint
 
 
-def test_presigned_s3_upload_against_moto(s3_server, sqlite_url, tmp_path, redis_client):
+@pytest.fixture
+def s3_gateway(s3_server, sqlite_url, tmp_path, redis_client):
+    """Settings for a gateway whose uploads go to a fresh bucket on moto's S3 server, and that
+    bucket's client; the gateway's Redis keys and queued jobs are removed afterwards."""
     from tests.fixtures.db import empty_all_tables, engine_for
     from tests.gateway.conftest import delete_prefixed_keys, delete_queued_jobs
 
@@ -147,65 +150,60 @@ def test_presigned_s3_upload_against_moto(s3_server, sqlite_url, tmp_path, redis
         sqlite_url, tmp_path, storage_backend="s3", s3_bucket=bucket, s3_endpoint_url=s3_server
     )
     try:
-        with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-            key = new_api_key(client, sign_up(client))["key"]
-            target = start_upload(client, key).json()
-            assert target["backend"] == "s3" and target["url"].startswith(s3_server)
-            query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(target["url"]).query))
-            assert {"content-length", "content-type"} <= set(query["X-Amz-SignedHeaders"].split(";"))
-            submit = {"upload_id": target["upload_id"]}
-            assert_problem(
-                client.post("/v1/analyses", json=submit, headers={"X-API-Key": key}), 409, "upload_incomplete"
-            )
-            put = httpx.put(target["url"], content=MEDIA, headers=target["headers"], timeout=30)
-            assert put.status_code == 200, put.text
-            listed = s3.list_objects_v2(Bucket=bucket)["Contents"]
-            assert len(listed) == 1 and listed[0]["Size"] == len(MEDIA)
-            object_key = listed[0]["Key"]
-            assert object_key.endswith(".mp4") and object_key.startswith("uploads/")
-            submitted = client.post("/v1/analyses", json=submit, headers={"X-API-Key": key})
-            assert submitted.status_code == 202, submitted.text
-            upload = client.get(f"/v1/uploads/{target['upload_id']}", headers={"X-API-Key": key}).json()
-            assert upload["completed_at"] is not None
-            analysis_id = submitted.json()["id"]
-            assert client.delete(f"/v1/analyses/{analysis_id}", headers={"X-API-Key": key}).status_code == 204
-            assert s3.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+        yield settings, s3, bucket
     finally:
         delete_queued_jobs(redis_client, settings.queue_name)
         delete_prefixed_keys(redis_client, settings.redis_key_prefix)
 
 
-def test_s3_object_of_wrong_size_is_refused(s3_server, sqlite_url, tmp_path, redis_client):
-    from tests.fixtures.db import empty_all_tables, engine_for
-    from tests.gateway.conftest import delete_prefixed_keys
+def test_presigned_s3_upload_against_moto(s3_gateway, s3_server):
+    settings, s3, bucket = s3_gateway
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        key = new_api_key(client, sign_up(client))["key"]
+        target = start_upload(client, key).json()
+        assert target["backend"] == "s3" and target["url"].startswith(s3_server)
+        query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(target["url"]).query))
+        assert {"content-length", "content-type"} <= set(query["X-Amz-SignedHeaders"].split(";"))
+        submit = {"upload_id": target["upload_id"]}
+        assert_problem(
+            client.post("/v1/analyses", json=submit, headers={"X-API-Key": key}), 409, "upload_incomplete"
+        )
+        put = httpx.put(target["url"], content=MEDIA, headers=target["headers"], timeout=30)
+        assert put.status_code == 200, put.text
+        listed = s3.list_objects_v2(Bucket=bucket)["Contents"]
+        assert len(listed) == 1 and listed[0]["Size"] == len(MEDIA)
+        object_key = listed[0]["Key"]
+        assert object_key.endswith(".mp4") and object_key.startswith("uploads/")
+        submitted = client.post("/v1/analyses", json=submit, headers={"X-API-Key": key})
+        assert submitted.status_code == 202, submitted.text
+        upload = client.get(f"/v1/uploads/{target['upload_id']}", headers={"X-API-Key": key}).json()
+        assert upload["completed_at"] is not None
+        analysis_id = submitted.json()["id"]
+        assert client.delete(f"/v1/analyses/{analysis_id}", headers={"X-API-Key": key}).status_code == 204
+        assert s3.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
 
-    empty_all_tables(engine_for(sqlite_url))
-    bucket = f"moodreel-test-{uuid.uuid4().hex[:8]}"
-    s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
-    s3.create_bucket(Bucket=bucket)
-    settings = make_settings(
-        sqlite_url, tmp_path, storage_backend="s3", s3_bucket=bucket, s3_endpoint_url=s3_server
-    )
-    try:
-        with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-            key = new_api_key(client, sign_up(client))["key"]
-            target = start_upload(client, key).json()
-            object_key = s3.list_objects_v2(Bucket=bucket).get("Contents", [])
-            assert object_key == []
-            # Someone bypasses the signed headers (moto does not enforce them): the gateway still checks.
-            from shared.db.models import Upload
-            from shared.db.session import make_session_factory
 
-            with make_session_factory(engine_for(sqlite_url))() as session:
-                storage_key = session.get(Upload, uuid.UUID(target["upload_id"])).storage_key
-            s3.put_object(Bucket=bucket, Key=storage_key, Body=MEDIA + b"extra")
-            response = client.post(
-                "/v1/analyses", json={"upload_id": target["upload_id"]}, headers={"X-API-Key": key}
-            )
-            body = assert_problem(response, 409, "upload_incomplete")
-            assert "declared" in body["detail"]
-    finally:
-        delete_prefixed_keys(redis_client, settings.redis_key_prefix)
+def test_s3_object_of_wrong_size_is_refused(s3_gateway, sqlite_url):
+    from tests.fixtures.db import engine_for
+
+    settings, s3, bucket = s3_gateway
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        key = new_api_key(client, sign_up(client))["key"]
+        target = start_upload(client, key).json()
+        object_key = s3.list_objects_v2(Bucket=bucket).get("Contents", [])
+        assert object_key == []
+        # Someone bypasses the signed headers (moto does not enforce them): the gateway still checks.
+        from shared.db.models import Upload
+        from shared.db.session import make_session_factory
+
+        with make_session_factory(engine_for(sqlite_url))() as session:
+            storage_key = session.get(Upload, uuid.UUID(target["upload_id"])).storage_key
+        s3.put_object(Bucket=bucket, Key=storage_key, Body=MEDIA + b"extra")
+        response = client.post(
+            "/v1/analyses", json={"upload_id": target["upload_id"]}, headers={"X-API-Key": key}
+        )
+        body = assert_problem(response, 409, "upload_incomplete")
+        assert "declared" in body["detail"]
 
 
 def test_presigned_url_uses_the_public_endpoint(s3_server, sqlite_url, tmp_path):

@@ -202,6 +202,14 @@ def expect_update(clients: Clients, retain: bool) -> None:
     )
 
 
+def expect_endpoint_created(clients: Clients) -> None:
+    clients.sm.add_response(
+        "create_endpoint",
+        {"EndpointArn": f"{ARN}:endpoint/moodreel"},
+        {"EndpointName": "moodreel", "EndpointConfigName": VERSION, "Tags": TAGS},
+    )
+
+
 def expect_old_version_removed(clients: Clients) -> None:
     clients.sm.add_response("delete_endpoint_config", {}, {"EndpointConfigName": OLD})
     clients.sm.add_response("delete_model", {}, {"ModelName": OLD})
@@ -210,11 +218,7 @@ def expect_old_version_removed(clients: Clients) -> None:
 def test_first_deploy_creates_the_endpoint_and_stores_artifact_and_spec(aws: Clients, artifact: Path):
     endpoint_missing(aws)
     expect_model_and_config(aws)
-    aws.sm.add_response(
-        "create_endpoint",
-        {"EndpointArn": f"{ARN}:endpoint/moodreel"},
-        {"EndpointName": "moodreel", "EndpointConfigName": VERSION, "Tags": TAGS},
-    )
+    expect_endpoint_created(aws)
     expect_in_service_and_scaling(aws)
 
     result = aws.deployer.deploy(artifact, TINY_SPEC, CONFIG)
@@ -284,11 +288,7 @@ def test_a_rolled_back_update_keeps_the_old_version_and_registers_nothing(aws: C
 def test_an_endpoint_that_fails_to_create_is_reported(aws: Clients, artifact: Path):
     endpoint_missing(aws)
     expect_model_and_config(aws)
-    aws.sm.add_response(
-        "create_endpoint",
-        {"EndpointArn": f"{ARN}:endpoint/moodreel"},
-        {"EndpointName": "moodreel", "EndpointConfigName": VERSION, "Tags": TAGS},
-    )
+    expect_endpoint_created(aws)
     failed = {**endpoint("Failed", VERSION), "FailureReason": "CannotStartContainerError"}
     aws.sm.add_response("describe_endpoint", failed, {"EndpointName": "moodreel"})
     with pytest.raises(DeployError, match="CannotStartContainerError"):
@@ -350,11 +350,7 @@ def test_the_deploy_command_packs_the_checkpoint_and_deploys_it(
     monkeypatch.setattr(SageMakerDeployer, "from_region", classmethod(lambda cls, region: aws.deployer))
     endpoint_missing(aws)
     expect_model_and_config(aws)
-    aws.sm.add_response(
-        "create_endpoint",
-        {"EndpointArn": f"{ARN}:endpoint/moodreel"},
-        {"EndpointName": "moodreel", "EndpointConfigName": VERSION, "Tags": TAGS},
-    )
+    expect_endpoint_created(aws)
     expect_in_service_and_scaling(aws)
     arguments = ["sagemaker", "deploy", str(tiny_checkpoint), "--endpoint", "moodreel", "--role", ROLE]
     result = CliRunner().invoke(app, [*arguments, "--image", IMAGE, "--bucket", "moodreel-artifacts"])
