@@ -307,14 +307,19 @@ def test_train_on_speech_source_reports_held_out_actors(speech_settings, tmp_pat
     assert 0.0 <= scores["speech_8"]["accuracy"] <= 1.0
 
 
-def test_combined_training_keeps_frozen_branches_and_learns_fusion(speech_settings, mini_meld, tmp_path):
+@pytest.fixture
+def branch_checkpoints(speech_settings, tmp_path) -> tuple[Path, Path]:
+    """A tiny text checkpoint and a short audio run: the two inputs of a combined run."""
+    from services.model.testing import build_tiny_checkpoint
+
+    return build_tiny_checkpoint(tmp_path / "text", spec=TINY_SPEC), audio_run(tmp_path / "audio")
+
+
+def test_combined_training_keeps_frozen_branches_and_learns_fusion(branch_checkpoints, mini_meld, tmp_path):
     """The other way to combine branches: a text checkpoint's text branch + fusion and an audio
     run's audio branch, both encoders frozen, the whole fusion retrained on MELD text rows +
     RAVDESS audio rows (the first default's recipe; it may move text-only results)."""
-    from services.model.testing import build_tiny_checkpoint
-
-    text_checkpoint = build_tiny_checkpoint(tmp_path / "text", spec=TINY_SPEC)
-    audio_checkpoint = audio_run(tmp_path / "audio")
+    text_checkpoint, audio_checkpoint = branch_checkpoints
     combined = combined_run(
         tmp_path / "combined",
         text_checkpoint,
@@ -393,15 +398,12 @@ def test_frequency_warp_and_tempo_move_a_band_and_stretch_the_speech():
     assert torch.equal(same_mask, mask) and torch.allclose(unchanged, mel)
 
 
-def test_fusion_adapter_recipe_keeps_text_only_outputs_exactly(speech_settings, mini_meld, tmp_path):
+def test_fusion_adapter_recipe_keeps_text_only_outputs_exactly(branch_checkpoints, mini_meld, tmp_path):
     """The default's recipe in miniature: the text checkpoint's text branch and fusion frozen, the
     audio run's encoder frozen, only the audio branch's heads and its fusion adapter learn. A
     text-only input then gets bit for bit the text checkpoint's output; an audio input reaches the
     fused heads through the adapter."""
-    from services.model.testing import build_tiny_checkpoint
-
-    text_checkpoint = build_tiny_checkpoint(tmp_path / "text", spec=TINY_SPEC)
-    audio_checkpoint = audio_run(tmp_path / "audio")
+    text_checkpoint, audio_checkpoint = branch_checkpoints
     combined = combined_run(
         tmp_path / "combined",
         text_checkpoint,
