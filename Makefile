@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SYSTEM_TOOLS := ffmpeg ffprobe espeak-ng chromium curl jq
 
-.PHONY: install system-deps demo test lint bench
+.PHONY: install system-deps demo test test-fast lint bench
 
 $(STAMP): pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 ($(PYTHON)) is required" >&2; exit 1; }
@@ -38,6 +38,11 @@ demo: install
 # pytest exits 5 when it collected nothing: that is a failure, not a pass.
 test: install
 	@$(PY) -m pytest -q -ra $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# The inner loop: everything but the end-to-end, browser and training tests marked slow.
+test-fast: install
+	@$(PY) -m pytest -q -ra -m "not slow" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 lint: install
@@ -72,7 +77,7 @@ train-default: install
 	  --init-from text+fusion=services/model/checkpoints/default,audio=$(TRAIN_AUDIO_DIR)/checkpoint \
 	  --publish-dir services/model/checkpoints/default 2>&1 | tee var/logs/train-default.log
 
-# --- local stack, containers, dashboard assets (issue 7) -------------------------------------
+# --- local stack, containers, dashboard assets -------------------------------------
 .PHONY: dev dev-stop dev-status env-example dashboard-assets images ecr-push
 DEV_STATE ?= var
 IMAGE_TAG ?= $(shell git rev-parse --short=12 HEAD)$(shell git diff --quiet HEAD -- || echo -dirty)

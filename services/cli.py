@@ -14,7 +14,7 @@ sagemaker_app = typer.Typer(no_args_is_help=True, help="Train and deploy on AWS 
 app.add_typer(sagemaker_app, name="sagemaker")
 
 
-# --- model service (issue 4) --------------------------------------------------------------------
+# --- model service --------------------------------------------------------------------
 @app.command()
 def serve(
     model_dir: Path | None = typer.Option(
@@ -135,7 +135,7 @@ def sagemaker_delete(
         print(f"deleted {removed}")
 
 
-# --- feature pipeline (issue 2) -----------------------------------------------------------------
+# --- feature pipeline -----------------------------------------------------------------
 @app.command()
 def purge() -> None:
     """Delete expired idempotency records and never-completed uploads (run it periodically)."""
@@ -213,7 +213,7 @@ def demo(
     typer.echo(summary_table(bundle))
 
 
-# --- model training and evaluation (issue 3) ----------------------------------------------------
+# --- model training and evaluation ----------------------------------------------------
 @app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
     add_help_option=False,

@@ -103,7 +103,7 @@ class Settings(BaseSettings):
     # AWS region of S3, SageMaker and ECR.
     aws_region: str = "us-east-1"
 
-    # --- model service: server, invoke client, deployment (issue 4) ---------------------------
+    # --- model service: server, invoke client, deployment ---------------------------
     # Utterances per forward pass inside one request.
     model_batch_size: int = Field(16, ge=1, le=512)
     # Forward passes run one at a time per server process: on CPU parallel passes only contend.
@@ -136,7 +136,7 @@ class Settings(BaseSettings):
     sagemaker_prefix: str = "moodreel/models"
     sagemaker_instance_type: str = "ml.g5.xlarge"
 
-    # --- gateway: accounts, keys, quotas, uploads (issue 5) -----------------------------------
+    # --- gateway: accounts, keys, quotas, uploads -----------------------------------
     # Every Redis key (rate limits, login throttling, event streams) starts with this prefix.
     redis_key_prefix: str = "moodreel:"
     # The arq queue the gateway enqueues `analyse_video` on and the worker consumes.
@@ -171,7 +171,7 @@ class Settings(BaseSettings):
     # JSON/form request bodies (uploads stream separately, bounded by their declared size).
     max_request_body_bytes: int = Field(10_000_000, ge=1024)
 
-    # --- preprocess worker: fetching, jobs, webhooks (issue 6) ---------------------------------
+    # --- preprocess worker: fetching, jobs, webhooks ---------------------------------
     worker_max_jobs: int = Field(2, ge=1)
     # A killed job is picked up again only after this (+10 s) has passed since it started.
     worker_job_timeout_seconds: float = Field(1800.0, gt=0)
