@@ -12,6 +12,8 @@ app = typer.Typer(
 )
 sagemaker_app = typer.Typer(no_args_is_help=True, help="Train and deploy on AWS SageMaker.")
 app.add_typer(sagemaker_app, name="sagemaker")
+dataset_app = typer.Typer(no_args_is_help=True, help="Training data from users' corrections.")
+app.add_typer(dataset_app, name="dataset")
 
 
 # --- model service (issue 4) --------------------------------------------------------------------
@@ -319,3 +321,51 @@ def audio_baseline(
     if out is not None:
         out.write_text(text + "\n")
     typer.echo(text)
+
+
+# --- retraining from corrections ----------------------------------------------------------------
+def _utc_datetime(value: str | None, option: str):
+    from datetime import UTC, datetime
+
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{option}: expected an ISO date or date-time, got {value!r}") from exc
+    return parsed.replace(tzinfo=parsed.tzinfo or UTC)
+
+
+@dataset_app.command("export")
+def dataset_export(
+    out: str = typer.Option(..., "--out", help="an empty directory, or s3://bucket/prefix/"),
+    since: str | None = typer.Option(None, help="corrections made at or after this (ISO date/time, UTC)"),
+    until: str | None = typer.Option(None, help="... and before this [default: now]"),
+) -> None:
+    """Write consented corrections in MELD's layout (CSVs + clips) with a manifest."""
+    import json
+
+    from services.retrain.dataset import ExportError, export
+    from shared.db.session import create_db_engine, make_session_factory, session_scope
+    from shared.logging import configure_logging
+    from shared.settings import get_settings
+
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    engine = create_db_engine(settings=settings)
+    try:
+        with session_scope(make_session_factory(engine)) as session:
+            manifest = export(
+                session,
+                settings,
+                out,
+                since=_utc_datetime(since, "--since"),
+                until=_utc_datetime(until, "--until"),
+            )
+    except ExportError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    finally:
+        engine.dispose()
+    summary = {key: manifest[key] for key in ("utterances", "analyses", "splits", "clips", "sha256")}
+    typer.echo(json.dumps(summary, indent=2))
