@@ -31,7 +31,7 @@ from botocore.exceptions import ClientError
 
 from services.model.deploy import DeployConfig, DeployError, SageMakerDeployer, _is_missing
 from services.model.sagemaker_train import TrainingJobConfig, job_name, launch
-from services.retrain.guard import Decision, decide, refuse
+from services.retrain.guard import Decision, decide, refuse, start_check
 from shared.features.spec import FeatureSpec
 from shared.logging import get_logger
 from shared.settings import Settings, get_settings
@@ -174,13 +174,16 @@ def on_new_data(
         seen.add(key)
     new_items = sum(item["utterances"] for item in state["pending"])
     outcome: dict[str, Any] = {"started": False, "new_items": new_items}
-    last = datetime.fromisoformat(state["last_started_at"]) if state["last_started_at"] else None
-    if state["running_job"]:
-        outcome["reason"] = f"retraining job {state['running_job']['name']} is running"
-    elif new_items < settings.retrain_min_new_items:
-        outcome["reason"] = f"{new_items} new utterances, fewer than {settings.retrain_min_new_items}"
-    elif last is not None and (now - last).total_seconds() < settings.retrain_min_interval_seconds:
-        outcome["reason"] = f"the last retraining started at {last.isoformat()}, within the minimum interval"
+    held = start_check(
+        new_items,
+        datetime.fromisoformat(state["last_started_at"]) if state["last_started_at"] else None,
+        now,
+        min_new_items=settings.retrain_min_new_items,
+        min_interval_seconds=settings.retrain_min_interval_seconds,
+        running=(state["running_job"] or {}).get("name"),
+    )
+    if held is not None:
+        outcome["reason"] = held
     else:
         baseline = deployed_artifact(clients.sagemaker, settings.sagemaker_endpoint_name)
         if baseline is None:

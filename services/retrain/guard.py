@@ -116,3 +116,22 @@ def decide(
         True, f"not worse than the deployed model by more than {margin} on any headline metric",
         margin, candidate, deployed_identity, comparisons,
     )  # fmt: skip
+
+
+def start_check(
+    new_items: int,
+    last_started_at: datetime | None,
+    now: datetime,
+    *,
+    min_new_items: int,
+    min_interval_seconds: float,
+    running: str | None = None,
+) -> str | None:
+    """Why a retraining must not start now (None: it may). The debounce of both loops."""
+    if running:
+        return f"retraining job {running} is running"
+    if new_items < min_new_items:
+        return f"{new_items} new utterances, fewer than {min_new_items}"
+    if last_started_at is not None and (now - last_started_at).total_seconds() < min_interval_seconds:
+        return f"the last retraining started at {last_started_at.isoformat()}, within the minimum interval"
+    return None
