@@ -369,3 +369,38 @@ def dataset_export(
         engine.dispose()
     summary = {key: manifest[key] for key in ("utterances", "analyses", "splits", "clips", "sha256")}
     typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def retrain(
+    ctx: typer.Context,
+    publish_dir: Path | None = typer.Option(
+        None, help="versions, current, decisions, exports [default: MOODREEL_RETRAIN_PUBLISH_DIR]"
+    ),
+    preset: str = typer.Option("text-default", help="the trainer's preset; more trainer options may follow"),
+    force: bool = typer.Option(False, "--force", help="train now, whatever the debounce says"),
+) -> None:
+    """Export new corrections, retrain on MELD plus every export, compare with the deployed model,
+    and publish the new model only when it is not worse (prints the decision)."""
+    import json
+
+    from services.model.train import config_from_args
+    from services.retrain.loop import retrain as run_retrain
+    from shared.db.session import create_db_engine, make_session_factory
+    from shared.logging import configure_logging
+    from shared.settings import get_settings
+
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    root = publish_dir or settings.retrain_publish_dir
+    if root is None:
+        raise typer.BadParameter("set --publish-dir (or MOODREEL_RETRAIN_PUBLISH_DIR)")
+    config = config_from_args(["--preset", preset, *ctx.args])
+    engine = create_db_engine(settings=settings)
+    try:
+        outcome = run_retrain(make_session_factory(engine), settings, config, root, force=force)
+    finally:
+        engine.dispose()
+    typer.echo(json.dumps(outcome.to_dict(), indent=2, default=str))

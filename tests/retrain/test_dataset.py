@@ -106,3 +106,29 @@ def test_export_to_s3(corpus, tmp_path, moto_s3_endpoint):
         s3.get_object(Bucket="training", Key=f"corrections/2026-12-01/{MANIFEST}")["Body"].read()
     )
     assert stored == manifest
+
+
+def test_the_cli_exports(corpus, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from services.cli import app
+    from shared.settings import get_settings
+
+    monkeypatch.setenv("MOODREEL_DATABASE_URL", corpus.database_url)
+    monkeypatch.setenv("MOODREEL_DATA_DIR", str(corpus.settings.data_dir))
+    get_settings.cache_clear()
+    try:
+        out = tmp_path / "cli"
+        result = CliRunner().invoke(
+            app,
+            ["dataset", "export", "--out", str(out), "--since", "2026-11-01", "--until", UNTIL.isoformat()],
+        )
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["utterances"] == 4
+        assert json.loads((out / MANIFEST).read_text())["since"] == "2026-11-01T00:00:00+00:00"
+        again = CliRunner().invoke(app, ["dataset", "export", "--out", str(out)])
+        assert again.exit_code == 2 and "not empty" in again.output
+        bad = CliRunner().invoke(app, ["dataset", "export", "--out", str(tmp_path / "x"), "--since", "soon"])
+        assert bad.exit_code == 2
+    finally:
+        get_settings.cache_clear()
