@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import tarfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -78,23 +79,59 @@ def _bucket(settings: Settings) -> str:
     return settings.retrain_bucket
 
 
-def load_state(s3, settings: Settings) -> dict[str, Any]:
+class StateConflict(RuntimeError):
+    """Another invocation wrote the state since it was read."""
+
+
+EMPTY_STATE: dict[str, Any] = {"pending": [], "seen": [], "running_job": None, "last_started_at": None}
+STATE_ATTEMPTS = 5
+
+
+def read_state(s3, settings: Settings) -> tuple[dict[str, Any], str | None]:
+    """The state and its ETag (None: no state yet)."""
     try:
-        body = s3.get_object(Bucket=_bucket(settings), Key=_state_key(settings))["Body"].read()
+        response = s3.get_object(Bucket=_bucket(settings), Key=_state_key(settings))
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-            return {"pending": [], "seen": [], "running_job": None, "last_started_at": None}
+            return json.loads(json.dumps(EMPTY_STATE)), None
         raise
-    return json.loads(body)
+    return json.loads(response["Body"].read()), response["ETag"]
 
 
-def save_state(s3, settings: Settings, state: dict[str, Any]) -> None:
-    s3.put_object(
-        Bucket=_bucket(settings),
-        Key=_state_key(settings),
-        Body=json.dumps(state, indent=2, sort_keys=True).encode(),
-        ContentType="application/json",
-    )
+def load_state(s3, settings: Settings) -> dict[str, Any]:
+    return read_state(s3, settings)[0]
+
+
+def write_state(s3, settings: Settings, state: dict[str, Any], etag: str | None) -> None:
+    """A conditional write: only over the version read (or only if there is none yet)."""
+    condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+    try:
+        s3.put_object(
+            Bucket=_bucket(settings),
+            Key=_state_key(settings),
+            Body=json.dumps(state, indent=2, sort_keys=True).encode(),
+            ContentType="application/json",
+            **condition,
+        )
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+            raise StateConflict("the retraining state changed meanwhile") from exc
+        raise
+
+
+def update_state(s3, settings: Settings, mutate: Callable[[dict[str, Any]], Any]) -> Any:
+    """Read, ``mutate`` (which changes the state in place and returns a result), write
+    conditionally; on a concurrent write, again from the fresh state."""
+    for attempt in range(STATE_ATTEMPTS):
+        state, etag = read_state(s3, settings)
+        result = mutate(state)
+        try:
+            write_state(s3, settings, state, etag)
+        except StateConflict:
+            log.warning("retrain_state_conflict", attempt=attempt + 1)
+            continue
+        return result
+    raise StateConflict(f"the retraining state kept changing ({STATE_ATTEMPTS} attempts)")
 
 
 def _put_json(s3, bucket: str, key: str, document: dict) -> None:
@@ -163,45 +200,66 @@ def on_new_data(
     event: dict[str, Any], settings: Settings, clients: AwsClients, now: datetime | None = None
 ) -> dict:
     now = now or datetime.now(UTC)
-    state = load_state(clients.s3, settings)
-    seen = set(state["seen"])
-    for key in manifest_keys(event, settings):
-        if key in seen:
-            continue  # S3 may deliver a notification twice
-        manifest = json.loads(clients.s3.get_object(Bucket=_bucket(settings), Key=key)["Body"].read())
-        state["pending"].append({"key": key, "utterances": int(manifest["utterances"])})
-        state["seen"].append(key)
-        seen.add(key)
-    new_items = sum(item["utterances"] for item in state["pending"])
-    outcome: dict[str, Any] = {"started": False, "new_items": new_items}
-    held = start_check(
-        new_items,
-        datetime.fromisoformat(state["last_started_at"]) if state["last_started_at"] else None,
-        now,
-        min_new_items=settings.retrain_min_new_items,
-        min_interval_seconds=settings.retrain_min_interval_seconds,
-        running=(state["running_job"] or {}).get("name"),
-    )
-    if held is not None:
-        outcome["reason"] = held
-    else:
-        baseline = deployed_artifact(clients.sagemaker, settings.sagemaker_endpoint_name)
-        if baseline is None:
-            outcome["reason"] = f"endpoint {settings.sagemaker_endpoint_name} does not exist"
-        else:
-            name = job_name(JOB_PREFIX, now)
-            job = launch(retraining_job_config(settings, baseline, name), clients.sagemaker, clients.s3)
-            state["running_job"] = {
-                "name": job["name"],
-                "started_at": now.isoformat(),
-                "manifests": state["pending"],
-            }
-            state["last_started_at"] = now.isoformat()
-            state["pending"] = []
-            outcome |= {"started": True, "job": job["name"], "reason": "enough new corrections"}
-    save_state(clients.s3, settings, state)
-    log.info("retrain_trigger", **{k: v for k, v in outcome.items()})
+    arrived = {
+        key: int(
+            json.loads(clients.s3.get_object(Bucket=_bucket(settings), Key=key)["Body"].read())["utterances"]
+        )
+        for key in manifest_keys(event, settings)
+    }
+    name = job_name(JOB_PREFIX, now)
+    baseline: list[str | None] = []  # looked up once, only when a start is due
+
+    def claim(state: dict[str, Any]) -> dict[str, Any]:
+        """Count the new exports; when a start is due, claim it in the state (written before the
+        job is created, so two invocations can never both start one)."""
+        for key, utterances in arrived.items():
+            if key not in state["seen"]:  # S3 may deliver a notification twice
+                state["pending"].append({"key": key, "utterances": utterances})
+                state["seen"].append(key)
+        new_items = sum(item["utterances"] for item in state["pending"])
+        held = start_check(
+            new_items,
+            datetime.fromisoformat(state["last_started_at"]) if state["last_started_at"] else None,
+            now,
+            min_new_items=settings.retrain_min_new_items,
+            min_interval_seconds=settings.retrain_min_interval_seconds,
+            running=(state["running_job"] or {}).get("name"),
+        )
+        if held is None:
+            if not baseline:
+                baseline.append(deployed_artifact(clients.sagemaker, settings.sagemaker_endpoint_name))
+            if baseline[0] is None:
+                held = f"endpoint {settings.sagemaker_endpoint_name} does not exist"
+        if held is not None:
+            return {"started": False, "new_items": new_items, "reason": held}
+        state["running_job"] = {
+            "name": name,
+            "started_at": now.isoformat(),
+            "manifests": state["pending"],
+            "previous_started_at": state["last_started_at"],
+        }
+        state["last_started_at"] = now.isoformat()
+        state["pending"] = []
+        return {"started": True, "new_items": new_items, "job": name, "reason": "enough new corrections"}
+
+    outcome = update_state(clients.s3, settings, claim)
+    if outcome["started"]:
+        try:
+            launch(retraining_job_config(settings, baseline[0], name), clients.sagemaker, clients.s3)
+        except Exception:
+            update_state(clients.s3, settings, lambda state: _release(state, name))
+            raise
+    log.info("retrain_trigger", **outcome)
     return outcome
+
+
+def _release(state: dict[str, Any], name: str) -> None:
+    """Undo a claim whose job could not be created: its exports count again."""
+    running = state["running_job"]
+    if running and running["name"] == name:
+        state["pending"] = running["manifests"] + state["pending"]
+        state["last_started_at"] = running.get("previous_started_at")
+        state["running_job"] = None
 
 
 def trigger_handler(event: dict[str, Any], context: Any) -> dict:
@@ -255,16 +313,12 @@ def on_training_state_change(
         return {"ignored": True, "job": name, "status": status}
     if _already_decided(clients.s3, settings, name):  # EventBridge delivers at least once
         return {"ignored": True, "job": name, "status": status, "reason": "already decided"}
-    state = load_state(clients.s3, settings)
-    running = state["running_job"] if (state["running_job"] or {}).get("name") == name else None
     job = {"name": name, "status": status}
     margin = settings.retrain_margin
     decision: Decision
     if status != "Completed":
         reason = detail.get("FailureReason") or "no reason given"
         decision = refuse(f"training job {status}: {reason}", margin=margin, **job)
-        if running:
-            state["pending"] = running["manifests"] + state["pending"]  # they count again
     else:
         artifact = detail["ModelArtifacts"]["S3ModelArtifacts"]
         job["artifact"] = artifact
@@ -284,9 +338,15 @@ def on_training_state_change(
                 decision.published = asdict(result)
     record = decision.to_dict()
     _put_json(clients.s3, _bucket(settings), decision_key(settings, name), record)
-    if running:
-        state["running_job"] = None
-    save_state(clients.s3, settings, state)
+
+    def finish(state: dict[str, Any]) -> None:
+        running = state["running_job"]
+        if running and running["name"] == name:
+            if status != "Completed":
+                state["pending"] = running["manifests"] + state["pending"]  # they count again
+            state["running_job"] = None
+
+    update_state(clients.s3, settings, finish)
     log.info("retrain_decision", job=name, status=status, deploy=decision.deploy, reason=decision.reason)
     return record
 

@@ -370,3 +370,42 @@ def test_other_states_and_jobs_are_ignored(aws):
     assert on_training_state_change(in_progress, config, aws.clients)["ignored"] is True
     other = state_change(aws, "someone-elses-job", "Completed")
     assert on_training_state_change(copy.deepcopy(other), config, aws.clients)["ignored"] is True
+
+
+def test_state_writes_are_conditional_and_retried_on_a_concurrent_write(aws):
+    from services.retrain.aws import update_state
+
+    config = settings()
+    calls = []
+
+    def mutate(state):
+        calls.append(copy.deepcopy(state))
+        if len(calls) == 1:  # another invocation writes between our read and our write
+            aws.s3.put_object(
+                Bucket=DATA,
+                Key="moodreel/retrain/state.json",
+                Body=b'{"pending": [], "seen": ["x"], "running_job": null, "last_started_at": null}',
+            )
+        state["seen"].append("mine")
+
+    update_state(aws.s3, config, mutate)
+    assert len(calls) == 2 and calls[1]["seen"] == ["x"]
+    assert load_state(aws.s3, config)["seen"] == ["x", "mine"]
+
+
+def test_a_job_that_cannot_be_created_releases_its_claim(aws):
+    config = settings()
+    event = aws.put_export("2026-12-01T18", 12)
+    expect_deployed_model(aws)
+    aws.sm.add_response(
+        "describe_model",
+        {"ModelName": SERVING, "ModelArn": f"{ARN}:model/{SERVING}",
+         "PrimaryContainer": {"Image": IMAGE, "ModelDataUrl": SERVING_ARTIFACT}, "CreationTime": NOW},
+        {"ModelName": SERVING},
+    )  # fmt: skip
+    aws.sm.add_client_error("create_training_job", "ResourceLimitExceeded", "quota", 400)
+    with pytest.raises(Exception, match="ResourceLimitExceeded"):
+        on_new_data(event, config, aws.clients, NOW)
+    state = load_state(aws.s3, config)
+    assert state["running_job"] is None and [m["utterances"] for m in state["pending"]] == [12]
+    assert state["last_started_at"] is None
