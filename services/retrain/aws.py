@@ -1,4 +1,4 @@
-"""The retraining loop on AWS: two Lambda handlers (``deploy/retrain/template.yaml`` wires them).
+"""The retraining loop on AWS: two Lambda handlers (``services/retrain/template.yaml`` wires them).
 
 ``trigger_handler`` runs on S3 ``ObjectCreated`` of an export's ``manifest.json`` under
 ``retrain_corrections_prefix`` (an export uploads its manifest last) and on an hourly schedule.
