@@ -99,3 +99,22 @@ def test_training_consent_is_off_by_default_and_only_the_user_changes_it(
     )
     off = client.patch("/v1/auth/me", json={"training_consent": False}, headers=account.headers)
     assert off.json()["training_consent"] is False
+
+
+def test_the_workers_utterance_event_has_the_public_result_shape():
+    from services.gateway.analyses.schemas import UtteranceResultPublic
+    from services.preprocess.analysis import utterance_event
+    from shared.labels import EMOTIONS, SENTIMENTS
+    from shared.predictions import LabelScores, UtterancePrediction
+
+    prediction = UtterancePrediction(
+        start=0.0,
+        end=1.0,
+        text="hi",
+        emotion=LabelScores.from_probabilities(EMOTIONS, [1 / 7] * 7),
+        sentiment=LabelScores.from_probabilities(SENTIMENTS, [1 / 3] * 3),
+        modalities_used=["text"],
+    )
+    event = utterance_event(3, prediction)
+    assert set(event) == set(UtteranceResultPublic.model_fields)
+    assert UtteranceResultPublic.model_validate(event).correction is None
