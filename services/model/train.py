@@ -790,10 +790,12 @@ def score_baseline(path: Path, config: TrainConfig, device) -> dict:
     import tarfile
     import tempfile
 
-    archive = path / "model.tar.gz" if path.is_dir() else path
+    # A SageMaker channel holding the deployed model.tar.gz, or a checkpoint directory.
+    archives = [path] if path.is_file() else sorted(path.glob("*.tar.gz"))
+    archive = archives[0] if archives and not (path / "checkpoint.json").is_file() else None
     with tempfile.TemporaryDirectory(prefix="moodreel-baseline-") as scratch:
         directory = path
-        if archive.is_file():
+        if archive is not None:
             with tarfile.open(archive) as tar:
                 tar.extractall(scratch, filter="data")
             directory = Path(scratch)

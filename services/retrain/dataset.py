@@ -195,8 +195,8 @@ def export_directory(
 ) -> dict:
     """Write the data set into ``out`` (created; must be empty) and return the manifest."""
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise ExportError(f"{out} is not empty")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ExportError(f"{out} is not an empty directory")
     out.mkdir(parents=True, exist_ok=True)
     rows, counts = consented_corrections(session, since, until)
     storage = get_storage(settings)

@@ -127,7 +127,7 @@ def test_the_cli_exports(corpus, tmp_path, monkeypatch):
         assert json.loads(result.stdout)["utterances"] == 4
         assert json.loads((out / MANIFEST).read_text())["since"] == "2026-11-01T00:00:00+00:00"
         again = CliRunner().invoke(app, ["dataset", "export", "--out", str(out)])
-        assert again.exit_code == 2 and "not empty" in again.output
+        assert again.exit_code == 2 and "not an empty directory" in again.output
         bad = CliRunner().invoke(app, ["dataset", "export", "--out", str(tmp_path / "x"), "--since", "soon"])
         assert bad.exit_code == 2
     finally:

@@ -165,3 +165,18 @@ def test_publish_is_an_atomic_switch(tmp_path):
     publish(second, root, "v2")
     assert (root / "current").is_symlink() and Path((root / "current").readlink()) == Path("versions/v2")
     assert sorted(p.name for p in (root / "versions").iterdir()) == ["v1", "v2"]
+
+
+def test_the_baseline_can_be_a_channel_holding_model_tar_gz(mini_meld, tmp_path):  # noqa: F811
+    """What SageMaker's "baseline" channel holds: the deployed model.tar.gz."""
+    import torch
+
+    from services.model.checkpoint import package_model_tar
+    from services.model.train import score_baseline
+
+    channel = tmp_path / "baseline"
+    package_model_tar(build_tiny_checkpoint(tmp_path / "deployed"), channel / "model.tar.gz")
+    config = tiny_train_config(tmp_path, mini_meld)
+    scored = score_baseline(channel, config, torch.device("cpu"))
+    assert scored["version"] == "test" and set(scored["metrics"]) == {"dev"}
+    assert scored["metrics"]["dev"]["emotion"]["count"] == 4
