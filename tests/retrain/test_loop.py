@@ -180,3 +180,26 @@ def test_the_baseline_can_be_a_channel_holding_model_tar_gz(mini_meld, tmp_path)
     scored = score_baseline(channel, config, torch.device("cpu"))
     assert scored["version"] == "test" and set(scored["metrics"]) == {"dev"}
     assert scored["metrics"]["dev"]["emotion"]["count"] == 4
+
+
+def test_the_cli_runs_one_pass_and_reports_the_debounce(corpus, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from services.cli import app
+    from shared.settings import get_settings
+
+    monkeypatch.setenv("MOODREEL_DATABASE_URL", corpus.database_url)
+    monkeypatch.setenv("MOODREEL_DATA_DIR", str(corpus.settings.data_dir))
+    monkeypatch.setenv("MOODREEL_RETRAIN_MIN_NEW_ITEMS", "50")
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(
+            app, ["retrain", "--publish-dir", str(tmp_path / "models"), "--epochs", "1"]
+        )
+        assert result.exit_code == 0, result.output
+        outcome = json.loads(result.stdout)
+        assert outcome["started"] is False and outcome["reason"] == "4 new utterances, fewer than 50"
+        assert outcome["export"]["utterances"] == 4
+        assert json.loads((tmp_path / "models" / "state.json").read_text())["new_items"] == 4
+    finally:
+        get_settings.cache_clear()
