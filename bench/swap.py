@@ -107,7 +107,7 @@ def main() -> None:
         "benchmark": "model swap under load",
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_average": os.getloadavg()},
-        "model": str(args.model_dir),
+        "model": os.path.relpath(args.model_dir, ROOT),
         "clients": CLIENTS,
         "utterances_per_request": 8,
         "requests_total": len(samples),
