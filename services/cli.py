@@ -12,6 +12,8 @@ app = typer.Typer(
 )
 sagemaker_app = typer.Typer(no_args_is_help=True, help="Train and deploy on AWS SageMaker.")
 app.add_typer(sagemaker_app, name="sagemaker")
+dataset_app = typer.Typer(no_args_is_help=True, help="Training data from users' corrections.")
+app.add_typer(dataset_app, name="dataset")
 
 
 # --- model service --------------------------------------------------------------------
@@ -319,3 +321,86 @@ def audio_baseline(
     if out is not None:
         out.write_text(text + "\n")
     typer.echo(text)
+
+
+# --- retraining from corrections ----------------------------------------------------------------
+def _utc_datetime(value: str | None, option: str):
+    from datetime import UTC, datetime
+
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{option}: expected an ISO date or date-time, got {value!r}") from exc
+    return parsed.replace(tzinfo=parsed.tzinfo or UTC)
+
+
+@dataset_app.command("export")
+def dataset_export(
+    out: str = typer.Option(..., "--out", help="an empty directory, or s3://bucket/prefix/"),
+    since: str | None = typer.Option(None, help="corrections made at or after this (ISO date/time, UTC)"),
+    until: str | None = typer.Option(None, help="... and before this [default: now]"),
+) -> None:
+    """Write consented corrections in MELD's layout (CSVs + clips) with a manifest."""
+    import json
+
+    from services.retrain.dataset import ExportError, export
+    from shared.db.session import create_db_engine, make_session_factory, session_scope
+    from shared.logging import configure_logging
+    from shared.settings import get_settings
+
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    engine = create_db_engine(settings=settings)
+    try:
+        with session_scope(make_session_factory(engine)) as session:
+            manifest = export(
+                session,
+                settings,
+                out,
+                since=_utc_datetime(since, "--since"),
+                until=_utc_datetime(until, "--until"),
+            )
+    except ExportError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    finally:
+        engine.dispose()
+    summary = {key: manifest[key] for key in ("utterances", "analyses", "splits", "clips", "sha256")}
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def retrain(
+    ctx: typer.Context,
+    publish_dir: Path | None = typer.Option(
+        None, help="versions, current, decisions, exports [default: MOODREEL_RETRAIN_PUBLISH_DIR]"
+    ),
+    preset: str = typer.Option("text-default", help="the trainer's preset; more trainer options may follow"),
+    force: bool = typer.Option(False, "--force", help="train now, whatever the debounce says"),
+) -> None:
+    """Export new corrections, retrain on MELD plus every export, compare with the deployed model,
+    and publish the new model only when it is not worse (prints the decision)."""
+    import json
+
+    from services.model.train import config_from_args
+    from services.retrain.loop import retrain as run_retrain
+    from shared.db.session import create_db_engine, make_session_factory
+    from shared.logging import configure_logging
+    from shared.settings import get_settings
+
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    root = publish_dir or settings.retrain_publish_dir
+    if root is None:
+        raise typer.BadParameter("set --publish-dir (or MOODREEL_RETRAIN_PUBLISH_DIR)")
+    config = config_from_args(["--preset", preset, *ctx.args])
+    engine = create_db_engine(settings=settings)
+    try:
+        outcome = run_retrain(make_session_factory(engine), settings, config, root, force=force)
+    finally:
+        engine.dispose()
+    typer.echo(json.dumps(outcome.to_dict(), indent=2, default=str))

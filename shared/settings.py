@@ -199,6 +199,37 @@ class Settings(BaseSettings):
     webhook_retry_max_seconds: float = Field(3600.0, ge=0)
     webhook_response_log_bytes: int = Field(2048, ge=0)
 
+    # --- retraining from users' corrections ---------------------------------------------------
+    # The guard: a candidate is deployed only when no headline metric (emotion and sentiment
+    # weighted F1 on MELD dev and on the corrections' held-out slice) is lower than the deployed
+    # model's by more than this.
+    retrain_margin: float = Field(0.005, ge=0, le=1)
+    # A held-out corrections slice with fewer utterances is recorded but not judged (too noisy).
+    retrain_min_slice_utterances: int = Field(30, ge=1)
+    # Debounce: a retraining starts only with this many new corrected utterances, and no sooner
+    # than this after the previous start.
+    retrain_min_new_items: int = Field(200, ge=1)
+    retrain_min_interval_seconds: int = Field(86_400, ge=0)
+    # AWS: exports land under s3://<retrain_bucket>/<retrain_corrections_prefix>; the trigger's
+    # state and every decision record live under <retrain_state_prefix>.
+    retrain_bucket: str | None = None
+    retrain_corrections_prefix: str = "moodreel/corrections/"
+    retrain_state_prefix: str = "moodreel/retrain/"
+    # S3 prefix holding MELD's train/ dev/ test/ channels (as for `moodreel sagemaker train`).
+    retrain_meld_data_uri: str | None = None
+    retrain_training_prefix: str = "moodreel/training"
+    retrain_instance_type: str = "ml.g5.xlarge"
+    # Training image; unset: SageMaker's PyTorch training image (as `moodreel sagemaker train`).
+    retrain_training_image_uri: str | None = None
+    retrain_hyperparameters: dict[str, str] = Field(default_factory=lambda: {"preset": "text-default"})
+    retrain_max_run_seconds: int = Field(4 * 3600, ge=60)
+    # Self-hosted: where `moodreel retrain` publishes models for the model server (versions/,
+    # current -> versions/<name>, decisions/); serve with MOODREEL_MODEL_DIR=<this>/current.
+    retrain_publish_dir: Path | None = None
+    # The model server reloads when its model directory's target changes (checked this often;
+    # 0: never), answering every request in flight with the model it started on.
+    model_watch_seconds: float = Field(0.0, ge=0)
+
 
 @lru_cache
 def get_settings() -> Settings:

@@ -112,6 +112,35 @@ class SageMakerDeployer:
 
     # --- deploy ----------------------------------------------------------------------------------
     def deploy(self, artifact: Path, spec: FeatureSpec, config: DeployConfig) -> DeployResult:
+        """Upload a local model.tar.gz as a new version and switch the endpoint to it (waits)."""
+        current = self._deployable_endpoint(config)
+        name, base = self._version(config)
+        log.info("uploading_artifact", artifact=str(artifact), base=base)
+        self.s3.upload_file(str(artifact), config.bucket, f"{base}/{ARTIFACT_FILENAME}")
+        return self._switch(current, name, base, spec, config, wait=True)
+
+    def deploy_from_s3(
+        self, source_uri: str, spec: FeatureSpec, config: DeployConfig, *, wait: bool
+    ) -> DeployResult:
+        """Copy a model.tar.gz already in S3 (a training job's output) into a new version and
+        switch the endpoint to it. ``wait=False`` (a Lambda function) returns once UpdateEndpoint
+        is accepted: the blue/green deployment rolls back by itself if the new fleet fails, and
+        the previous version's config and model stay as the rollback point."""
+        current = self._deployable_endpoint(config)
+        if current is None and not wait:
+            raise DeployError(
+                f"endpoint {config.endpoint_name} does not exist; create it with a waiting deploy"
+            )
+        bucket, _, key = source_uri.removeprefix("s3://").partition("/")
+        name, base = self._version(config)
+        self.s3.copy_object(
+            Bucket=config.bucket,
+            Key=f"{base}/{ARTIFACT_FILENAME}",
+            CopySource={"Bucket": bucket, "Key": key},
+        )
+        return self._switch(current, name, base, spec, config, wait=wait)
+
+    def _deployable_endpoint(self, config: DeployConfig) -> dict[str, Any] | None:
         current = self._describe_endpoint(config.endpoint_name)
         if current is not None and current["EndpointStatus"] in _BUSY_STATES:
             raise DeployError(
@@ -124,13 +153,26 @@ class SageMakerDeployer:
                 f"({current.get('FailureReason', 'no reason given')}); "
                 "delete it first: moodreel sagemaker delete"
             )
+        return current
 
+    def _version(self, config: DeployConfig) -> tuple[str, str]:
         name = version_name(config.endpoint_name, self.clock())
-        base = f"{config.prefix.strip('/')}/{name}" if config.prefix.strip("/") else name
+        return name, f"{config.prefix.strip('/')}/{name}" if config.prefix.strip("/") else name
+
+    def _switch(
+        self,
+        current: dict[str, Any] | None,
+        name: str,
+        base: str,
+        spec: FeatureSpec,
+        config: DeployConfig,
+        *,
+        wait: bool,
+    ) -> DeployResult:
+        """With the artifact at ``base``: the FeatureSpec beside it, the Model, the EndpointConfig,
+        then create or update the endpoint."""
         artifact_uri = f"s3://{config.bucket}/{base}/{ARTIFACT_FILENAME}"
         spec_uri = f"s3://{config.bucket}/{base}/{SPEC_FILENAME}"
-        log.info("uploading_artifact", artifact=str(artifact), uri=artifact_uri)
-        self.s3.upload_file(str(artifact), config.bucket, f"{base}/{ARTIFACT_FILENAME}")
         self.s3.put_object(
             Bucket=config.bucket,
             Key=f"{base}/{SPEC_FILENAME}",
@@ -200,6 +242,9 @@ class SageMakerDeployer:
             )
             action = "updated"
             previous_models = [variant["ModelName"] for variant in previous_config["ProductionVariants"]]
+        if not wait:
+            log.info("endpoint_update_started", endpoint=config.endpoint_name, version=name)
+            return DeployResult(action, config.endpoint_name, name, name, artifact_uri, spec_uri, [])
 
         log.info("waiting_for_endpoint", endpoint=config.endpoint_name, action=action)
         try:

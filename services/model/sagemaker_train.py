@@ -74,6 +74,8 @@ class TrainingJobConfig:
     hyperparameters: dict[str, str] = field(default_factory=lambda: {"preset": "text-default"})
     distributed: bool = False  # torchrun across the instance's GPUs (SageMaker's torch_distributed)
     job_name: str | None = None
+    # More channels beside MELD's: name -> S3 URI (e.g. "corrections", "baseline").
+    extra_channels: dict[str, str] = field(default_factory=dict)
 
     def resolved_image(self) -> str:
         if self.image_uri:
@@ -90,8 +92,8 @@ class TrainingJobConfig:
         )
 
 
-def job_name(base: str = "moodreel-train") -> str:
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+def job_name(base: str = "moodreel-train", now: datetime | None = None) -> str:
+    stamp = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%d-%H%M%S")
     return re.sub(r"[^a-zA-Z0-9-]", "-", f"{base}-{stamp}")[:63]
 
 
@@ -159,6 +161,20 @@ def build_request(config: TrainingJobConfig, name: str, source_uri: str) -> dict
                 "InputMode": "File",
             }
             for split in SPLITS
+        ]
+        + [
+            {
+                "ChannelName": channel,
+                "DataSource": {
+                    "S3DataSource": {
+                        "S3DataType": "S3Prefix",
+                        "S3Uri": uri,
+                        "S3DataDistributionType": "FullyReplicated",
+                    }
+                },
+                "InputMode": "File",
+            }
+            for channel, uri in sorted(config.extra_channels.items())
         ],
         "OutputDataConfig": {"S3OutputPath": f"{base}/output/"},
         "ResourceConfig": {

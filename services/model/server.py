@@ -97,6 +97,33 @@ class ModelHolder:
             await asyncio.to_thread(self._done.wait, max(timeout, 0))
         return self.require()
 
+    def watch(self, interval: float, stop: threading.Event) -> threading.Thread:
+        """Reload when the model directory's resolved target changes (a publisher swaps a
+        ``current`` symlink). The new model loads beside the old one and replaces it in one
+        assignment: a request holds the model it started with, so nothing in flight is dropped.
+        A target that fails to load is logged and skipped; the old model keeps serving."""
+        thread = threading.Thread(target=self._watch, args=(interval, stop), name="model-watch", daemon=True)
+        thread.start()
+        return thread
+
+    def _watch(self, interval: float, stop: threading.Event) -> None:
+        self._done.wait()
+        served_target = failed_target = os.path.realpath(self.model_dir)
+        while not stop.wait(interval):
+            target = os.path.realpath(self.model_dir)
+            if target in (served_target, failed_target):
+                continue
+            try:
+                model = self._load(Path(target))
+            except Exception:  # the old model keeps serving
+                failed_target = target
+                log.exception("model_reload_failed", model_dir=str(self.model_dir), target=target)
+                continue
+            self.model, self.error, served_target = model, None, target
+            log.info(
+                "model_reloaded", model_dir=str(self.model_dir), target=target, **model.info.model_dump()
+            )
+
     def require(self) -> ServedModel:
         if self.model is not None:
             return self.model
@@ -145,7 +172,11 @@ def create_app(
     async def lifespan(app: FastAPI):
         log.info("model_server_starting", model_dir=str(model_dir), deadline_seconds=deadline_seconds)
         holder.start()
+        stop_watching = threading.Event()
+        if settings.model_watch_seconds > 0:
+            holder.watch(settings.model_watch_seconds, stop_watching)
         yield
+        stop_watching.set()
         log.info("model_server_stopped")
 
     app = FastAPI(title="Moodreel model service", lifespan=lifespan, docs_url=None, redoc_url=None)

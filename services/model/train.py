@@ -102,6 +102,12 @@ class TrainConfig:
     init_from: tuple[str, ...] = ()
     # Parts kept as they are (FREEZABLE_PARTS): e.g. "text" keeps MELD's text scores unchanged.
     freeze: tuple[str, ...] = ()
+    # Users' corrections (`moodreel dataset export`) for the "corrections" source; on SageMaker
+    # the "corrections" channel.
+    corrections_dir: Path | None = None
+    # A checkpoint (directory, or a directory holding model.tar.gz) scored on the same dev sets
+    # after training, stored as meta "baseline": what the retraining guard compares against.
+    compare_with: Path | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
     spec: FeatureSpec = field(default_factory=FeatureSpec)
 
@@ -216,6 +222,21 @@ def load_source(name: str, split: str, config: TrainConfig) -> ExampleSet | None
             log.info("meld_clips", split=split, **report)
         else:
             examples = load_text_examples(directory, split, config.spec, config.cache_dir)
+    elif name == "corrections":
+        from services.model.data.corrections import corrections_examples
+
+        directory = os.environ.get("SM_CHANNEL_CORRECTIONS", config.corrections_dir)
+        if directory is None:
+            raise ValueError('the "corrections" source needs --corrections-dir')
+        examples = corrections_examples(
+            Path(directory),
+            split,
+            config.spec,
+            config.cache_dir,
+            with_clips=bool({"audio", "visual"} & set(config.modalities)),
+        )
+        if examples is None:
+            return None
     elif name in SPEECH_CORPORA:
         examples = speech_examples(name, split, config.spec, with_text=config.speech_text)
         if examples is None:
@@ -249,6 +270,12 @@ def data_hash(config: TrainConfig) -> str:
         path = directory / f"{split}_sent_emo.csv"
         if path.is_file():
             digest.update(path.read_bytes())
+    corrections = os.environ.get("SM_CHANNEL_CORRECTIONS", config.corrections_dir)
+    if "corrections" in config.sources and corrections is not None:
+        from services.model.data.corrections import MANIFEST, export_dirs
+
+        for export in export_dirs(Path(corrections)):
+            digest.update(json.loads((export / MANIFEST).read_text())["sha256"].encode())
     return digest.hexdigest()[:16]
 
 
@@ -690,27 +717,11 @@ def _finish(config: TrainConfig, best_dir: Path, best_epoch: int, history, start
     from services.model.model_card import render_model_card
 
     loaded = load_checkpoint(best_dir, device=device)
-    metrics = {}
     splits = ["dev", "test"] if config.evaluate_test else ["dev"]
-    # Each source is scored on its own ("test" is the first source's, "ravdess_test" another's),
-    # so MELD's numbers are never mixed with acted speech; EmoDB is a cross-language check.
-    sources = list(config.sources)
-    if "ravdess" in sources and corpus_available("emodb"):
-        sources.append("emodb")
-    for split in splits:
-        for source in dict.fromkeys(sources):
-            examples = load_source(source, split, config)
-            if examples is None:
-                continue
-            key = split if source == config.sources[0] else f"{source}_{split}"
-            report = evaluate_examples(loaded.model, examples, config.eval_batch_size, device)
-            if source in SPEECH_CORPORA:
-                from services.model.speech_eval import speech_scores
-
-                report["speech"] = speech_scores(loaded.model, examples, config.eval_batch_size, device)
-            metrics[key] = report
-            emit_metric_line(f"best_{key}", best_epoch, summary(report))
+    metrics = score_sources(loaded.model, config, splits, device, prefix="best", epoch=best_epoch)
     document = json.loads((best_dir / META_FILE).read_text())
+    if config.compare_with is not None:
+        document["meta"]["baseline"] = score_baseline(Path(config.compare_with), config, device)
     document["meta"].update(
         {
             "name": config.checkpoint_name,
@@ -748,6 +759,55 @@ def _finish(config: TrainConfig, best_dir: Path, best_epoch: int, history, start
         writer.add_hparams(hparams, final, run_name="hparams")
         writer.close()
     log.info("training_done", checkpoint=str(best_dir), best_epoch=best_epoch)
+
+
+def score_sources(model, config: TrainConfig, splits, device, *, prefix: str, epoch: int) -> dict:
+    """Reports per source and split. Each source is scored on its own ("test" is the first
+    source's, "ravdess_test" another's), so MELD's numbers are never mixed with acted speech;
+    EmoDB is a cross-language check."""
+    metrics = {}
+    sources = list(config.sources)
+    if "ravdess" in sources and corpus_available("emodb"):
+        sources.append("emodb")
+    for split in splits:
+        for source in dict.fromkeys(sources):
+            examples = load_source(source, split, config)
+            if examples is None:
+                continue
+            key = split if source == config.sources[0] else f"{source}_{split}"
+            report = evaluate_examples(model, examples, config.eval_batch_size, device)
+            if source in SPEECH_CORPORA:
+                from services.model.speech_eval import speech_scores
+
+                report["speech"] = speech_scores(model, examples, config.eval_batch_size, device)
+            metrics[key] = report
+            emit_metric_line(f"{prefix}_{key}", epoch, summary(report))
+    return metrics
+
+
+def score_baseline(path: Path, config: TrainConfig, device) -> dict:
+    """The baseline checkpoint's dev reports on this run's sources, with its own FeatureSpec."""
+    import tarfile
+    import tempfile
+
+    # A SageMaker channel holding the deployed model.tar.gz, or a checkpoint directory.
+    archives = [path] if path.is_file() else sorted(path.glob("*.tar.gz"))
+    archive = archives[0] if archives and not (path / "checkpoint.json").is_file() else None
+    with tempfile.TemporaryDirectory(prefix="moodreel-baseline-") as scratch:
+        directory = path
+        if archive is not None:
+            with tarfile.open(archive) as tar:
+                tar.extractall(scratch, filter="data")
+            directory = Path(scratch)
+        baseline = load_checkpoint(directory, device=device)
+        scoring = dataclasses.replace(config, spec=baseline.spec)
+        metrics = score_sources(baseline.model, scoring, ["dev"], device, prefix="baseline", epoch=0)
+    return {
+        "name": str(baseline.meta.get("name")),
+        "version": str(baseline.meta.get("version")),
+        "spec_hash": baseline.spec.hash,
+        "metrics": metrics,
+    }
 
 
 def publish(checkpoint: Path, destination: Path, max_mb: float) -> bool:
@@ -814,6 +874,8 @@ _LOCAL_FIELDS = (
     "output_dir",
     "publish_dir",
     "progress",
+    "corrections_dir",
+    "compare_with",
 )
 
 

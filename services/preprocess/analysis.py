@@ -336,7 +336,9 @@ async def enqueue_delivery(
 def utterance_event(index: int, prediction: UtterancePrediction) -> dict[str, Any]:
     """The utterance as ``GET /v1/analyses/{id}`` returns it (UtteranceResultPublic)."""
     data = prediction.model_dump(mode="json", exclude={"modalities"})
-    return {"index": index, **data, "modality_scores": prediction.model_dump(mode="json")["modalities"]}
+    modality_scores = prediction.model_dump(mode="json")["modalities"]
+    # A freshly scored utterance has no correction yet (a re-run keeps a stored one in the database).
+    return {"index": index, **data, "modality_scores": modality_scores, "correction": None}
 
 
 def webhook_payload(analysis: Analysis, event_type: str) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -61,6 +62,8 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     plan: Mapped[str] = mapped_column(String(32), default="free")
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Whether the utterances this user corrected may become training data (off until they opt in).
+    training_consent: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -167,6 +170,12 @@ class UtteranceResult(Base):
     # Each used modality's own head ({"text": {"emotion": {...}, "sentiment": {...}}, ...}): what
     # drove the fused result (shared.predictions.ModalityScores).
     modality_scores: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
+    # The owner's correction, beside the prediction (which is kept): labels of shared.labels, or
+    # None where that head was not corrected; who corrected it and when.
+    corrected_emotion: Mapped[str | None] = mapped_column(String(16))
+    corrected_sentiment: Mapped[str | None] = mapped_column(String(16))
+    corrected_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    corrected_at: Mapped[datetime | None] = mapped_column(index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

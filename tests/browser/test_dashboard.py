@@ -87,6 +87,16 @@ def test_sign_up_key_upload_results_revoke(dev_stack, browser, artifacts, tmp_pa
     text_badge = cards.first.locator("[data-modality=text]").inner_text()
     assert re.fullmatch(rf"text: ({'|'.join(EMOTIONS)}) \d+%", text_badge), text_badge
     page.screenshot(path=artifacts / "4-results.png", full_page=True)
+    # The label picker: htmx swaps the corrected card in; the API shows the correction beside the prediction.
+    first_card = cards.first
+    first_card.locator("select[name=emotion]").select_option("surprise")
+    first_card.locator("select[name=sentiment]").select_option("negative")
+    first_card.locator("button:has-text('Save label')").click()
+    page.wait_for_selector("[data-utterance] [data-corrected-emotion]")
+    assert (
+        page.locator("[data-utterance]").first.locator("[data-corrected-emotion]").inner_text() == "surprise"
+    )
+    page.screenshot(path=artifacts / "4a-corrected.png", full_page=True)
     if live:
         # The page opened while the job ran: SSE events drove fragment refreshes, then the reload.
         assert fragment_requests, "no live refresh happened"
@@ -97,6 +107,8 @@ def test_sign_up_key_upload_results_revoke(dev_stack, browser, artifacts, tmp_pa
         f"{dev_stack.base_url}/v1/analyses/{analysis_id}", headers={"X-API-Key": key}, timeout=10
     ).json()
     assert detail["summary"]["dominant_emotion"] == dominant
+    assert detail["utterances"][0]["correction"]["emotion"] == "surprise"
+    assert detail["utterances"][0]["correction"]["sentiment"] == "negative"
     exported = context.request.get(f"/dashboard/analyses/{analysis_id}/export?format=json")
     assert exported.status == 200
     assert len(json.loads(exported.body())["utterances"]) == len(clip.segments)

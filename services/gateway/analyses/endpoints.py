@@ -5,13 +5,20 @@ import uuid
 from typing import Annotated, Literal
 
 from arq.constants import abort_jobs_ss
-from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from services.gateway.analyses import repository, service
 from services.gateway.analyses.events import analysis_event_stream
-from services.gateway.analyses.schemas import AnalysisCreate, AnalysisDetail, AnalysisPage, AnalysisPublic
+from services.gateway.analyses.schemas import (
+    AnalysisCreate,
+    AnalysisDetail,
+    AnalysisPage,
+    AnalysisPublic,
+    UtteranceLabelUpdate,
+    UtteranceResultPublic,
+)
 from services.gateway.deps import (
     ReadPrincipal,
     RedisDep,
@@ -121,6 +128,22 @@ def list_analyses(
 )
 def get_analysis(analysis_id: uuid.UUID, principal: ReadPrincipal, session: SessionDep) -> AnalysisDetail:
     return service.detail(session, principal.user_id, analysis_id)
+
+
+@router.put(
+    "/{analysis_id}/utterances/{index}/label",
+    response_model=UtteranceResultPublic,
+    responses=problem_responses(401, 403, 404, 422, 429),
+    summary="Correct an utterance's emotion and/or sentiment (the prediction is kept beside it)",
+)
+def label_utterance(
+    analysis_id: uuid.UUID,
+    index: Annotated[int, Path(ge=0, le=1_000_000)],
+    body: UtteranceLabelUpdate,
+    principal: WritePrincipal,
+    session: SessionDep,
+) -> UtteranceResultPublic:
+    return service.correct_utterance(session, principal.user_id, analysis_id, index, body)
 
 
 @router.delete(

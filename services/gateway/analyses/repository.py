@@ -22,6 +22,14 @@ def utterances(session: Session, analysis_id: uuid.UUID) -> Sequence[UtteranceRe
     ).all()
 
 
+def utterance(session: Session, analysis_id: uuid.UUID, index: int) -> UtteranceResult | None:
+    return session.scalar(
+        select(UtteranceResult).where(
+            UtteranceResult.analysis_id == analysis_id, UtteranceResult.index == index
+        )
+    )
+
+
 def delete_utterances(session: Session, analysis_id: uuid.UUID) -> None:
     session.execute(delete(UtteranceResult).where(UtteranceResult.analysis_id == analysis_id))
 

@@ -78,6 +78,29 @@ class LabelScores(BaseModel):
     scores: dict[str, float]
 
 
+EmotionLabel = Literal["anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise"]
+SentimentLabel = Literal["negative", "neutral", "positive"]
+
+
+class UtteranceLabelUpdate(BaseModel):
+    """The owner's labels for one utterance. The request replaces the utterance's correction: a
+    head left out (or null) is not corrected; neither head removes the correction."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"emotion": "sadness", "sentiment": "negative"}]}
+    )
+
+    emotion: EmotionLabel | None = None
+    sentiment: SentimentLabel | None = None
+
+
+class UtteranceCorrection(BaseModel):
+    emotion: EmotionLabel | None = Field(description="The corrected emotion; null: not corrected.")
+    sentiment: SentimentLabel | None = Field(description="The corrected sentiment; null: not corrected.")
+    corrected_by: uuid.UUID | None = Field(description="The account that corrected it.")
+    corrected_at: datetime
+
+
 class UtteranceResultPublic(BaseModel):
     index: int
     start: float
@@ -90,6 +113,10 @@ class UtteranceResultPublic(BaseModel):
     modality_scores: dict[str, ModalityScores] = Field(
         default_factory=dict,
         description="each used modality's own emotion and sentiment scores: what drove the result",
+    )
+    correction: UtteranceCorrection | None = Field(
+        default=None,
+        description="The owner's labels, beside the model's prediction (which stays as it was).",
     )
 
 

@@ -24,6 +24,8 @@ from services.gateway.analyses.schemas import (
     AnalysisPublic,
     AnalysisSource,
     LabelScores,
+    UtteranceCorrection,
+    UtteranceLabelUpdate,
     UtteranceResultPublic,
 )
 from services.gateway.deps import Principal
@@ -74,6 +76,10 @@ class IdempotencyInProgress(Conflict):
 
 class QuotaExhausted(TooManyRequests):
     code, title = "quota_exceeded", "Monthly quota exhausted"
+
+
+class UtteranceNotFound(NotFound):
+    code, title = "utterance_not_found", "Utterance not found"
 
 
 class AnalysisNotFinished(Conflict):
@@ -322,6 +328,14 @@ def utterance_public(row: UtteranceResult) -> UtteranceResultPublic:
         sentiment=_scores(row.sentiment, row.sentiment_scores),
         modalities_used=list(row.modalities or []),
         modality_scores=row.modality_scores or {},
+        correction=UtteranceCorrection(
+            emotion=row.corrected_emotion,  # type: ignore[arg-type]
+            sentiment=row.corrected_sentiment,  # type: ignore[arg-type]
+            corrected_by=row.corrected_by,
+            corrected_at=row.corrected_at,
+        )
+        if row.corrected_at is not None
+        else None,
     )
 
 
@@ -338,6 +352,24 @@ def detail(session: Session, user_id: uuid.UUID, analysis_id: uuid.UUID) -> Anal
     return AnalysisDetail(
         **to_public(analysis).model_dump(), utterances=[utterance_public(row) for row in rows]
     )
+
+
+# --- corrections ----------------------------------------------------------------------------
+def correct_utterance(
+    session: Session, user_id: uuid.UUID, analysis_id: uuid.UUID, index: int, body: UtteranceLabelUpdate
+) -> UtteranceResultPublic:
+    """Store the owner's labels beside the prediction; neither label clears the correction."""
+    analysis = get(session, user_id, analysis_id)
+    row = repository.utterance(session, analysis.id, index)
+    if row is None:
+        raise UtteranceNotFound(f"The analysis has no utterance {index}.")
+    if body.emotion is None and body.sentiment is None:
+        row.corrected_emotion = row.corrected_sentiment = row.corrected_by = row.corrected_at = None
+    else:
+        row.corrected_emotion, row.corrected_sentiment = body.emotion, body.sentiment
+        row.corrected_by, row.corrected_at = user_id, utcnow()
+    session.flush()
+    return utterance_public(row)
 
 
 # --- cancelling and deleting ----------------------------------------------------------------
@@ -402,6 +434,7 @@ def export(analysis: AnalysisDetail, export_format: str) -> tuple[str, str]:
             ]
             + [f"emotion_{label}" for label in emotion_labels]
             + [f"sentiment_{label}" for label in sentiment_labels]
+            + ["corrected_emotion", "corrected_sentiment", "corrected_at"]
         )
         for u in analysis.utterances:
             writer.writerow(
@@ -419,6 +452,7 @@ def export(analysis: AnalysisDetail, export_format: str) -> tuple[str, str]:
                 ]
                 + [f"{u.emotion.scores.get(label, 0.0):.4f}" for label in emotion_labels]
                 + [f"{u.sentiment.scores.get(label, 0.0):.4f}" for label in sentiment_labels]
+                + _correction_cells(u.correction)
             )
         return buffer.getvalue(), "text/csv; charset=utf-8"
     cues = []
@@ -429,6 +463,12 @@ def export(analysis: AnalysisDetail, export_format: str) -> tuple[str, str]:
         lines = "\n".join(filter(None, [caption, text]))
         cues.append(f"{number}\n{_srt_time(u.start)} --> {_srt_time(u.end)}\n{lines}\n")
     return "\n".join(cues), "application/x-subrip; charset=utf-8"
+
+
+def _correction_cells(correction: UtteranceCorrection | None) -> list[str]:
+    if correction is None:
+        return ["", "", ""]
+    return [correction.emotion or "", correction.sentiment or "", correction.corrected_at.isoformat()]
 
 
 def _csv_safe(text: str) -> str:

@@ -8,9 +8,16 @@ from starlette.concurrency import run_in_threadpool
 
 from services.gateway import ratelimit
 from services.gateway.auth import service
-from services.gateway.auth.schemas import RefreshRequest, SignupRequest, TokenPair, UserPublic
+from services.gateway.auth.schemas import (
+    AccountUpdate,
+    RefreshRequest,
+    SignupRequest,
+    TokenPair,
+    UserPublic,
+)
 from services.gateway.deps import CurrentPrincipal, RedisDep, SessionDep, SettingsDep
 from services.gateway.openapi import problem_responses
+from shared.problems import Forbidden
 
 router = APIRouter(prefix="/v1/auth", tags=["auth"])
 SIGNUPS_PER_HOUR_PER_ADDRESS = 20
@@ -92,3 +99,16 @@ def logout(body: RefreshRequest, session: SessionDep) -> None:
 )
 def me(principal: CurrentPrincipal) -> UserPublic:
     return UserPublic.model_validate(principal.user)
+
+
+@router.patch(
+    "/me",
+    response_model=UserPublic,
+    responses=problem_responses(401, 403, 422, 429),
+    summary="Change the signed-in account's settings (training consent)",
+)
+def update_me(body: AccountUpdate, principal: CurrentPrincipal, session: SessionDep) -> UserPublic:
+    if principal.api_key is not None:
+        # Consent is the account holder's decision, not a program's.
+        raise Forbidden("Change account settings with a user access token, not with an API key.")
+    return UserPublic.model_validate(service.update_account(session, principal.user, body))

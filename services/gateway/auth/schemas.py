@@ -26,7 +26,20 @@ class UserPublic(BaseModel):
     id: uuid.UUID
     email: str
     plan: str
+    training_consent: bool = Field(
+        description="Whether utterances this account corrected may be used to retrain the model."
+    )
     created_at: datetime
+
+
+class AccountUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"training_consent": True}]})
+
+    training_consent: bool | None = Field(
+        default=None,
+        description="Allow (true) or stop (false) using this account's corrected utterances as "
+        "training data; only consented corrections are exported.",
+    )
 
 
 class TokenPair(BaseModel):

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.gateway.auth import repository
-from services.gateway.auth.schemas import TokenPair
+from services.gateway.auth.schemas import AccountUpdate, TokenPair
 from services.gateway.security import (
     create_access_token,
     hash_password,
@@ -102,3 +102,10 @@ def logout(session: Session, presented: str) -> None:
     if stored is not None:
         repository.revoke_family(session, stored.family_id)
         session.flush()
+
+
+def update_account(session: Session, user: User, body: AccountUpdate) -> User:
+    if body.training_consent is not None:
+        user.training_consent = body.training_consent
+    session.flush()
+    return user

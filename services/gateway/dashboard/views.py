@@ -333,7 +333,8 @@ async def keys_page(request: Request) -> Response:
                 created = json.loads(base64.urlsafe_b64decode(raw.encode()))
             except ValueError:
                 created = None
-        response = render(request, session, "keys.html", keys=keys, created=created)
+        account = await api.json("GET", "/v1/auth/me")
+        response = render(request, session, "keys.html", keys=keys, created=created, account=account)
         response.delete_cookie(NEW_KEY_COOKIE, path=f"{PREFIX}/keys", httponly=True, samesite="strict")
         return response
 
@@ -376,8 +377,16 @@ async def _keys_page_with_error(
     request: Request, session: BrowserSession, api: GatewayApi, error: ApiError
 ) -> Response:
     keys = items_of(await api.json("GET", "/v1/api-keys"))
+    account = await api.json("GET", "/v1/auth/me")
     return render(
-        request, session, "keys.html", status_code=error.status, keys=keys, created=None, error=error.message
+        request,
+        session,
+        "keys.html",
+        status_code=error.status,
+        keys=keys,
+        created=None,
+        error=error.message,
+        account=account,
     )
 
 
@@ -614,6 +623,54 @@ async def analysis_export(request: Request, analysis_id: uuid.UUID, format: str 
             return render(request, session, "error.html", status_code=400, message="Unknown export format.")
         await api.ensure_access()
         return ForwardToApi(f"/v1/analyses/{analysis_id}/export", urlencode({"format": format}), session)
+
+    return await _page(request, handler)
+
+
+@router.post("/analyses/{analysis_id}/utterances/{index}/label")
+async def label_utterance(
+    request: Request,
+    analysis_id: uuid.UUID,
+    index: int,
+    csrf_token: Annotated[str, Form()] = "",
+    emotion: Annotated[str, Form()] = "",
+    sentiment: Annotated[str, Form()] = "",
+    action: Annotated[str, Form()] = "save",
+) -> Response:
+    """The label picker: stores the owner's labels through the API and answers with the card
+    (htmx swaps it in); without htmx, back to the page."""
+
+    async def handler(session: BrowserSession, api: GatewayApi) -> Response:
+        session.check_csrf(request, csrf_token)
+        body = {} if action == "clear" else {"emotion": emotion or None, "sentiment": sentiment or None}
+        error = None
+        try:
+            utterance = await api.json(
+                "PUT", f"/v1/analyses/{analysis_id}/utterances/{index}/label", json=body
+            )
+        except ApiError as exc:
+            if exc.status == 404:
+                return render(request, session, "error.html", status_code=404, message=exc.message)
+            error = exc.message
+            analysis = await api.json("GET", f"/v1/analyses/{analysis_id}")
+            utterance = next(u for u in analysis["utterances"] if u["index"] == index)
+        if request.headers.get("hx-request") != "true":
+            return redirect(session, f"{PREFIX}/analyses/{analysis_id}")
+        context = {"u": utterance, "analysis": {"id": analysis_id, "status": "succeeded"}}
+        status = 422 if error else 200
+        return render(request, session, "_utterance.html", status_code=status, label_error=error, **context)
+
+    return await _page(request, handler)
+
+
+@router.post("/account/training-consent")
+async def training_consent(
+    request: Request, csrf_token: Annotated[str, Form()] = "", consent: Annotated[bool, Form()] = False
+) -> Response:
+    async def handler(session: BrowserSession, api: GatewayApi) -> Response:
+        session.check_csrf(request, csrf_token)
+        await api.json("PATCH", "/v1/auth/me", json={"training_consent": consent})
+        return redirect(session, f"{PREFIX}/keys")
 
     return await _page(request, handler)
 
