@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from services.gateway.analyses import repository, service
-from services.gateway.analyses.events import analysis_event_stream
+from services.gateway.analyses.events import EventStreamResponse, analysis_event_stream, initial_events
 from services.gateway.analyses.schemas import AnalysisCreate, AnalysisDetail, AnalysisPage, AnalysisPublic
 from services.gateway.deps import (
     ReadPrincipal,
@@ -162,7 +162,7 @@ async def delete_analysis(
             "with `Last-Event-ID`.",
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         },
-        **problem_responses(400, 401, 403, 404, 429),
+        **problem_responses(400, 401, 403, 404, 429, 503),
     },
     summary="Live progress as Server-Sent Events",
 )
@@ -181,6 +181,12 @@ async def analysis_events(
         raise BadRequest("Last-Event-ID is not an event id of this stream.", code="invalid_event_id")
     factory = request.app.state.session_factory
     user_id = principal.user_id
+    slot = request.app.state.stream_slots.acquire(principal.rate_limit_identity)
+    try:
+        backlog = await initial_events(redis_client, settings, analysis_id, after)
+    except BaseException:
+        slot.release()
+        raise
 
     async def load_status() -> dict | None:
         def load() -> dict | None:
@@ -195,8 +201,11 @@ async def analysis_events(
 
         return await run_in_threadpool(load)
 
-    return StreamingResponse(
-        analysis_event_stream(request, redis_client, settings, analysis_id, after, load_status),
+    return EventStreamResponse(
+        analysis_event_stream(
+            request.app.state.event_hub, settings, analysis_id, after, backlog, load_status
+        ),
+        slot,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
