@@ -219,7 +219,13 @@ def create(
         validate_transcript(transcript, transcript_format, settings)
     upload = _checked_upload(session, settings, principal.user_id, body.upload_id) if body.upload_id else None
 
+    # A plain read, so a request over the quota is refused without queueing on the row lock that
+    # concurrent reservations hold until they commit; the reservation below stays the authority.
     snapshot = usage.snapshot(session, principal.user_id, principal.user.plan, settings=settings)
+    if snapshot.analyses_used >= snapshot.analyses_limit:
+        raise _quota_problem(
+            usage.ANALYSIS, snapshot.analyses_limit, snapshot.analyses_used, snapshot.resets_at
+        )
     if snapshot.seconds_used >= snapshot.seconds_limit:
         raise _quota_problem(usage.SECONDS, snapshot.seconds_limit, snapshot.seconds_used, snapshot.resets_at)
     analysis = Analysis(
