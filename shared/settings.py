@@ -221,6 +221,8 @@ class Settings(BaseSettings):
     # processing whose lease (last heartbeat) is older than this and that no arq job holds, and
     # pending webhook deliveries overdue by this much.
     reconcile_lease_seconds: float = Field(120.0, ge=10)
+    # How often the reconciler runs (a divisor of 60 below a minute, else whole minutes).
+    reconcile_interval_seconds: int = Field(60, ge=5, le=3600)
     # A running analysis renews its lease (analyses.updated_at) this often; well under the lease.
     worker_heartbeat_seconds: float = Field(20.0, gt=0)
     # The model service down: the analysis waits, retrying with backoff, for this long before

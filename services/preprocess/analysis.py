@@ -163,8 +163,9 @@ class AnalysisRun:
             return {"outcome": analysis.status}
         if not await self.db(lambda s: repository.mark_processing(s, self.analysis_id)):
             return {"outcome": "not_runnable"}
-        await self.publish("status", {"status": AnalysisStatus.processing.value})
+        heartbeat = asyncio.create_task(self.heartbeat(), name=f"heartbeat:{self.analysis_id}")
         try:
+            await self.publish("status", {"status": AnalysisStatus.processing.value})
             async with asyncio.timeout(self.settings.worker_job_timeout_seconds):
                 return await self.pipeline(analysis)
         except AnalysisCanceled:
@@ -174,6 +175,18 @@ class AnalysisRun:
         except TimeoutError as exc:
             limit = self.settings.worker_job_timeout_seconds
             raise JobFailed("timeout", f"the analysis did not finish within {limit:g} s") from exc
+        finally:
+            heartbeat.cancel()
+
+    async def heartbeat(self) -> None:
+        """Renew the analysis' lease while this job runs, so the reconciler leaves it alone (even
+        when Redis lost the job's own keys meanwhile)."""
+        while True:
+            await asyncio.sleep(self.settings.worker_heartbeat_seconds)
+            try:
+                await self.db(lambda s: repository.renew_lease(s, self.analysis_id))
+            except sqlalchemy.exc.SQLAlchemyError as exc:
+                log.warning("heartbeat_failed", analysis_id=str(self.analysis_id), error=str(exc))
 
     async def pipeline(self, analysis: Analysis) -> dict[str, Any]:
         async with job_workspace(self.settings) as workspace:

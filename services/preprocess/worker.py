@@ -18,8 +18,12 @@ import logging
 import uuid
 from typing import Any
 
-from arq import Retry, func
+from arq import Retry, cron, func
 from arq.connections import RedisSettings
+from redis.asyncio.retry import Retry as RedisRetry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.db.session import create_db_engine, make_session_factory
 from shared.logging import configure_logging, get_logger
@@ -28,6 +32,7 @@ from shared.settings import get_settings
 
 from .analysis import AnalysisRun, Resources, TransientJobError, classify
 from .deliveries import attempt_delivery
+from .reconcile import reconcile
 
 log = get_logger(__name__)
 settings = get_settings()
@@ -103,6 +108,31 @@ async def deliver_webhook(ctx: dict[str, Any], delivery_id: str) -> dict[str, An
     return outcome
 
 
+async def reconcile_queue(ctx: dict[str, Any]) -> dict[str, int]:
+    return await reconcile(ctx["resources"], ctx["redis"])
+
+
+def redis_settings() -> RedisSettings:
+    """The worker outlives Redis outages: every command retries with backoff (capped at 5 s) for as
+    long as Redis is away, and start-up waits for it, instead of the process exiting."""
+    base = RedisSettings.from_dsn(settings.redis_url)
+    base.conn_retries = 1_000_000
+    base.conn_retry_delay = 2
+    base.retry_on_error = [RedisConnectionError, RedisTimeoutError, ConnectionError, OSError]
+    base.retry = RedisRetry(ExponentialBackoff(cap=5, base=0.2), retries=-1)
+    return base
+
+
+def reconcile_seconds() -> set[int] | None:
+    interval = settings.reconcile_interval_seconds
+    return set(range(0, 60, interval)) if interval < 60 else None
+
+
+def reconcile_minutes() -> set[int] | None:
+    minutes = settings.reconcile_interval_seconds // 60
+    return set(range(0, 60, minutes)) if minutes > 1 else None
+
+
 class WorkerSettings:
     functions = [
         func(
@@ -118,9 +148,22 @@ class WorkerSettings:
             max_tries=settings.webhook_max_attempts + 1,
         ),
     ]
+    # The reconciler: every reconcile_interval_seconds and at start; one run per slot across workers.
+    cron_jobs = [
+        cron(
+            reconcile_queue,
+            name="reconcile",
+            second=reconcile_seconds() or 0,
+            minute=reconcile_minutes(),
+            run_at_startup=True,
+            unique=True,
+            timeout=120,
+            max_tries=1,
+        )
+    ]
     on_startup = startup
     on_shutdown = shutdown
-    redis_settings = RedisSettings.from_dsn(settings.redis_url)
+    redis_settings = redis_settings()
     queue_name = settings.queue_name
     max_jobs = settings.worker_max_jobs
     job_completion_wait = settings.worker_shutdown_grace_seconds
