@@ -217,16 +217,16 @@ class Settings(BaseSettings):
     sse_keepalive_seconds: float = Field(15.0, gt=0)
     # An idle stream re-reads the analysis' status from the database this often.
     sse_status_check_seconds: float = Field(30.0, gt=0)
-    # The worker's reconciler (an arq cron job, every minute) re-enqueues analyses queued or
-    # processing whose lease (last heartbeat) is older than this and that no arq job holds, and
-    # pending webhook deliveries overdue by this much.
+    # The worker's reconciler (an arq cron job) re-enqueues analyses queued or processing whose
+    # lease (last heartbeat) is older than this and that no arq job holds, and pending webhook
+    # deliveries overdue by this much.
     reconcile_lease_seconds: float = Field(120.0, ge=10)
     # How often the reconciler runs (a divisor of 60 below a minute, else whole minutes).
     reconcile_interval_seconds: int = Field(60, ge=5, le=3600)
     # A running analysis renews its lease (analyses.updated_at) this often; well under the lease.
     worker_heartbeat_seconds: float = Field(20.0, gt=0)
-    # The model service down: the analysis waits, retrying with backoff, for this long before
-    # failing `model_unavailable` (its job try count is not used up meanwhile).
+    # The model service down: the running job waits, retrying with backoff, for this long before
+    # the analysis fails `model_unavailable` (keep it below worker_job_timeout_seconds).
     model_unavailable_window_seconds: float = Field(900.0, ge=0)
     # Backoff between model-service retries: base, doubling, capped.
     model_retry_base_seconds: float = Field(5.0, gt=0)

@@ -175,10 +175,15 @@ async def analysis_events(
     redis_client: RedisDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=64)] = None,
 ) -> StreamingResponse:
-    await run_in_threadpool(service.get, session, principal.user_id, analysis_id)
     after = last_event_id or "0"
     if not is_valid_event_id(after):
         raise BadRequest("Last-Event-ID is not an event id of this stream.", code="invalid_event_id")
+
+    def check_and_release() -> None:
+        service.get(session, principal.user_id, analysis_id)
+        session.commit()  # returns the connection to the pool before the stream starts
+
+    await run_in_threadpool(check_and_release)
     factory = request.app.state.session_factory
     user_id = principal.user_id
     slot = request.app.state.stream_slots.acquire(principal.rate_limit_identity)
