@@ -12,7 +12,8 @@ random-weight checkpoint, and a loopback media server and webhook receiver. Thre
    time; meanwhile ``GET /v1/usage`` latency is measured, then one event is published and the
    streams that received it are counted.
 2. **Quota boundary** (PostgreSQL): a plan of ``--quota`` analyses with 30 left, then ``--burst``
-   concurrent ``POST /v1/analyses``: how many are accepted (must be exactly 30), how fast.
+   concurrent ``POST /v1/analyses``: how many are accepted (must be exactly 30), how fast; again
+   with 28 at once and 20 left (below the database pool's size).
 3. **Faults**: ``--fault-analyses`` submissions with a callback; the worker is SIGKILLed mid-job
    and restarted, Redis is killed and restarted empty (submissions made meanwhile retry with
    their Idempotency-Key once it answers), and the model server is down for ``--model-down``
@@ -189,17 +190,17 @@ async def streams_part(base_url: str, port: int, keys: list[str], analysis_id: s
 
 
 # --- part 2: quota boundary ---------------------------------------------------------------------
-def quota_part(base_url: str, engine, args) -> dict:
+def quota_part(base_url: str, engine, args, concurrency: int, remaining: int) -> dict:
     with httpx.Client(base_url=base_url, timeout=60) as http:
         user_id, (key,) = new_account(http)
         with engine.begin() as connection:
             connection.execute(update(User).where(User.id == uuid.UUID(user_id)).values(plan="boundary"))
         body = {"video_url": "https://93.184.215.14/clip.mp4"}
-        for _ in range(args.quota - 30):
+        for _ in range(args.quota - remaining):
             assert http.post("/v1/analyses", json=body, headers={"X-API-Key": key}).status_code == 202
 
     async def burst() -> tuple[list[int], list[float], float]:
-        limits = httpx.Limits(max_connections=args.burst)
+        limits = httpx.Limits(max_connections=concurrency)
         async with httpx.AsyncClient(base_url=base_url, timeout=120, limits=limits) as client:
             gate = asyncio.Event()
 
@@ -212,7 +213,7 @@ def quota_part(base_url: str, engine, args) -> dict:
                 except httpx.HTTPError:
                     return 0, time.perf_counter() - started
 
-            tasks = [asyncio.create_task(one()) for _ in range(args.burst)]
+            tasks = [asyncio.create_task(one()) for _ in range(concurrency)]
             await asyncio.sleep(0.2)
             started = time.perf_counter()
             gate.set()
@@ -236,17 +237,17 @@ def quota_part(base_url: str, engine, args) -> dict:
         connection.commit()
     return {
         "plan_limit": args.quota,
-        "remaining_before": 30,
-        "concurrent_requests": args.burst,
+        "remaining_before": remaining,
+        "concurrent_requests": concurrency,
         "accepted": statuses.count(202),
         "refused_429": statuses.count(429),
         "other": {str(s): statuses.count(s) for s in set(statuses) - {202, 429}},
         "seconds": round(elapsed, 3),
-        "submissions_per_second": round(args.burst / elapsed, 1),
+        "submissions_per_second": round(concurrency / elapsed, 1),
         "latency": latency_summary(latencies),
         "analyses_rows": rows,
         "analyses_used": used,
-        "exact": statuses.count(202) == 30 and rows == args.quota and used == args.quota,
+        "exact": statuses.count(202) == remaining and rows == used == args.quota,
     }
 
 
@@ -490,8 +491,11 @@ def main() -> None:
             )
 
             print("quota boundary", flush=True)
-            results["quota_boundary"] = quota_part(base_url, engine, args)
+            results["quota_boundary"] = quota_part(base_url, engine, args, args.burst, 30)
             print(json.dumps(results["quota_boundary"]), flush=True)
+            # Below the database pool's 30 connections: the reservation path on its own.
+            results["quota_boundary_below_pool"] = quota_part(base_url, engine, args, 28, 20)
+            print(json.dumps(results["quota_boundary_below_pool"]), flush=True)
             redis.Redis.from_url(store.url).delete(f"{prefix}queue")
 
             model = stack.model_server(checkpoint, env, work).start()

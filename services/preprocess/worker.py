@@ -47,6 +47,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     # keep httpx's per-request lines out (the worker logs what it fetched and scored itself).
     logging.getLogger("arq").handlers.clear()
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    outlive_redis_outages(ctx["redis"])
     engine = create_db_engine(settings=settings, pool_size=settings.worker_max_jobs + 2)
     ctx["engine"] = engine
     ctx["resources"] = Resources(
@@ -112,14 +113,25 @@ async def reconcile_queue(ctx: dict[str, Any]) -> dict[str, int]:
     return await reconcile(ctx["resources"], ctx["redis"])
 
 
+def outlive_redis_outages(client: Any) -> None:
+    """From now on every command of the worker's Redis client retries with backoff (capped at 5 s)
+    for as long as Redis is away, instead of the error ending the worker process. Applied at
+    start-up only, so ``arq --check`` still fails fast when Redis is down."""
+    errors = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+    retry = RedisRetry(ExponentialBackoff(cap=5, base=0.2), retries=-1, supported_errors=errors)
+    pool = client.connection_pool
+    pool.connection_kwargs.update(retry=retry, retry_on_error=list(errors))  # connections made later
+    pool.set_retry(retry)  # connections already made
+    for connection in (*pool._available_connections, *pool._in_use_connections):
+        connection.retry_on_error = list(errors)
+
+
 def redis_settings() -> RedisSettings:
-    """The worker outlives Redis outages: every command retries with backoff (capped at 5 s) for as
-    long as Redis is away, and start-up waits for it, instead of the process exiting."""
+    """Start-up (and ``arq --check``) tries Redis for about 20 s before giving up; a worker that
+    could not start is restarted by its supervisor (compose: ``restart: unless-stopped``)."""
     base = RedisSettings.from_dsn(settings.redis_url)
-    base.conn_retries = 1_000_000
-    base.conn_retry_delay = 2
-    base.retry_on_error = [RedisConnectionError, RedisTimeoutError, ConnectionError, OSError]
-    base.retry = RedisRetry(ExponentialBackoff(cap=5, base=0.2), retries=-1)
+    base.conn_retries = 10
+    base.conn_retry_delay = 1
     return base
 
 

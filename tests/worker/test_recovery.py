@@ -135,3 +135,19 @@ def test_model_service_down_is_waited_out_within_the_window(
             model_server.start()
         assert failed["status"] == "failed" and failed["error"]["code"] == "model_unavailable"
         assert all(entry.refunded_at is not None for entry in ledger(sessions, created).values())
+
+
+def test_health_check_fails_instead_of_waiting_when_redis_is_down(worker_env):
+    import os
+    import subprocess
+
+    dead = f"redis://127.0.0.1:{stack.free_port()}/0"
+    started = time.monotonic()
+    done = subprocess.run(
+        [str(stack.BIN / "arq"), "--check", "services.preprocess.worker.WorkerSettings"],
+        cwd=stack.REPO_ROOT,
+        env={**os.environ, **worker_env, "MOODREEL_REDIS_URL": dead},
+        capture_output=True,
+        timeout=90,
+    )
+    assert done.returncode != 0 and time.monotonic() - started < 60
