@@ -1,12 +1,14 @@
 """The arq worker: ``arq services.preprocess.worker.WorkerSettings`` (``--check`` for health).
 
-Two jobs on ``settings.queue_name``:
+Jobs on ``settings.queue_name``:
 
 - ``analyse_video(analysis_id)``: enqueued by the gateway with ``_job_id=str(analysis_id)``, so
   one analysis is one job. Transient failures re-queue it with exponential backoff
   (``worker_retry_base_seconds``); its last try fails the analysis with the last error code.
 - ``deliver_webhook(delivery_id)``: one signed POST; a failed attempt re-queues itself after
   ``webhook_retry_base_seconds * 2**(n-1)`` until ``webhook_max_attempts``.
+- ``reconcile`` (cron, every ``reconcile_interval_seconds`` and at start): re-enqueues from the
+  database the analyses and webhook deliveries that Redis lost (``reconcile.py``).
 
 SIGTERM stops taking jobs and gives running ones ``worker_shutdown_grace_seconds`` to finish;
 jobs cancelled after that go back to the queue and resume idempotently on the next worker.
