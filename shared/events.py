@@ -79,7 +79,7 @@ async def apublish_event(
     return event_id.decode() if isinstance(event_id, bytes) else event_id
 
 
-def _decode(entries) -> list[AnalysisEvent]:
+def decode_entries(entries) -> list[AnalysisEvent]:
     events = []
     for raw_id, fields in entries:
         decoded = {
@@ -113,11 +113,11 @@ async def read_events(
     if not response:
         return []
     _, entries = response[0]
-    return _decode(entries)
+    return decode_entries(entries)
 
 
 def read_events_sync(
     client: redis.Redis, analysis_id: uuid.UUID | str, after: str = "0", *, settings: Settings | None = None
 ) -> list[AnalysisEvent]:
     response = client.xread({stream_key(analysis_id, settings): after}, count=MAX_STREAM_LENGTH)
-    return _decode(response[0][1]) if response else []
+    return decode_entries(response[0][1]) if response else []

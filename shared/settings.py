@@ -229,6 +229,38 @@ class Settings(BaseSettings):
     # The model server reloads when its model directory's target changes (checked this often;
     # 0: never), answering every request in flight with the model it started on.
     model_watch_seconds: float = Field(0.0, ge=0)
+    # --- reliability: Redis outages, event streams, recovery -----------------------------------
+    # Gateway side of Redis: connect and per-command socket timeouts, so an outage answers a 503
+    # problem within seconds instead of hanging the request.
+    redis_connect_timeout_seconds: float = Field(1.0, gt=0)
+    redis_socket_timeout_seconds: float = Field(2.0, gt=0)
+    # Connections of the gateway's command pool per process (a request waits up to the socket
+    # timeout for a free one).
+    redis_max_connections: int = Field(64, ge=2)
+    # Retry-After of the 503 problem answered while Redis is unavailable.
+    redis_retry_after_seconds: int = Field(5, ge=1)
+    # Open SSE streams per gateway process, and per API key (or signed-in user); a 429 problem past either.
+    sse_max_streams: int = Field(4000, ge=1)
+    sse_max_streams_per_key: int = Field(100, ge=1)
+    sse_retry_after_seconds: int = Field(10, ge=1)
+    # A comment line is sent on an idle stream this often (proxies close silent connections).
+    sse_keepalive_seconds: float = Field(15.0, gt=0)
+    # An idle stream re-reads the analysis' status from the database this often.
+    sse_status_check_seconds: float = Field(30.0, gt=0)
+    # The worker's reconciler (an arq cron job) re-enqueues analyses queued or processing whose
+    # lease (last heartbeat) is older than this and that no arq job holds, and pending webhook
+    # deliveries overdue by this much.
+    reconcile_lease_seconds: float = Field(120.0, ge=10)
+    # How often the reconciler runs (a divisor of 60 below a minute, else whole minutes).
+    reconcile_interval_seconds: int = Field(60, ge=5, le=3600)
+    # A running analysis renews its lease (analyses.updated_at) this often; well under the lease.
+    worker_heartbeat_seconds: float = Field(20.0, gt=0)
+    # The model service down: the running job waits, retrying with backoff, for this long before
+    # the analysis fails `model_unavailable` (keep it below worker_job_timeout_seconds).
+    model_unavailable_window_seconds: float = Field(900.0, ge=0)
+    # Backoff between model-service retries: base, doubling, capped.
+    model_retry_base_seconds: float = Field(5.0, gt=0)
+    model_retry_max_seconds: float = Field(120.0, gt=0)
 
 
 @lru_cache

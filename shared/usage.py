@@ -1,8 +1,9 @@
 """Monthly quota accounting (analyses and video seconds per calendar month, UTC).
 
-Counters live in ``usage_periods`` and change only through one conditional UPDATE
-(``... SET used = used + n WHERE used + n <= limit``): the database serialises concurrent
-reservations on the row, so two requests can never both take the last unit. Each charge also
+Counters live in ``usage_periods`` and are charged by one conditional upsert
+(``INSERT ... ON CONFLICT DO UPDATE SET used = used + n WHERE used + n <= limit RETURNING``): the
+database serialises concurrent reservations on the row, so two requests can never both take the
+last unit, and a reservation is one round trip. Each charge also
 writes a ``usage_entries`` row keyed by (analysis, kind): a re-run job's reservation is a no-op
 and a refund happens at most once. Functions take a sync ``Session`` and only flush; the caller
 commits (the gateway's request dependency, or the worker's unit of work).
@@ -64,14 +65,28 @@ def plan_limits(plan: str, settings: Settings | None = None) -> PlanLimits:
     return settings.plans.get(plan) or settings.plans[settings.default_plan]
 
 
-def _ensure_period_row(session: Session, user_id: uuid.UUID, period: str) -> None:
+def _charge(
+    session: Session, user_id: uuid.UUID, period: str, kind: str, amount: float, limit: float
+) -> bool:
+    """One statement: create the month's row charged with ``amount``, or add ``amount`` to it if it
+    stays within ``limit``. The row lock it takes is held until the caller commits."""
+    if amount > limit:
+        return False
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    statement = (
-        insert(UsagePeriod)
-        .values(user_id=user_id, period=period, analyses_used=0, seconds_used=0.0)
-        .on_conflict_do_nothing(index_elements=["user_id", "period"])
+    column = "analyses_used" if kind == ANALYSIS else "seconds_used"
+    statement = insert(UsagePeriod).values(
+        user_id=user_id,
+        period=period,
+        analyses_used=amount if kind == ANALYSIS else 0,
+        seconds_used=amount if kind == SECONDS else 0.0,
     )
-    session.execute(statement)
+    current = getattr(UsagePeriod, column)
+    statement = statement.on_conflict_do_update(
+        index_elements=["user_id", "period"],
+        set_={column: current + amount},
+        where=current + amount <= limit,
+    ).returning(UsagePeriod.user_id)
+    return session.execute(statement.execution_options(synchronize_session=False)).first() is not None
 
 
 def _column_and_limit(kind: str, limits: PlanLimits):
@@ -107,14 +122,7 @@ def reserve(
     limits = plan_limits(plan, settings)
     column, limit = _column_and_limit(kind, limits)
     period = current_period(now)
-    _ensure_period_row(session, user_id, period)
-    result = session.execute(
-        update(UsagePeriod)
-        .where(UsagePeriod.user_id == user_id, UsagePeriod.period == period, column + amount <= limit)
-        .values({column: column + amount})
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:
+    if not _charge(session, user_id, period, kind, amount, limit):
         used = session.scalar(
             select(column).where(UsagePeriod.user_id == user_id, UsagePeriod.period == period)
         )

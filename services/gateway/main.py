@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 import redis.asyncio as aioredis
+import redis.exceptions
 from arq.connections import ArqRedis
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -15,6 +16,7 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from services.gateway.analyses.endpoints import router as analyses_router
+from services.gateway.analyses.events import EventHub, StreamSlots
 from services.gateway.api_keys.endpoints import router as api_keys_router
 from services.gateway.auth.endpoints import router as auth_router
 from services.gateway.dashboard import router as dashboard_router
@@ -28,7 +30,7 @@ from services.gateway.webhook_docs import document_webhooks
 from services.gateway.webhooks.endpoints import router as webhooks_router
 from shared.db.session import create_db_engine, make_session_factory
 from shared.logging import configure_logging, get_logger
-from shared.problems import ServiceUnavailable, install_problem_handlers, problem_type
+from shared.problems import ServiceUnavailable, install_problem_handlers, problem_response, problem_type
 from shared.settings import Settings, get_settings
 
 log = get_logger(__name__)
@@ -76,14 +78,40 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # One client for rate limits, events and the arq queue (ArqRedis is a redis.asyncio client).
-        pool = aioredis.ConnectionPool.from_url(settings.redis_url)
+        # One client for rate limits, events and the arq queue (ArqRedis is a redis.asyncio client):
+        # bounded, with short timeouts, so a Redis outage is a fast 503 rather than a hung request.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.redis_url,
+            max_connections=settings.redis_max_connections,
+            timeout=settings.redis_socket_timeout_seconds,
+            socket_connect_timeout=settings.redis_connect_timeout_seconds,
+            socket_timeout=settings.redis_socket_timeout_seconds,
+            client_name=f"{settings.redis_key_prefix}gateway",
+        )
         app.state.arq = ArqRedis(pool, default_queue_name=settings.queue_name)
         app.state.redis = app.state.arq
         app.state.commit_limiter = anyio.CapacityLimiter(40)
+        # SSE: one connection blocks on XREAD for every open stream of this process.
+        hub_block_ms = 1000
+        app.state.event_hub = EventHub(
+            aioredis.Redis.from_url(
+                settings.redis_url,
+                max_connections=1,
+                socket_connect_timeout=settings.redis_connect_timeout_seconds,
+                socket_timeout=settings.redis_socket_timeout_seconds + hub_block_ms / 1000,
+                client_name=f"{settings.redis_key_prefix}gateway-events",
+            ),
+            block_ms=hub_block_ms,
+        )
+        app.state.stream_slots = StreamSlots(
+            per_server=settings.sse_max_streams,
+            per_key=settings.sse_max_streams_per_key,
+            retry_after=settings.sse_retry_after_seconds,
+        )
         try:
             yield
         finally:
+            await app.state.event_hub.close()
             await app.state.arq.aclose()
             await pool.aclose()
             engine.dispose()
@@ -101,6 +129,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.session_factory = make_session_factory(engine)
 
     install_problem_handlers(app)
+
+    async def redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("redis_unavailable", path=request.url.path, error=str(exc))
+        retry_after = str(settings.redis_retry_after_seconds)
+        problem = ServiceUnavailable(
+            "The queue and rate-limit store is unavailable; retry shortly.",
+            code="redis_unavailable",
+            headers={"Retry-After": retry_after},
+        )
+        return problem_response(problem, request)
+
+    app.add_exception_handler(redis.exceptions.ConnectionError, redis_unavailable)
+    app.add_exception_handler(redis.exceptions.TimeoutError, redis_unavailable)
     app.add_middleware(RateLimitHeadersMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)
     if settings.cors_origins:

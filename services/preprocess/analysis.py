@@ -163,8 +163,9 @@ class AnalysisRun:
             return {"outcome": analysis.status}
         if not await self.db(lambda s: repository.mark_processing(s, self.analysis_id)):
             return {"outcome": "not_runnable"}
-        await self.publish("status", {"status": AnalysisStatus.processing.value})
+        heartbeat = asyncio.create_task(self.heartbeat(), name=f"heartbeat:{self.analysis_id}")
         try:
+            await self.publish("status", {"status": AnalysisStatus.processing.value})
             async with asyncio.timeout(self.settings.worker_job_timeout_seconds):
                 return await self.pipeline(analysis)
         except AnalysisCanceled:
@@ -174,6 +175,18 @@ class AnalysisRun:
         except TimeoutError as exc:
             limit = self.settings.worker_job_timeout_seconds
             raise JobFailed("timeout", f"the analysis did not finish within {limit:g} s") from exc
+        finally:
+            heartbeat.cancel()
+
+    async def heartbeat(self) -> None:
+        """Renew the analysis' lease while this job runs, so the reconciler leaves it alone (even
+        when Redis lost the job's own keys meanwhile)."""
+        while True:
+            await asyncio.sleep(self.settings.worker_heartbeat_seconds)
+            try:
+                await self.db(lambda s: repository.renew_lease(s, self.analysis_id))
+            except sqlalchemy.exc.SQLAlchemyError as exc:
+                log.warning("heartbeat_failed", analysis_id=str(self.analysis_id), error=str(exc))
 
     async def pipeline(self, analysis: Analysis) -> dict[str, Any]:
         async with job_workspace(self.settings) as workspace:
@@ -184,7 +197,7 @@ class AnalysisRun:
             duration = float(info.duration)
             await self.reserve_seconds(analysis, duration)
             with self.timer.stage("spec"):
-                spec = await asyncio.to_thread(self.r.model.get_spec)
+                spec = await self.call_model(self.r.model.get_spec)
             await self.ensure_active()
             with self.timer.stage("features"):
                 bundle = await asyncio.to_thread(self.features, analysis, media_path, spec)
@@ -207,6 +220,51 @@ class AnalysisRun:
             raise JobFailed("download_failed", "the analysis has neither a video URL nor an upload")
         download = await download_url(analysis.source_url, workspace / "media", settings=self.settings)
         return download.path
+
+    async def call_model(self, call: Callable[..., T], *args: Any) -> T:
+        """One model-service call (with the client's own quick retries). While the service stays
+        unavailable the job waits — backoff from ``model_retry_base_seconds`` doubling up to
+        ``model_retry_max_seconds``, announced on the event stream — for at most
+        ``model_unavailable_window_seconds`` before the analysis fails ``model_unavailable``."""
+        window = self.settings.model_unavailable_window_seconds
+        waiting_since: float | None = None
+        delay = self.settings.model_retry_base_seconds
+        while True:
+            try:
+                result = await asyncio.to_thread(call, *args)
+            except ModelUnavailable as exc:
+                now = time.monotonic()
+                waiting_since = now if waiting_since is None else waiting_since
+                waited = now - waiting_since
+                if waited + delay > window:
+                    raise JobFailed(
+                        "model_unavailable",
+                        f"the model service stayed unavailable for {waited:.0f} s: {exc.message}",
+                    ) from exc
+                log.warning(
+                    "model_unavailable_waiting",
+                    analysis_id=str(self.analysis_id),
+                    waited=round(waited, 1),
+                    retry_in=delay,
+                    error=exc.message,
+                )
+                await self.publish(
+                    "status",
+                    {
+                        "status": AnalysisStatus.processing.value,
+                        "waiting_for": "model",
+                        "waited_seconds": round(waited, 1),
+                        "retry_in_seconds": delay,
+                    },
+                )
+                await asyncio.sleep(delay)
+                await self.ensure_active()
+                delay = min(delay * 2, self.settings.model_retry_max_seconds)
+                continue
+            if waiting_since is not None:
+                log.info("model_available_again", analysis_id=str(self.analysis_id))
+                await self.publish("status", {"status": AnalysisStatus.processing.value})
+            return result
 
     async def reserve_seconds(self, analysis: Analysis, duration: float) -> None:
         """Charge the probed duration (whole seconds, rounded up) once per analysis.
@@ -244,7 +302,7 @@ class AnalysisRun:
             await self.ensure_active()
             chunk = bundle.select(slice(start, min(start + step, len(bundle))))
             with self.timer.stage("model"):
-                response = await asyncio.to_thread(self.r.model.invoke, chunk)
+                response = await self.call_model(self.r.model.invoke, chunk)
             if first is not None and response.model != first.model:
                 raise TransientJobError(
                     "model_unavailable", "the served model changed while scoring the video"

@@ -46,6 +46,16 @@ def mark_processing(session: Session, analysis_id: uuid.UUID) -> bool:
     return result.rowcount == 1
 
 
+def renew_lease(session: Session, analysis_id: uuid.UUID) -> None:
+    """The running job's heartbeat: ``updated_at`` is the lease the reconciler reads."""
+    session.execute(
+        update(Analysis)
+        .where(Analysis.id == analysis_id, Analysis.status == AnalysisStatus.processing.value)
+        .values(updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+
+
 def set_media_facts(session: Session, analysis_id: uuid.UUID, duration: float) -> None:
     session.execute(
         update(Analysis)

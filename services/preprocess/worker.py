@@ -1,12 +1,14 @@
 """The arq worker: ``arq services.preprocess.worker.WorkerSettings`` (``--check`` for health).
 
-Two jobs on ``settings.queue_name``:
+Jobs on ``settings.queue_name``:
 
 - ``analyse_video(analysis_id)``: enqueued by the gateway with ``_job_id=str(analysis_id)``, so
   one analysis is one job. Transient failures re-queue it with exponential backoff
   (``worker_retry_base_seconds``); its last try fails the analysis with the last error code.
 - ``deliver_webhook(delivery_id)``: one signed POST; a failed attempt re-queues itself after
   ``webhook_retry_base_seconds * 2**(n-1)`` until ``webhook_max_attempts``.
+- ``reconcile`` (cron, every ``reconcile_interval_seconds`` and at start): re-enqueues from the
+  database the analyses and webhook deliveries that Redis lost (``reconcile.py``).
 
 SIGTERM stops taking jobs and gives running ones ``worker_shutdown_grace_seconds`` to finish;
 jobs cancelled after that go back to the queue and resume idempotently on the next worker.
@@ -18,8 +20,12 @@ import logging
 import uuid
 from typing import Any
 
-from arq import Retry, func
+from arq import Retry, cron, func
 from arq.connections import RedisSettings
+from redis.asyncio.retry import Retry as RedisRetry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.db.session import create_db_engine, make_session_factory
 from shared.logging import configure_logging, get_logger
@@ -28,6 +34,7 @@ from shared.settings import get_settings
 
 from .analysis import AnalysisRun, Resources, TransientJobError, classify
 from .deliveries import attempt_delivery
+from .reconcile import reconcile
 
 log = get_logger(__name__)
 settings = get_settings()
@@ -42,6 +49,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     # keep httpx's per-request lines out (the worker logs what it fetched and scored itself).
     logging.getLogger("arq").handlers.clear()
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    outlive_redis_outages(ctx["redis"])
     engine = create_db_engine(settings=settings, pool_size=settings.worker_max_jobs + 2)
     ctx["engine"] = engine
     ctx["resources"] = Resources(
@@ -103,6 +111,42 @@ async def deliver_webhook(ctx: dict[str, Any], delivery_id: str) -> dict[str, An
     return outcome
 
 
+async def reconcile_queue(ctx: dict[str, Any]) -> dict[str, int]:
+    return await reconcile(ctx["resources"], ctx["redis"])
+
+
+def outlive_redis_outages(client: Any) -> None:
+    """From now on every command of the worker's Redis client retries with backoff (capped at 5 s)
+    for as long as Redis is away, instead of the error ending the worker process. Applied at
+    start-up only, so ``arq --check`` still fails fast when Redis is down."""
+    errors = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+    retry = RedisRetry(ExponentialBackoff(cap=5, base=0.2), retries=-1, supported_errors=errors)
+    pool = client.connection_pool
+    pool.connection_kwargs.update(retry=retry, retry_on_error=list(errors))  # connections made later
+    pool.set_retry(retry)  # connections already made
+    for connection in (*pool._available_connections, *pool._in_use_connections):
+        connection.retry_on_error = list(errors)
+
+
+def redis_settings() -> RedisSettings:
+    """Start-up (and ``arq --check``) tries Redis for about 20 s before giving up; a worker that
+    could not start is restarted by its supervisor (compose: ``restart: unless-stopped``)."""
+    base = RedisSettings.from_dsn(settings.redis_url)
+    base.conn_retries = 10
+    base.conn_retry_delay = 1
+    return base
+
+
+def reconcile_seconds() -> set[int] | None:
+    interval = settings.reconcile_interval_seconds
+    return set(range(0, 60, interval)) if interval < 60 else None
+
+
+def reconcile_minutes() -> set[int] | None:
+    minutes = settings.reconcile_interval_seconds // 60
+    return set(range(0, 60, minutes)) if minutes > 1 else None
+
+
 class WorkerSettings:
     functions = [
         func(
@@ -118,9 +162,22 @@ class WorkerSettings:
             max_tries=settings.webhook_max_attempts + 1,
         ),
     ]
+    # The reconciler: every reconcile_interval_seconds and at start; one run per slot across workers.
+    cron_jobs = [
+        cron(
+            reconcile_queue,
+            name="reconcile",
+            second=reconcile_seconds() or 0,
+            minute=reconcile_minutes(),
+            run_at_startup=True,
+            unique=True,
+            timeout=120,
+            max_tries=1,
+        )
+    ]
     on_startup = startup
     on_shutdown = shutdown
-    redis_settings = RedisSettings.from_dsn(settings.redis_url)
+    redis_settings = redis_settings()
     queue_name = settings.queue_name
     max_jobs = settings.worker_max_jobs
     job_completion_wait = settings.worker_shutdown_grace_seconds

@@ -256,6 +256,46 @@ def test_results_and_exports(client, api_key, database_url):
     )
 
 
+HOSTILE_SPEAKER = "=cmd|' /C calc'!A0"
+HOSTILE_TEXT = "fine\n\n99\n00:00:00,000 --> 00:09:00,000\n<font color=red>INJECTED</font>\r\n\r\nend"
+
+
+def test_exports_escape_every_field(client, api_key, database_url):
+    """Speaker and text are user-supplied: no formula survives in any CSV cell and no SRT cue can be
+    forged by line breaks, timing arrows or tags."""
+    analysis_id = submit(client, api_key).json()["id"]
+    store_results(database_url, analysis_id, count=2)
+    factory = make_session_factory(engine_for(database_url))
+    with session_scope(factory) as session:
+        session.execute(
+            update(UtteranceResult)
+            .where(UtteranceResult.analysis_id == uuid.UUID(analysis_id))
+            .values(speaker=HOSTILE_SPEAKER, text=HOSTILE_TEXT)
+        )
+        session.execute(
+            update(UtteranceResult)
+            .where(UtteranceResult.analysis_id == uuid.UUID(analysis_id), UtteranceResult.index == 1)
+            .values(speaker=" @SUM(A1)", text="\uff1d1+1")
+        )
+    headers = {"X-API-Key": api_key}
+    as_csv = client.get(f"/v1/analyses/{analysis_id}/export?format=csv", headers=headers).text
+    rows = list(csv.reader(io.StringIO(as_csv)))
+    assert len(rows) == 3
+    for row in rows:
+        for cell in row:
+            assert cell.lstrip(' "')[:1] not in ("=", "+", "@", "\t", "\r", "|", "\uff1d"), cell
+    assert rows[1][3] == "'" + HOSTILE_SPEAKER and rows[2][3] == "' @SUM(A1)" and rows[2][4] == "'\uff1d1+1"
+
+    srt = client.get(f"/v1/analyses/{analysis_id}/export?format=srt", headers=headers).text
+    cues = srt.strip("\n").split("\n\n")
+    assert len(cues) == 2  # no injected cue
+    for number, cue in enumerate(cues, start=1):
+        lines = cue.split("\n")
+        assert lines[0] == str(number) and "-->" in lines[1] and len(lines) == 4
+        assert "-->" not in "\n".join(lines[2:]) and "<" not in cue and ">" not in "\n".join(lines[2:])
+    assert cues[0].split("\n")[3].startswith("=cmd|' /C calc'!A0: fine 99 00:00:00,000 --\u203a")
+
+
 def test_delete_finished_removes_everything(client, api_key, database_url, redis_client, settings):
     analysis_id = submit(client, api_key).json()["id"]
     store_results(database_url, analysis_id)

@@ -9,7 +9,7 @@ import time
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from services.gateway.main import create_app
 from shared.db.models import Analysis, UsagePeriod
@@ -204,3 +204,29 @@ def test_rate_limit_headers_and_429(database_url, tmp_path, redis_client):
             assert client.get("/healthz").status_code == 200
     finally:
         delete_prefixed_keys(redis_client, settings.redis_key_prefix)
+
+
+def test_submission_over_quota_is_refused_without_waiting_for_a_reservation_lock(
+    pg_settings, pg_url, redis_client
+):
+    """A request that cannot fit is answered while another transaction holds the usage row's lock
+    (a concurrent reservation that has not committed yet)."""
+    with (
+        running_server(create_app(pg_settings)) as base_url,
+        httpx.Client(base_url=base_url, timeout=30) as client,
+    ):
+        key = new_api_key(client, sign_up(client))["key"]
+        for _ in range(37):
+            response = client.post("/v1/analyses", json={"video_url": PUBLIC_URL}, headers={"X-API-Key": key})
+            assert response.status_code == 202
+        with engine_for(pg_url).connect() as holder:
+            holder.execute(update(UsagePeriod).values(analyses_used=UsagePeriod.analyses_used))  # row lock
+            refused = client.post(
+                "/v1/analyses",
+                json={"video_url": PUBLIC_URL},
+                headers={"X-API-Key": key},
+                timeout=httpx.Timeout(30, read=10),
+            )
+            holder.rollback()
+        assert refused.status_code == 429 and refused.json()["code"] == "quota_exceeded"
+        assert int(refused.headers["retry-after"]) >= 1

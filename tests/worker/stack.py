@@ -162,3 +162,35 @@ def gateway(env: dict[str, str], log_dir: Path, port: int | None = None) -> Proc
     process = Process("gateway", argv, env, log_dir, http_ok(f"http://127.0.0.1:{port}/readyz"))
     process.port = port  # type: ignore[attr-defined]
     return process
+
+
+def private_redis(log_dir: Path, port: int | None = None) -> Process:
+    """A throwaway redis-server on its own free loopback port, without persistence: restarting it
+    is a Redis that comes back empty. Never the shared server on 6379."""
+    import redis
+
+    port = port or free_port()
+    argv = [
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(log_dir),
+    ]
+
+    def ready() -> bool:
+        try:
+            return bool(redis.Redis(port=port, socket_connect_timeout=0.5).ping())
+        except redis.exceptions.ConnectionError:
+            return False
+
+    process = Process(f"redis-{port}", argv, {}, log_dir, ready)
+    process.port = port  # type: ignore[attr-defined]
+    process.url = f"redis://127.0.0.1:{port}/0"  # type: ignore[attr-defined]
+    return process

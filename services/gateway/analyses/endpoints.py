@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from services.gateway.analyses import repository, service
-from services.gateway.analyses.events import analysis_event_stream
+from services.gateway.analyses.events import EventStreamResponse, analysis_event_stream, initial_events
 from services.gateway.analyses.schemas import (
     AnalysisCreate,
     AnalysisDetail,
@@ -185,7 +185,7 @@ async def delete_analysis(
             "with `Last-Event-ID`.",
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         },
-        **problem_responses(400, 401, 403, 404, 429),
+        **problem_responses(400, 401, 403, 404, 429, 503),
     },
     summary="Live progress as Server-Sent Events",
 )
@@ -198,12 +198,23 @@ async def analysis_events(
     redis_client: RedisDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=64)] = None,
 ) -> StreamingResponse:
-    await run_in_threadpool(service.get, session, principal.user_id, analysis_id)
     after = last_event_id or "0"
     if not is_valid_event_id(after):
         raise BadRequest("Last-Event-ID is not an event id of this stream.", code="invalid_event_id")
+
+    def check_and_release() -> None:
+        service.get(session, principal.user_id, analysis_id)
+        session.commit()  # returns the connection to the pool before the stream starts
+
+    await run_in_threadpool(check_and_release)
     factory = request.app.state.session_factory
     user_id = principal.user_id
+    slot = request.app.state.stream_slots.acquire(principal.rate_limit_identity)
+    try:
+        backlog = await initial_events(redis_client, settings, analysis_id, after)
+    except BaseException:
+        slot.release()
+        raise
 
     async def load_status() -> dict | None:
         def load() -> dict | None:
@@ -218,8 +229,11 @@ async def analysis_events(
 
         return await run_in_threadpool(load)
 
-    return StreamingResponse(
-        analysis_event_stream(request, redis_client, settings, analysis_id, after, load_status),
+    return EventStreamResponse(
+        analysis_event_stream(
+            request.app.state.event_hub, settings, analysis_id, after, backlog, load_status
+        ),
+        slot,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -6,6 +6,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -224,7 +225,13 @@ def create(
         validate_transcript(transcript, transcript_format, settings)
     upload = _checked_upload(session, settings, principal.user_id, body.upload_id) if body.upload_id else None
 
+    # A plain read, so a request over the quota is refused without queueing on the row lock that
+    # concurrent reservations hold until they commit; the reservation below stays the authority.
     snapshot = usage.snapshot(session, principal.user_id, principal.user.plan, settings=settings)
+    if snapshot.analyses_used >= snapshot.analyses_limit:
+        raise _quota_problem(
+            usage.ANALYSIS, snapshot.analyses_limit, snapshot.analyses_used, snapshot.resets_at
+        )
     if snapshot.seconds_used >= snapshot.seconds_limit:
         raise _quota_problem(usage.SECONDS, snapshot.seconds_limit, snapshot.seconds_used, snapshot.resets_at)
     analysis = Analysis(
@@ -432,8 +439,8 @@ def export(analysis: AnalysisDetail, export_format: str) -> tuple[str, str]:
                 "sentiment_confidence",
                 "modalities_used",
             ]
-            + [f"emotion_{label}" for label in emotion_labels]
-            + [f"sentiment_{label}" for label in sentiment_labels]
+            + [_csv_safe(f"emotion_{label}") for label in emotion_labels]
+            + [_csv_safe(f"sentiment_{label}") for label in sentiment_labels]
             + ["corrected_emotion", "corrected_sentiment", "corrected_at"]
         )
         for u in analysis.utterances:
@@ -442,13 +449,13 @@ def export(analysis: AnalysisDetail, export_format: str) -> tuple[str, str]:
                     u.index,
                     f"{u.start:.3f}",
                     f"{u.end:.3f}",
-                    u.speaker or "",
+                    _csv_safe(u.speaker or ""),
                     _csv_safe(u.text),
-                    u.emotion.label,
+                    _csv_safe(u.emotion.label),
                     f"{u.emotion.confidence:.4f}",
-                    u.sentiment.label,
+                    _csv_safe(u.sentiment.label),
                     f"{u.sentiment.confidence:.4f}",
-                    " ".join(u.modalities_used),
+                    _csv_safe(" ".join(u.modalities_used)),
                 ]
                 + [f"{u.emotion.scores.get(label, 0.0):.4f}" for label in emotion_labels]
                 + [f"{u.sentiment.scores.get(label, 0.0):.4f}" for label in sentiment_labels]
@@ -457,9 +464,9 @@ def export(analysis: AnalysisDetail, export_format: str) -> tuple[str, str]:
         return buffer.getvalue(), "text/csv; charset=utf-8"
     cues = []
     for number, u in enumerate(analysis.utterances, start=1):
-        caption = f"[{u.emotion.label} {u.emotion.confidence:.0%} · {u.sentiment.label}]"
-        speaker = f"{u.speaker}: " if u.speaker else ""
-        text = f"{speaker}{u.text}".strip()
+        caption = _srt_safe(f"[{u.emotion.label} {u.emotion.confidence:.0%} · {u.sentiment.label}]")
+        speaker = _srt_safe(u.speaker or "")
+        text = f"{speaker}: {_srt_safe(u.text)}" if speaker else _srt_safe(u.text)
         lines = "\n".join(filter(None, [caption, text]))
         cues.append(f"{number}\n{_srt_time(u.start)} --> {_srt_time(u.end)}\n{lines}\n")
     return "\n".join(cues), "application/x-subrip; charset=utf-8"
@@ -471,6 +478,25 @@ def _correction_cells(correction: UtteranceCorrection | None) -> list[str]:
     return [correction.emotion or "", correction.sentiment or "", correction.corrected_at.isoformat()]
 
 
-def _csv_safe(text: str) -> str:
-    """Neutralise spreadsheet formulas (CSV injection) in user-supplied text."""
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+# Spreadsheets evaluate a cell whose first character (after any leading blanks or quotes) is one of
+# these, including the full-width forms some of them also accept.
+_FORMULA_TRIGGERS = frozenset("=+-@\t\r\n|%\uff1d\uff0b\uff0d\uff20")
+
+
+def _csv_safe(value: str) -> str:
+    """Neutralise spreadsheet formulas (CSV injection) in a cell: a leading ``'`` makes it text."""
+    stripped = value.lstrip(" \"'")
+    if value[:1] in _FORMULA_TRIGGERS or stripped[:1] in _FORMULA_TRIGGERS:
+        return "'" + value
+    return value
+
+
+# Line breaks of every kind: a blank line inside a cue would end it and start an injected one.
+_LINE_BREAKS = re.compile(r"[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]+")
+
+
+def _srt_safe(value: str) -> str:
+    """One line of cue text that cannot end the cue, forge a timing line or carry markup: line
+    breaks become spaces, and ``<``/``>`` (tags, ``-->``) become the look-alikes ``‹``/``›``."""
+    flat = " ".join(_LINE_BREAKS.sub(" ", value).split())
+    return flat.replace("<", "\u2039").replace(">", "\u203a")
