@@ -1,37 +1,141 @@
-"""Structured logging for every service (structlog over the standard library)."""
+"""Structured logging for every service (structlog over the standard library).
+
+Production logging must never stall a service: an exception is rendered as a plain traceback
+(no local variables, bounded in length) where it is logged, and the record is written to stderr
+by a background thread, so a slow or blocked stderr never holds up the event loop. Rich
+tracebacks with local variables are a developer's opt-in (``log_rich_tracebacks``); they are
+rendered synchronously, where the exception still exists.
+"""
 
 from __future__ import annotations
 
+import atexit
 import logging
+import logging.handlers
+import queue
 import sys
+import traceback
+from typing import Any
 
 import structlog
 
+# Enough for a deep framework stack; a traceback longer than this keeps its head and its tail.
+TRACEBACK_MAX_CHARS = 20_000
+_TRUNCATION_MARK = "\n  ... [{omitted} characters omitted] ...\n"
+_listener: logging.handlers.QueueListener | None = None
 
-def configure_logging(level: str = "INFO", json_logs: bool = False) -> None:
-    """Route stdlib and structlog records through one renderer, to stderr."""
+
+def bounded_traceback(exc_info: Any, max_chars: int = TRACEBACK_MAX_CHARS) -> str:
+    """A plain traceback (no locals) of ``exc_info``, at most about ``max_chars`` long: the
+    head (where it started) and the tail (where it failed, and the message) survive."""
+    if exc_info is True:
+        exc_info = sys.exc_info()
+    if isinstance(exc_info, BaseException):
+        exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
+    text = "".join(traceback.format_exception(*exc_info)).rstrip("\n")
+    if len(text) <= max_chars:
+        return text
+    head = max_chars // 4
+    tail = max_chars - head
+    return text[:head] + _TRUNCATION_MARK.format(omitted=len(text) - head - tail) + text[-tail:]
+
+
+class BoundedExceptionRenderer:
+    """A processor that turns ``exc_info`` into an ``exception`` string field (kept by the JSON
+    renderer; printed by the console renderer)."""
+
+    def __init__(self, max_chars: int = TRACEBACK_MAX_CHARS):
+        self.max_chars = max_chars
+
+    def __call__(self, _logger: Any, _name: str, event_dict: dict) -> dict:
+        exc_info = event_dict.pop("exc_info", None)
+        if exc_info and exc_info != (None, None, None):
+            rendered = bounded_traceback(exc_info, self.max_chars)
+            if rendered != "NoneType: None":
+                event_dict["exception"] = rendered
+        return event_dict
+
+
+class _PassThroughQueueHandler(logging.handlers.QueueHandler):
+    """Queues the record itself: the listener's ProcessorFormatter renders it (structlog's event
+    dict travels in ``record.msg``; exceptions were rendered to strings already)."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        if record.exc_info:
+            # A foreign (stdlib) record: render here, while its frames are current.
+            record.exc_text = bounded_traceback(record.exc_info)
+            record.exc_info = None
+        return record
+
+
+class _ForeignExcTextRenderer:
+    """Carries a foreign record's pre-rendered traceback (``exc_text``) into the event dict."""
+
+    def __call__(self, _logger: Any, _name: str, event_dict: dict) -> dict:
+        record = event_dict.get("_record")
+        if record is not None and getattr(record, "exc_text", None) and "exception" not in event_dict:
+            event_dict["exception"] = record.exc_text
+            record.exc_text = None
+        return event_dict
+
+
+def _stop_listener() -> None:
+    global _listener
+    if _listener is not None:
+        _listener.stop()  # drains the queue
+        _listener = None
+
+
+atexit.register(_stop_listener)
+
+
+def configure_logging(level: str = "INFO", json_logs: bool = False, *, rich_tracebacks: bool = False) -> None:
+    """Route stdlib and structlog records through one renderer, to stderr.
+
+    ``rich_tracebacks`` (development only) renders exceptions with rich, local variables included,
+    synchronously; otherwise tracebacks are plain and bounded and writing happens off-thread."""
+    _stop_listener()
     shared_processors: list = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    renderer = structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer()
+    if json_logs:
+        renderer: Any = structlog.processors.JSONRenderer()
+    elif rich_tracebacks:
+        renderer = structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.RichTracebackFormatter())
+    else:
+        renderer = structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
+    # Rich console output renders exc_info itself (it needs the live frames); everything else
+    # gets the bounded plain string, also the JSON logs.
+    exception_processors = [] if (rich_tracebacks and not json_logs) else [BoundedExceptionRenderer()]
     structlog.configure(
-        processors=[*shared_processors, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        processors=[
+            *shared_processors,
+            *exception_processors,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
+    stream_handler = logging.StreamHandler(sys.stderr)
+    stream_handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=shared_processors,
+            foreign_pre_chain=[*shared_processors, _ForeignExcTextRenderer(), *exception_processors],
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
         )
     )
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    if exception_processors:
+        records: queue.SimpleQueue = queue.SimpleQueue()
+        global _listener
+        _listener = logging.handlers.QueueListener(records, stream_handler, respect_handler_level=True)
+        _listener.start()
+        root.handlers[:] = [_PassThroughQueueHandler(records)]
+    else:
+        root.handlers[:] = [stream_handler]
     root.setLevel(level.upper())
 
 

@@ -71,7 +71,7 @@ def check_production_settings(settings: Settings) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     check_production_settings(settings)
-    configure_logging(settings.log_level, settings.log_json)
+    configure_logging(settings.log_level, settings.log_json, rich_tracebacks=settings.log_rich_tracebacks)
     engine = create_db_engine(settings=settings)
 
     @asynccontextmanager

@@ -37,7 +37,7 @@ ANALYSE_TIMEOUT_MARGIN_SECONDS = 30
 
 
 async def startup(ctx: dict[str, Any]) -> None:
-    configure_logging(settings.log_level, settings.log_json)
+    configure_logging(settings.log_level, settings.log_json, rich_tracebacks=settings.log_rich_tracebacks)
     # arq's CLI installs its own handler; route its records through ours only (no duplicates), and
     # keep httpx's per-request lines out (the worker logs what it fetched and scored itself).
     logging.getLogger("arq").handlers.clear()
