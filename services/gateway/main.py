@@ -72,7 +72,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     check_production_settings(settings)
     configure_logging(settings.log_level, settings.log_json, rich_tracebacks=settings.log_rich_tracebacks)
-    engine = create_db_engine(settings=settings)
+    # Every thread of both limiters below can hold one connection at once.
+    engine = create_db_engine(
+        settings=settings, pool_size=settings.gateway_threads, max_overflow=settings.gateway_threads
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -80,7 +83,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pool = aioredis.ConnectionPool.from_url(settings.redis_url)
         app.state.arq = ArqRedis(pool, default_queue_name=settings.queue_name)
         app.state.redis = app.state.arq
-        app.state.commit_limiter = anyio.CapacityLimiter(40)
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.gateway_threads
+        app.state.commit_limiter = anyio.CapacityLimiter(settings.gateway_threads)
         try:
             yield
         finally:

@@ -1,0 +1,57 @@
+"""Bounds that keep one hostile request from stalling the gateway: validation work and error
+answers bounded by the schema, and database pools sized to the threads that use them."""
+
+from __future__ import annotations
+
+import json
+
+import anyio
+from fastapi.testclient import TestClient
+
+from services.gateway.analyses.schemas import MAX_TRANSCRIPT_SEGMENTS
+from services.gateway.main import create_app
+from shared.problems import MAX_VALIDATION_ERRORS
+from tests.gateway.conftest import make_settings
+
+PUBLIC_URL = "https://93.184.215.14/clip.mp4"
+
+
+def test_validation_errors_are_bounded(client, api_key):
+    bad_segments = [{"start": -1, "end": 0}] * 200  # two errors each
+    response = client.post(
+        "/v1/analyses",
+        json={"video_url": PUBLIC_URL, "transcript": bad_segments},
+        headers={"X-API-Key": api_key},
+    )
+    assert response.status_code == 422
+    body = response.json()
+    assert len(body["errors"]) == MAX_VALIDATION_ERRORS
+    assert body["errors_total"] > MAX_VALIDATION_ERRORS
+
+
+def test_a_transcript_longer_than_the_segment_limit_is_refused_before_its_items(client, api_key):
+    # Invalid items past the limit are never validated: one "too long" error, not thousands.
+    segments = [{"start": -1, "end": 0}] * (MAX_TRANSCRIPT_SEGMENTS + 1)
+    response = client.post(
+        "/v1/analyses",
+        content=json.dumps({"video_url": PUBLIC_URL, "transcript": segments}),
+        headers={"X-API-Key": api_key, "Content-Type": "application/json"},
+    )
+    assert response.status_code == 422
+    assert "errors_total" not in response.json()
+    assert any(error["type"] == "too_long" for error in response.json()["errors"])
+
+
+def test_database_pool_holds_a_connection_for_every_gateway_thread(database_url, tmp_path):
+    settings = make_settings(database_url, tmp_path, gateway_threads=7)
+    app = create_app(settings)
+
+    async def default_tokens() -> float:
+        return anyio.to_thread.current_default_thread_limiter().total_tokens
+
+    with TestClient(app) as test_client:
+        pool = app.state.engine.pool
+        assert pool.size() == 7 and pool._max_overflow == 7
+        assert app.state.commit_limiter.total_tokens == 7
+        # Sync endpoints run on the server loop's default limiter (the TestClient's portal).
+        assert test_client.portal.call(default_tokens) == 7
