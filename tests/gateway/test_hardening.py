@@ -4,14 +4,17 @@ answers bounded by the schema, and database pools sized to the threads that use 
 from __future__ import annotations
 
 import json
+import threading
 
 import anyio
+import httpx
 from fastapi.testclient import TestClient
 
 from services.gateway.analyses.schemas import MAX_TRANSCRIPT_SEGMENTS
+from services.gateway.auth import service as auth_service
 from services.gateway.main import create_app
 from shared.problems import MAX_VALIDATION_ERRORS
-from tests.gateway.conftest import make_settings
+from tests.gateway.conftest import PASSWORD, make_settings, running_server, sign_up
 
 PUBLIC_URL = "https://93.184.215.14/clip.mp4"
 
@@ -55,3 +58,47 @@ def test_database_pool_holds_a_connection_for_every_gateway_thread(database_url,
         assert app.state.commit_limiter.total_tokens == 7
         # Sync endpoints run on the server loop's default limiter (the TestClient's portal).
         assert test_client.portal.call(default_tokens) == 7
+
+
+def test_100_concurrent_wrong_passwords_get_exactly_the_limit_of_password_checks(settings, monkeypatch):
+    checks: list[str] = []
+    real_verify = auth_service.verify_password
+
+    def counting_verify(password: str, password_hash: str | None) -> bool:
+        checks.append(password)
+        return real_verify(password, password_hash)
+
+    monkeypatch.setattr(auth_service, "verify_password", counting_verify)
+    with (
+        running_server(create_app(settings)) as base_url,
+        httpx.Client(base_url=base_url, timeout=60) as client,
+    ):
+        account = sign_up(client)
+        checks.clear()
+        barrier = threading.Barrier(100)
+        statuses: list[int] = []
+
+        def attempt() -> None:
+            with httpx.Client(base_url=base_url, timeout=120) as own:
+                barrier.wait()
+                response = own.post("/v1/auth/login", data={"username": account.email, "password": "wrong!"})
+            statuses.append(response.status_code)
+
+        threads = [threading.Thread(target=attempt) for _ in range(100)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=180)
+        assert len(checks) == settings.login_max_failures
+        assert sorted(statuses) == [401] * settings.login_max_failures + [429] * (
+            100 - settings.login_max_failures
+        )
+        # The right password is refused too while the window lasts.
+        blocked = client.post("/v1/auth/login", data={"username": account.email, "password": PASSWORD})
+        assert blocked.status_code == 429 and int(blocked.headers["Retry-After"]) >= 1
+
+
+def test_successful_sign_ins_do_not_use_up_the_address_allowance(client, account, settings):
+    for _ in range(settings.login_max_failures * 4 + 2):
+        response = client.post("/v1/auth/login", data={"username": account.email, "password": PASSWORD})
+        assert response.status_code == 200, response.text
