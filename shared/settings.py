@@ -8,12 +8,14 @@ place (the README's configuration reference and ``.env.example`` list the same n
 
 from __future__ import annotations
 
+import ipaddress
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,6 +95,9 @@ class Settings(BaseSettings):
     secret_key: SecretStr = SecretStr("dev-insecure-change-me")
     # Dev-only switch shared by gateway and worker: lets http://127.0.0.1/... videos through.
     allow_private_urls: bool = False
+    # Peers (addresses or CIDR networks, comma-separated or JSON) whose X-Forwarded-For/-Proto
+    # the gateway believes; empty: the TCP peer is the client. Set it to your TLS proxy's address.
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # --- model --------------------------------------------------------------------------------
     # Checkpoint the local model server loads (SageMaker uses /opt/ml/model).
@@ -205,6 +210,20 @@ class Settings(BaseSettings):
     webhook_retry_base_seconds: float = Field(30.0, ge=0)
     webhook_retry_max_seconds: float = Field(3600.0, ge=0)
     webhook_response_log_bytes: int = Field(2048, ge=0)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _parse_networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = json.loads(value) if value.strip().startswith("[") else value.split(",")
+        if isinstance(value, list):
+            # Strict parsing: a typo must not silently trust nobody (or everybody).
+            return [
+                str(ipaddress.ip_network(str(item).strip(), strict=False))
+                for item in value
+                if str(item).strip()
+            ]
+        return value
 
 
 @lru_cache

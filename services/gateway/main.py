@@ -13,6 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from services.gateway.analyses.endpoints import router as analyses_router
 from services.gateway.api_keys.endpoints import router as api_keys_router
@@ -115,6 +116,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
             expose_headers=["Location", "RateLimit", "RateLimit-Policy", "Retry-After"],
         )
+    if settings.trusted_proxies:
+        # Outermost: every limit keyed by the client's address sees the forwarded one, and only
+        # when the TCP peer is a trusted proxy (servers run with --no-proxy-headers).
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
 
     app.include_router(auth_router)
     app.include_router(api_keys_router)

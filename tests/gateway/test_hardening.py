@@ -8,12 +8,14 @@ import threading
 
 import anyio
 import httpx
+import pytest
 from fastapi.testclient import TestClient
 
 from services.gateway.analyses.schemas import MAX_TRANSCRIPT_SEGMENTS
 from services.gateway.auth import service as auth_service
 from services.gateway.main import create_app
 from shared.problems import MAX_VALIDATION_ERRORS
+from shared.settings import Settings
 from tests.gateway.conftest import PASSWORD, make_settings, running_server, sign_up
 
 PUBLIC_URL = "https://93.184.215.14/clip.mp4"
@@ -102,3 +104,44 @@ def test_successful_sign_ins_do_not_use_up_the_address_allowance(client, account
     for _ in range(settings.login_max_failures * 4 + 2):
         response = client.post("/v1/auth/login", data={"username": account.email, "password": PASSWORD})
         assert response.status_code == 200, response.text
+
+
+def failed_logins_from_claimed_addresses(base_url: str, count: int) -> list[int]:
+    statuses = []
+    with httpx.Client(base_url=base_url, timeout=60) as client:
+        for index in range(count):
+            response = client.post(
+                "/v1/auth/login",
+                data={"username": f"nobody-{index}@example.com", "password": "wrong password"},
+                headers={"X-Forwarded-For": f"203.0.113.{index + 1}"},
+            )
+            statuses.append(response.status_code)
+    return statuses
+
+
+def test_forwarded_addresses_are_ignored_unless_the_peer_is_a_trusted_proxy(settings):
+    per_address = settings.login_max_failures * 4
+    with running_server(create_app(settings)) as base_url:
+        statuses = failed_logins_from_claimed_addresses(base_url, per_address + 1)
+    # Every attempt counted against the real peer, 127.0.0.1, whatever the header claimed.
+    assert statuses == [401] * per_address + [429]
+
+
+def test_a_trusted_proxy_forwards_the_client_address(settings):
+    trusting = settings.model_copy(update={"trusted_proxies": ["127.0.0.0/8"]})
+    per_address = settings.login_max_failures * 4
+    with running_server(create_app(trusting)) as base_url:
+        statuses = failed_logins_from_claimed_addresses(base_url, per_address + 1)
+    assert statuses == [401] * (per_address + 1)
+
+
+def test_trusted_proxies_are_parsed_strictly(monkeypatch):
+    monkeypatch.setenv("MOODREEL_TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.7")
+    assert Settings().trusted_proxies == ["10.0.0.0/8", "192.0.2.7/32"]
+    monkeypatch.setenv("MOODREEL_TRUSTED_PROXIES", '["::1"]')
+    assert Settings().trusted_proxies == ["::1/128"]
+    monkeypatch.setenv("MOODREEL_TRUSTED_PROXIES", "10.0.0.0/8,localhost")
+    with pytest.raises(ValueError):
+        Settings()
+    monkeypatch.delenv("MOODREEL_TRUSTED_PROXIES")
+    assert Settings().trusted_proxies == []
