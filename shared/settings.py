@@ -95,6 +95,8 @@ class Settings(BaseSettings):
     secret_key: SecretStr = SecretStr("dev-insecure-change-me")
     # Dev-only switch shared by gateway and worker: lets http://127.0.0.1/... videos through.
     allow_private_urls: bool = False
+    # Production refuses to start with allow_private_urls or private_url_origins unless this is set.
+    allow_private_urls_in_production: bool = False
     # Peers (addresses or CIDR networks, comma-separated or JSON) whose X-Forwarded-For/-Proto
     # the gateway believes; empty: the TCP peer is the client. Set it to your TLS proxy's address.
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)

@@ -29,6 +29,7 @@ from services.gateway.webhook_docs import document_webhooks
 from services.gateway.webhooks.endpoints import router as webhooks_router
 from shared.db.session import create_db_engine, make_session_factory
 from shared.logging import configure_logging, get_logger
+from shared.net.urls import check_private_url_switches
 from shared.problems import ServiceUnavailable, install_problem_handlers, problem_type
 from shared.settings import Settings, get_settings
 
@@ -67,6 +68,7 @@ def check_production_settings(settings: Settings) -> None:
             "MOODREEL_SECRET_KEY must be set to a random value of at least 32 characters in production "
             "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)."
         )
+    check_private_url_switches(settings)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -24,6 +24,8 @@ from arq.connections import RedisSettings
 from shared.db.session import create_db_engine, make_session_factory
 from shared.logging import configure_logging, get_logger
 from shared.model_client import model_client_from_settings
+from shared.net.fetch import remove_abandoned_workspaces
+from shared.net.urls import check_private_url_switches
 from shared.settings import get_settings
 
 from .analysis import AnalysisRun, Resources, TransientJobError, classify
@@ -42,6 +44,9 @@ async def startup(ctx: dict[str, Any]) -> None:
     # keep httpx's per-request lines out (the worker logs what it fetched and scored itself).
     logging.getLogger("arq").handlers.clear()
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    check_private_url_switches(settings)
+    for directory in remove_abandoned_workspaces(settings):
+        log.warning("abandoned_workspace_removed", path=str(directory))
     engine = create_db_engine(settings=settings, pool_size=settings.worker_max_jobs + 2)
     ctx["engine"] = engine
     ctx["resources"] = Resources(

@@ -4,18 +4,27 @@ answers bounded by the schema, and database pools sized to the threads that use 
 from __future__ import annotations
 
 import json
+import secrets
 import threading
+import uuid
 
 import anyio
 import httpx
 import pytest
+import redis.asyncio as aioredis
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from services.gateway.analyses.schemas import MAX_TRANSCRIPT_SEGMENTS
 from services.gateway.auth import service as auth_service
 from services.gateway.main import create_app
+from services.preprocess import repository as worker_repository
+from services.preprocess.analysis import AnalysisRun, Resources
+from services.preprocess.deliveries import attempt_delivery
+from shared.db.models import Analysis, User, UtteranceResult, WebhookDelivery
 from shared.problems import MAX_VALIDATION_ERRORS
 from shared.settings import Settings
+from shared.storage import LocalStorage
 from tests.gateway.conftest import PASSWORD, make_settings, running_server, sign_up
 
 PUBLIC_URL = "https://93.184.215.14/clip.mp4"
@@ -145,3 +154,113 @@ def test_trusted_proxies_are_parsed_strictly(monkeypatch):
         Settings()
     monkeypatch.delenv("MOODREEL_TRUSTED_PROXIES")
     assert Settings().trusted_proxies == []
+
+
+def worker_resources(client, settings) -> Resources:
+    return Resources(
+        settings=settings,
+        sessions=client.app.state.session_factory,
+        redis=aioredis.from_url(settings.redis_url),
+        model=None,  # type: ignore[arg-type]  # failing and delivering never score
+    )
+
+
+async def test_a_failed_analysis_keeps_no_partial_results(client, api_key, settings):
+    submitted = client.post("/v1/analyses", json={"video_url": PUBLIC_URL}, headers={"X-API-Key": api_key})
+    analysis_id = uuid.UUID(submitted.json()["id"])
+    sessions = client.app.state.session_factory
+    prediction = {"label": "joy", "scores": {"joy": 0.9, "neutral": 0.1}}
+    with sessions.begin() as session:
+        assert worker_repository.mark_processing(session, analysis_id)
+        for index in range(3):
+            session.add(
+                UtteranceResult(
+                    analysis_id=analysis_id,
+                    index=index,
+                    start=index,
+                    end=index + 1,
+                    emotion=prediction["label"],
+                    emotion_scores=prediction["scores"],
+                    sentiment="positive",
+                    sentiment_scores={"positive": 1.0},
+                )
+            )
+        session.get(Analysis, analysis_id).utterance_count = 3
+    resources = worker_resources(client, settings)
+    try:
+        assert await AnalysisRun(resources, analysis_id).fail("corrupt", "the audio stream cannot be decoded")
+    finally:
+        await resources.redis.aclose()
+    detail = client.get(f"/v1/analyses/{analysis_id}", headers={"X-API-Key": api_key}).json()
+    assert detail["status"] == "failed" and detail["utterances"] == [] and detail["utterance_count"] == 0
+    with sessions() as session:
+        assert (
+            session.scalars(select(UtteranceResult).where(UtteranceResult.analysis_id == analysis_id)).all()
+            == []
+        )
+
+
+def test_deleting_an_analysis_keeps_an_upload_another_analysis_uses(client, api_key, settings):
+    media = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40
+    body = {"filename": "clip.mp4", "content_type": "video/mp4", "size_bytes": len(media)}
+    target = client.post("/v1/uploads", json=body, headers={"X-API-Key": api_key}).json()
+    assert client.put(target["url"], content=media, headers=target["headers"]).status_code == 200
+    first, second = (
+        client.post(
+            "/v1/analyses", json={"upload_id": target["upload_id"]}, headers={"X-API-Key": api_key}
+        ).json()
+        for _ in range(2)
+    )
+    stored = LocalStorage(settings.data_dir / "uploads")
+    key = str(next((settings.data_dir / "uploads").rglob("*.mp4")).relative_to(settings.data_dir / "uploads"))
+    assert client.delete(f"/v1/analyses/{first['id']}", headers={"X-API-Key": api_key}).status_code == 204
+    assert stored.size(key) == len(media)
+    assert client.get(f"/v1/uploads/{target['upload_id']}", headers={"X-API-Key": api_key}).status_code == 200
+    assert client.delete(f"/v1/analyses/{second['id']}", headers={"X-API-Key": api_key}).status_code == 204
+    assert stored.size(key) is None
+
+
+async def test_a_webhook_delivery_refused_by_the_ssrf_rule_fails_at_once(client, account, settings):
+    sessions = client.app.state.session_factory
+    with sessions.begin() as session:
+        user = session.scalar(select(User).where(User.email == account.email))
+        delivery = WebhookDelivery(
+            user_id=user.id,
+            url="http://127.0.0.1:9/hook",
+            message_id=f"msg_{uuid.uuid4().hex}",
+            event_type="analysis.succeeded",
+            payload={"type": "analysis.succeeded"},
+        )
+        session.add(delivery)
+        session.flush()
+        delivery_id = delivery.id
+    resources = worker_resources(client, settings)
+    try:
+        outcome = await attempt_delivery(resources, delivery_id)
+    finally:
+        await resources.redis.aclose()
+    assert outcome == {"status": "failed", "attempts": 1}
+    with sessions() as session:
+        stored = session.get(WebhookDelivery, delivery_id)
+        assert stored.status == "failed" and stored.next_attempt_at is None
+        assert stored.last_error.startswith("url_not_allowed")
+
+
+def test_a_production_gateway_refuses_private_url_switches(database_url, tmp_path):
+    strong = secrets.token_urlsafe(48)
+    with pytest.raises(RuntimeError, match="ALLOW_PRIVATE_URLS_IN_PRODUCTION"):
+        create_app(
+            make_settings(
+                database_url, tmp_path, environment="production", secret_key=strong, allow_private_urls=True
+            )
+        )
+    create_app(
+        make_settings(
+            database_url,
+            tmp_path,
+            environment="production",
+            secret_key=strong,
+            allow_private_urls=True,
+            allow_private_urls_in_production=True,
+        )
+    )
