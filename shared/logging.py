@@ -23,6 +23,7 @@ import structlog
 TRACEBACK_MAX_CHARS = 20_000
 _TRUNCATION_MARK = "\n  ... [{omitted} characters omitted] ...\n"
 _listener: logging.handlers.QueueListener | None = None
+SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
 
 
 def bounded_traceback(exc_info: Any, max_chars: int = TRACEBACK_MAX_CHARS) -> str:
@@ -127,6 +128,14 @@ def configure_logging(level: str = "INFO", json_logs: bool = False, *, rich_trac
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
         )
     )
+    # Servers' own loggers (uvicorn logs every exception that escapes the app, and every request)
+    # go through the same bounded, off-thread path instead of their own synchronous handlers.
+    # A logger without handlers (uvicorn's access log under --no-access-log) stays as it is.
+    for name in SERVER_LOGGERS:
+        server_logger = logging.getLogger(name)
+        if server_logger.handlers:
+            server_logger.handlers.clear()
+            server_logger.propagate = True
     root = logging.getLogger()
     if exception_processors:
         records: queue.SimpleQueue = queue.SimpleQueue()

@@ -178,10 +178,10 @@ class Settings(BaseSettings):
     idempotency_ttl_hours: int = Field(24, ge=1)
     event_stream_ttl_seconds: int = Field(86_400, ge=60)
     cors_origins: list[str] = Field(default_factory=list)
-    # Worker threads for the gateway's blocking work (database, password hashing), and as many
-    # again for commits; each database pool holds one connection per thread of both, so a thread
-    # never waits for a connection that a request waiting for a thread holds.
-    gateway_threads: int = Field(40, ge=1, le=1000)
+    # Worker threads for the gateway's blocking work (database, password hashing). Half of them is
+    # the number of database sessions open at once, and the pool's size: a request waits for a
+    # session on the event loop, never in a thread, and a session holder always finds a thread.
+    gateway_threads: int = Field(40, ge=2, le=1000)
     # JSON/form request bodies (uploads stream separately, bounded by their declared size).
     max_request_body_bytes: int = Field(10_000_000, ge=1024)
 

@@ -50,7 +50,15 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
     """One session per request: committed after the endpoint returns and before the response is
     sent (so a failed commit is a 500, never a false 2xx); then the after-commit hooks run
     (queueing jobs that must only see committed rows)."""
-    session: Session = request.app.state.session_factory()
+    # A request waits for a session here, on the event loop, holding no thread: there are as many
+    # slots as pooled connections, so the session's queries never wait for a connection.
+    slots: anyio.Semaphore = request.app.state.session_slots
+    await slots.acquire()
+    try:
+        session: Session = request.app.state.session_factory()
+    except BaseException:
+        slots.release()
+        raise
     # Commits run on their own thread limiter: with every worker thread of the default pool
     # waiting for a row lock, the transaction holding it must still be able to commit.
     limiter = request.app.state.commit_limiter
@@ -62,11 +70,14 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
             session.close()
 
     try:
-        yield session
-    except BaseException:
-        await anyio.to_thread.run_sync(session.close, limiter=limiter)  # close() rolls back
-        raise
-    await anyio.to_thread.run_sync(commit_and_close, limiter=limiter)
+        try:
+            yield session
+        except BaseException:
+            await anyio.to_thread.run_sync(session.close, limiter=limiter)  # close() rolls back
+            raise
+        await anyio.to_thread.run_sync(commit_and_close, limiter=limiter)
+    finally:
+        slots.release()
     for hook in session.info.pop("after_commit", []):
         await hook()
 

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 import redis.asyncio as aioredis
+import sqlalchemy.exc
 from arq.connections import ArqRedis
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -30,7 +31,7 @@ from services.gateway.webhooks.endpoints import router as webhooks_router
 from shared.db.session import create_db_engine, make_session_factory
 from shared.logging import configure_logging, get_logger
 from shared.net.urls import check_private_url_switches
-from shared.problems import ServiceUnavailable, install_problem_handlers, problem_type
+from shared.problems import ServiceUnavailable, install_problem_handlers, problem_response, problem_type
 from shared.settings import Settings, get_settings
 
 log = get_logger(__name__)
@@ -58,6 +59,15 @@ TAGS = [
 ]
 
 
+POOL_RESERVE = 5
+
+
+def database_sessions(settings: Settings) -> int:
+    """Request sessions open at once (the pool's size): half the threads, so that while every
+    session holder runs database work, as many threads are left for everything else."""
+    return max(1, settings.gateway_threads // 2)
+
+
 def check_production_settings(settings: Settings) -> None:
     """Refuse to start a production gateway whose tokens anyone could forge."""
     if settings.environment != "production":
@@ -75,10 +85,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     check_production_settings(settings)
     configure_logging(settings.log_level, settings.log_json, rich_tracebacks=settings.log_rich_tracebacks)
-    # Every thread of both limiters below can hold one connection at once.
-    engine = create_db_engine(
-        settings=settings, pool_size=settings.gateway_threads, max_overflow=settings.gateway_threads
-    )
+    sessions = database_sessions(settings)
+    # One connection per request session, and a small reserve for work outside a request session
+    # (readiness, after-commit hooks): no thread ever waits for a connection a request holds.
+    engine = create_db_engine(settings=settings, pool_size=sessions, max_overflow=POOL_RESERVE)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -87,7 +97,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.arq = ArqRedis(pool, default_queue_name=settings.queue_name)
         app.state.redis = app.state.arq
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.gateway_threads
-        app.state.commit_limiter = anyio.CapacityLimiter(settings.gateway_threads)
+        app.state.session_slots = anyio.Semaphore(sessions)
+        app.state.commit_limiter = anyio.CapacityLimiter(sessions)
         try:
             yield
         finally:
@@ -108,6 +119,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.session_factory = make_session_factory(engine)
 
     install_problem_handlers(app)
+    app.add_exception_handler(sqlalchemy.exc.OperationalError, _database_unavailable)
+    app.add_exception_handler(sqlalchemy.exc.TimeoutError, _database_unavailable)
     app.add_middleware(RateLimitHeadersMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)
     if settings.cors_origins:
@@ -135,6 +148,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_problem_openapi(app)
     _add_health_routes(app)
     return app
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """A database that refuses connections (or a full pool) is an outage to retry, not a bug:
+    503 with Retry-After, and one log line instead of a traceback per request."""
+    log.warning("database_unavailable", path=request.url.path, error=str(exc).splitlines()[0][:300])
+    problem = ServiceUnavailable(
+        "The database is unavailable; retry shortly.",
+        code="database_unavailable",
+        headers={"Retry-After": "5"},
+    )
+    return problem_response(problem, request)
 
 
 def _add_health_routes(app: FastAPI) -> None:

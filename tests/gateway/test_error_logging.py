@@ -70,3 +70,24 @@ def test_json_logs_keep_the_bounded_traceback_as_a_field():
 def test_rich_tracebacks_with_locals_are_a_developer_opt_in():
     output = run_script(json_logs=False, rich=True, depth=3, message_chars=10)
     assert "marker-local-value" in output
+
+
+def test_uvicorn_exception_logs_take_the_same_bounded_path():
+    """uvicorn logs every exception that escapes the app with its own handler; after
+    configure_logging its records are rendered like ours (plain, bounded, JSON field)."""
+    script = """
+import logging, logging.config
+from uvicorn.config import LOGGING_CONFIG
+logging.config.dictConfig(LOGGING_CONFIG)  # what uvicorn does before it builds the app
+from shared.logging import configure_logging
+configure_logging("INFO", json_logs=True)
+try:
+    raise ValueError("y" * 60000 + " boom")
+except ValueError as exc:
+    logging.getLogger("uvicorn.error").error("Exception in ASGI application", exc_info=exc)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    assert len(lines) == 1 and len(done.stderr) < TRACEBACK_MAX_CHARS + 2000
+    assert lines[0]["logger"] == "uvicorn.error" and lines[0]["exception"].endswith("y boom")

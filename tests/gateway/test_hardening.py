@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from services.gateway.analyses.schemas import MAX_TRANSCRIPT_SEGMENTS
 from services.gateway.auth import service as auth_service
-from services.gateway.main import create_app
+from services.gateway.main import POOL_RESERVE, create_app
 from services.preprocess import repository as worker_repository
 from services.preprocess.analysis import AnalysisRun, Resources
 from services.preprocess.deliveries import attempt_delivery
@@ -25,7 +25,15 @@ from shared.db.models import Analysis, User, UtteranceResult, WebhookDelivery
 from shared.problems import MAX_VALIDATION_ERRORS
 from shared.settings import Settings
 from shared.storage import LocalStorage
-from tests.gateway.conftest import PASSWORD, make_settings, running_server, sign_up
+from tests.fixtures.db import empty_all_tables, engine_for
+from tests.gateway.conftest import (
+    PASSWORD,
+    delete_prefixed_keys,
+    make_settings,
+    new_api_key,
+    running_server,
+    sign_up,
+)
 
 PUBLIC_URL = "https://93.184.215.14/clip.mp4"
 
@@ -56,8 +64,8 @@ def test_a_transcript_longer_than_the_segment_limit_is_refused_before_its_items(
     assert any(error["type"] == "too_long" for error in response.json()["errors"])
 
 
-def test_database_pool_holds_a_connection_for_every_gateway_thread(database_url, tmp_path):
-    settings = make_settings(database_url, tmp_path, gateway_threads=7)
+def test_database_pool_holds_a_connection_for_every_request_session(database_url, tmp_path):
+    settings = make_settings(database_url, tmp_path, gateway_threads=8)
     app = create_app(settings)
 
     async def default_tokens() -> float:
@@ -65,10 +73,48 @@ def test_database_pool_holds_a_connection_for_every_gateway_thread(database_url,
 
     with TestClient(app) as test_client:
         pool = app.state.engine.pool
-        assert pool.size() == 7 and pool._max_overflow == 7
-        assert app.state.commit_limiter.total_tokens == 7
+        assert pool.size() == 4 and pool._max_overflow == POOL_RESERVE
+        assert app.state.session_slots.value == 4 and app.state.commit_limiter.total_tokens == 4
         # Sync endpoints run on the server loop's default limiter (the TestClient's portal).
-        assert test_client.portal.call(default_tokens) == 7
+        assert test_client.portal.call(default_tokens) == 8
+
+
+def test_requests_wait_for_a_session_on_the_event_loop_not_in_a_thread(pg_url, tmp_path, redis_client):
+    """More concurrent database requests than sessions and threads: none times out waiting for a
+    pooled connection inside a thread, and /healthz keeps answering meanwhile."""
+    empty_all_tables(engine_for(pg_url))
+    settings = make_settings(pg_url, tmp_path, gateway_threads=4)
+    try:
+        with (
+            running_server(create_app(settings)) as base_url,
+            httpx.Client(base_url=base_url, timeout=60) as client,
+        ):
+            key = new_api_key(client, sign_up(client))["key"]
+            statuses: list[int] = []
+            health: list[int] = []
+
+            def read_usage() -> None:
+                with httpx.Client(base_url=base_url, timeout=120) as own:
+                    statuses.append(own.get("/v1/usage", headers={"X-API-Key": key}).status_code)
+
+            threads = [threading.Thread(target=read_usage) for _ in range(60)]
+            for thread in threads:
+                thread.start()
+            health.append(client.get("/healthz").status_code)
+            for thread in threads:
+                thread.join(timeout=180)
+            assert statuses == [200] * 60 and health == [200]
+    finally:
+        delete_prefixed_keys(redis_client, settings.redis_key_prefix)
+
+
+def test_an_unreachable_database_is_a_503_problem(tmp_path, redis_client):
+    settings = make_settings("postgresql://nobody@127.0.0.1:1/none", tmp_path)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        response = client.post("/v1/auth/signup", json={"email": "a@example.com", "password": PASSWORD})
+    assert response.status_code == 503 and response.json()["code"] == "database_unavailable"
+    assert response.headers["Retry-After"] == "5"
+    delete_prefixed_keys(redis_client, settings.redis_key_prefix)
 
 
 def test_100_concurrent_wrong_passwords_get_exactly_the_limit_of_password_checks(settings, monkeypatch):
