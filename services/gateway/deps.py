@@ -73,10 +73,15 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
         try:
             yield session
         except BaseException:
-            await anyio.to_thread.run_sync(session.close, limiter=limiter)  # close() rolls back
+            if session.in_transaction():
+                await anyio.to_thread.run_sync(session.close, limiter=limiter)  # close() rolls back
             raise
-        await anyio.to_thread.run_sync(commit_and_close, limiter=limiter)
+        if session.in_transaction():
+            await anyio.to_thread.run_sync(commit_and_close, limiter=limiter)
     finally:
+        # A session that never touched the database has nothing to commit or return to the pool.
+        if not session.in_transaction():
+            session.close()
         slots.release()
     for hook in session.info.pop("after_commit", []):
         await hook()
