@@ -162,8 +162,39 @@ def _principal_from_jwt(session: Session, settings: Settings, token: str) -> Pri
     return Principal(user, None, frozenset(ALL_SCOPES))
 
 
+def _checkable_offline(credential: str, settings: Settings) -> bool:
+    """Whether a presented credential could be valid, judged without the database: an API key's
+    format and checksum, a JWT's signature and claims."""
+    if credential.startswith(API_KEY_PREFIX):
+        return is_well_formed_api_key(credential)
+    try:
+        decode_access_token(credential, settings)
+    except InvalidToken:
+        return False
+    return True
+
+
+async def refuse_hopeless_credentials(
+    settings: SettingsDep,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    header_key: Annotated[str | None, Depends(api_key_scheme)],
+) -> None:
+    """Runs before a database session is taken: a request none of whose credentials could be
+    valid (none at all, garbage, forged or expired tokens, mistyped keys) is refused on the event
+    loop, without waiting for a session slot or a thread. Which credential counts when several
+    are sent is :func:`authenticate`'s decision."""
+    presented = [
+        credential for credential in (header_key, bearer.credentials if bearer else None) if credential
+    ]
+    if not presented:
+        raise Unauthorized("Send an access token or API key: `Authorization: Bearer …` or `X-API-Key: …`.")
+    if not any(_checkable_offline(credential, settings) for credential in presented):
+        raise Unauthorized("The credentials are malformed, invalid or expired.")
+
+
 async def authenticate(
     request: Request,
+    _checked: Annotated[None, Depends(refuse_hopeless_credentials)],
     session: SessionDep,
     settings: SettingsDep,
     redis_client: RedisDep,

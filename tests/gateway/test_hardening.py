@@ -310,3 +310,36 @@ def test_a_production_gateway_refuses_private_url_switches(database_url, tmp_pat
             allow_private_urls_in_production=True,
         )
     )
+
+
+@pytest.mark.timeout(60)  # before the fix these requests wait for a session forever
+def test_hopeless_credentials_and_upload_urls_are_refused_before_a_session_is_taken(client, api_key):
+    """With every session slot taken, requests whose credentials or signed URL cannot be valid
+    are still answered at once: they never wait for a session."""
+    portal_semaphore = client.app.state.session_slots
+    held = client.portal.call(_take_all, portal_semaphore)
+    try:
+        requests = [
+            client.get("/v1/usage"),
+            client.get("/v1/usage", headers={"Authorization": "Bearer eyJhbGciOiJub25lIn0.e30."}),
+            client.get("/v1/usage", headers={"X-API-Key": "mr_live_" + "A" * 38}),
+            client.put(f"/v1/uploads/{uuid.uuid4()}/content?expires=1&signature=%C3%96", content=b"x"),
+        ]
+    finally:
+        client.portal.call(_give_back, portal_semaphore, held)
+    assert [response.status_code for response in requests] == [401, 401, 401, 403]
+    # A credential that could be valid does wait for a session, and then works.
+    assert client.get("/v1/usage", headers={"X-API-Key": api_key}).status_code == 200
+
+
+async def _take_all(semaphore: anyio.Semaphore) -> int:
+    taken = 0
+    while semaphore.value:
+        await semaphore.acquire()
+        taken += 1
+    return taken
+
+
+async def _give_back(semaphore: anyio.Semaphore, count: int) -> None:
+    for _ in range(count):
+        semaphore.release()
