@@ -1,18 +1,15 @@
 """Structured logging for every service (structlog over the standard library).
 
 Production logging must never stall a service: an exception is rendered as a plain traceback
-(no local variables, bounded in length) where it is logged, and the record is written to stderr
-by a background thread, so a slow or blocked stderr never holds up the event loop. Rich
-tracebacks with local variables are a developer's opt-in (``log_rich_tracebacks``); they are
-rendered synchronously, where the exception still exists.
+(no local variables, bounded in length: milliseconds, however deep the stack or large its
+locals). Rich tracebacks with local variables, which can take seconds per exception on the
+event loop, are a developer's opt-in (``log_rich_tracebacks``). Records are written as they are
+logged, so none is lost when a process ends by a signal.
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
-import logging.handlers
-import queue
 import sys
 import traceback
 from typing import Any
@@ -22,7 +19,6 @@ import structlog
 # Enough for a deep framework stack; a traceback longer than this keeps its head and its tail.
 TRACEBACK_MAX_CHARS = 20_000
 _TRUNCATION_MARK = "\n  ... [{omitted} characters omitted] ...\n"
-_listener: logging.handlers.QueueListener | None = None
 SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
 
 
@@ -57,45 +53,11 @@ class BoundedExceptionRenderer:
         return event_dict
 
 
-class _PassThroughQueueHandler(logging.handlers.QueueHandler):
-    """Queues the record itself: the listener's ProcessorFormatter renders it (structlog's event
-    dict travels in ``record.msg``; exceptions were rendered to strings already)."""
-
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        if record.exc_info:
-            # A foreign (stdlib) record: render here, while its frames are current.
-            record.exc_text = bounded_traceback(record.exc_info)
-            record.exc_info = None
-        return record
-
-
-class _ForeignExcTextRenderer:
-    """Carries a foreign record's pre-rendered traceback (``exc_text``) into the event dict."""
-
-    def __call__(self, _logger: Any, _name: str, event_dict: dict) -> dict:
-        record = event_dict.get("_record")
-        if record is not None and getattr(record, "exc_text", None) and "exception" not in event_dict:
-            event_dict["exception"] = record.exc_text
-            record.exc_text = None
-        return event_dict
-
-
-def _stop_listener() -> None:
-    global _listener
-    if _listener is not None:
-        _listener.stop()  # drains the queue
-        _listener = None
-
-
-atexit.register(_stop_listener)
-
-
 def configure_logging(level: str = "INFO", json_logs: bool = False, *, rich_tracebacks: bool = False) -> None:
     """Route stdlib and structlog records through one renderer, to stderr.
 
-    ``rich_tracebacks`` (development only) renders exceptions with rich, local variables included,
-    synchronously; otherwise tracebacks are plain and bounded and writing happens off-thread."""
-    _stop_listener()
+    ``rich_tracebacks`` (development only) renders exceptions with rich, local variables included;
+    otherwise tracebacks are plain and bounded."""
     shared_processors: list = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -124,12 +86,12 @@ def configure_logging(level: str = "INFO", json_logs: bool = False, *, rich_trac
     stream_handler = logging.StreamHandler(sys.stderr)
     stream_handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[*shared_processors, _ForeignExcTextRenderer(), *exception_processors],
+            foreign_pre_chain=[*shared_processors, *exception_processors],
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
         )
     )
     # Servers' own loggers (uvicorn logs every exception that escapes the app, and every request)
-    # go through the same bounded, off-thread path instead of their own synchronous handlers.
+    # go through the same bounded rendering instead of their own handlers.
     # A logger without handlers (uvicorn's access log under --no-access-log) stays as it is.
     for name in SERVER_LOGGERS:
         server_logger = logging.getLogger(name)
@@ -137,14 +99,7 @@ def configure_logging(level: str = "INFO", json_logs: bool = False, *, rich_trac
             server_logger.handlers.clear()
             server_logger.propagate = True
     root = logging.getLogger()
-    if exception_processors:
-        records: queue.SimpleQueue = queue.SimpleQueue()
-        global _listener
-        _listener = logging.handlers.QueueListener(records, stream_handler, respect_handler_level=True)
-        _listener.start()
-        root.handlers[:] = [_PassThroughQueueHandler(records)]
-    else:
-        root.handlers[:] = [stream_handler]
+    root.handlers[:] = [stream_handler]
     root.setLevel(level.upper())
 
 

@@ -38,8 +38,8 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     # One JSON object per log line (for log shippers) instead of the console renderer.
     log_json: bool = False
-    # Development only: rich tracebacks with local variables (slow, unbounded; rendered inline).
-    # Otherwise tracebacks are plain, bounded, and written off the event loop's thread.
+    # Development only: rich tracebacks with local variables (slow and unbounded: seconds per
+    # exception on the event loop). Otherwise tracebacks are plain and bounded (20,000 characters).
     log_rich_tracebacks: bool = False
     # Where local state lives: the SQLite database, local uploads, caches, training runs.
     data_dir: Path = REPO_ROOT / "var"
