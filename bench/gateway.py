@@ -142,6 +142,7 @@ def main() -> None:
             "--log-level",
             "warning",
             "--no-access-log",
+            "--no-proxy-headers",
         ]
         process = subprocess.Popen(command, cwd=REPO_ROOT, env=env)
         wait_ready(base_url, process)

@@ -191,6 +191,8 @@ def start(args: argparse.Namespace) -> None:
                 "--port",
                 str(args.gateway_port),
                 "--no-server-header",
+                # Forwarded headers are the gateway's call (MOODREEL_TRUSTED_PROXIES), not uvicorn's.
+                "--no-proxy-headers",
             ],
             env,
             state_dir,

@@ -28,7 +28,6 @@ COMPOSE_ONLY = {
     "MINIO_ROOT_USER": "moodreel",
     "MINIO_ROOT_PASSWORD": "moodreel-minio-secret",
     "MOODREEL_IMAGE_TAG": "local",
-    "FORWARDED_ALLOW_IPS": "127.0.0.1",
 }
 # Settings whose compose value must be set in .env (uncommented in the example).
 # Too short on purpose: a production gateway refuses it until it is replaced (>= 32 characters).

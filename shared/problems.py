@@ -21,6 +21,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from shared.logging import get_logger
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+# A hostile body can fail validation in thousands of places; the answer names the first ones.
+MAX_VALIDATION_ERRORS = 50
 log = get_logger(__name__)
 
 
@@ -164,11 +166,13 @@ async def _handle_http_exception(request: Request, exc: Exception) -> JSONRespon
 
 async def _handle_validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    all_errors = exc.errors()
     errors = [
         {"loc": list(error.get("loc", ())), "msg": error.get("msg", ""), "type": error.get("type", "")}
-        for error in exc.errors()
+        for error in all_errors[:MAX_VALIDATION_ERRORS]
     ]
-    problem = UnprocessableContent("One or more fields are invalid; see `errors`.", errors=errors)
+    extra = {"errors_total": len(all_errors)} if len(all_errors) > len(errors) else {}
+    problem = UnprocessableContent("One or more fields are invalid; see `errors`.", errors=errors, **extra)
     return problem_response(problem, request)
 
 

@@ -8,12 +8,14 @@ place (the README's configuration reference and ``.env.example`` list the same n
 
 from __future__ import annotations
 
+import ipaddress
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,6 +38,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     # One JSON object per log line (for log shippers) instead of the console renderer.
     log_json: bool = False
+    # Development only: rich tracebacks with local variables (slow and unbounded: seconds per
+    # exception on the event loop). Otherwise tracebacks are plain and bounded (20,000 characters).
+    log_rich_tracebacks: bool = False
     # Where local state lives: the SQLite database, local uploads, caches, training runs.
     data_dir: Path = REPO_ROOT / "var"
 
@@ -90,6 +95,11 @@ class Settings(BaseSettings):
     secret_key: SecretStr = SecretStr("dev-insecure-change-me")
     # Dev-only switch shared by gateway and worker: lets http://127.0.0.1/... videos through.
     allow_private_urls: bool = False
+    # Production refuses to start with allow_private_urls or private_url_origins unless this is set.
+    allow_private_urls_in_production: bool = False
+    # Peers (addresses or CIDR networks, comma-separated or JSON) whose X-Forwarded-For/-Proto
+    # the gateway believes; empty: the TCP peer is the client. Set it to your TLS proxy's address.
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # --- model --------------------------------------------------------------------------------
     # Checkpoint the local model server loads (SageMaker uses /opt/ml/model).
@@ -168,6 +178,10 @@ class Settings(BaseSettings):
     idempotency_ttl_hours: int = Field(24, ge=1)
     event_stream_ttl_seconds: int = Field(86_400, ge=60)
     cors_origins: list[str] = Field(default_factory=list)
+    # Worker threads for the gateway's blocking work (database, password hashing). Half of them is
+    # the number of database sessions open at once, and the pool's size: a request waits for a
+    # session on the event loop, never in a thread, and a session holder always finds a thread.
+    gateway_threads: int = Field(40, ge=2, le=1000)
     # JSON/form request bodies (uploads stream separately, bounded by their declared size).
     max_request_body_bytes: int = Field(10_000_000, ge=1024)
 
@@ -261,6 +275,20 @@ class Settings(BaseSettings):
     # Backoff between model-service retries: base, doubling, capped.
     model_retry_base_seconds: float = Field(5.0, gt=0)
     model_retry_max_seconds: float = Field(120.0, gt=0)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _parse_networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = json.loads(value) if value.strip().startswith("[") else value.split(",")
+        if isinstance(value, list):
+            # Strict parsing: a typo must not silently trust nobody (or everybody).
+            return [
+                str(ipaddress.ip_network(str(item).strip(), strict=False))
+                for item in value
+                if str(item).strip()
+            ]
+        return value
 
 
 @lru_cache

@@ -116,6 +116,8 @@ class DeliveryResult:
     error: str | None
     response_body: str
     duration_ms: int
+    # No later attempt can succeed (the URL is refused by the SSRF rules): fail the delivery now.
+    permanent: bool = False
 
     @property
     def ok(self) -> bool:
@@ -162,7 +164,8 @@ async def deliver(
     except FetchError as exc:
         # The fetch module's codes name downloads; for a delivery only the SSRF refusal needs one.
         error = f"url_not_allowed: {exc}" if exc.code == "url_not_allowed" else str(exc)
-        return DeliveryResult(None, error, "", _elapsed_ms(started))
+        refused = exc.code == "url_not_allowed"
+        return DeliveryResult(None, error, "", _elapsed_ms(started), permanent=refused)
     return DeliveryResult(
         response.status_code,
         None,

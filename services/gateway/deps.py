@@ -50,7 +50,15 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
     """One session per request: committed after the endpoint returns and before the response is
     sent (so a failed commit is a 500, never a false 2xx); then the after-commit hooks run
     (queueing jobs that must only see committed rows)."""
-    session: Session = request.app.state.session_factory()
+    # A request waits for a session here, on the event loop, holding no thread: there are as many
+    # slots as pooled connections, so the session's queries never wait for a connection.
+    slots: anyio.Semaphore = request.app.state.session_slots
+    await slots.acquire()
+    try:
+        session: Session = request.app.state.session_factory()
+    except BaseException:
+        slots.release()
+        raise
     # Commits run on their own thread limiter: with every worker thread of the default pool
     # waiting for a row lock, the transaction holding it must still be able to commit.
     limiter = request.app.state.commit_limiter
@@ -62,11 +70,19 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
             session.close()
 
     try:
-        yield session
-    except BaseException:
-        await anyio.to_thread.run_sync(session.close, limiter=limiter)  # close() rolls back
-        raise
-    await anyio.to_thread.run_sync(commit_and_close, limiter=limiter)
+        try:
+            yield session
+        except BaseException:
+            if session.in_transaction():
+                await anyio.to_thread.run_sync(session.close, limiter=limiter)  # close() rolls back
+            raise
+        if session.in_transaction():
+            await anyio.to_thread.run_sync(commit_and_close, limiter=limiter)
+    finally:
+        # A session that never touched the database has nothing to commit or return to the pool.
+        if not session.in_transaction():
+            session.close()
+        slots.release()
     for hook in session.info.pop("after_commit", []):
         await hook()
 
@@ -146,8 +162,39 @@ def _principal_from_jwt(session: Session, settings: Settings, token: str) -> Pri
     return Principal(user, None, frozenset(ALL_SCOPES))
 
 
+def _checkable_offline(credential: str, settings: Settings) -> bool:
+    """Whether a presented credential could be valid, judged without the database: an API key's
+    format and checksum, a JWT's signature and claims."""
+    if credential.startswith(API_KEY_PREFIX):
+        return is_well_formed_api_key(credential)
+    try:
+        decode_access_token(credential, settings)
+    except InvalidToken:
+        return False
+    return True
+
+
+async def refuse_hopeless_credentials(
+    settings: SettingsDep,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    header_key: Annotated[str | None, Depends(api_key_scheme)],
+) -> None:
+    """Runs before a database session is taken: a request none of whose credentials could be
+    valid (none at all, garbage, forged or expired tokens, mistyped keys) is refused on the event
+    loop, without waiting for a session slot or a thread. Which credential counts when several
+    are sent is :func:`authenticate`'s decision."""
+    presented = [
+        credential for credential in (header_key, bearer.credentials if bearer else None) if credential
+    ]
+    if not presented:
+        raise Unauthorized("Send an access token or API key: `Authorization: Bearer …` or `X-API-Key: …`.")
+    if not any(_checkable_offline(credential, settings) for credential in presented):
+        raise Unauthorized("The credentials are malformed, invalid or expired.")
+
+
 async def authenticate(
     request: Request,
+    _checked: Annotated[None, Depends(refuse_hopeless_credentials)],
     session: SessionDep,
     settings: SettingsDep,
     redis_client: RedisDep,

@@ -8,12 +8,14 @@ from contextlib import asynccontextmanager
 import anyio
 import redis.asyncio as aioredis
 import redis.exceptions
+import sqlalchemy.exc
 from arq.connections import ArqRedis
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from services.gateway.analyses.endpoints import router as analyses_router
 from services.gateway.analyses.events import EventHub, StreamSlots
@@ -30,6 +32,7 @@ from services.gateway.webhook_docs import document_webhooks
 from services.gateway.webhooks.endpoints import router as webhooks_router
 from shared.db.session import create_db_engine, make_session_factory
 from shared.logging import configure_logging, get_logger
+from shared.net.urls import check_private_url_switches
 from shared.problems import ServiceUnavailable, install_problem_handlers, problem_response, problem_type
 from shared.settings import Settings, get_settings
 
@@ -58,6 +61,15 @@ TAGS = [
 ]
 
 
+POOL_RESERVE = 5
+
+
+def database_sessions(settings: Settings) -> int:
+    """Request sessions open at once (the pool's size): half the threads, so that while every
+    session holder runs database work, as many threads are left for everything else."""
+    return max(1, settings.gateway_threads // 2)
+
+
 def check_production_settings(settings: Settings) -> None:
     """Refuse to start a production gateway whose tokens anyone could forge."""
     if settings.environment != "production":
@@ -68,13 +80,17 @@ def check_production_settings(settings: Settings) -> None:
             "MOODREEL_SECRET_KEY must be set to a random value of at least 32 characters in production "
             "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)."
         )
+    check_private_url_switches(settings)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     check_production_settings(settings)
-    configure_logging(settings.log_level, settings.log_json)
-    engine = create_db_engine(settings=settings)
+    configure_logging(settings.log_level, settings.log_json, rich_tracebacks=settings.log_rich_tracebacks)
+    sessions = database_sessions(settings)
+    # One connection per request session, and a small reserve for work outside a request session
+    # (readiness, after-commit hooks): no thread ever waits for a connection a request holds.
+    engine = create_db_engine(settings=settings, pool_size=sessions, max_overflow=POOL_RESERVE)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -90,7 +106,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.arq = ArqRedis(pool, default_queue_name=settings.queue_name)
         app.state.redis = app.state.arq
-        app.state.commit_limiter = anyio.CapacityLimiter(40)
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.gateway_threads
+        app.state.session_slots = anyio.Semaphore(sessions)
+        app.state.commit_limiter = anyio.CapacityLimiter(sessions)
         # SSE: one connection blocks on XREAD for every open stream of this process.
         hub_block_ms = 1000
         app.state.event_hub = EventHub(
@@ -142,6 +160,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_exception_handler(redis.exceptions.ConnectionError, redis_unavailable)
     app.add_exception_handler(redis.exceptions.TimeoutError, redis_unavailable)
+    app.add_exception_handler(sqlalchemy.exc.OperationalError, _database_unavailable)
+    app.add_exception_handler(sqlalchemy.exc.TimeoutError, _database_unavailable)
     app.add_middleware(RateLimitHeadersMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)
     if settings.cors_origins:
@@ -152,6 +172,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
             expose_headers=["Location", "RateLimit", "RateLimit-Policy", "Retry-After"],
         )
+    if settings.trusted_proxies:
+        # Outermost: every limit keyed by the client's address sees the forwarded one, and only
+        # when the TCP peer is a trusted proxy (servers run with --no-proxy-headers).
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
 
     app.include_router(auth_router)
     app.include_router(api_keys_router)
@@ -165,6 +189,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_problem_openapi(app)
     _add_health_routes(app)
     return app
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """A database that refuses connections (or a full pool) is an outage to retry, not a bug:
+    503 with Retry-After, and one log line instead of a traceback per request."""
+    log.warning("database_unavailable", path=request.url.path, error=str(exc).splitlines()[0][:300])
+    problem = ServiceUnavailable(
+        "The database is unavailable; retry shortly.",
+        code="database_unavailable",
+        headers={"Retry-After": "5"},
+    )
+    return problem_response(problem, request)
 
 
 def _add_health_routes(app: FastAPI) -> None:

@@ -84,33 +84,52 @@ def _login_keys(settings: Settings, email: str, client_ip: str) -> list[str]:
     ]
 
 
-async def check_login_allowed(client: aioredis.Redis, settings: Settings, email: str, client_ip: str) -> None:
+# Admits an attempt only while both counters are under their limits, and counts it in the same
+# step: of any number of concurrent attempts exactly the remaining allowance reach the password
+# check. A refused attempt is not counted (it cannot prolong the lockout).
+_ADMIT_LOGIN_ATTEMPT = """
+for index, key in ipairs(KEYS) do
+  if tonumber(redis.call('GET', key) or '0') >= tonumber(ARGV[index]) then
+    return math.max(redis.call('TTL', key), 1)
+  end
+end
+for _, key in ipairs(KEYS) do
+  if redis.call('INCR', key) == 1 then
+    redis.call('EXPIRE', key, ARGV[#ARGV])
+  end
+end
+return 0
+"""
+
+
+_FORGET_LOGIN_ATTEMPT = """
+redis.call('DEL', KEYS[1])
+if tonumber(redis.call('GET', KEYS[2]) or '0') > 0 then
+  redis.call('DECR', KEYS[2])
+end
+"""
+
+
+async def admit_login_attempt(client: aioredis.Redis, settings: Settings, email: str, client_ip: str) -> None:
+    """Count one sign-in attempt for the e-mail and the client address before the password is
+    checked; 429 once either has used its allowance in the window."""
     email_key, ip_key = _login_keys(settings, email, client_ip)
     # One address may try several accounts, but not unboundedly many.
-    limits = {email_key: settings.login_max_failures, ip_key: settings.login_max_failures * 4}
-    for key, limit in limits.items():
-        failures = int(await client.get(key) or 0)
-        if failures >= limit:
-            retry_after = max(1, int(await client.ttl(key)))
-            raise TooManyRequests(
-                "Too many failed sign-in attempts; try again later.", retry_after=retry_after
-            )
+    limits = (settings.login_max_failures, settings.login_max_failures * 4)
+    retry_after = await client.eval(
+        _ADMIT_LOGIN_ATTEMPT, 2, email_key, ip_key, *limits, settings.login_window_seconds
+    )
+    if int(retry_after):
+        raise TooManyRequests(
+            "Too many failed sign-in attempts; try again later.", retry_after=int(retry_after)
+        )
 
 
-async def record_login_failure(
+async def forget_successful_login(
     client: aioredis.Redis, settings: Settings, email: str, client_ip: str
 ) -> None:
-    async with client.pipeline(transaction=True) as pipe:
-        for key in _login_keys(settings, email, client_ip):
-            pipe.incr(key)
-            pipe.expire(key, settings.login_window_seconds, nx=True)
-        await pipe.execute()
-
-
-async def clear_login_failures(
-    client: aioredis.Redis, settings: Settings, email: str, client_ip: str
-) -> None:
-    await client.delete(_login_keys(settings, email, client_ip)[0])
+    """A successful sign-in clears the e-mail's count and returns its attempt to the address."""
+    await client.eval(_FORGET_LOGIN_ATTEMPT, 2, *_login_keys(settings, email, client_ip))
 
 
 # API responses are data, never documents to sniff or frame.

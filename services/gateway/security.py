@@ -162,13 +162,28 @@ def api_key_display_prefix(key: str) -> str:
 
 
 # --- signed local upload URLs ------------------------------------------------------------------
-def sign_upload(upload_id: uuid.UUID, expires: int, settings: Settings) -> str:
-    message = f"{upload_id}.{expires}".encode()
+# Unix seconds have 10 digits until 2286; anything longer is not a time this gateway signed.
+_MAX_EXPIRES_DIGITS = 12
+
+
+def sign_upload(upload_id: uuid.UUID | str, expires: int | str, settings: Settings) -> str:
+    # Query values may hold any character (lone surrogates too): encoding must never fail.
+    message = f"{upload_id}.{expires}".encode("utf-8", "backslashreplace")
     digest = hmac.new(derive_key(settings, "local-upload"), message, hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
-def verify_upload_signature(upload_id: uuid.UUID, expires: int, signature: str, settings: Settings) -> bool:
-    if expires < int(datetime.now(UTC).timestamp()):
-        return False
-    return hmac.compare_digest(sign_upload(upload_id, expires, settings), signature)
+def verify_upload_signature(upload_id: str, expires: str, signature: str, settings: Settings) -> bool:
+    """Whether the raw path id, ``expires`` and ``signature`` are an unexpired URL this gateway
+    signed. Any input, however malformed (non-ASCII, wrong length, not a number), is simply
+    invalid, and every input costs the same: one HMAC and one constant-time comparison of bytes."""
+    expected = sign_upload(upload_id, expires, settings).encode()
+    presented = signature.encode("utf-8", "backslashreplace")
+    signed = hmac.compare_digest(expected, presented)
+    in_time = (
+        expires.isascii()
+        and expires.isdigit()
+        and len(expires) <= _MAX_EXPIRES_DIGITS
+        and int(expires) >= int(datetime.now(UTC).timestamp())
+    )
+    return signed and in_time

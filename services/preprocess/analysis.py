@@ -38,7 +38,7 @@ from shared.features.spec import FeatureSpec
 from shared.features.transcripts import TranscriptError
 from shared.logging import get_logger
 from shared.model_client import ModelClient, ModelServiceError, ModelUnavailable
-from shared.net.fetch import FetchError, download_url, job_workspace
+from shared.net.fetch import FetchError, download_url, job_workspace, redact_workspace_paths
 from shared.predictions import InvocationResponse, UtterancePrediction
 from shared.settings import Settings
 
@@ -353,12 +353,20 @@ class AnalysisRun:
 
     async def fail(self, code: str, message: str) -> bool:
         """failed + refund (each charge once) + analysis.failed deliveries, in one transaction."""
+        message = redact_workspace_paths(message, self.settings)
 
         def work(session: Session) -> list[uuid.UUID] | None:
             if not repository.finish(
-                session, self.analysis_id, AnalysisStatus.failed, error_code=code, error_message=message
+                session,
+                self.analysis_id,
+                AnalysisStatus.failed,
+                utterance_count=0,
+                error_code=code,
+                error_message=message,
             ):
                 return None
+            # A refunded analysis keeps no results: the utterances scored before the failure go.
+            repository.delete_utterances_from(session, self.analysis_id, 0)
             usage.refund(session, self.analysis_id)
             current = repository.get_analysis(session, self.analysis_id)
             return repository.create_deliveries(

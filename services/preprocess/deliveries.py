@@ -66,7 +66,7 @@ async def attempt_delivery(resources: Resources, delivery_id: uuid.UUID) -> dict
         if result.ok:
             delivery.status, delivery.delivered_at, delivery.next_attempt_at = "succeeded", utcnow(), None
             return {"status": "succeeded", "attempts": delivery.attempts}
-        if delivery.attempts >= settings.webhook_max_attempts:
+        if result.permanent or delivery.attempts >= settings.webhook_max_attempts:
             delivery.status, delivery.next_attempt_at = "failed", None
             return {"status": "failed", "attempts": delivery.attempts}
         wait = backoff_seconds(

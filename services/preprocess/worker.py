@@ -30,6 +30,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from shared.db.session import create_db_engine, make_session_factory
 from shared.logging import configure_logging, get_logger
 from shared.model_client import model_client_from_settings
+from shared.net.fetch import remove_abandoned_workspaces
+from shared.net.urls import check_private_url_switches
 from shared.settings import get_settings
 
 from .analysis import AnalysisRun, Resources, TransientJobError, classify
@@ -44,11 +46,14 @@ ANALYSE_TIMEOUT_MARGIN_SECONDS = 30
 
 
 async def startup(ctx: dict[str, Any]) -> None:
-    configure_logging(settings.log_level, settings.log_json)
+    configure_logging(settings.log_level, settings.log_json, rich_tracebacks=settings.log_rich_tracebacks)
     # arq's CLI installs its own handler; route its records through ours only (no duplicates), and
     # keep httpx's per-request lines out (the worker logs what it fetched and scored itself).
     logging.getLogger("arq").handlers.clear()
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    check_private_url_switches(settings)
+    for directory in remove_abandoned_workspaces(settings):
+        log.warning("abandoned_workspace_removed", path=str(directory))
     outlive_redis_outages(ctx["redis"])
     engine = create_db_engine(settings=settings, pool_size=settings.worker_max_jobs + 2)
     ctx["engine"] = engine

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
+import re
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
@@ -220,14 +222,57 @@ async def _stream_to_file(response: httpx.Response, destination: Path, limit: in
     return size
 
 
+WORKSPACE_PREFIX = "moodreel-job-"
+
+
+def workspace_root(settings: Settings) -> Path:
+    return settings.worker_tmp_dir or Path(tempfile.gettempdir())
+
+
 @asynccontextmanager
 async def job_workspace(settings: Settings | None = None) -> AsyncIterator[Path]:
-    """A private temporary directory for one job, removed whatever happens inside."""
+    """A private temporary directory for one job, removed whatever happens inside. Its name
+    carries the worker's pid, so a worker killed mid-job leaves a directory the next start-up
+    recognises as abandoned (:func:`remove_abandoned_workspaces`)."""
     settings = settings or get_settings()
-    if settings.worker_tmp_dir is not None:
-        settings.worker_tmp_dir.mkdir(parents=True, exist_ok=True)
-    directory = Path(tempfile.mkdtemp(prefix="moodreel-job-", dir=settings.worker_tmp_dir))
+    root = workspace_root(settings)
+    root.mkdir(parents=True, exist_ok=True)
+    directory = Path(tempfile.mkdtemp(prefix=f"{WORKSPACE_PREFIX}{os.getpid()}-", dir=root))
     try:
         yield directory
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_abandoned_workspaces(settings: Settings) -> list[Path]:
+    """Delete job directories whose worker no longer runs (killed mid-job: SIGKILL, OOM, power),
+    and any of this pid's (a previous process that had the same pid). Returns what went."""
+    removed = []
+    root = workspace_root(settings)
+    if not root.is_dir():
+        return removed
+    for directory in root.glob(f"{WORKSPACE_PREFIX}*"):
+        owner = directory.name[len(WORKSPACE_PREFIX) :].split("-", 1)[0]
+        pid = int(owner) if owner.isdigit() else None
+        if pid is not None and pid != os.getpid() and _process_alive(pid):
+            continue
+        shutil.rmtree(directory, ignore_errors=True)
+        removed.append(directory)
+    return removed
+
+
+def redact_workspace_paths(text: str, settings: Settings) -> str:
+    """``text`` with every job-workspace path replaced by "the media file": messages that clients
+    read (ffmpeg's and the OS's errors quote file names) must not reveal the worker's file system."""
+    root = re.escape(str(workspace_root(settings)).rstrip("/"))
+    return re.sub(rf"{root}/{WORKSPACE_PREFIX}[^\s'\":,)]*", "the media file", text)

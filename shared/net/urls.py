@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 
 import idna
 
+from shared.settings import Settings
+
 MAX_URL_LENGTH = 2048
 ALLOWED_SCHEMES = frozenset({"http", "https"})
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -157,3 +159,17 @@ def check_url(url: str, *, allow_private: bool = False, resolver: Resolver | Non
         raise UrlNotAllowed("the host name does not resolve")
     if not all(is_address_allowed(address, allow_private) for address in addresses):
         raise UrlNotAllowed("the host name resolves to a private or reserved address")
+
+
+def check_private_url_switches(settings: Settings) -> None:
+    """Refuse to start a production service that would fetch private addresses: the switches are
+    for development, unless ``allow_private_urls_in_production`` says it is meant (a closed
+    network whose media servers all sit on private addresses)."""
+    if settings.environment != "production" or settings.allow_private_urls_in_production:
+        return
+    if settings.allow_private_urls or settings.private_url_origins:
+        raise RuntimeError(
+            "MOODREEL_ALLOW_PRIVATE_URLS and MOODREEL_PRIVATE_URL_ORIGINS are for development: in "
+            "production they expose internal services to every user's URLs. Set "
+            "MOODREEL_ALLOW_PRIVATE_URLS_IN_PRODUCTION=true as well if that is really intended."
+        )

@@ -121,7 +121,10 @@ def api_key(client, account) -> str:
 @contextmanager
 def running_server(app) -> Iterator[str]:
     """The app under a real uvicorn on a free 127.0.0.1 port; yields its base URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    # As the launchers run it: forwarded headers are the gateway's call (trusted_proxies).
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", proxy_headers=False
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

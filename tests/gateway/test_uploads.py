@@ -3,6 +3,7 @@ server on loopback, each then submitted as an analysis."""
 
 from __future__ import annotations
 
+import time
 import urllib.parse
 import uuid
 
@@ -10,8 +11,10 @@ import boto3
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import event
 
 from services.gateway.main import create_app
+from services.gateway.security import sign_upload
 from shared.storage import LocalStorage
 from tests.fixtures import s3 as moto_s3
 from tests.gateway.conftest import make_settings, new_api_key, sign_up
@@ -234,3 +237,53 @@ def test_presigned_url_uses_the_public_endpoint(s3_server, sqlite_url, tmp_path)
         .presign_put("uploads/u/clip.mp4", "video/mp4", len(MEDIA), 60)
         .startswith(f"{s3_server}/{bucket}/")
     )
+
+
+MALFORMED_UPLOAD_QUERIES = [
+    "expires={future}&signature=%C3%96",  # non-ASCII
+    "expires={future}&signature=%ED%A0%80",  # an invalid UTF-8 sequence
+    "expires={future}&signature=" + "A" * 43,  # right length, wrong value
+    "expires={future}&signature=" + "A" * 4000,  # wrong length
+    "expires={future}&signature=",
+    "expires={future}",
+    "signature=" + "A" * 43,
+    "expires=&signature=" + "A" * 43,
+    "expires=not-a-time&signature=" + "A" * 43,
+    "expires=1e10&signature=" + "A" * 43,
+    "expires=-1&signature=" + "A" * 43,
+    "expires=%D9%A3%D9%A3&signature=" + "A" * 43,  # Arabic-Indic digits
+    "expires=" + "9" * 400 + "&signature=" + "A" * 43,
+    "expires={future}&expires={future}&signature=%00",
+    "",
+]
+
+
+def test_malformed_upload_urls_are_a_403_before_any_database_access(client):
+    statements: list[str] = []
+
+    def count(_conn, _cursor, statement, *_args) -> None:
+        statements.append(statement)
+
+    engine = client.app.state.engine
+    future = int(time.time()) + 600
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        for upload_id in (str(uuid.uuid4()), "not-a-uuid", "%C3%96"):
+            for query in MALFORMED_UPLOAD_QUERIES:
+                for headers in ({"Content-Type": "video/mp4"}, {"Content-Type": ""}, {}):
+                    path = f"/v1/uploads/{upload_id}/content?{query.format(future=future)}"
+                    response = client.put(path, content=MEDIA, headers=headers)
+                    assert response.status_code == 403, (path, headers, response.text)
+                    assert response.headers["content-type"] == "application/problem+json"
+                    assert response.json()["code"] == "upload_url_invalid"
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert statements == []
+
+
+def test_expired_upload_url_is_refused(client, api_key, settings):
+    target = start_upload(client, api_key).json()
+    past = int(time.time()) - 1
+    signature = sign_upload(target["upload_id"], past, settings)
+    url = f"/v1/uploads/{target['upload_id']}/content?expires={past}&signature={signature}"
+    assert_problem(client.put(url, content=MEDIA, headers=target["headers"]), 403, "upload_url_invalid")

@@ -408,3 +408,18 @@ def test_example_secret_is_refused_in_production():
     ]
     with pytest.raises(RuntimeError, match="MOODREEL_SECRET_KEY"):
         check_production_settings(Settings(_env_file=None, environment="production", secret_key=example))
+
+
+def test_every_gateway_launcher_leaves_forwarded_headers_to_the_gateway(compose):
+    """uvicorn's own proxy handling trusts loopback by default; the gateway's trusted_proxies
+    decides instead, so every launcher turns uvicorn's off."""
+    launchers = {
+        "compose": " ".join(compose["services"]["gateway"]["command"]),
+        "Dockerfile": (REPO_ROOT / "services" / "gateway" / "Dockerfile").read_text(),
+        "devstack": (REPO_ROOT / "scripts" / "devstack.py").read_text(),
+        "bench": (REPO_ROOT / "bench" / "gateway.py").read_text(),
+    }
+    for name, text in launchers.items():
+        assert "--no-proxy-headers" in text and "--proxy-headers" not in text.replace("--no-proxy", ""), name
+    environment = compose["services"]["gateway"]["environment"]
+    assert "FORWARDED_ALLOW_IPS" not in environment and "MOODREEL_TRUSTED_PROXIES" in environment

@@ -158,6 +158,7 @@ def gateway(env: dict[str, str], log_dir: Path, port: int | None = None) -> Proc
         "--port",
         str(port),
         "--no-access-log",
+        "--no-proxy-headers",
     ]
     process = Process("gateway", argv, env, log_dir, http_ok(f"http://127.0.0.1:{port}/readyz"))
     process.port = port  # type: ignore[attr-defined]

@@ -53,3 +53,11 @@ def get_idempotency_record(session: Session, user_id: uuid.UUID, key: str) -> Id
     return session.scalar(
         select(IdempotencyRecord).where(IdempotencyRecord.user_id == user_id, IdempotencyRecord.key == key)
     )
+
+
+def upload_used_elsewhere(session: Session, upload_id: uuid.UUID, analysis_id: uuid.UUID) -> bool:
+    """Whether an analysis other than ``analysis_id`` was submitted with this upload."""
+    other = session.scalar(
+        select(Analysis.id).where(Analysis.upload_id == upload_id, Analysis.id != analysis_id).limit(1)
+    )
+    return other is not None

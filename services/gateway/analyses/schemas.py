@@ -2,13 +2,18 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.predictions import ModalityScores
 
 AnalysisStatusName = Literal["queued", "processing", "succeeded", "failed", "canceled"]
+
+# Validation work is bounded by the schema, not by the body: pydantic refuses a longer list
+# before validating its items (more cues than the media's utterance limit fail in the worker).
+MAX_TRANSCRIPT_SEGMENTS = 5000
+MAX_TRANSCRIPT_CHARS = 2_000_000
 
 TRANSCRIPT_EXAMPLE = "1\n00:00:00,000 --> 00:00:02,500\nJOEY: How you doin'?\n"
 
@@ -54,9 +59,12 @@ class AnalysisCreate(BaseModel):
 
     video_url: str | None = Field(default=None, max_length=2048)
     upload_id: uuid.UUID | None = Field(default=None, description="From `POST /v1/uploads`, once uploaded.")
-    transcript: str | list[TranscriptSegment] | None = Field(
+    transcript: (
+        Annotated[str, Field(max_length=MAX_TRANSCRIPT_CHARS)]
+        | Annotated[list[TranscriptSegment], Field(max_length=MAX_TRANSCRIPT_SEGMENTS)]
+        | None
+    ) = Field(
         default=None,
-        max_length=2_000_000,
         description="SRT or WebVTT text, or JSON segments `[{start, end, text, speaker?}]`. Without "
         "one, the media is scored in fixed windows.",
     )

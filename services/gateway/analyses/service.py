@@ -355,7 +355,9 @@ def get(session: Session, user_id: uuid.UUID, analysis_id: uuid.UUID) -> Analysi
 
 def detail(session: Session, user_id: uuid.UUID, analysis_id: uuid.UUID) -> AnalysisDetail:
     analysis = get(session, user_id, analysis_id)
-    rows = repository.utterances(session, analysis.id)
+    # A failed analysis was refunded: whatever was scored before the failure is not a result.
+    failed = analysis.status == AnalysisStatus.failed.value
+    rows = [] if failed else repository.utterances(session, analysis.id)
     return AnalysisDetail(
         **to_public(analysis).model_dump(), utterances=[utterance_public(row) for row in rows]
     )
@@ -386,7 +388,9 @@ def delete(session: Session, settings: Settings, user_id: uuid.UUID, analysis_id
     analysis = get(session, user_id, analysis_id)
     repository.delete_utterances(session, analysis.id)
     upload = analysis.upload
-    if upload is not None:
+    if upload is not None and repository.upload_used_elsewhere(session, upload.id, analysis.id):
+        analysis.upload_id = None  # another analysis of the same upload still needs the media
+    elif upload is not None:
         try:
             get_storage(settings).delete(upload.storage_key)
         except StorageError as exc:

@@ -60,13 +60,10 @@ async def login(
 ) -> TokenPair:
     email = form.username.strip().lower()
     client_ip = request.client.host if request.client else "unknown"
-    await ratelimit.check_login_allowed(redis_client, settings, email, client_ip)
-    try:
-        user = await run_in_threadpool(service.authenticate, session, email, form.password)
-    except service.InvalidCredentials:
-        await ratelimit.record_login_failure(redis_client, settings, email, client_ip)
-        raise
-    await ratelimit.clear_login_failures(redis_client, settings, email, client_ip)
+    # Counted before the password is checked, so concurrent attempts cannot overtake the count.
+    await ratelimit.admit_login_attempt(redis_client, settings, email, client_ip)
+    user = await run_in_threadpool(service.authenticate, session, email, form.password)
+    await ratelimit.forget_successful_login(redis_client, settings, email, client_ip)
     response.headers.update(NO_STORE)
     return await run_in_threadpool(service.issue_tokens, session, settings, user)
 

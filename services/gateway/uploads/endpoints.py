@@ -4,7 +4,7 @@ import os
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, status
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, status
 from starlette.concurrency import run_in_threadpool
 
 from services.gateway.deps import ReadPrincipal, SessionDep, SettingsDep, WritePrincipal
@@ -49,6 +49,20 @@ def get_upload(upload_id: uuid.UUID, principal: ReadPrincipal, session: SessionD
     return UploadPublic.model_validate(upload)
 
 
+async def verified_upload_id(
+    upload_id: Annotated[str, Path(description="The upload's id, as signed in its URL.")],
+    settings: SettingsDep,
+    # Raw strings: the signature check, not request validation, answers any malformed value.
+    expires: Annotated[str, Query(description="Unix time the URL expires, as signed.")] = "",
+    signature: Annotated[str, Query(description="The URL's signature.")] = "",
+) -> uuid.UUID:
+    """Runs first, before a database session is taken: anyone can send this request without
+    credentials, so a malformed or forged URL costs one HMAC and nothing else."""
+    if not verify_upload_signature(upload_id, expires, signature, settings):
+        raise Forbidden("The upload URL is invalid or has expired.", code="upload_url_invalid")
+    return uuid.UUID(upload_id)  # a URL this gateway signed names a canonical UUID
+
+
 @router.put(
     "/{upload_id}/content",
     response_model=UploadPublic,
@@ -56,18 +70,14 @@ def get_upload(upload_id: uuid.UUID, principal: ReadPrincipal, session: SessionD
     summary="Local storage only: the signed PUT target returned by `POST /v1/uploads`",
 )
 async def put_upload_content(
-    upload_id: uuid.UUID,
     request: Request,
+    signed_id: Annotated[uuid.UUID, Depends(verified_upload_id)],
     session: SessionDep,
     settings: SettingsDep,
-    expires: Annotated[int, Query()],
-    signature: Annotated[str, Query(max_length=100)],
     content_type: Annotated[str, Header(alias="Content-Type")] = "",
 ) -> UploadPublic:
-    if not verify_upload_signature(upload_id, expires, signature, settings):
-        raise Forbidden("The upload URL is invalid or has expired.", code="upload_url_invalid")
     storage = service.local_storage(settings)
-    upload = await run_in_threadpool(session.get, Upload, upload_id)
+    upload = await run_in_threadpool(session.get, Upload, signed_id)
     if upload is None:
         raise service.UploadNotFound()
     if upload.completed_at is not None:
