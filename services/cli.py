@@ -7,11 +7,17 @@ from pathlib import Path
 
 import typer
 
+from services import client_commands
+
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Moodreel: emotion and sentiment in video."
 )
 sagemaker_app = typer.Typer(no_args_is_help=True, help="Train and deploy on AWS SageMaker.")
 app.add_typer(sagemaker_app, name="sagemaker")
+
+# Client commands: a server's public API through the Python SDK (clients/python).
+app.command("analyse")(client_commands.analyse)
+app.add_typer(client_commands.analyses_app, name="analyses")
 
 
 # --- model service (issue 4) --------------------------------------------------------------------
