@@ -57,6 +57,9 @@ def test_analyse_file_with_transcript_then_list_show_export_cancel(env, clips, t
     ]
     table = invoke(["analyses", "list"], env)
     assert table.exit_code == 0 and analysis_id in table.stdout and "succeeded" in table.stdout
+    assert "spoken.mp4" in table.stdout
+    searched = invoke(["analyses", "list", "--q", "nothing-like-it", "--format", "json"], env)
+    assert searched.exit_code == 0 and json.loads(searched.stdout)["items"] == []
 
     shown = invoke(["analyses", "show", analysis_id], env)
     first_label = document["utterances"][0]["emotion"]["label"]

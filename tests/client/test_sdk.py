@@ -59,8 +59,11 @@ def test_upload_stream_wait_export_usage_and_webhook(clients, clips, receiver):
 
     transcript = Path(clips.paths["spoken.mp4"]).with_suffix(".srt")
     transcript.write_text(clips.spoken_srt)
-    analysis = client.analyses.create(file=clips.paths["spoken.mp4"], transcript=transcript)
+    analysis = client.analyses.create(
+        file=clips.paths["spoken.mp4"], transcript=transcript, metadata={"ticket": 42}
+    )
     assert analysis["status"] == "queued" and analysis["source"]["upload_id"]
+    assert analysis["name"] == "spoken.mp4" and analysis["metadata"] == {"ticket": 42}
 
     events = list(client.analyses.stream(analysis["id"], timeout=120))
     assert events[-1].type == "status" and events[-1].data["status"] == "succeeded"
@@ -77,7 +80,10 @@ def test_upload_stream_wait_export_usage_and_webhook(clients, clips, receiver):
     rows = list(csv.DictReader(io.StringIO(client.analyses.export(analysis["id"], "csv"))))
     assert len(rows) == cues
     assert client.analyses.export(analysis["id"], "srt").count("-->") == cues
-    assert json.loads(client.analyses.export(analysis["id"], "json"))["id"] == analysis["id"]
+    exported = json.loads(client.analyses.export(analysis["id"], "json"))
+    assert exported["id"] == analysis["id"] and exported["name"] == "spoken.mp4"
+    assert [item["id"] for item in client.analyses.list(q="SPOKEN")["items"]] == [analysis["id"]]
+    assert client.analyses.list(q="other")["items"] == []
 
     usage = client.usage.get()
     assert usage["analyses"]["used"] == 1 and usage["video_seconds"]["used"] > 0
@@ -86,6 +92,7 @@ def test_upload_stream_wait_export_usage_and_webhook(clients, clips, receiver):
     headers, body = hits[0]
     payload = webhooks.verify(endpoint["secret"], headers, body)
     assert payload["type"] == "analysis.succeeded" and payload["data"]["id"] == analysis["id"]
+    assert payload["data"]["name"] == "spoken.mp4" and payload["data"]["metadata"] == {"ticket": 42}
     with pytest.raises(moodreel.WebhookVerificationError):
         webhooks.verify(endpoint["secret"], headers, body.replace(b"succeeded", b"failed"))
     other_secret = client.webhooks.callback_secret()

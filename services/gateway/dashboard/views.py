@@ -400,9 +400,11 @@ async def revoke_key(
 
 
 @router.get("/analyses")
-async def analyses_page(request: Request, cursor: str | None = None, status: str | None = None) -> Response:
+async def analyses_page(
+    request: Request, cursor: str | None = None, status: str | None = None, q: str | None = None
+) -> Response:
     async def handler(session: BrowserSession, api: GatewayApi) -> Response:
-        params = {k: v for k, v in (("cursor", cursor), ("status", status), ("limit", "20")) if v}
+        params = {k: v for k, v in (("cursor", cursor), ("status", status), ("q", q), ("limit", "20")) if v}
         page = await api.json("GET", "/v1/analyses", params=params)
         usage = await api.json("GET", "/v1/usage")
         return render(
@@ -412,6 +414,7 @@ async def analyses_page(request: Request, cursor: str | None = None, status: str
             analyses=items_of(page),
             next_cursor=page["next_cursor"],
             status=status,
+            q=q,
             usage=usage,
             meters=usage_meters(usage),
         )

@@ -1,0 +1,39 @@
+"""The analyses list shows names, searches them (``q``) and filters canceled analyses."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.dashboard.helpers import PASSWORD, signed_in_client
+from tests.dashboard.test_dashboard_http import gateway  # noqa: F401 - the module's gateway fixture
+
+
+def test_list_shows_names_searches_them_and_filters_canceled(gateway):  # noqa: F811
+    client, email = signed_in_client(gateway)
+    with httpx.Client(base_url=gateway, timeout=30.0) as api:
+        token = api.post("/v1/auth/login", data={"username": email, "password": PASSWORD}).json()[
+            "access_token"
+        ]
+        headers = {"Authorization": f"Bearer {token}"}
+        ids = {}
+        for name in ("Quarterly <b>review</b>", "Support call"):
+            created = api.post(
+                "/v1/analyses",
+                json={"video_url": "https://93.184.215.14/v.mp4", "name": name},
+                headers=headers,
+            )
+            assert created.status_code == 202, created.text
+            ids[name] = created.json()["id"]
+        assert api.delete(f"/v1/analyses/{ids['Support call']}", headers=headers).status_code == 204
+
+    listing = client.get("/dashboard/analyses")
+    assert "Quarterly &lt;b&gt;review&lt;/b&gt;" in listing.text and "Support call" in listing.text
+    searched = client.get("/dashboard/analyses", params={"q": "REVIEW"})
+    assert "Quarterly &lt;b&gt;review" in searched.text and "Support call" not in searched.text
+    assert 'value="REVIEW"' in searched.text  # the search box keeps its value
+    nothing = client.get("/dashboard/analyses", params={"q": "no such name"})
+    assert "No analyses match." in nothing.text
+    canceled = client.get("/dashboard/analyses", params={"status": "canceled"})
+    assert "Support call" in canceled.text and "Quarterly" not in canceled.text
+    assert ">Canceled</a>" in canceled.text
+    client.close()
