@@ -59,12 +59,13 @@ templates.env.globals.update(
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
 STATIC_DIR = HERE / "static"
-STATIC_TYPES = {".css": "text/css", ".js": "text/javascript"}
+STATIC_TYPES = {".css": "text/css", ".js": "text/javascript", ".png": "image/png"}
 
 
 @router.get("/static/{path:path}", name="dashboard-static")
 async def static_file(path: str) -> Response:
-    """The compiled CSS and vendored htmx (a route, not a mount, so ``include_router`` carries it)."""
+    """The compiled CSS, vendored htmx and the API docs' assets (a route, not a mount, so
+    ``include_router`` carries it)."""
     target = (STATIC_DIR / path).resolve()
     if not target.is_relative_to(STATIC_DIR) or not target.is_file() or target.suffix not in STATIC_TYPES:
         return Response(status_code=404)
