@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from services import client_commands
+from services import admin_commands, client_commands
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Moodreel: emotion and sentiment in video."
@@ -58,6 +58,7 @@ def _aws_error_line(exc: BaseException) -> str | None:
 # Client commands: a server's public API through the Python SDK (clients/python).
 app.command("analyse")(client_commands.analyse)
 app.add_typer(client_commands.analyses_app, name="analyses")
+app.add_typer(admin_commands.users_app, name="users")
 
 
 # --- model service (issue 4) --------------------------------------------------------------------

@@ -8,8 +8,15 @@ from starlette.concurrency import run_in_threadpool
 
 from services.gateway import ratelimit
 from services.gateway.auth import service
-from services.gateway.auth.schemas import RefreshRequest, SignupRequest, TokenPair, UserPublic
-from services.gateway.deps import CurrentPrincipal, RedisDep, SessionDep, SettingsDep
+from services.gateway.auth.schemas import (
+    PasswordChange,
+    PasswordReset,
+    RefreshRequest,
+    SignupRequest,
+    TokenPair,
+    UserPublic,
+)
+from services.gateway.deps import CurrentPrincipal, RedisDep, SessionDep, SettingsDep, UserPrincipal
 from services.gateway.openapi import problem_responses
 
 router = APIRouter(prefix="/v1/auth", tags=["auth"])
@@ -92,3 +99,30 @@ def logout(body: RefreshRequest, session: SessionDep) -> None:
 )
 def me(principal: CurrentPrincipal) -> UserPublic:
     return UserPublic.model_validate(principal.user)
+
+
+@router.post(
+    "/password",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problem_responses(400, 401, 403, 422),
+    summary="Change the password (signed in); other sessions' refresh tokens are revoked",
+)
+def change_password(body: PasswordChange, principal: UserPrincipal, session: SessionDep) -> None:
+    service.change_password(session, principal.user, body.current_password, body.new_password)
+
+
+@router.post(
+    "/password-reset",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problem_responses(400, 422, 429),
+    summary="Set a new password with a reset token issued by the operator",
+)
+async def reset_password(
+    body: PasswordReset, request: Request, session: SessionDep, settings: SettingsDep, redis_client: RedisDep
+) -> None:
+    client_ip = request.client.host if request.client else "unknown"
+    state = await ratelimit.hit(
+        redis_client, settings, client_ip, limit=20, window=3600, policy="password-resets"
+    )
+    ratelimit.enforce(state, request.scope.setdefault("state", {}))
+    await run_in_threadpool(service.reset_password, session, settings, body.token, body.new_password)
