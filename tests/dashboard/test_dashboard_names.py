@@ -37,3 +37,14 @@ def test_list_shows_names_searches_them_and_filters_canceled(gateway):  # noqa: 
     assert "Support call" in canceled.text and "Quarterly" not in canceled.text
     assert ">Canceled</a>" in canceled.text
     client.close()
+
+
+def test_unknown_pages_and_analyses_get_a_human_404(gateway):  # noqa: F811
+    anonymous = httpx.get(f"{gateway}/dashboard/no-such-page", timeout=30)
+    assert anonymous.status_code == 404 and anonymous.headers["content-type"].startswith("text/html")
+    assert "Page not found" in anonymous.text and "/dashboard/no-such-page" in anonymous.text
+    client, _ = signed_in_client(gateway)
+    missing = client.get("/dashboard/analyses/00000000-0000-4000-8000-000000000000")
+    assert missing.status_code == 404 and "Page not found" in missing.text
+    assert "Back to analyses" in missing.text
+    client.close()

@@ -83,7 +83,13 @@ def render(
     response = templates.TemplateResponse(
         request,
         template,
-        {"session": session, "csrf_token": session.csrf_token, "csrf_field": CSRF_FIELD, **context},
+        {
+            "session": session,
+            "csrf_token": session.csrf_token,
+            "csrf_field": CSRF_FIELD,
+            "response_status": status_code,
+            **context,
+        },
         status_code=status_code,
     )
     session.apply(response)
@@ -644,3 +650,13 @@ async def api_samples(request: Request) -> Response:
         return render(request, session, "api.html", base_url=str(request.base_url).rstrip("/"))
 
     return await _page(request, handler)
+
+
+# --- anything else --------------------------------------------------------------------------
+# Registered last: only paths no other dashboard route matched get here.
+@router.get("/{path:path}")
+async def not_found_page(request: Request, path: str) -> Response:
+    session = BrowserSession.from_request(request)
+    return render(
+        request, session, "error.html", status_code=404, message=f"There is no page at {request.url.path}."
+    )
