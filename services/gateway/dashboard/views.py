@@ -14,6 +14,7 @@ import httpx
 from fastapi import APIRouter, Form, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from services.gateway.dashboard.forward import ForwardToApi
@@ -121,6 +122,18 @@ def format_seconds(seconds: float | None) -> str:
 
 
 templates.env.filters["clock"] = format_seconds
+
+
+def local_time(value: str | None) -> Markup:
+    """A UTC timestamp as ``<time>``: shown in UTC without JavaScript, in the browser's own time
+    zone with it (dashboard.js)."""
+    if not value:
+        return Markup("")
+    shown = value[:16].replace("T", " ") + " UTC"
+    return Markup('<time datetime="{}" data-local-time title="{}">{}</time>').format(value, shown, shown)
+
+
+templates.env.filters["local_time"] = local_time
 
 
 def static_url(path: str) -> str:

@@ -29,3 +29,16 @@ document.addEventListener("DOMContentLoaded", () => {
     window.addEventListener("pagehide", () => source.close());
   }
 });
+
+// Timestamps arrive in UTC (<time datetime data-local-time>); show them in the browser's zone and
+// locale, keeping UTC in the tooltip.
+const localTimes = (root) => {
+  for (const element of root.querySelectorAll("time[data-local-time]")) {
+    const when = new Date(element.getAttribute("datetime"));
+    if (!Number.isNaN(when.getTime())) {
+      element.textContent = when.toLocaleString(undefined, { dateStyle: "short", timeStyle: "short" });
+    }
+  }
+};
+document.addEventListener("DOMContentLoaded", () => localTimes(document));
+document.addEventListener("htmx:afterSwap", (event) => localTimes(event.target));
