@@ -22,6 +22,8 @@ def docs_gateway(tmp_path_factory) -> Iterator[str]:
         "MOODREEL_DATA_DIR": str(directory / "data"),
         "MOODREEL_REDIS_KEY_PREFIX": f"moodreel-docs-{tag}:",
         "MOODREEL_QUEUE_NAME": f"moodreel-docs-{tag}:queue",
+        # Small, so the upload form's own size check is cheap to exercise.
+        "MOODREEL_MAX_MEDIA_BYTES": "100000",
     }
     migrate(env["MOODREEL_DATABASE_URL"])
     process = stack.gateway(env, directory)

@@ -39,3 +39,33 @@ def test_times_are_shown_in_the_browsers_zone(browser, docs_gateway, artifacts):
     finally:
         page.screenshot(path=str(artifacts / "analyses.png"))
         context.close()
+
+
+def test_the_upload_form_refuses_a_file_over_the_limit_before_sending(browser, docs_gateway, artifacts):  # noqa: F811
+    context = browser.new_context(base_url=docs_gateway)
+    page = context.new_page()
+    posts: list[str] = []
+    page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+    try:
+        page.goto("/dashboard/signup")
+        page.fill("input[name=email]", f"browser-{uuid.uuid4().hex[:8]}@example.com")
+        page.fill("input[name=password]", PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_url("**/dashboard/analyses")
+        page.goto("/dashboard/analyses/new")
+        assert "up to 100 KB" in page.inner_text("form[data-upload-form]")
+        posts.clear()
+        big = {"name": "big.mp4", "mimeType": "video/mp4", "buffer": b"\0" * 150_000}
+        page.set_input_files("input[name=video_file]", files=[big])
+        error = page.locator("[data-file-size-error]")
+        assert error.inner_text() == "This file is 150 KB; the limit is 100 KB."
+        page.click("form[data-upload-form] button[type=submit]")
+        page.wait_for_timeout(500)
+        assert posts == [] and page.url.endswith("/dashboard/analyses/new")
+        assert page.locator("form[data-upload-form] button[type=submit]").is_enabled()
+        small = {"name": "small.mp4", "mimeType": "video/mp4", "buffer": b"\0" * 50_000}
+        page.set_input_files("input[name=video_file]", files=[small])
+        assert error.is_hidden()
+    finally:
+        page.screenshot(path=str(artifacts / "new-analysis.png"))
+        context.close()

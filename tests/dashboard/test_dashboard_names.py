@@ -48,3 +48,18 @@ def test_unknown_pages_and_analyses_get_a_human_404(gateway):  # noqa: F811
     assert missing.status_code == 404 and "Page not found" in missing.text
     assert "Back to analyses" in missing.text
     client.close()
+
+
+def test_the_form_keeps_its_values_after_an_error(gateway):  # noqa: F811
+    from tests.dashboard.helpers import csrf_from
+
+    client, _ = signed_in_client(gateway)
+    token = csrf_from(client.get("/dashboard/analyses/new"))
+    refused = client.post(
+        "/dashboard/analyses",
+        data={"csrf_token": token, "video_url": "http://127.0.0.1:9/private.mp4", "window_seconds": "3"},
+        files={"video_file": ("", b"", "application/octet-stream")},
+    )
+    assert refused.status_code in (400, 422)
+    assert 'value="http://127.0.0.1:9/private.mp4"' in refused.text and 'value="3"' in refused.text
+    client.close()

@@ -136,6 +136,17 @@ def local_time(value: str | None) -> Markup:
 templates.env.filters["local_time"] = local_time
 
 
+def media_limit() -> dict[str, Any]:
+    """The upload limit for the form's own check, in bytes and as the API words it."""
+    from services.gateway.uploads.service import human_size
+
+    limit = get_settings().max_media_bytes
+    return {"bytes": limit, "label": human_size(limit)}
+
+
+templates.env.globals["media_limit"] = media_limit
+
+
 def static_url(path: str) -> str:
     """A root-relative asset URL, versioned by the file's mtime so caches refresh on rebuild."""
     version = int((STATIC_DIR / path).stat().st_mtime)
@@ -572,6 +583,7 @@ async def _submit_analysis(request: Request, session: BrowserSession, api: Gatew
             meters=usage_meters(usage),
             error=message,
             video_url=video_url,
+            window_seconds=window_seconds,
         )
     return redirect(session, f"{PREFIX}/analyses/{analysis['id']}")
 
