@@ -4,6 +4,7 @@ metadata service is disabled; credentials and config files point nowhere)."""
 
 from __future__ import annotations
 
+import boto3
 import pytest
 from typer.testing import CliRunner
 
@@ -30,6 +31,10 @@ def no_aws_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    # Should credentials be found after all, no request may leave loopback.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    # boto3's default session caches credentials other tests' clients resolved.
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
 
 
 def test_invoke_without_credentials_fails_once_without_retrying(no_aws_credentials):
