@@ -8,12 +8,14 @@ SYSTEM_TOOLS := ffmpeg ffprobe espeak-ng chromium curl jq
 
 .PHONY: install system-deps demo test test-fast lint bench
 
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP): pyproject.toml requirements.lock clients/python/pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 ($(PYTHON)) is required" >&2; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch==2.13.0 comes from the CPU wheel on this disk (pinned in requirements.lock).
 	$(PY) -m pip install -q -c requirements.lock -e '.[dev,aws]'
+	# The Python SDK (its own package; the `moodreel` command's client commands import it).
+	$(PY) -m pip install -q -c requirements.lock -e clients/python
 	touch $(STAMP)
 
 install: system-deps $(STAMP)

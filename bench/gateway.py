@@ -52,6 +52,7 @@ def percentile(values: list[float], q: float) -> float:
 async def drive(
     base_url: str, path: str, headers: dict, requests: int, concurrency: int, seconds: float
 ) -> dict:
+    """One burst: ``requests`` GETs of ``path`` with ``concurrency`` connections (time-capped)."""
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     counter = iter(range(requests))
@@ -71,8 +72,18 @@ async def drive(
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
+    return {"path": path, "latencies": latencies, "statuses": statuses, "seconds": elapsed}
+
+
+def summarise(bursts: list[dict]) -> dict:
+    latencies = [value for burst in bursts for value in burst["latencies"]]
+    elapsed = sum(burst["seconds"] for burst in bursts)
+    statuses: dict[int, int] = {}
+    for burst in bursts:
+        for code, count in burst["statuses"].items():
+            statuses[code] = statuses.get(code, 0) + count
     return {
-        "path": path,
+        "path": bursts[0]["path"],
         "requests": len(latencies),
         "seconds": round(elapsed, 3),
         "rps": round(len(latencies) / elapsed, 1),
@@ -96,6 +107,43 @@ def wait_ready(base_url: str, process: subprocess.Popen, timeout: float = 60) ->
     raise RuntimeError("the gateway did not become ready")
 
 
+def start_gateway(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "services.gateway.main:create_app",
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+        "--no-proxy-headers",
+    ]
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env)
+    wait_ready(base_url, process)
+    return process, base_url
+
+
+def new_api_key(base_url: str) -> str:
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+        email = f"bench-{uuid.uuid4().hex[:8]}@example.com"
+        client.post(
+            "/v1/auth/signup", json={"email": email, "password": "benchmark-password"}
+        ).raise_for_status()
+        login = client.post("/v1/auth/login", data={"username": email, "password": "benchmark-password"})
+        token = login.raise_for_status().json()["access_token"]
+        created = client.post(
+            "/v1/api-keys", json={"name": "bench"}, headers={"Authorization": f"Bearer {token}"}
+        )
+        return created.raise_for_status().json()["key"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -103,16 +151,16 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000, help="per route (bounded)")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=30.0, help="time cap per route")
+    parser.add_argument("--rounds", type=int, default=10, help="bursts per route, interleaved")
     parser.add_argument("--sqlite", action="store_true", help="SQLite instead of a fresh PostgreSQL database")
     args = parser.parse_args()
 
-    # Other jobs on a shared machine skew absolute numbers; the ratio is the comparable result.
+    # Other jobs on a shared machine skew absolute numbers; the ratio is the comparable result, and
+    # the routes run in interleaved bursts so that load changing during the run hits all alike.
     load_at_start = round(os.getloadavg()[0], 2)
     workdir = Path(tempfile.mkdtemp(prefix="moodreel-bench-"))
     database_url = f"sqlite:///{workdir / 'bench.db'}" if args.sqlite else create_postgres_database()
     prefix = f"moodreel-bench-{uuid.uuid4().hex[:8]}:"
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
     env = {
         **os.environ,
         "MOODREEL_ENVIRONMENT": "test",
@@ -126,49 +174,36 @@ def main() -> None:
         # The rate limit is on the measured path but must not be what is measured.
         "MOODREEL_PLANS": json.dumps({"free": {"requests_per_minute": 1_000_000}}),
     }
-    process = None
+    processes: list[subprocess.Popen] = []
     try:
         migrate(database_url)
-        command = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "services.gateway.main:create_app",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-            "--no-proxy-headers",
-        ]
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env)
-        wait_ready(base_url, process)
-        with httpx.Client(base_url=base_url, timeout=30) as client:
-            email = f"bench-{uuid.uuid4().hex[:8]}@example.com"
-            client.post(
-                "/v1/auth/signup", json={"email": email, "password": "benchmark-password"}
-            ).raise_for_status()
-            login = client.post("/v1/auth/login", data={"username": email, "password": "benchmark-password"})
-            token = login.raise_for_status().json()["access_token"]
-            key = (
-                client.post(
-                    "/v1/api-keys", json={"name": "bench"}, headers={"Authorization": f"Bearer {token}"}
-                )
-                .raise_for_status()
-                .json()["key"]
-            )
+        # The same gateway twice: as configured (verified keys cached for up to 1 s) and with the
+        # key cache off (every request queries the key), to show what the cache buys.
+        cached, cached_url = start_gateway(env)
+        uncached, uncached_url = start_gateway(env | {"MOODREEL_API_KEY_CACHE_SECONDS": "0"})
+        processes += [cached, uncached]
+        key = new_api_key(cached_url)
+        routes = {
+            "health": (cached_url, "/healthz", {}),
+            "authenticated_usage": (cached_url, "/v1/usage", {"X-API-Key": key}),
+            "authenticated_usage_key_cache_off": (uncached_url, "/v1/usage", {"X-API-Key": key}),
+        }
         warmup = max(50, args.requests // 20)
-        asyncio.run(drive(base_url, "/healthz", {}, warmup, args.concurrency, args.seconds))
-        asyncio.run(drive(base_url, "/v1/usage", {"X-API-Key": key}, warmup, args.concurrency, args.seconds))
-        health = asyncio.run(drive(base_url, "/healthz", {}, args.requests, args.concurrency, args.seconds))
-        usage = asyncio.run(
-            drive(base_url, "/v1/usage", {"X-API-Key": key}, args.requests, args.concurrency, args.seconds)
-        )
+        for base_url, path, headers in routes.values():
+            asyncio.run(drive(base_url, path, headers, warmup, args.concurrency, args.seconds))
+        bursts: dict[str, list[dict]] = {name: [] for name in routes}
+        per_burst = max(1, args.requests // args.rounds)
+        for round_index in range(args.rounds):
+            order = list(routes) if round_index % 2 == 0 else list(reversed(routes))
+            for name in order:
+                base_url, path, headers = routes[name]
+                burst_seconds = args.seconds / args.rounds
+                bursts[name].append(
+                    asyncio.run(drive(base_url, path, headers, per_burst, args.concurrency, burst_seconds))
+                )
+        measured = {name: summarise(samples) for name, samples in bursts.items()}
     finally:
-        if process is not None:
+        for process in processes:
             process.terminate()
             process.wait(timeout=30)
         client = redis.Redis.from_url(REDIS_URL)
@@ -178,6 +213,11 @@ def main() -> None:
         if not args.sqlite:
             drop_postgres_database(database_url)
 
+    health, usage, uncached_usage = (
+        measured["health"],
+        measured["authenticated_usage"],
+        measured["authenticated_usage_key_cache_off"],
+    )
     result = {
         "benchmark": "gateway: API-key GET /v1/usage vs unauthenticated GET /healthz, same uvicorn process",
         "database": "sqlite" if args.sqlite else "postgresql",
@@ -185,16 +225,20 @@ def main() -> None:
             "tool": "httpx asyncio loop",
             "concurrency": args.concurrency,
             "requests_per_route": args.requests,
+            "interleaved_rounds": args.rounds,
         },
         "machine": {
             "cpus": os.cpu_count(),
             "load_average_1m_at_start": load_at_start,
+            "load_average_1m_at_end": round(os.getloadavg()[0], 2),
             "python": platform.python_version(),
             "platform": platform.platform(),
         },
         "health": health,
         "authenticated_usage": usage,
+        "authenticated_usage_key_cache_off": uncached_usage,
         "rps_ratio_usage_to_health": round(usage["rps"] / health["rps"], 3),
+        "rps_ratio_usage_key_cache_off_to_health": round(uncached_usage["rps"] / health["rps"], 3),
         "p99_ratio_usage_to_health": round(usage["p99_ms"] / health["p99_ms"], 3),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

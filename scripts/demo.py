@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -24,19 +26,44 @@ from shared.settings import REPO_ROOT, get_settings
 TERMINAL = {"succeeded", "failed", "canceled"}
 
 
-def ensure_stack(base_url: str, port: int, state_dir: Path) -> None:
+def started_here(state_dir: Path, port: int) -> bool:
+    """Whether this state directory's dev stack runs a gateway on ``port`` (its own record)."""
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    import devstack
+
+    return any(
+        record.name == "gateway" and devstack.is_running(record) and str(port) in record.argv
+        for record in devstack.load_records(state_dir)
+    )
+
+
+def ensure_stack(base_url: str, port: int, model_port: int, state_dir: Path) -> None:
     try:
-        if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
+        answering = httpx.get(f"{base_url}/readyz", timeout=2).status_code < 500
+    except httpx.HTTPError:
+        answering = False
+    if answering or port_in_use(port):
+        if started_here(state_dir, port):
             print(f"using the running dev stack at {base_url}")
             return
-    except httpx.HTTPError:
-        pass
+        # Something else owns the port: another stack, another program. Do not sign up or
+        # upload to it.
+        raise SystemExit(
+            f"port {port} is in use by something this demo did not start (no dev stack of "
+            f"{state_dir} runs there). Stop it, or pick free ports: "
+            "MOODREEL_DEV_GATEWAY_PORT=8100 MOODREEL_DEV_MODEL_PORT=8180 make demo"
+        )
     print("starting the dev stack (make dev) ...")
     subprocess.run(
         [sys.executable, str(REPO_ROOT / "scripts" / "devstack.py"), "start", "--state-dir", str(state_dir),
-         "--gateway-port", str(port)],
+         "--gateway-port", str(port), "--model-port", str(model_port)],
         check=True,
     )  # fmt: skip
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def check(response: httpx.Response) -> dict:
@@ -84,13 +111,24 @@ def results_table(utterances: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, default=8000, help="the dev stack's gateway port")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("MOODREEL_DEV_GATEWAY_PORT", 8000)),
+        help="the dev stack's gateway port [default: MOODREEL_DEV_GATEWAY_PORT or 8000]",
+    )
+    parser.add_argument(
+        "--model-port",
+        type=int,
+        default=int(os.environ.get("MOODREEL_DEV_MODEL_PORT", 8080)),
+        help="the model server's port when the stack is started [default: MOODREEL_DEV_MODEL_PORT or 8080]",
+    )
     parser.add_argument("--state-dir", type=Path, default=REPO_ROOT / "var")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the analysis")
     args = parser.parse_args()
     base_url = f"http://127.0.0.1:{args.port}"
 
-    ensure_stack(base_url, args.port, args.state_dir)
+    ensure_stack(base_url, args.port, args.model_port, args.state_dir)
     try:
         clip = make_spoken_clip(get_settings().data_dir / "demo")
     except ToolMissing as exc:

@@ -3,9 +3,13 @@ inside the commands so ``moodreel --help`` is instant."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
+
+from services import admin_commands, client_commands
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Moodreel: emotion and sentiment in video."
@@ -16,7 +20,50 @@ dataset_app = typer.Typer(no_args_is_help=True, help="Training data from users' 
 app.add_typer(dataset_app, name="dataset")
 
 
-# --- model service --------------------------------------------------------------------
+def aws_errors_in_one_line(command: Callable[..., None]) -> Callable[..., None]:
+    """AWS errors a user can fix (no credentials, no region, access denied, an endpoint that
+    refuses) end the command with one line saying what is wrong, and exit status 1."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs) -> None:
+        try:
+            command(*args, **kwargs)
+        except Exception as exc:
+            message = _aws_error_line(exc)
+            if message is None:
+                raise
+            typer.echo(f"moodreel: {message}", err=True)
+            raise typer.Exit(1) from None
+
+    return run
+
+
+def _aws_error_line(exc: BaseException) -> str | None:
+    from shared.model_client import AWS_CONFIGURATION_ERRORS, ModelServiceError, aws_configuration_hint
+
+    if AWS_CONFIGURATION_ERRORS and isinstance(exc, AWS_CONFIGURATION_ERRORS):
+        return aws_configuration_hint(exc)
+    if isinstance(exc, ModelServiceError):
+        return f"{exc.code}: {exc.message}"
+    try:
+        from botocore.exceptions import ClientError, EndpointConnectionError
+    except ImportError:
+        return None
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        return f"AWS {error.get('Code', 'error')}: {error.get('Message', str(exc))}"
+    if isinstance(exc, EndpointConnectionError):
+        return f"cannot reach AWS: {exc}"
+    return None
+
+
+# Client commands: a server's public API through the Python SDK (clients/python).
+app.command("analyse")(client_commands.analyse)
+app.add_typer(client_commands.analyses_app, name="analyses")
+app.add_typer(admin_commands.users_app, name="users")
+
+
+# --- model service -----------------------------------------------------------------------------
 @app.command()
 def serve(
     model_dir: Path | None = typer.Option(
@@ -35,6 +82,7 @@ def serve(
 
 
 @sagemaker_app.command("deploy")
+@aws_errors_in_one_line
 def sagemaker_deploy(
     checkpoint: Path = typer.Argument(..., exists=True, file_okay=False, help="checkpoint directory"),
     endpoint: str | None = typer.Option(None, help="[default: MOODREEL_SAGEMAKER_ENDPOINT_NAME]"),
@@ -92,6 +140,7 @@ def sagemaker_deploy(
 
 
 @sagemaker_app.command("invoke")
+@aws_errors_in_one_line
 def sagemaker_invoke(
     source: Path = typer.Argument(
         ..., exists=True, dir_okay=False, help="a feature bundle (.safetensors) or a video/audio file"
@@ -121,6 +170,7 @@ def sagemaker_invoke(
 
 
 @sagemaker_app.command("delete")
+@aws_errors_in_one_line
 def sagemaker_delete(
     endpoint: str | None = typer.Option(None, help="[default: MOODREEL_SAGEMAKER_ENDPOINT_NAME]"),
     yes: bool = typer.Option(False, "--yes", help="do not ask for confirmation"),
@@ -250,6 +300,7 @@ def evaluate(
 
 
 @sagemaker_app.command("train")
+@aws_errors_in_one_line
 def sagemaker_train(
     role: str | None = typer.Option(None, help="execution role ARN [default: MOODREEL_SAGEMAKER_ROLE_ARN]"),
     bucket: str | None = typer.Option(None, help="S3 bucket [default: MOODREEL_SAGEMAKER_BUCKET]"),

@@ -68,6 +68,36 @@ class ModelUnavailable(ModelServiceError):
     """Every attempt failed with a transient error (5xx, throttling, connection, timeout)."""
 
 
+def _aws_configuration_errors() -> tuple[type[Exception], ...]:
+    try:
+        from botocore.exceptions import (
+            NoCredentialsError,
+            NoRegionError,
+            PartialCredentialsError,
+            ProfileNotFound,
+        )
+    except ImportError:  # botocore is only needed for the SageMaker backend
+        return ()
+    return (NoCredentialsError, PartialCredentialsError, NoRegionError, ProfileNotFound)
+
+
+AWS_CONFIGURATION_ERRORS = _aws_configuration_errors()
+
+
+def aws_configuration_hint(exc: Exception) -> str:
+    """One line: what is missing for AWS calls, and how to set it."""
+    from botocore.exceptions import NoRegionError, ProfileNotFound
+
+    if isinstance(exc, NoRegionError):
+        return "no AWS region: set MOODREEL_AWS_REGION (or AWS_REGION)"
+    if isinstance(exc, ProfileNotFound):
+        return f"{exc}: set AWS_PROFILE to a profile in ~/.aws/config, or unset it"
+    return (
+        f"{exc}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, "
+        "or run where an IAM role provides them"
+    )
+
+
 class _TransientError(Exception):
     def __init__(self, message: str, retry_after: float | None = None):
         super().__init__(message)
@@ -312,6 +342,9 @@ class SageMakerModelClient(ModelClient):
 
         try:
             return call()
+        except AWS_CONFIGURATION_ERRORS as exc:
+            # Missing credentials or region: no retry can heal that.
+            raise ModelRequestRejected("aws_not_configured", aws_configuration_hint(exc)) from exc
         except ClientError as exc:
             error = exc.response.get("Error", {})
             code = error.get("Code", "")

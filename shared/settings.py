@@ -184,6 +184,9 @@ class Settings(BaseSettings):
     gateway_threads: int = Field(40, ge=2, le=1000)
     # JSON/form request bodies (uploads stream separately, bounded by their declared size).
     max_request_body_bytes: int = Field(10_000_000, ge=1024)
+    # Verified API keys are remembered this long per process (0: always query); at most 1 s so
+    # that a revoked key stops working within a second everywhere.
+    api_key_cache_seconds: float = Field(1.0, ge=0, le=1)
 
     # --- preprocess worker: fetching, jobs, webhooks ---------------------------------
     worker_max_jobs: int = Field(2, ge=1)

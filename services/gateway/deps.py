@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from services.gateway import ratelimit
+from services.gateway.api_keys.cache import verified_keys
 from services.gateway.security import (
     API_KEY_PREFIX,
     InvalidToken,
@@ -130,15 +131,28 @@ api_key_scheme = APIKeyHeader(
 def _principal_from_api_key(session: Session, settings: Settings, key: str) -> Principal:
     if not is_well_formed_api_key(key):
         raise Unauthorized("The API key is malformed.")
-    api_key = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_api_key(key, settings)))
+    key_hash = hash_api_key(key, settings)
+    # Verified keys are remembered for at most a second (api_keys/cache.py): revocation still
+    # takes effect within 1 s, and a hit costs no query.
+    cache_scope = settings.database_url
+    cached = verified_keys.get(session, cache_scope, key_hash, settings.api_key_cache_seconds)
+    if cached is not None:
+        api_key, user = cached
+    else:
+        api_key = session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash))
+        user = api_key.user if api_key is not None else None
     now = datetime.now(UTC)
     if api_key is None or api_key.revoked_at is not None:
         raise Unauthorized("The API key is unknown or revoked.")
     if api_key.expires_at is not None and api_key.expires_at <= now:
         raise Unauthorized("The API key has expired.")
-    if not api_key.user.is_active:
+    if not user.is_active:
         raise Unauthorized("The account is disabled.")
-    if api_key.last_used_at is None or now - api_key.last_used_at > LAST_USED_RESOLUTION:
+    if cached is None:
+        verified_keys.put(cache_scope, key_hash, api_key, user)
+    last_used = verified_keys.last_used(api_key.id) or api_key.last_used_at
+    if last_used is None or now - last_used > LAST_USED_RESOLUTION:
+        verified_keys.mark_used(api_key.id, now)
         # Its own short transaction: a row lock on the key must not last as long as the request.
         with session.get_bind().connect() as connection:
             connection.execute(
@@ -148,7 +162,7 @@ def _principal_from_api_key(session: Session, settings: Settings, key: str) -> P
                 .values(last_used_at=now)
             )
             connection.commit()
-    return Principal(api_key.user, api_key, frozenset(api_key.scopes))
+    return Principal(user, api_key, frozenset(api_key.scopes))
 
 
 def _principal_from_jwt(session: Session, settings: Settings, token: str) -> Principal:

@@ -19,6 +19,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from services.gateway.analyses.endpoints import router as analyses_router
 from services.gateway.analyses.events import EventHub, StreamSlots
+from services.gateway.api_docs import install_api_docs
 from services.gateway.api_keys.endpoints import router as api_keys_router
 from services.gateway.auth.endpoints import router as auth_router
 from services.gateway.dashboard import router as dashboard_router
@@ -33,7 +34,7 @@ from services.gateway.webhooks.endpoints import router as webhooks_router
 from shared.db.session import create_db_engine, make_session_factory
 from shared.logging import configure_logging, get_logger
 from shared.net.urls import check_private_url_switches
-from shared.problems import ServiceUnavailable, install_problem_handlers, problem_response, problem_type
+from shared.problems import ServiceUnavailable, install_problem_handlers, problem_response
 from shared.settings import Settings, get_settings
 
 log = get_logger(__name__)
@@ -141,6 +142,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_tags=TAGS,
         lifespan=lifespan,
         license_info={"name": "Apache-2.0", "identifier": "Apache-2.0"},
+        # /docs and /redoc are served by install_api_docs from pinned local assets (no CDN).
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.engine = engine
@@ -187,6 +191,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Other areas' routers plug in here (webhook endpoints API, dashboard).
     document_webhooks(app)
     install_problem_openapi(app)
+    install_api_docs(app)
     _add_health_routes(app)
     return app
 
@@ -221,7 +226,3 @@ def _add_health_routes(app: FastAPI) -> None:
             log.warning("not_ready", error=str(exc))
             raise ServiceUnavailable("A dependency is unavailable.") from exc
         return {"status": "ready"}
-
-    @app.get("/problems/{code}", include_in_schema=False)
-    async def problem_doc(code: str) -> JSONResponse:
-        return JSONResponse({"type": problem_type(code), "code": code, "see": "/docs"})

@@ -161,6 +161,43 @@ def api_key_display_prefix(key: str) -> str:
     return key[: len(API_KEY_PREFIX) + 4]
 
 
+# --- password reset tokens --------------------------------------------------------------------
+PASSWORD_RESET_PREFIX = "mr_reset_"
+
+
+def _reset_signature(user_id: uuid.UUID, expires: int, password_hash: str, settings: Settings) -> str:
+    # The current password hash is signed too: once the password changes, the token is spent.
+    message = f"{user_id}.{expires}.{password_hash}".encode()
+    digest = hmac.new(derive_key(settings, "password-reset"), message, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def create_password_reset_token(
+    user_id: uuid.UUID, password_hash: str, settings: Settings, *, minutes: int, now: datetime | None = None
+) -> str:
+    """A single-use, expiring token that lets its holder set a new password (nothing stored)."""
+    expires = int(((now or datetime.now(UTC)) + timedelta(minutes=minutes)).timestamp())
+    signature = _reset_signature(user_id, expires, password_hash, settings)
+    return f"{PASSWORD_RESET_PREFIX}{user_id.hex}.{expires}.{signature}"
+
+
+def password_reset_user_id(token: str) -> tuple[uuid.UUID, int, str] | None:
+    """(user id, expiry, signature) of a well-formed token, before its signature is checked."""
+    try:
+        user_hex, expires, signature = token.removeprefix(PASSWORD_RESET_PREFIX).split(".")
+        return uuid.UUID(hex=user_hex), int(expires), signature
+    except ValueError:
+        return None
+
+
+def verify_password_reset(
+    user_id: uuid.UUID, expires: int, signature: str, password_hash: str, settings: Settings
+) -> bool:
+    if expires < int(datetime.now(UTC).timestamp()):
+        return False
+    return hmac.compare_digest(_reset_signature(user_id, expires, password_hash, settings), signature)
+
+
 # --- signed local upload URLs ------------------------------------------------------------------
 # Unix seconds have 10 digits until 2286; anything longer is not a time this gateway signed.
 _MAX_EXPIRES_DIGITS = 12

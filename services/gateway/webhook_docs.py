@@ -14,6 +14,8 @@ from services.gateway.analyses.schemas import AnalysisError
 
 class WebhookAnalysis(BaseModel):
     id: uuid.UUID
+    name: str | None
+    metadata: dict[str, Any] = Field(description="The object given at submission.")
     status: Literal["succeeded", "failed"]
     duration_seconds: float | None
     utterance_count: int

@@ -59,6 +59,10 @@ def _labels() -> dict[str, list[str]]:
     return {"emotions": list(EMOTIONS), "sentiments": list(SENTIMENTS), "modalities": list(MODALITIES)}
 
 
+# Checkpoint files are read by the model server's user, which is not the one that trained them.
+PUBLISHED_FILE_MODE = 0o644
+
+
 def save_checkpoint(
     directory: Path,
     model: MoodreelModel | torch.nn.Module,
@@ -83,6 +87,8 @@ def save_checkpoint(
         state[name] = tensor
     weights_path = directory / WEIGHTS_FILE
     save_file(state, weights_path, metadata={"format": "pt"})
+    # safetensors creates the file 0600; the model container reads it as another user.
+    weights_path.chmod(PUBLISHED_FILE_MODE)
     config: ModelConfig = model.config
     document = {
         "format_version": CHECKPOINT_FORMAT,

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from services.model.checkpoint import load_checkpoint, save_checkpoint
+from services.model.checkpoint import PUBLISHED_FILE_MODE, load_checkpoint, save_checkpoint
 from services.model.config import ModelConfig
 from services.model.data.examples import ExampleSet
 from services.model.data.speech import (
@@ -824,6 +824,7 @@ def publish(checkpoint: Path, destination: Path, max_mb: float) -> bool:
     for path in checkpoint.iterdir():
         if path.is_file():
             shutil.copy2(path, destination / path.name)
+            (destination / path.name).chmod(PUBLISHED_FILE_MODE)
     log.info("published", destination=str(destination), megabytes=round(size / 1e6, 2))
     return True
 

@@ -411,6 +411,8 @@ def webhook_payload(analysis: Analysis, event_type: str) -> dict[str, Any]:
     """The Standard Webhooks body: type, timestamp, and the analysis without its utterances."""
     data: dict[str, Any] = {
         "id": str(analysis.id),
+        "name": analysis.name,
+        "metadata": analysis.user_metadata or {},
         "status": analysis.status,
         "duration_seconds": analysis.duration_seconds,
         "utterance_count": analysis.utterance_count,

@@ -133,6 +133,10 @@ class Analysis(Base):
     transcript_format: Mapped[str | None] = mapped_column(String(8))
     options: Mapped[dict[str, Any]] = mapped_column(default=dict)
     callback_url: Mapped[str | None] = mapped_column(Text)
+    # What the user calls it (default: the upload's filename or the URL's last segment), and their
+    # own small JSON object; `metadata` is the column, the attribute name is taken by SQLAlchemy.
+    name: Mapped[str | None] = mapped_column(String(200))
+    user_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
     duration_seconds: Mapped[float | None] = mapped_column(Float)
     utterance_count: Mapped[int] = mapped_column(Integer, default=0)
     summary: Mapped[dict[str, Any] | None]

@@ -20,7 +20,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 def test_demo_prints_the_results_table_and_the_dashboard(dev_stack):
     port = urlsplit(dev_stack.base_url).port
     done = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / "demo.py"), "--port", str(port), "--timeout", "300"],
+        [sys.executable, str(REPO_ROOT / "scripts" / "demo.py"), "--port", str(port), "--timeout", "300",
+         "--state-dir", str(dev_stack.state_dir)],
         env=dev_stack.env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=420,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr

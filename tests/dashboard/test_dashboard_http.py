@@ -247,5 +247,5 @@ def test_unexpected_api_answers_keep_the_live_fragment(gateway):
     fragment = client.get(f"/dashboard/analyses/{missing}/live", headers={"HX-Request": "true"})
     assert fragment.status_code == 204 and fragment.content == b""
     page = client.get(f"/dashboard/analyses/{missing}/live")
-    assert page.status_code == 404 and "Something went wrong" in page.text
+    assert page.status_code == 404 and "Page not found" in page.text
     client.close()

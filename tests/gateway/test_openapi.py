@@ -12,6 +12,7 @@ PUBLIC_OPERATIONS = {
     ("post", "/v1/auth/login"),
     ("post", "/v1/auth/refresh"),
     ("post", "/v1/auth/logout"),
+    ("post", "/v1/auth/password-reset"),
     ("put", "/v1/uploads/{upload_id}/content"),
 }
 

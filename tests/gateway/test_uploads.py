@@ -3,6 +3,7 @@ server on loopback, each then submitted as an analysis."""
 
 from __future__ import annotations
 
+import re
 import time
 import urllib.parse
 import uuid
@@ -15,6 +16,7 @@ from sqlalchemy import event
 
 from services.gateway.main import create_app
 from services.gateway.security import sign_upload
+from services.gateway.uploads.service import human_size
 from shared.storage import LocalStorage
 from tests.fixtures import s3 as moto_s3
 from tests.gateway.conftest import make_settings, new_api_key, sign_up
@@ -99,6 +101,9 @@ def test_other_users_cannot_submit_my_upload(client, api_key):
         ("a.mp3", "audio/mpeg", "audio/mpeg"),
         ("a.flac", "application/octet-stream", "audio/flac"),
         ("a.MP4", "Video/MP4; codecs=avc1", "video/mp4"),
+        ("a.avi", "video/x-msvideo", "video/x-msvideo"),  # AVI, as accepted by URL
+        ("a.avi", "video/avi", "video/avi"),
+        ("a.AVI", "", "video/x-msvideo"),
     ],
 )
 def test_accepted_types(client, api_key, filename, content_type, expected):
@@ -122,9 +127,12 @@ def test_rejected_types(client, api_key, filename, content_type):
 
 
 def test_size_bounds(client, api_key, settings):
-    assert_problem(
+    body = assert_problem(
         start_upload(client, api_key, size_bytes=settings.max_media_bytes + 1), 413, "upload_too_large"
     )
+    assert body["limit"] == settings.max_media_bytes
+    assert f"the limit is {human_size(settings.max_media_bytes)}." in body["detail"]
+    assert re.search(r"the limit is \d+(\.\d)? (GB|MB|KB)\.", body["detail"]), body["detail"]
     assert_problem(start_upload(client, api_key, size_bytes=0), 422, "validation_error")
 
 
@@ -287,3 +295,13 @@ def test_expired_upload_url_is_refused(client, api_key, settings):
     signature = sign_upload(target["upload_id"], past, settings)
     url = f"/v1/uploads/{target['upload_id']}/content?expires={past}&signature={signature}"
     assert_problem(client.put(url, content=MEDIA, headers=target["headers"]), 403, "upload_url_invalid")
+
+
+def test_human_size():
+    assert [human_size(n) for n in (2_000_000_000, 3_500_000, 800_000, 1_000_000, 999)] == [
+        "2 GB",
+        "3.5 MB",
+        "800 KB",
+        "1 MB",
+        "999 bytes",
+    ]

@@ -202,3 +202,21 @@ def test_model_tar_defaults_carry_the_model_service_code(tmp_path):
         requirements = archive.extractfile("code/requirements.txt").read()
     assert inference == (REPO_ROOT / "services/model/inference.py").read_bytes()
     assert requirements == (REPO_ROOT / "services/model/requirements-inference.txt").read_bytes()
+
+
+def test_saved_and_published_files_are_readable_by_other_users(tmp_path):
+    """The model container runs as another user than the one that trained the checkpoint."""
+    import stat
+
+    from services.model.testing import build_tiny_checkpoint
+    from services.model.train import publish
+
+    checkpoint = build_tiny_checkpoint(tmp_path / "trained")
+    published = tmp_path / "published"
+    assert publish(checkpoint, published, max_mb=100)
+    for directory in (checkpoint, published):
+        files = [path for path in directory.iterdir() if path.is_file()]
+        assert any(path.suffix == ".safetensors" for path in files)
+        for path in files:
+            mode = stat.S_IMODE(path.stat().st_mode)
+            assert mode & 0o044 == 0o044, f"{path.name} is {oct(mode)}"

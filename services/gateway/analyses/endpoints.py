@@ -113,9 +113,14 @@ def list_analyses(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
+    q: Annotated[
+        str | None, Query(max_length=200, description="Only names containing this (any case).")
+    ] = None,
 ) -> AnalysisPage:
     position = decode_cursor(cursor) if cursor is not None else None
-    rows = repository.page(session, principal.user_id, status=status_filter, limit=limit, cursor=position)
+    rows = repository.page(
+        session, principal.user_id, status=status_filter, limit=limit, cursor=position, query=q
+    )
     next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
     return AnalysisPage(items=[service.to_public(row) for row in rows[:limit]], next_cursor=next_cursor)
 

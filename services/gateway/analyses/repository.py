@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from services.gateway.pagination import Cursor, newest_first
@@ -41,11 +41,16 @@ def page(
     status: str | None,
     limit: int,
     cursor: Cursor | None,
+    query: str | None = None,
 ) -> list[Analysis]:
-    """Newest first; keyset pagination on (created_at, id) stays stable while rows are added."""
+    """Newest first; keyset pagination on (created_at, id) stays stable while rows are added.
+    ``query`` keeps the analyses whose name contains it, case-insensitively (``%``/``_`` literal)."""
     statement = select(Analysis).where(Analysis.user_id == user_id)
     if status is not None:
         statement = statement.where(Analysis.status == status)
+    if query:
+        escaped = query.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        statement = statement.where(func.lower(Analysis.name).like(f"%{escaped}%", escape="\\"))
     return list(session.scalars(newest_first(statement, Analysis, limit=limit, cursor=cursor)))
 
 

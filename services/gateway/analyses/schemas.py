@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.predictions import ModalityScores
 
@@ -14,6 +15,8 @@ AnalysisStatusName = Literal["queued", "processing", "succeeded", "failed", "can
 # before validating its items (more cues than the media's utterance limit fail in the worker).
 MAX_TRANSCRIPT_SEGMENTS = 5000
 MAX_TRANSCRIPT_CHARS = 2_000_000
+NAME_MAX_CHARS = 200
+METADATA_MAX_BYTES = 4096
 
 TRANSCRIPT_EXAMPLE = "1\n00:00:00,000 --> 00:00:02,500\nJOEY: How you doin'?\n"
 
@@ -72,6 +75,25 @@ class AnalysisCreate(BaseModel):
         default=None, max_length=2048, description="Receives `analysis.succeeded` / `analysis.failed`."
     )
     options: AnalysisOptions = Field(default_factory=AnalysisOptions)
+    name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=NAME_MAX_CHARS,
+        description="What to call it (searchable with `?q=`); default: the upload's filename or the "
+        "URL's last path segment.",
+    )
+    metadata: dict[str, Any] | None = Field(
+        default=None,
+        description=f"Your own JSON object, returned with the results, exports and webhooks (at most "
+        f"{METADATA_MAX_BYTES} bytes as JSON).",
+    )
+
+    @field_validator("metadata")
+    @classmethod
+    def small_metadata(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and len(json.dumps(value, separators=(",", ":")).encode()) > METADATA_MAX_BYTES:
+            raise ValueError(f"metadata is larger than {METADATA_MAX_BYTES} bytes as JSON")
+        return value
 
     @model_validator(mode="after")
     def exactly_one_source(self) -> AnalysisCreate:
@@ -146,6 +168,8 @@ class AnalysisLinks(BaseModel):
 
 class AnalysisPublic(BaseModel):
     id: uuid.UUID
+    name: str | None
+    metadata: dict[str, Any]
     status: AnalysisStatusName
     source: AnalysisSource
     options: dict[str, Any]

@@ -11,13 +11,14 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.gateway.analyses import repository
 from services.gateway.analyses.schemas import (
+    NAME_MAX_CHARS,
     AnalysisCreate,
     AnalysisDetail,
     AnalysisError,
@@ -244,6 +245,8 @@ def create(
         transcript_format=transcript_format,
         options=body.options.model_dump(mode="json", exclude_none=True),
         callback_url=body.callback_url,
+        name=body.name or default_name(upload.filename if upload else body.video_url or ""),
+        user_metadata=body.metadata or {},
     )
     session.add(analysis)
     session.flush()
@@ -298,9 +301,18 @@ def links(analysis_id: uuid.UUID) -> AnalysisLinks:
     return AnalysisLinks(self=base, events=f"{base}/events", export=f"{base}/export?format=json")
 
 
+def default_name(source: str) -> str | None:
+    """An upload's filename, or a URL's last path segment (decoded), cut to the name limit."""
+    if "://" in source:
+        source = unquote(urlsplit(source).path.rstrip("/").rsplit("/", 1)[-1])
+    return source.strip()[:NAME_MAX_CHARS] or None
+
+
 def to_public(analysis: Analysis) -> AnalysisPublic:
     return AnalysisPublic(
         id=analysis.id,
+        name=analysis.name,
+        metadata=analysis.user_metadata or {},
         status=analysis.status,  # type: ignore[arg-type]
         source=AnalysisSource(video_url=analysis.source_url, upload_id=analysis.upload_id),
         options=analysis.options or {},

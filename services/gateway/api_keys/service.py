@@ -8,6 +8,7 @@ from datetime import timedelta
 from sqlalchemy.orm import Session
 
 from services.gateway.api_keys import repository
+from services.gateway.api_keys.cache import verified_keys
 from services.gateway.api_keys.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyPublic
 from services.gateway.security import api_key_display_prefix, generate_api_key, hash_api_key
 from shared.db.models import ApiKey
@@ -52,3 +53,4 @@ def revoke(session: Session, user_id: uuid.UUID, key_id: uuid.UUID) -> None:
     if api_key.revoked_at is None:
         api_key.revoked_at = utcnow()
         session.flush()
+    verified_keys.forget(key_id)

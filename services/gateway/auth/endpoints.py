@@ -10,12 +10,14 @@ from services.gateway import ratelimit
 from services.gateway.auth import service
 from services.gateway.auth.schemas import (
     AccountUpdate,
+    PasswordChange,
+    PasswordReset,
     RefreshRequest,
     SignupRequest,
     TokenPair,
     UserPublic,
 )
-from services.gateway.deps import CurrentPrincipal, RedisDep, SessionDep, SettingsDep
+from services.gateway.deps import CurrentPrincipal, RedisDep, SessionDep, SettingsDep, UserPrincipal
 from services.gateway.openapi import problem_responses
 from shared.problems import Forbidden
 
@@ -109,3 +111,30 @@ def update_me(body: AccountUpdate, principal: CurrentPrincipal, session: Session
         # Consent is the account holder's decision, not a program's.
         raise Forbidden("Change account settings with a user access token, not with an API key.")
     return UserPublic.model_validate(service.update_account(session, principal.user, body))
+
+
+@router.post(
+    "/password",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problem_responses(400, 401, 403, 422),
+    summary="Change the password (signed in); other sessions' refresh tokens are revoked",
+)
+def change_password(body: PasswordChange, principal: UserPrincipal, session: SessionDep) -> None:
+    service.change_password(session, principal.user, body.current_password, body.new_password)
+
+
+@router.post(
+    "/password-reset",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problem_responses(400, 422, 429),
+    summary="Set a new password with a reset token issued by the operator",
+)
+async def reset_password(
+    body: PasswordReset, request: Request, session: SessionDep, settings: SettingsDep, redis_client: RedisDep
+) -> None:
+    client_ip = request.client.host if request.client else "unknown"
+    state = await ratelimit.hit(
+        redis_client, settings, client_ip, limit=20, window=3600, policy="password-resets"
+    )
+    ratelimit.enforce(state, request.scope.setdefault("state", {}))
+    await run_in_threadpool(service.reset_password, session, settings, body.token, body.new_password)

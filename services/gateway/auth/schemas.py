@@ -51,3 +51,13 @@ class TokenPair(BaseModel):
 
 class RefreshRequest(BaseModel):
     refresh_token: str = Field(min_length=10, max_length=200)
+
+
+class PasswordChange(BaseModel):
+    current_password: str = Field(max_length=128)
+    new_password: str = Field(min_length=10, max_length=128)
+
+
+class PasswordReset(BaseModel):
+    token: str = Field(min_length=10, max_length=300, description="From `moodreel users reset-token`.")
+    new_password: str = Field(min_length=10, max_length=128)

@@ -13,14 +13,17 @@ from services.gateway.auth import repository
 from services.gateway.auth.schemas import AccountUpdate, TokenPair
 from services.gateway.security import (
     create_access_token,
+    create_password_reset_token,
     hash_password,
     hash_refresh_token,
     new_refresh_token,
+    password_reset_user_id,
     verify_password,
+    verify_password_reset,
 )
 from shared.db.models import RefreshToken, User
 from shared.db.types import utcnow
-from shared.problems import Conflict, Unauthorized
+from shared.problems import BadRequest, Conflict, Unauthorized
 from shared.settings import Settings
 
 
@@ -30,6 +33,17 @@ class EmailTaken(Conflict):
 
 class InvalidCredentials(Unauthorized):
     code, title = "invalid_credentials", "Incorrect e-mail or password"
+
+
+class InvalidCurrentPassword(BadRequest):
+    code, title = "invalid_current_password", "The current password is not correct"
+
+
+class InvalidResetToken(BadRequest):
+    """The token is malformed, expired, for another server, or spent: it works once, until the
+    password changes. Ask the operator for a new one (``moodreel users reset-token EMAIL``)."""
+
+    code, title = "invalid_reset_token", "The password reset token is invalid, expired or already used"
 
 
 class InvalidRefreshToken(Unauthorized):
@@ -109,3 +123,40 @@ def update_account(session: Session, user: User, body: AccountUpdate) -> User:
         user.training_consent = body.training_consent
     session.flush()
     return user
+
+
+def _set_password(session: Session, user: User, new_password: str) -> None:
+    """New hash; every refresh token of the account is revoked, so other sessions end when their
+    access token (minutes) expires."""
+    user.password_hash = hash_password(new_password)
+    session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.user_id == user.id, RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    session.flush()
+
+
+def change_password(session: Session, user: User, current_password: str, new_password: str) -> None:
+    if not verify_password(current_password, user.password_hash):
+        raise InvalidCurrentPassword()
+    _set_password(session, user, new_password)
+
+
+def issue_reset_token(session: Session, settings: Settings, email: str, *, minutes: int = 60) -> str:
+    """For the operator (``moodreel users reset-token``): no e-mail server is needed."""
+    user = repository.get_user_by_email(session, email.strip().lower())
+    if user is None:
+        raise LookupError(f"no account has the e-mail {email}")
+    return create_password_reset_token(user.id, user.password_hash, settings, minutes=minutes)
+
+
+def reset_password(session: Session, settings: Settings, token: str, new_password: str) -> None:
+    parsed = password_reset_user_id(token)
+    user = session.get(User, parsed[0]) if parsed else None
+    if parsed is None or user is None or not user.is_active:
+        raise InvalidResetToken()
+    if not verify_password_reset(user.id, parsed[1], parsed[2], user.password_hash, settings):
+        raise InvalidResetToken()
+    _set_password(session, user, new_password)

@@ -14,6 +14,7 @@ import httpx
 from fastapi import APIRouter, Form, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from services.gateway.dashboard.forward import ForwardToApi
@@ -59,12 +60,13 @@ templates.env.globals.update(
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
 STATIC_DIR = HERE / "static"
-STATIC_TYPES = {".css": "text/css", ".js": "text/javascript"}
+STATIC_TYPES = {".css": "text/css", ".js": "text/javascript", ".png": "image/png"}
 
 
 @router.get("/static/{path:path}", name="dashboard-static")
 async def static_file(path: str) -> Response:
-    """The compiled CSS and vendored htmx (a route, not a mount, so ``include_router`` carries it)."""
+    """The compiled CSS, vendored htmx and the API docs' assets (a route, not a mount, so
+    ``include_router`` carries it)."""
     target = (STATIC_DIR / path).resolve()
     if not target.is_relative_to(STATIC_DIR) or not target.is_file() or target.suffix not in STATIC_TYPES:
         return Response(status_code=404)
@@ -82,7 +84,13 @@ def render(
     response = templates.TemplateResponse(
         request,
         template,
-        {"session": session, "csrf_token": session.csrf_token, "csrf_field": CSRF_FIELD, **context},
+        {
+            "session": session,
+            "csrf_token": session.csrf_token,
+            "csrf_field": CSRF_FIELD,
+            "response_status": status_code,
+            **context,
+        },
         status_code=status_code,
     )
     session.apply(response)
@@ -114,6 +122,29 @@ def format_seconds(seconds: float | None) -> str:
 
 
 templates.env.filters["clock"] = format_seconds
+
+
+def local_time(value: str | None) -> Markup:
+    """A UTC timestamp as ``<time>``: shown in UTC without JavaScript, in the browser's own time
+    zone with it (dashboard.js)."""
+    if not value:
+        return Markup("")
+    shown = value[:16].replace("T", " ") + " UTC"
+    return Markup('<time datetime="{}" data-local-time title="{}">{}</time>').format(value, shown, shown)
+
+
+templates.env.filters["local_time"] = local_time
+
+
+def media_limit() -> dict[str, Any]:
+    """The upload limit for the form's own check, in bytes and as the API words it."""
+    from services.gateway.uploads.service import human_size
+
+    limit = get_settings().max_media_bytes
+    return {"bytes": limit, "label": human_size(limit)}
+
+
+templates.env.globals["media_limit"] = media_limit
 
 
 def static_url(path: str) -> str:
@@ -409,9 +440,11 @@ async def revoke_key(
 
 
 @router.get("/analyses")
-async def analyses_page(request: Request, cursor: str | None = None, status: str | None = None) -> Response:
+async def analyses_page(
+    request: Request, cursor: str | None = None, status: str | None = None, q: str | None = None
+) -> Response:
     async def handler(session: BrowserSession, api: GatewayApi) -> Response:
-        params = {k: v for k, v in (("cursor", cursor), ("status", status), ("limit", "20")) if v}
+        params = {k: v for k, v in (("cursor", cursor), ("status", status), ("q", q), ("limit", "20")) if v}
         page = await api.json("GET", "/v1/analyses", params=params)
         usage = await api.json("GET", "/v1/usage")
         return render(
@@ -421,6 +454,7 @@ async def analyses_page(request: Request, cursor: str | None = None, status: str
             analyses=items_of(page),
             next_cursor=page["next_cursor"],
             status=status,
+            q=q,
             usage=usage,
             meters=usage_meters(usage),
         )
@@ -558,6 +592,7 @@ async def _submit_analysis(request: Request, session: BrowserSession, api: Gatew
             meters=usage_meters(usage),
             error=message,
             video_url=video_url,
+            window_seconds=window_seconds,
         )
     return redirect(session, f"{PREFIX}/analyses/{analysis['id']}")
 
@@ -697,3 +732,13 @@ async def api_samples(request: Request) -> Response:
         return render(request, session, "api.html", base_url=str(request.base_url).rstrip("/"))
 
     return await _page(request, handler)
+
+
+# --- anything else --------------------------------------------------------------------------
+# Registered last: only paths no other dashboard route matched get here.
+@router.get("/{path:path}")
+async def not_found_page(request: Request, path: str) -> Response:
+    session = BrowserSession.from_request(request)
+    return render(
+        request, session, "error.html", status_code=404, message=f"There is no page at {request.url.path}."
+    )

@@ -27,6 +27,7 @@ EXTENSION_TYPES: dict[str, str] = {
     ".qt": "video/quicktime",
     ".webm": "video/webm",
     ".mkv": "video/x-matroska",
+    ".avi": "video/x-msvideo",
     ".mp3": "audio/mpeg",
     ".m4a": "audio/mp4",
     ".aac": "audio/aac",
@@ -44,6 +45,9 @@ ALLOWED_CONTENT_TYPES = frozenset(
         "video/webm",
         "video/x-matroska",
         "video/matroska",
+        "video/x-msvideo",
+        "video/avi",
+        "video/msvideo",
         "audio/mpeg",
         "audio/mp3",
         "audio/mp4",
@@ -101,13 +105,20 @@ def clean_filename(filename: str) -> str:
     return name[:255]
 
 
+def human_size(size: int) -> str:
+    """Bytes in the decimal units people read on their file managers: 2 GB, 3.5 MB, 800 KB."""
+    for unit, factor in (("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
+        if size >= factor:
+            return f"{size / factor:.1f}".removesuffix(".0") + f" {unit}"
+    return f"{size} bytes"
+
+
 def create(
     session: Session, settings: Settings, user_id: uuid.UUID, body: UploadCreate, base_url: str
 ) -> UploadTarget:
     if body.size_bytes > settings.max_media_bytes:
-        raise UploadTooLarge(
-            f"The limit is {settings.max_media_bytes} bytes.", limit=settings.max_media_bytes
-        )
+        size, limit = human_size(body.size_bytes), human_size(settings.max_media_bytes)
+        raise UploadTooLarge(f"The file is {size}; the limit is {limit}.", limit=settings.max_media_bytes)
     content_type = resolve_content_type(body.filename, body.content_type)
     filename = clean_filename(body.filename)
     upload_id = uuid.uuid4()

@@ -29,3 +29,53 @@ document.addEventListener("DOMContentLoaded", () => {
     window.addEventListener("pagehide", () => source.close());
   }
 });
+
+// Timestamps arrive in UTC (<time datetime data-local-time>); show them in the browser's zone and
+// locale, keeping UTC in the tooltip.
+const localTimes = (root) => {
+  for (const element of root.querySelectorAll("time[data-local-time]")) {
+    const when = new Date(element.getAttribute("datetime"));
+    if (!Number.isNaN(when.getTime())) {
+      element.textContent = when.toLocaleString(undefined, { dateStyle: "short", timeStyle: "short" });
+    }
+  }
+};
+document.addEventListener("DOMContentLoaded", () => localTimes(document));
+document.addEventListener("htmx:afterSwap", (event) => localTimes(event.target));
+
+// The new-analysis form: a file over the server's limit is refused here, before uploading it;
+// otherwise the button is disabled so a double click cannot upload and submit twice.
+document.addEventListener("DOMContentLoaded", () => {
+  for (const form of document.querySelectorAll("form[data-upload-form]")) {
+    const input = form.querySelector("input[type=file][name=video_file]");
+    const error = form.querySelector("[data-file-size-error]");
+    const tooLarge = () => {
+      const file = input.files[0];
+      return file && file.size > Number(form.dataset.maxBytes) ? file : null;
+    };
+    const explain = () => {
+      const file = tooLarge();
+      error.hidden = !file;
+      error.textContent = file ? `This file is ${humanSize(file.size)}; the limit is ${form.dataset.maxLabel}.` : "";
+    };
+    input.addEventListener("change", explain);
+    form.addEventListener("submit", (event) => {
+      if (tooLarge()) {
+        event.preventDefault();
+        explain();
+        return;
+      }
+      const button = form.querySelector("button[type=submit]");
+      button.disabled = true;
+      button.textContent = "Uploading…";
+    });
+  }
+});
+
+// Decimal units, as the API's upload_too_large message words them (2 GB, 3.5 MB, 800 KB).
+const humanSize = (size) => {
+  for (const [unit, factor] of [["GB", 1e9], ["MB", 1e6], ["KB", 1e3]]) {
+    if (size >= factor) return `${(size / factor).toFixed(1).replace(/\.0$/, "")} ${unit}`;
+  }
+  return `${size} bytes`;
+};
