@@ -7,7 +7,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Literal
 
 import anyio
 import redis.asyncio as aioredis
@@ -146,22 +146,67 @@ def _principal_from_jwt(session: Session, settings: Settings, token: str) -> Pri
     return Principal(user, None, frozenset(ALL_SCOPES))
 
 
+class AmbiguousCredentials(Unauthorized):
+    code, title = "ambiguous_credentials", "More than one credential"
+
+
+@dataclass(frozen=True)
+class PresentedCredential:
+    kind: Literal["api_key", "jwt"]
+    value: str
+
+
+def presented_credential(request: Request) -> PresentedCredential | None:
+    """The one credential a request presents, read from its raw headers.
+
+    A request authenticates with exactly one credential: `Authorization: Bearer <JWT or API key>`
+    or `X-API-Key: <API key>`. A header that is present counts as presented, even when it is empty
+    or not a Bearer credential, so a broken credential is refused rather than skipped in favour of
+    another; two different credentials are refused as ambiguous (the same key in both headers is
+    one credential). Cookies are never credentials for the API (the dashboard's are scoped to
+    `/dashboard`)."""
+    authorizations = request.headers.getlist("authorization")
+    header_keys = request.headers.getlist("x-api-key")
+    if len(authorizations) > 1 or len(header_keys) > 1:
+        raise AmbiguousCredentials("Send one `Authorization` or one `X-API-Key` header, not several.")
+    values: list[str] = []
+    if authorizations:
+        scheme, _, token = authorizations[0].strip().partition(" ")
+        if scheme.lower() != "bearer":
+            raise Unauthorized("The Authorization header must be `Bearer <access token or API key>`.")
+        values.append(token.strip())
+    if header_keys:
+        values.append(header_keys[0].strip())
+    if not values:
+        return None
+    if len(set(values)) > 1:
+        raise AmbiguousCredentials(
+            "Send one credential: either `Authorization: Bearer …` or `X-API-Key: …`, not both."
+        )
+    value = values[0]
+    if not value:
+        raise Unauthorized("The credential is empty.")
+    kind: Literal["api_key", "jwt"] = "api_key" if header_keys or value.startswith(API_KEY_PREFIX) else "jwt"
+    return PresentedCredential(kind, value)
+
+
 async def authenticate(
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
     redis_client: RedisDep,
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
-    header_key: Annotated[str | None, Depends(api_key_scheme)],
+    # Declared so the OpenAPI document lists both security schemes; the credential itself is read
+    # by presented_credential, which also sees the headers these schemes ignore.
+    _bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    _header_key: Annotated[str | None, Depends(api_key_scheme)],
 ) -> Principal:
-    if header_key:
-        principal = await run_in_threadpool(_principal_from_api_key, session, settings, header_key)
-    elif bearer is not None and bearer.credentials.startswith(API_KEY_PREFIX):
-        principal = await run_in_threadpool(_principal_from_api_key, session, settings, bearer.credentials)
-    elif bearer is not None:
-        principal = await run_in_threadpool(_principal_from_jwt, session, settings, bearer.credentials)
-    else:
+    credential = presented_credential(request)
+    if credential is None:
         raise Unauthorized("Send an access token or API key: `Authorization: Bearer …` or `X-API-Key: …`.")
+    if credential.kind == "api_key":
+        principal = await run_in_threadpool(_principal_from_api_key, session, settings, credential.value)
+    else:
+        principal = await run_in_threadpool(_principal_from_jwt, session, settings, credential.value)
     limits = plan_limits(principal.user.plan, settings)
     state = await ratelimit.hit(
         redis_client,
