@@ -48,7 +48,18 @@ class AnalysisCreate(BaseModel):
                     "callback_url": "https://hooks.example.com/moodreel",
                     "options": {"window_seconds": 4.0},
                 }
-            ]
+            ],
+            # The document states the rule exactly_one_source enforces.
+            "oneOf": [
+                {
+                    "required": ["video_url"],
+                    "properties": {"video_url": {"type": "string"}, "upload_id": {"type": "null"}},
+                },
+                {
+                    "required": ["upload_id"],
+                    "properties": {"upload_id": {"type": "string"}, "video_url": {"type": "null"}},
+                },
+            ],
         },
     )
 

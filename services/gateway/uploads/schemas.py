@@ -6,12 +6,42 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.gateway.uploads.media_types import ALLOWED_CONTENT_TYPES, EXTENSION_TYPES, GENERIC_TYPES
+
+
+def _case_insensitive(extension: str) -> str:
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in extension)
+
+
+# What resolve_content_type accepts: a listed media type, or a generic one (or none) with a
+# filename whose extension tells the type.
+_FILENAME_WITH_MEDIA_EXTENSION = (
+    r"\.(" + "|".join(_case_insensitive(ext.lstrip(".")) for ext in sorted(EXTENSION_TYPES)) + r")$"
+)
+UPLOAD_TYPE_RULE = {
+    "anyOf": [
+        {
+            "required": ["content_type"],
+            "properties": {"content_type": {"enum": sorted(ALLOWED_CONTENT_TYPES)}},
+        },
+        {
+            "properties": {
+                "content_type": {"enum": sorted(GENERIC_TYPES)},
+                "filename": {"pattern": _FILENAME_WITH_MEDIA_EXTENSION},
+            }
+        },
+    ]
+}
+
 
 class UploadCreate(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "examples": [{"filename": "interview.mp4", "content_type": "video/mp4", "size_bytes": 48_213_004}]
+            "examples": [
+                {"filename": "interview.mp4", "content_type": "video/mp4", "size_bytes": 48_213_004}
+            ],
+            **UPLOAD_TYPE_RULE,
         },
     )
 

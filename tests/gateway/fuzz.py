@@ -1,0 +1,179 @@
+"""Schemathesis against a real gateway: the gateway as its own uvicorn process on a free loopback
+port (PostgreSQL, Redis), an account with a JWT and an API key, and the schemathesis CLI run once
+per credential with every check, stateful links and a fixed seed. Used by
+``tests/gateway/test_fuzz.py`` (a short run) and ``bench/fuzz.py`` (``make fuzz``, a long one).
+
+The gateway runs on the ``fuzz`` plan: its request rate and monthly quotas are high enough that
+the fuzzer's pace explores the API instead of collecting 429s. Everything else (SSRF rules,
+sign-up and login throttling, body limits) is the production code path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import redis
+
+from tests.worker import stack
+
+REDIS_URL = os.environ.get("MOODREEL_REDIS_URL", "redis://127.0.0.1:6379/0")
+PASSWORD = "correct horse battery staple"
+FUZZ_PLAN = {"analyses_per_month": 1_000_000, "video_seconds_per_month": 100_000_000, "requests_per_minute": 1_000_000}
+# Every check schemathesis has; the whole API under every phase.
+PHASES = "examples,coverage,fuzzing,stateful"
+
+
+@dataclass
+class FuzzTarget:
+    base_url: str
+    access_token: str
+    api_key: str
+    log_path: Path
+
+
+@contextmanager
+def fuzz_gateway(database_url: str, work_dir: Path) -> Iterator[FuzzTarget]:
+    """A migrated database is the caller's; this starts the gateway on it and signs up one user."""
+    namespace = f"moodreel-fuzz-{uuid.uuid4().hex[:10]}:"
+    env = {
+        "MOODREEL_ENVIRONMENT": "test",
+        "MOODREEL_LOG_LEVEL": "WARNING",
+        "MOODREEL_DATABASE_URL": database_url,
+        "MOODREEL_REDIS_URL": REDIS_URL,
+        "MOODREEL_REDIS_KEY_PREFIX": namespace,
+        "MOODREEL_QUEUE_NAME": f"{namespace}queue",
+        "MOODREEL_DATA_DIR": str(work_dir / "data"),
+        "MOODREEL_SECRET_KEY": "fuzz-test-secret-key-fuzz-test-secret-key",
+        "MOODREEL_STORAGE_BACKEND": "local",
+        "MOODREEL_PLANS": json.dumps({"fuzz": FUZZ_PLAN}),
+        "MOODREEL_DEFAULT_PLAN": "fuzz",
+        # The run outlasts the default 15 minutes; the token must stay valid for all of it.
+        "MOODREEL_ACCESS_TOKEN_MINUTES": "120",
+    }
+    process = stack.gateway(env, work_dir).start(timeout=120)
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        base_url = f"http://127.0.0.1:{process.port}"
+        with httpx.Client(base_url=base_url, timeout=30) as http:
+            email = f"fuzz-{uuid.uuid4().hex[:8]}@example.com"
+            http.post("/v1/auth/signup", json={"email": email, "password": PASSWORD}).raise_for_status()
+            login = http.post("/v1/auth/login", data={"username": email, "password": PASSWORD})
+            login.raise_for_status()
+            token = login.json()["access_token"]
+            created = http.post(
+                "/v1/api-keys",
+                json={"name": "fuzz", "scopes": ["analyses:read", "analyses:write"]},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            created.raise_for_status()
+        yield FuzzTarget(base_url, token, created.json()["key"], process.log_path)
+    finally:
+        process.stop()
+        keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+@dataclass
+class FuzzRun:
+    credential: str
+    returncode: int
+    seconds: float
+    report: dict
+    output: str
+    failures: list[dict] = field(default_factory=list)
+
+    @property
+    def summary(self) -> dict:
+        return {
+            "credential": self.credential,
+            "exit_code": self.returncode,
+            "seconds": round(self.seconds, 1),
+            "stats": self.report.get("stats", self.report.get("summary", {})),
+            "failures": self.failures,
+        }
+
+
+def _config(target: FuzzTarget, credential: str) -> str:
+    """schemathesis.toml: one credential per run, so the two are never sent together (that is an
+    ambiguous request the gateway refuses)."""
+    if credential == "api_key":
+        auth = f'[auth.openapi.ApiKeyAuth]\napi_key = "{target.api_key}"\n'
+    else:
+        auth = f'[auth.openapi.BearerAuth]\nbearer = "{target.access_token}"\n'
+    return auth
+
+
+def run_schemathesis(
+    target: FuzzTarget,
+    credential: str,
+    work_dir: Path,
+    *,
+    max_examples: int,
+    max_seconds: int,
+    seed: int,
+    extra_args: tuple[str, ...] = (),
+) -> FuzzRun:
+    """One bounded CLI run; its JSON report is parsed for the failures it found."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    config_path = work_dir / f"schemathesis-{credential}.toml"
+    config_path.write_text(_config(target, credential))
+    report_path = work_dir / f"report-{credential}.json"
+    argv = [
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
+        "--config-file",
+        str(config_path),
+        "--no-color",
+        "run",
+        f"{target.base_url}/openapi.json",
+        "--checks",
+        "all",
+        "--phases",
+        PHASES,
+        "--max-examples",
+        str(max_examples),
+        "--max-time",
+        str(max_seconds),
+        "--seed",
+        str(seed),
+        "--workers",
+        "1",
+        "--request-timeout",
+        "30",
+        "--generation-database",
+        "none",
+        "--report",
+        "json",
+        "--report-json-path",
+        str(report_path),
+        *extra_args,
+    ]
+    started = time.monotonic()
+    completed = subprocess.run(
+        argv, capture_output=True, text=True, timeout=max_seconds + 300, cwd=stack.REPO_ROOT, check=False
+    )
+    seconds = time.monotonic() - started
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    run = FuzzRun(credential, completed.returncode, seconds, report, completed.stdout + completed.stderr)
+    run.failures = report_failures(report)
+    return run
+
+
+def report_failures(report: dict) -> list[dict]:
+    failures = []
+    for item in report.get("failures", []) or []:
+        failures.append(item)
+    return failures
