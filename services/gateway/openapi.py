@@ -92,13 +92,6 @@ _LINKS: dict[tuple[str, str], dict[str, tuple[str, str, dict[str, Any]]]] = {
         "ExportAnalysis": ("get", "/v1/analyses/{analysis_id}/export", {"parameters": _ANALYSIS}),
         "DeleteAnalysis": ("delete", "/v1/analyses/{analysis_id}", {"parameters": _ANALYSIS}),
     },
-    ("get", "/v1/analyses"): {
-        "GetFirstAnalysis": (
-            "get",
-            "/v1/analyses/{analysis_id}",
-            {"parameters": {"analysis_id": "$response.body#/items/0/id"}},
-        ),
-    },
     ("post", "/v1/uploads"): {
         "GetUpload": (
             "get",
@@ -116,13 +109,6 @@ _LINKS: dict[tuple[str, str], dict[str, tuple[str, str, dict[str, Any]]]] = {
     },
     ("post", "/v1/api-keys"): {
         "RevokeApiKey": ("delete", "/v1/api-keys/{key_id}", {"parameters": {"key_id": "$response.body#/id"}}),
-    },
-    ("get", "/v1/api-keys"): {
-        "RevokeFirstApiKey": (
-            "delete",
-            "/v1/api-keys/{key_id}",
-            {"parameters": {"key_id": "$response.body#/items/0/id"}},
-        ),
     },
     ("post", "/v1/webhooks/endpoints"): {
         "GetWebhookEndpoint": ("get", "/v1/webhooks/endpoints/{endpoint_id}", {"parameters": _ENDPOINT}),
@@ -147,20 +133,6 @@ _LINKS: dict[tuple[str, str], dict[str, tuple[str, str, dict[str, Any]]]] = {
             "delete",
             "/v1/webhooks/endpoints/{endpoint_id}",
             {"parameters": _ENDPOINT},
-        ),
-    },
-    ("get", "/v1/webhooks/endpoints"): {
-        "GetFirstWebhookEndpoint": (
-            "get",
-            "/v1/webhooks/endpoints/{endpoint_id}",
-            {"parameters": {"endpoint_id": "$response.body#/items/0/id"}},
-        ),
-    },
-    ("get", "/v1/webhooks/deliveries"): {
-        "GetFirstDelivery": (
-            "get",
-            "/v1/webhooks/deliveries/{delivery_id}",
-            {"parameters": {"delivery_id": "$response.body#/items/0/id"}},
         ),
     },
     ("get", "/v1/webhooks/deliveries/{delivery_id}"): {

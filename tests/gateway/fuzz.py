@@ -28,7 +28,11 @@ from tests.worker import stack
 
 REDIS_URL = os.environ.get("MOODREEL_REDIS_URL", "redis://127.0.0.1:6379/0")
 PASSWORD = "correct horse battery staple"
-FUZZ_PLAN = {"analyses_per_month": 1_000_000, "video_seconds_per_month": 100_000_000, "requests_per_minute": 1_000_000}
+FUZZ_PLAN = {
+    "analyses_per_month": 1_000_000,
+    "video_seconds_per_month": 100_000_000,
+    "requests_per_minute": 1_000_000,
+}
 # Every check schemathesis has; the whole API under every phase.
 PHASES = "examples,coverage,fuzzing,stateful"
 
@@ -60,10 +64,15 @@ def fuzz_gateway(database_url: str, work_dir: Path) -> Iterator[FuzzTarget]:
         # The run outlasts the default 15 minutes; the token must stay valid for all of it.
         "MOODREEL_ACCESS_TOKEN_MINUTES": "120",
     }
-    process = stack.gateway(env, work_dir).start(timeout=120)
+    port = stack.free_port()
+    # This interpreter's uvicorn, so the gateway runs with the packages the test runs with.
+    argv = [sys.executable, "-m", "uvicorn", "--factory", "services.gateway.main:create_app"]
+    argv += ["--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
+    ready = stack.http_ok(f"http://127.0.0.1:{port}/readyz")
+    process = stack.Process("gateway", argv, env, work_dir, ready).start(timeout=120)
     client = redis.Redis.from_url(REDIS_URL)
     try:
-        base_url = f"http://127.0.0.1:{process.port}"
+        base_url = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=base_url, timeout=30) as http:
             email = f"fuzz-{uuid.uuid4().hex[:8]}@example.com"
             http.post("/v1/auth/signup", json={"email": email, "password": PASSWORD}).raise_for_status()
@@ -105,14 +114,40 @@ class FuzzRun:
         }
 
 
+# Operations whose acceptance depends on facts no schema can state, with the extra refusal each may
+# give a schema-valid request: user URLs must resolve to public addresses (400 url_not_allowed:
+# the SSRF rules, checked against DNS at request time) and transcripts must parse as SRT/WebVTT
+# with ordered times (422 transcript_invalid); an upload_id must be of a finished upload (400).
+SEMANTIC_REFUSALS = {
+    "POST /v1/analyses": (400, 422),
+    "POST /v1/webhooks/endpoints": (400,),
+    "PATCH /v1/webhooks/endpoints/{endpoint_id}": (400,),
+}
+# schemathesis' default statuses for schema-valid requests (accepted) and schema-violating ones
+# (refused); a declared upload size over the limit is refused as 413, as it should be.
+ACCEPTED = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]
+REFUSED = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429", "5xx"]
+
+
 def _config(target: FuzzTarget, credential: str) -> str:
     """schemathesis.toml: one credential per run, so the two are never sent together (that is an
     ambiguous request the gateway refuses)."""
     if credential == "api_key":
-        auth = f'[auth.openapi.ApiKeyAuth]\napi_key = "{target.api_key}"\n'
+        lines = ["[auth.openapi.ApiKeyAuth]", f'api_key = "{target.api_key}"']
     else:
-        auth = f'[auth.openapi.BearerAuth]\nbearer = "{target.access_token}"\n'
-    return auth
+        lines = ["[auth.openapi.BearerAuth]", f'bearer = "{target.access_token}"']
+    lines += ["", "[checks.negative_data_rejection]", f"expected-statuses = {json.dumps(REFUSED)}"]
+    for label, statuses in SEMANTIC_REFUSALS.items():
+        method, path = label.split(" ", 1)
+        expected = json.dumps(ACCEPTED + [str(status) for status in statuses])
+        lines += [
+            "",
+            "[[operations]]",
+            f'include-method = "{method}"',
+            f'include-path = "{path}"',
+            f"checks.positive_data_acceptance.expected-statuses = {expected}",
+        ]
+    return "\n".join(lines) + "\n"
 
 
 def run_schemathesis(
@@ -153,6 +188,9 @@ def run_schemathesis(
         "1",
         "--request-timeout",
         "30",
+        # A loaded CI machine is slow; a response is still too slow beyond this.
+        "--max-response-time",
+        "20",
         "--generation-database",
         "none",
         "--report",

@@ -2,10 +2,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from shared.db.types import STORABLE_TEXT_PATTERN
 from shared.predictions import ModalityScores
 
 AnalysisStatusName = Literal["queued", "processing", "succeeded", "failed", "canceled"]
@@ -13,13 +14,16 @@ AnalysisStatusName = Literal["queued", "processing", "succeeded", "failed", "can
 TRANSCRIPT_EXAMPLE = "1\n00:00:00,000 --> 00:00:02,500\nJOEY: How you doin'?\n"
 
 
+TranscriptText = Annotated[str, StringConstraints(max_length=2_000_000, pattern=STORABLE_TEXT_PATTERN)]
+
+
 class TranscriptSegment(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     start: float = Field(ge=0, description="Seconds from the start of the media.")
     end: float = Field(gt=0)
-    text: str = Field(default="", max_length=10_000)
-    speaker: str | None = Field(default=None, max_length=100)
+    text: str = Field(default="", max_length=10_000, pattern=STORABLE_TEXT_PATTERN)
+    speaker: str | None = Field(default=None, max_length=100, pattern=STORABLE_TEXT_PATTERN)
 
 
 class AnalysisOptions(BaseModel):
@@ -65,9 +69,8 @@ class AnalysisCreate(BaseModel):
 
     video_url: str | None = Field(default=None, max_length=2048)
     upload_id: uuid.UUID | None = Field(default=None, description="From `POST /v1/uploads`, once uploaded.")
-    transcript: str | list[TranscriptSegment] | None = Field(
+    transcript: TranscriptText | list[TranscriptSegment] | None = Field(
         default=None,
-        max_length=2_000_000,
         description="SRT or WebVTT text, or JSON segments `[{start, end, text, speaker?}]`. Without "
         "one, the media is scored in fixed windows.",
     )

@@ -14,9 +14,9 @@ def _case_insensitive(extension: str) -> str:
 
 
 # What resolve_content_type accepts: a listed media type, or a generic one (or none) with a
-# filename whose extension tells the type.
+# filename whose extension tells the type (a name that is only an extension, `.mp4`, has none).
 _FILENAME_WITH_MEDIA_EXTENSION = (
-    r"\.(" + "|".join(_case_insensitive(ext.lstrip(".")) for ext in sorted(EXTENSION_TYPES)) + r")$"
+    r"[^/]\.(" + "|".join(_case_insensitive(ext.lstrip(".")) for ext in sorted(EXTENSION_TYPES)) + r")$"
 )
 UPLOAD_TYPE_RULE = {
     "anyOf": [
