@@ -117,7 +117,7 @@ class FuzzRun:
 # Operations whose acceptance depends on facts no schema can state, with the extra refusal each may
 # give a schema-valid request: user URLs must resolve to public addresses (400 url_not_allowed:
 # the SSRF rules, checked against DNS at request time) and transcripts must parse as SRT/WebVTT
-# with ordered times (422 transcript_invalid); an upload_id must be of a finished upload (400).
+# with ordered times (422 transcript_invalid).
 SEMANTIC_REFUSALS = {
     "POST /v1/analyses": (400, 422),
     "POST /v1/webhooks/endpoints": (400,),
