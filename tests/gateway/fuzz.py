@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -101,16 +101,26 @@ class FuzzRun:
     seconds: float
     report: dict
     output: str
-    failures: list[dict] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[dict]:
+        return self.report.get("failures") or []
 
     @property
     def summary(self) -> dict:
+        """What bench/results/fuzz.json keeps of one run."""
+        report = self.report
         return {
             "credential": self.credential,
             "exit_code": self.returncode,
             "seconds": round(self.seconds, 1),
-            "stats": self.report.get("stats", self.report.get("summary", {})),
+            "stop_reason": report.get("stop_reason"),
+            "operations": report.get("operations"),
+            "test_cases": report.get("test_cases"),
+            "phases": {name: phase["status"] for name, phase in (report.get("phases") or {}).items()},
             "failures": self.failures,
+            "errors": report.get("errors"),
+            "warnings": {name: value for name, value in (report.get("warnings") or {}).items() if value},
         }
 
 
@@ -205,13 +215,4 @@ def run_schemathesis(
     )
     seconds = time.monotonic() - started
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
-    run = FuzzRun(credential, completed.returncode, seconds, report, completed.stdout + completed.stderr)
-    run.failures = report_failures(report)
-    return run
-
-
-def report_failures(report: dict) -> list[dict]:
-    failures = []
-    for item in report.get("failures", []) or []:
-        failures.append(item)
-    return failures
+    return FuzzRun(credential, completed.returncode, seconds, report, completed.stdout + completed.stderr)
