@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -34,6 +35,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=20261201)
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
+    # `timeout` (make fuzz) stops with SIGTERM: still stop the gateway and drop the database.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     import schemathesis
 

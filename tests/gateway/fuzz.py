@@ -146,6 +146,8 @@ def _config(target: FuzzTarget, credential: str) -> str:
         lines = ["[auth.openapi.ApiKeyAuth]", f'api_key = "{target.api_key}"']
     else:
         lines = ["[auth.openapi.BearerAuth]", f'bearer = "{target.access_token}"']
+    # No crash cache: each run is its seed's, not a replay of earlier runs' findings.
+    lines += ["", "[cache]", "enabled = false"]
     lines += ["", "[checks.negative_data_rejection]", f"expected-statuses = {json.dumps(REFUSED)}"]
     for label, statuses in SEMANTIC_REFUSALS.items():
         method, path = label.split(" ", 1)
@@ -211,7 +213,7 @@ def run_schemathesis(
     ]
     started = time.monotonic()
     completed = subprocess.run(
-        argv, capture_output=True, text=True, timeout=max_seconds + 300, cwd=stack.REPO_ROOT, check=False
+        argv, capture_output=True, text=True, timeout=max_seconds + 300, cwd=work_dir, check=False
     )
     seconds = time.monotonic() - started
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
