@@ -6,28 +6,21 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.gateway.uploads.media_types import ALLOWED_CONTENT_TYPES, EXTENSION_TYPES, GENERIC_TYPES
-
-
-def _case_insensitive(extension: str) -> str:
-    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in extension)
-
-
-# What resolve_content_type accepts: a listed media type, or a generic one (or none) with a
-# filename whose extension tells the type (a name that is only an extension, `.mp4`, has none).
-_FILENAME_WITH_MEDIA_EXTENSION = (
-    r"[^/]\.(" + "|".join(_case_insensitive(ext.lstrip(".")) for ext in sorted(EXTENSION_TYPES)) + r")$"
+from services.gateway.uploads.media_types import (
+    GENERIC_TYPE_PATTERN,
+    MEDIA_FILENAME_PATTERN,
+    MEDIA_TYPE_PATTERN,
 )
+
+# What resolve_content_type accepts: a media type, or a generic one (or none) with a filename
+# whose extension tells the type (a name that is only an extension, `.mp4`, has none).
 UPLOAD_TYPE_RULE = {
     "anyOf": [
-        {
-            "required": ["content_type"],
-            "properties": {"content_type": {"enum": sorted(ALLOWED_CONTENT_TYPES)}},
-        },
+        {"required": ["content_type"], "properties": {"content_type": {"pattern": MEDIA_TYPE_PATTERN}}},
         {
             "properties": {
-                "content_type": {"enum": sorted(GENERIC_TYPES)},
-                "filename": {"pattern": _FILENAME_WITH_MEDIA_EXTENSION},
+                "content_type": {"pattern": GENERIC_TYPE_PATTERN},
+                "filename": {"pattern": MEDIA_FILENAME_PATTERN},
             }
         },
     ]

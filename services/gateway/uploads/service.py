@@ -12,7 +12,13 @@ from pathlib import PurePath
 from sqlalchemy.orm import Session
 
 from services.gateway.security import sign_upload
-from services.gateway.uploads.media_types import ALLOWED_CONTENT_TYPES, EXTENSION_TYPES, GENERIC_TYPES
+from services.gateway.uploads.media_types import (
+    ALLOWED_CONTENT_TYPES,
+    EXTENSION_TYPES,
+    GENERIC_TYPES,
+    declared_type,
+    extension_type,
+)
 from services.gateway.uploads.schemas import UploadCreate, UploadTarget
 from shared.db.models import Upload
 from shared.db.types import utcnow
@@ -40,15 +46,15 @@ class UploadAlreadyCompleted(Conflict):
 
 
 def resolve_content_type(filename: str, content_type: str) -> str:
-    declared = content_type.split(";", 1)[0].strip().lower()
+    declared = declared_type(content_type)
     if declared in GENERIC_TYPES:
-        resolved = EXTENSION_TYPES.get(PurePath(filename).suffix.lower())
+        resolved = extension_type(filename)
         if resolved is None:
             raise UnsupportedUploadType(f"Cannot tell the media type of {filename!r}; send content_type.")
         return resolved
     if declared not in ALLOWED_CONTENT_TYPES:
         raise UnsupportedUploadType(
-            f"{declared!r} is not accepted; upload MP4, QuickTime, WebM, Matroska or common audio files.",
+            f"{content_type!r} is not accepted; upload MP4, QuickTime, WebM, Matroska or common audio files.",
             accepted=sorted(ALLOWED_CONTENT_TYPES),
         )
     return declared
