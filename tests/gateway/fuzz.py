@@ -107,6 +107,19 @@ class FuzzRun:
         return self.report.get("failures") or []
 
     @property
+    def failure_details(self) -> str:
+        """The CLI's FAILURES section (each failure with its response and a curl line to reproduce
+        it; credentials are shown as `[Filtered]`), cut to a size a results file can keep."""
+        start = self.output.find(" FAILURES ")
+        if start < 0:
+            return ""
+        ends = [
+            i for i in (self.output.find(" WARNINGS ", start), self.output.find(" SUMMARY ", start)) if i > 0
+        ]
+        end = self.output.rfind("\n", 0, min(ends)) if ends else len(self.output)
+        return self.output[self.output.rfind("\n", 0, start) + 1 : end][:8000]
+
+    @property
     def summary(self) -> dict:
         """What bench/results/fuzz.json keeps of one run."""
         report = self.report
@@ -119,6 +132,7 @@ class FuzzRun:
             "test_cases": report.get("test_cases"),
             "phases": {name: phase["status"] for name, phase in (report.get("phases") or {}).items()},
             "failures": self.failures,
+            "failure_details": self.failure_details,
             "errors": report.get("errors"),
             "warnings": {name: value for name, value in (report.get("warnings") or {}).items() if value},
         }
