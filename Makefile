@@ -55,6 +55,15 @@ bench: install
 	$(PY) bench/preprocess.py
 	$(PY) bench/model.py
 
+# Schemathesis against a real gateway (PostgreSQL, Redis on loopback), every check and phase, an API
+# key run and a JWT run of FUZZ_SECONDS each; niced; results in bench/results/fuzz.json.
+FUZZ_SECONDS ?= 270
+FUZZ_EXAMPLES ?= 30
+.PHONY: fuzz
+fuzz: install
+	nice -n 10 timeout $$(( 2 * $(FUZZ_SECONDS) + 300 )) $(PY) bench/fuzz.py \
+	  --seconds-per-credential $(FUZZ_SECONDS) --max-examples $(FUZZ_EXAMPLES)
+
 # The default checkpoint (docs/model.md): MiniLM's text branch on MELD's label CSVs, <= 45 min on
 # 2 CPU cores, niced; published to services/model/checkpoints/default/ if its weights fit 15 MB.
 TRAIN_TEXT_DIR ?= var/train/text-default

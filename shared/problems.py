@@ -17,6 +17,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from shared.logging import get_logger
 
@@ -157,10 +158,27 @@ async def _handle_problem(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(exc, request)
 
 
+_ROUTABLE_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method the app routes at the request's path. Starlette's 405 names only the first
+    route that matched the path, while one path is often several routes (GET and DELETE of one
+    resource), so each method is tried against the whole route table."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in _ROUTABLE_METHODS
+        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)
+    ]
+
+
 async def _handle_http_exception(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     problem = _http_problem(exc.status_code, exc.detail)
     problem.headers.update(exc.headers or {})
+    if exc.status_code == 405 and (methods := allowed_methods(request)):
+        problem.headers["Allow"] = ", ".join(methods)
     return problem_response(problem, request)
 
 

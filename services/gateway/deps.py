@@ -7,7 +7,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Literal
 
 import anyio
 import redis.asyncio as aioredis
@@ -176,53 +176,89 @@ def _principal_from_jwt(session: Session, settings: Settings, token: str) -> Pri
     return Principal(user, None, frozenset(ALL_SCOPES))
 
 
-def _checkable_offline(credential: str, settings: Settings) -> bool:
+class AmbiguousCredentials(Unauthorized):
+    code, title = "ambiguous_credentials", "More than one credential"
+
+
+@dataclass(frozen=True)
+class PresentedCredential:
+    kind: Literal["api_key", "jwt"]
+    value: str
+
+
+def presented_credential(request: Request) -> PresentedCredential | None:
+    """The one credential a request presents, read from its raw headers.
+
+    A request authenticates with exactly one credential: `Authorization: Bearer <JWT or API key>`
+    or `X-API-Key: <API key>`. A header that is present counts as presented, even when it is empty
+    or not a Bearer credential, so a broken credential is refused rather than skipped in favour of
+    another; two different credentials are refused as ambiguous (the same key in both headers is
+    one credential). Cookies are never credentials for the API (the dashboard's are scoped to
+    `/dashboard`)."""
+    authorizations = request.headers.getlist("authorization")
+    header_keys = request.headers.getlist("x-api-key")
+    if len(authorizations) > 1 or len(header_keys) > 1:
+        raise AmbiguousCredentials("Send one `Authorization` or one `X-API-Key` header, not several.")
+    values: list[str] = []
+    if authorizations:
+        scheme, _, token = authorizations[0].strip().partition(" ")
+        if scheme.lower() != "bearer":
+            raise Unauthorized("The Authorization header must be `Bearer <access token or API key>`.")
+        values.append(token.strip())
+    if header_keys:
+        values.append(header_keys[0].strip())
+    if not values:
+        return None
+    if len(set(values)) > 1:
+        raise AmbiguousCredentials(
+            "Send one credential: either `Authorization: Bearer …` or `X-API-Key: …`, not both."
+        )
+    value = values[0]
+    if not value:
+        raise Unauthorized("The credential is empty.")
+    kind: Literal["api_key", "jwt"] = "api_key" if header_keys or value.startswith(API_KEY_PREFIX) else "jwt"
+    return PresentedCredential(kind, value)
+
+
+def _checkable_offline(credential: PresentedCredential, settings: Settings) -> bool:
     """Whether a presented credential could be valid, judged without the database: an API key's
     format and checksum, a JWT's signature and claims."""
-    if credential.startswith(API_KEY_PREFIX):
-        return is_well_formed_api_key(credential)
+    if credential.kind == "api_key":
+        return is_well_formed_api_key(credential.value)
     try:
-        decode_access_token(credential, settings)
+        decode_access_token(credential.value, settings)
     except InvalidToken:
         return False
     return True
 
 
-async def refuse_hopeless_credentials(
-    settings: SettingsDep,
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
-    header_key: Annotated[str | None, Depends(api_key_scheme)],
-) -> None:
-    """Runs before a database session is taken: a request none of whose credentials could be
+async def refuse_hopeless_credentials(request: Request, settings: SettingsDep) -> PresentedCredential:
+    """Runs before a database session is taken: a request whose one credential could not be
     valid (none at all, garbage, forged or expired tokens, mistyped keys) is refused on the event
-    loop, without waiting for a session slot or a thread. Which credential counts when several
-    are sent is :func:`authenticate`'s decision."""
-    presented = [
-        credential for credential in (header_key, bearer.credentials if bearer else None) if credential
-    ]
-    if not presented:
+    loop, without waiting for a session slot or a thread."""
+    credential = presented_credential(request)
+    if credential is None:
         raise Unauthorized("Send an access token or API key: `Authorization: Bearer …` or `X-API-Key: …`.")
-    if not any(_checkable_offline(credential, settings) for credential in presented):
+    if not _checkable_offline(credential, settings):
         raise Unauthorized("The credentials are malformed, invalid or expired.")
+    return credential
 
 
 async def authenticate(
     request: Request,
-    _checked: Annotated[None, Depends(refuse_hopeless_credentials)],
+    credential: Annotated[PresentedCredential, Depends(refuse_hopeless_credentials)],
     session: SessionDep,
     settings: SettingsDep,
     redis_client: RedisDep,
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
-    header_key: Annotated[str | None, Depends(api_key_scheme)],
+    # Declared so the OpenAPI document lists both security schemes; the credential itself is read
+    # by presented_credential, which also sees the headers these schemes ignore.
+    _bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    _header_key: Annotated[str | None, Depends(api_key_scheme)],
 ) -> Principal:
-    if header_key:
-        principal = await run_in_threadpool(_principal_from_api_key, session, settings, header_key)
-    elif bearer is not None and bearer.credentials.startswith(API_KEY_PREFIX):
-        principal = await run_in_threadpool(_principal_from_api_key, session, settings, bearer.credentials)
-    elif bearer is not None:
-        principal = await run_in_threadpool(_principal_from_jwt, session, settings, bearer.credentials)
+    if credential.kind == "api_key":
+        principal = await run_in_threadpool(_principal_from_api_key, session, settings, credential.value)
     else:
-        raise Unauthorized("Send an access token or API key: `Authorization: Bearer …` or `X-API-Key: …`.")
+        principal = await run_in_threadpool(_principal_from_jwt, session, settings, credential.value)
     limits = plan_limits(principal.user.plan, settings)
     state = await ratelimit.hit(
         redis_client,

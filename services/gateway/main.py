@@ -43,9 +43,10 @@ DESCRIPTION = """
 Moodreel scores the emotion (MELD's seven) and sentiment of every utterance of a video.
 
 Authenticate with a JWT access token (`POST /v1/auth/login`) or an API key (`POST /v1/api-keys`),
-sent as `Authorization: Bearer …` or `X-API-Key: …`. Errors are RFC 9457 `application/problem+json`
-with a stable `code`. Responses carry `RateLimit-Policy` and `RateLimit` headers; a 429 carries
-`Retry-After`.
+sent as `Authorization: Bearer …` or `X-API-Key: …` — one credential per request: an invalid one
+is refused even beside a valid one, and two different ones are `401 ambiguous_credentials`.
+Errors are RFC 9457 `application/problem+json` with a stable `code`. Responses carry
+`RateLimit-Policy` and `RateLimit` headers; a 429 carries `Retry-After`.
 """
 
 TAGS = [

@@ -29,3 +29,8 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+# PostgreSQL text cannot hold NUL characters: input stored as text is refused at validation (422,
+# stated in the OpenAPI document) instead of failing the INSERT.
+STORABLE_TEXT_PATTERN = r"^[^\x00]*$"

@@ -92,7 +92,10 @@ def test_analyse_url_as_srt_and_failures_are_one_line(env, clips):
 
     bad_key = invoke(["analyse", clips.url("short.mp4")], env | {"MOODREEL_API_KEY": "mr_live_nope"})
     assert bad_key.exit_code == 1
-    assert bad_key.stderr.strip() == "moodreel: 401 unauthorized: The credentials are malformed, invalid or expired."
+    assert (
+        bad_key.stderr.strip()
+        == "moodreel: 401 unauthorized: The credentials are malformed, invalid or expired."
+    )
 
     no_key = invoke(["analyses", "list"], {"MOODREEL_URL": env["MOODREEL_URL"], "MOODREEL_API_KEY": ""})
     assert no_key.exit_code == 1 and "MOODREEL_API_KEY" in no_key.stderr

@@ -28,7 +28,7 @@ from services.gateway.deps import (
     after_commit,
 )
 from services.gateway.openapi import problem_responses
-from services.gateway.pagination import decode_cursor, encode_cursor
+from services.gateway.pagination import CursorQuery, decode_cursor, encode_cursor
 from shared.db.models import Analysis
 from shared.db.session import session_scope
 from shared.events import apublish_event, is_valid_event_id, stream_key
@@ -112,7 +112,7 @@ def list_analyses(
         Literal["queued", "processing", "succeeded", "failed", "canceled"] | None, Query(alias="status")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: CursorQuery = None,
     q: Annotated[
         str | None, Query(max_length=200, description="Only names containing this (any case).")
     ] = None,

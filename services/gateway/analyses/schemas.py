@@ -5,8 +5,9 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from shared.db.types import STORABLE_TEXT_PATTERN
 from shared.predictions import ModalityScores
 
 AnalysisStatusName = Literal["queued", "processing", "succeeded", "failed", "canceled"]
@@ -21,13 +22,18 @@ METADATA_MAX_BYTES = 4096
 TRANSCRIPT_EXAMPLE = "1\n00:00:00,000 --> 00:00:02,500\nJOEY: How you doin'?\n"
 
 
+TranscriptText = Annotated[
+    str, StringConstraints(max_length=MAX_TRANSCRIPT_CHARS, pattern=STORABLE_TEXT_PATTERN)
+]
+
+
 class TranscriptSegment(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     start: float = Field(ge=0, description="Seconds from the start of the media.")
     end: float = Field(gt=0)
-    text: str = Field(default="", max_length=10_000)
-    speaker: str | None = Field(default=None, max_length=100)
+    text: str = Field(default="", max_length=10_000, pattern=STORABLE_TEXT_PATTERN)
+    speaker: str | None = Field(default=None, max_length=100, pattern=STORABLE_TEXT_PATTERN)
 
 
 class AnalysisOptions(BaseModel):
@@ -56,16 +62,25 @@ class AnalysisCreate(BaseModel):
                     "callback_url": "https://hooks.example.com/moodreel",
                     "options": {"window_seconds": 4.0},
                 }
-            ]
+            ],
+            # The document states the rule exactly_one_source enforces.
+            "oneOf": [
+                {
+                    "required": ["video_url"],
+                    "properties": {"video_url": {"type": "string"}, "upload_id": {"type": "null"}},
+                },
+                {
+                    "required": ["upload_id"],
+                    "properties": {"upload_id": {"type": "string"}, "video_url": {"type": "null"}},
+                },
+            ],
         },
     )
 
     video_url: str | None = Field(default=None, max_length=2048)
     upload_id: uuid.UUID | None = Field(default=None, description="From `POST /v1/uploads`, once uploaded.")
     transcript: (
-        Annotated[str, Field(max_length=MAX_TRANSCRIPT_CHARS)]
-        | Annotated[list[TranscriptSegment], Field(max_length=MAX_TRANSCRIPT_SEGMENTS)]
-        | None
+        TranscriptText | Annotated[list[TranscriptSegment], Field(max_length=MAX_TRANSCRIPT_SEGMENTS)] | None
     ) = Field(
         default=None,
         description="SRT or WebVTT text, or JSON segments `[{start, end, text, speaker?}]`. Without "

@@ -6,11 +6,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.db.types import STORABLE_TEXT_PATTERN
+
 Scope = Literal["analyses:read", "analyses:write"]
 
 
 class ApiKeyCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=100, examples=["ci-pipeline"])
+    name: str = Field(min_length=1, max_length=100, pattern=STORABLE_TEXT_PATTERN, examples=["ci-pipeline"])
     scopes: list[Scope] = Field(default=["analyses:read", "analyses:write"], min_length=1)
     expires_in_days: int | None = Field(default=None, ge=1, le=3650, description="Omit for no expiry.")
 

@@ -2,8 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response, status
-from fastapi.security import OAuth2PasswordRequestForm
+from fastapi import APIRouter, Depends, Form, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from services.gateway import ratelimit
@@ -25,6 +24,25 @@ router = APIRouter(prefix="/v1/auth", tags=["auth"])
 SIGNUPS_PER_HOUR_PER_ADDRESS = 20
 # Token responses must not be cached (RFC 6749 §5.1).
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+class LoginForm:
+    """OAuth2's password grant form (RFC 6749 4.3.2), as `OAuth2PasswordRequestForm` reads it, with
+    the non-empty username and password that a login needs stated in the document (an empty form
+    field counts as missing)."""
+
+    def __init__(
+        self,
+        *,
+        grant_type: Annotated[str | None, Form(pattern="^password$")] = None,
+        username: Annotated[str, Form(min_length=1, max_length=320, description="The account's e-mail.")],
+        password: Annotated[
+            str, Form(min_length=1, max_length=1024, json_schema_extra={"format": "password"})
+        ],
+    ):
+        self.grant_type = grant_type
+        self.username = username
+        self.password = password
 
 
 @router.post(
@@ -55,7 +73,7 @@ async def signup(
 async def login(
     request: Request,
     response: Response,
-    form: Annotated[OAuth2PasswordRequestForm, Depends()],
+    form: Annotated[LoginForm, Depends()],
     session: SessionDep,
     settings: SettingsDep,
     redis_client: RedisDep,

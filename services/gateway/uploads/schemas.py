@@ -6,12 +6,35 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.gateway.uploads.media_types import (
+    GENERIC_TYPE_PATTERN,
+    MEDIA_FILENAME_PATTERN,
+    MEDIA_TYPE_PATTERN,
+)
+
+# What resolve_content_type accepts: a media type, or a generic one (or none) with a filename
+# whose extension tells the type (a name that is only an extension, `.mp4`, has none).
+UPLOAD_TYPE_RULE = {
+    "anyOf": [
+        {"required": ["content_type"], "properties": {"content_type": {"pattern": MEDIA_TYPE_PATTERN}}},
+        {
+            "properties": {
+                "content_type": {"pattern": GENERIC_TYPE_PATTERN},
+                "filename": {"pattern": MEDIA_FILENAME_PATTERN},
+            }
+        },
+    ]
+}
+
 
 class UploadCreate(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "examples": [{"filename": "interview.mp4", "content_type": "video/mp4", "size_bytes": 48_213_004}]
+            "examples": [
+                {"filename": "interview.mp4", "content_type": "video/mp4", "size_bytes": 48_213_004}
+            ],
+            **UPLOAD_TYPE_RULE,
         },
     )
 

@@ -12,6 +12,13 @@ from pathlib import PurePath
 from sqlalchemy.orm import Session
 
 from services.gateway.security import sign_upload
+from services.gateway.uploads.media_types import (
+    ALLOWED_CONTENT_TYPES,
+    EXTENSION_TYPES,
+    GENERIC_TYPES,
+    declared_type,
+    extension_type,
+)
 from services.gateway.uploads.schemas import UploadCreate, UploadTarget
 from shared.db.models import Upload
 from shared.db.types import utcnow
@@ -19,53 +26,6 @@ from shared.problems import Conflict, NotFound, PayloadTooLarge, UnsupportedMedi
 from shared.settings import Settings
 from shared.storage import LocalStorage, S3Storage, get_storage
 
-# What browsers put in File.type for these containers (Chrome, Firefox, Safari, on each OS).
-EXTENSION_TYPES: dict[str, str] = {
-    ".mp4": "video/mp4",
-    ".m4v": "video/x-m4v",
-    ".mov": "video/quicktime",
-    ".qt": "video/quicktime",
-    ".webm": "video/webm",
-    ".mkv": "video/x-matroska",
-    ".avi": "video/x-msvideo",
-    ".mp3": "audio/mpeg",
-    ".m4a": "audio/mp4",
-    ".aac": "audio/aac",
-    ".wav": "audio/wav",
-    ".ogg": "audio/ogg",
-    ".oga": "audio/ogg",
-    ".opus": "audio/ogg",
-    ".flac": "audio/flac",
-}
-ALLOWED_CONTENT_TYPES = frozenset(
-    {
-        "video/mp4",
-        "video/x-m4v",
-        "video/quicktime",
-        "video/webm",
-        "video/x-matroska",
-        "video/matroska",
-        "video/x-msvideo",
-        "video/avi",
-        "video/msvideo",
-        "audio/mpeg",
-        "audio/mp3",
-        "audio/mp4",
-        "audio/x-m4a",
-        "audio/m4a",
-        "audio/aac",
-        "audio/wav",
-        "audio/x-wav",
-        "audio/wave",
-        "audio/vnd.wave",
-        "audio/webm",
-        "audio/ogg",
-        "audio/opus",
-        "audio/flac",
-        "audio/x-flac",
-    }
-)
-GENERIC_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
 _UNSAFE_FILENAME = re.compile(r"[\x00-\x1f\x7f/\\]")
 
 
@@ -86,15 +46,15 @@ class UploadAlreadyCompleted(Conflict):
 
 
 def resolve_content_type(filename: str, content_type: str) -> str:
-    declared = content_type.split(";", 1)[0].strip().lower()
+    declared = declared_type(content_type)
     if declared in GENERIC_TYPES:
-        resolved = EXTENSION_TYPES.get(PurePath(filename).suffix.lower())
+        resolved = extension_type(filename)
         if resolved is None:
             raise UnsupportedUploadType(f"Cannot tell the media type of {filename!r}; send content_type.")
         return resolved
     if declared not in ALLOWED_CONTENT_TYPES:
         raise UnsupportedUploadType(
-            f"{declared!r} is not accepted; upload MP4, QuickTime, WebM, Matroska or common audio files.",
+            f"{content_type!r} is not accepted; upload MP4, QuickTime, WebM, Matroska or common audio files.",
             accepted=sorted(ALLOWED_CONTENT_TYPES),
         )
     return declared

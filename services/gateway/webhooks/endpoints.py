@@ -8,6 +8,7 @@ from starlette.concurrency import run_in_threadpool
 
 from services.gateway.deps import ReadPrincipal, SessionDep, SettingsDep, WritePrincipal, after_commit
 from services.gateway.openapi import problem_responses
+from services.gateway.pagination import CursorQuery
 from services.gateway.webhooks import repository, service
 from services.gateway.webhooks.schemas import (
     CallbackSecret,
@@ -113,7 +114,7 @@ def list_deliveries(
     analysis_id: uuid.UUID | None = None,
     status: DeliveryStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: CursorQuery = None,
 ) -> WebhookDeliveryPage:
     return service.page_deliveries(
         session,

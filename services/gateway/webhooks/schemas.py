@@ -6,13 +6,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.db.types import STORABLE_TEXT_PATTERN
+
 EventType = Literal["analysis.succeeded", "analysis.failed"]
 DeliveryStatus = Literal["pending", "succeeded", "failed"]
 
 
 class WebhookEndpointCreate(BaseModel):
     url: str = Field(max_length=2048, examples=["https://example.com/hooks/moodreel"])
-    description: str = Field(default="", max_length=200)
+    description: str = Field(default="", max_length=200, pattern=STORABLE_TEXT_PATTERN)
     event_types: list[EventType] = Field(
         default_factory=list, description="Events to receive; empty means every event."
     )
@@ -20,7 +22,7 @@ class WebhookEndpointCreate(BaseModel):
 
 class WebhookEndpointUpdate(BaseModel):
     url: str | None = Field(default=None, max_length=2048)
-    description: str | None = Field(default=None, max_length=200)
+    description: str | None = Field(default=None, max_length=200, pattern=STORABLE_TEXT_PATTERN)
     event_types: list[EventType] | None = None
     is_active: bool | None = None
 

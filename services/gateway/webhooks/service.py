@@ -151,7 +151,7 @@ def page_deliveries(
     limit: int,
     cursor: str | None,
 ) -> WebhookDeliveryPage:
-    position = decode_cursor(cursor) if cursor else None
+    position = decode_cursor(cursor) if cursor is not None else None
     rows: Sequence[WebhookDelivery] = repository.page_deliveries(
         session,
         user_id,
