@@ -12,6 +12,7 @@ as the API returns it), ``summary``. A ``status`` event with a terminal status e
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -93,9 +94,14 @@ def decode_entries(entries) -> list[AnalysisEvent]:
     return events
 
 
+# A Redis stream id (`<milliseconds>-<sequence>`, or the milliseconds alone), each part short
+# enough to fit Redis' 64-bit integers; the API documents the same pattern for Last-Event-ID.
+EVENT_ID_PATTERN = r"^[0-9]{1,19}(-[0-9]{1,19})?$"
+_EVENT_ID = re.compile(EVENT_ID_PATTERN)
+
+
 def is_valid_event_id(value: str) -> bool:
-    milliseconds, _, sequence = value.partition("-")
-    return milliseconds.isdigit() and (sequence == "" or sequence.isdigit()) and len(value) <= 41
+    return _EVENT_ID.fullmatch(value) is not None
 
 
 async def read_events(

@@ -305,3 +305,13 @@ def test_human_size():
         "1 MB",
         "999 bytes",
     ]
+
+
+def test_the_last_extension_of_a_filename_tells_its_type():
+    from services.gateway.uploads.media_types import MEDIA_FILENAME_PATTERN, extension_type
+
+    for name in ("talk.v2.webm", "T\n\u00b3\u00d2.q\u0096.webm", "a.b.c.MP4"):
+        assert re.search(MEDIA_FILENAME_PATTERN, name), name
+        assert extension_type(name) in {"video/webm", "video/mp4"}, name
+    for name in ("clip.webm.txt", "clip.webm\n", ".webm"):
+        assert extension_type(name) is None, name

@@ -31,7 +31,7 @@ from services.gateway.openapi import problem_responses
 from services.gateway.pagination import CursorQuery, decode_cursor, encode_cursor
 from shared.db.models import Analysis
 from shared.db.session import session_scope
-from shared.events import apublish_event, is_valid_event_id, stream_key
+from shared.events import EVENT_ID_PATTERN, apublish_event, is_valid_event_id, stream_key
 from shared.logging import get_logger
 from shared.problems import BadRequest, ServiceUnavailable
 
@@ -201,7 +201,10 @@ async def analysis_events(
     session: SessionDep,
     settings: SettingsDep,
     redis_client: RedisDep,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=64)] = None,
+    # The pattern is documented, and checked below so that a bad id is the stream's own 400 problem.
+    last_event_id: Annotated[
+        str | None, Header(alias="Last-Event-ID", json_schema_extra={"pattern": EVENT_ID_PATTERN})
+    ] = None,
 ) -> StreamingResponse:
     after = last_event_id or "0"
     if not is_valid_event_id(after):

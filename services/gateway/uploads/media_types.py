@@ -76,7 +76,7 @@ GENERIC_TYPE_PATTERN = r"^[ \t]*" + _alternatives(sorted(GENERIC_TYPES - {""})) 
 MEDIA_FILENAME_PATTERN = r"[^/]\." + _alternatives([ext.lstrip(".") for ext in EXTENSION_TYPES]) + "$"
 
 _DECLARED_TYPE = re.compile(r"[ \t]*(?P<type>[A-Za-z0-9.+/-]*)" + _PARAMETERS)
-_EXTENSION = re.compile(r"[^/]\.(?P<extension>[A-Za-z0-9]+)")
+_EXTENSION = re.compile(r"[^/]\.(?P<extension>[A-Za-z0-9]+)\Z")
 
 
 def declared_type(content_type: str) -> str | None:
