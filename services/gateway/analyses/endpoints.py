@@ -202,11 +202,10 @@ async def analysis_events(
     settings: SettingsDep,
     redis_client: RedisDep,
     # The pattern is documented, and checked below so that a bad id is the stream's own 400 problem.
-    last_event_id: Annotated[
-        str | None, Header(alias="Last-Event-ID", json_schema_extra={"pattern": EVENT_ID_PATTERN})
-    ] = None,
+    after: Annotated[
+        str, Header(alias="Last-Event-ID", json_schema_extra={"pattern": EVENT_ID_PATTERN})
+    ] = "0",
 ) -> StreamingResponse:
-    after = last_event_id or "0"
     if not is_valid_event_id(after):
         raise BadRequest("Last-Event-ID is not an event id of this stream.", code="invalid_event_id")
 

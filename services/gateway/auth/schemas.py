@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StringConstraints
 
 # Deliverability is checked by the sign-up mail a real deployment adds; the API only rejects
 # strings that cannot be an address.
@@ -37,7 +37,7 @@ class UserPublic(BaseModel):
 class AccountUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"training_consent": True}]})
 
-    training_consent: bool | None = Field(
+    training_consent: StrictBool | None = Field(
         default=None,
         description="Allow (true) or stop (false) using this account's corrected utterances as "
         "training data; only consented corrections are exported.",
