@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from shared.errors import CodedError
 from shared.logging import get_logger
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -30,7 +31,7 @@ def problem_type(code: str) -> str:
     return f"/problems/{code}"
 
 
-class Problem(Exception):
+class Problem(CodedError):
     """Base class: subclasses set ``status``, ``code`` and ``title``; instances add ``detail``,
     extension members and response headers."""
 
@@ -47,9 +48,7 @@ class Problem(Exception):
         **extensions: Any,
     ):
         """``code`` narrows the class's code for one use (e.g. ``BadRequest(code="invalid_cursor")``)."""
-        super().__init__(detail or self.title)
-        if code is not None:
-            self.code = code
+        super().__init__(code, detail or self.title)
         self.detail = detail
         self.headers = dict(headers or {})
         self.extensions = extensions

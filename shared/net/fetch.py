@@ -24,6 +24,7 @@ from pathlib import Path
 
 import httpx
 
+from shared.errors import CodedError
 from shared.logging import get_logger
 from shared.net.urls import UrlNotAllowed, UrlPolicy, system_resolver
 from shared.settings import Settings, get_settings
@@ -34,14 +35,8 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 CHUNK_BYTES = 1 << 16
 
 
-class FetchError(Exception):
+class FetchError(CodedError):
     """A fetch that failed; ``code`` is the analysis error code, ``transient`` says retry may help."""
-
-    def __init__(self, code: str, message: str, *, transient: bool = False):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.transient = transient
 
 
 @dataclass(frozen=True)
@@ -64,9 +59,7 @@ async def resolve_checked(url: httpx.URL, settings: Settings) -> str:
     answers that were checked, from the same single lookup."""
     policy = UrlPolicy.from_settings(settings)
     try:
-        checked = await asyncio.to_thread(
-            policy.check, str(url), resolver=system_resolver
-        )
+        checked = await asyncio.to_thread(policy.check, str(url), resolver=system_resolver)
     except UrlNotAllowed as exc:
         raise FetchError("url_not_allowed", exc.reason) from exc
     return checked.connect_address

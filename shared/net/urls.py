@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 import idna
 
+from shared.errors import CodedError
 from shared.settings import Settings
 
 MAX_URL_LENGTH = 2048
@@ -45,13 +46,13 @@ _NUMERIC_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$")
 _HOSTNAME_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
 
-class UrlNotAllowed(ValueError):
+class UrlNotAllowed(CodedError, ValueError):
     """The URL breaks a safety rule; ``reason`` says which, in words safe to show the client."""
 
     code = "url_not_allowed"
 
     def __init__(self, reason: str):
-        super().__init__(reason)
+        super().__init__(None, reason)
         self.reason = reason
 
 
