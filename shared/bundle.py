@@ -34,6 +34,8 @@ import numpy as np
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
+from shared.errors import CodedError
+
 BUNDLE_SCHEMA_VERSION = 1
 CONTENT_TYPE = "application/x-safetensors"
 
@@ -49,12 +51,8 @@ _TENSORS: dict[str, np.dtype] = {
 }
 
 
-class BundleError(ValueError):
+class BundleError(CodedError, ValueError):
     """A bundle that cannot be used: wrong schema, wrong spec, or malformed content."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True)

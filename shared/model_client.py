@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from shared.bundle import CONTENT_TYPE as BUNDLE_CONTENT_TYPE
 from shared.bundle import FeatureBundle
+from shared.errors import CodedError
 from shared.features.spec import FeatureSpec
 from shared.logging import get_logger
 from shared.predictions import InvocationResponse, UtterancePrediction
@@ -50,13 +51,11 @@ _RETRYABLE_AWS_CODES = frozenset(
 log = get_logger(__name__)
 
 
-class ModelServiceError(Exception):
+class ModelServiceError(CodedError):
     """The model service could not produce predictions; ``code`` is stable for job error codes."""
 
     def __init__(self, code: str, message: str, status: int | None = None):
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(code, message)
         self.status = status
 
 
@@ -66,6 +65,8 @@ class ModelRequestRejected(ModelServiceError):
 
 class ModelUnavailable(ModelServiceError):
     """Every attempt failed with a transient error (5xx, throttling, connection, timeout)."""
+
+    transient = True
 
 
 def _aws_configuration_errors() -> tuple[type[Exception], ...]:

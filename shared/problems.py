@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from shared.errors import CodedError
 from shared.logging import get_logger
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -31,7 +32,7 @@ def problem_type(code: str) -> str:
     return f"/problems/{code}"
 
 
-class Problem(Exception):
+class Problem(CodedError):
     """Base class: subclasses set ``status``, ``code`` and ``title``; instances add ``detail``,
     extension members and response headers."""
 
@@ -48,9 +49,7 @@ class Problem(Exception):
         **extensions: Any,
     ):
         """``code`` narrows the class's code for one use (e.g. ``BadRequest(code="invalid_cursor")``)."""
-        super().__init__(detail or self.title)
-        if code is not None:
-            self.code = code
+        super().__init__(code, detail or self.title)
         self.detail = detail
         self.headers = dict(headers or {})
         self.extensions = extensions

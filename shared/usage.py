@@ -22,17 +22,18 @@ from sqlalchemy.orm import Session
 
 from shared.db.models import UsageEntry, UsagePeriod, User
 from shared.db.types import utcnow
+from shared.errors import CodedError
 from shared.settings import PlanLimits, Settings, get_settings
 
 ANALYSIS = "analysis"
 SECONDS = "seconds"
 
 
-class QuotaExceeded(Exception):
+class QuotaExceeded(CodedError):
     code = "quota_exceeded"
 
     def __init__(self, kind: str, limit: float, used: float, resets_at: datetime):
-        super().__init__(f"monthly {kind} quota of {limit:g} is used up ({used:g} used)")
+        super().__init__(None, f"monthly {kind} quota of {limit:g} is used up ({used:g} used)")
         self.kind = kind
         self.limit = limit
         self.used = used

@@ -31,6 +31,7 @@ from shared import usage
 from shared.bundle import FeatureBundle
 from shared.db.models import Analysis, AnalysisStatus
 from shared.db.session import session_scope
+from shared.errors import CodedError
 from shared.events import apublish_event
 from shared.features.media import MediaError, probe
 from shared.features.pipeline import extract_features
@@ -55,22 +56,14 @@ EVENT_FAILED = "analysis.failed"
 _TRANSIENT_MODEL_CODES = frozenset({"model_changed", "spec_mismatch"})
 
 
-class JobFailed(Exception):
+class JobFailed(CodedError):
     """A permanent failure: the analysis ends ``failed`` with this code and message."""
 
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
-
-class TransientJobError(Exception):
+class TransientJobError(CodedError):
     """Worth another try later; ``code``/``message`` are what the analysis shows if none is left."""
 
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
+    transient = True
 
 
 class AnalysisCanceled(Exception):
@@ -104,12 +97,8 @@ def classify(exc: BaseException) -> JobFailed | TransientJobError | None:
     """Map the typed errors of every stage to permanent/transient job errors (None: a bug)."""
     if isinstance(exc, JobFailed | TransientJobError):
         return exc
-    if isinstance(exc, FetchError):
+    if isinstance(exc, FetchError | MediaError | TranscriptError | usage.QuotaExceeded):
         return (TransientJobError if exc.transient else JobFailed)(exc.code, exc.message)
-    if isinstance(exc, MediaError | TranscriptError):
-        return JobFailed(exc.code, str(exc))
-    if isinstance(exc, usage.QuotaExceeded):
-        return JobFailed("quota_exceeded", str(exc))
     if isinstance(exc, ModelUnavailable):
         return TransientJobError("model_unavailable", exc.message)
     if isinstance(exc, ModelServiceError):

@@ -14,6 +14,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from shared.errors import CodedError
 from shared.settings import Settings, get_settings
 
 MEDIA_ERROR_CODES = frozenset(
@@ -26,15 +27,13 @@ _NOT_MEDIA_FORMATS = {"tty", "lrc", "srt", "webvtt", "ass", "subviewer", "microd
 _STILL_IMAGE_FORMATS = {"image2"}
 
 
-class MediaError(Exception):
+class MediaError(CodedError):
     """A file Moodreel will not process; ``code`` is one of ``MEDIA_ERROR_CODES``."""
 
     def __init__(self, code: str, message: str):
         if code not in MEDIA_ERROR_CODES:
             raise ValueError(f"unknown media error code {code!r}")
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(code, message)
 
 
 @dataclass(frozen=True)

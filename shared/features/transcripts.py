@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.bundle import UtteranceMeta
+from shared.errors import CodedError
 from shared.settings import Settings, get_settings
 
 _TIME = re.compile(r"^\s*(?:(\d{1,3}):)?(\d{1,2}):(\d{1,2})(?:[,.](\d{1,9}))?\s*$")
@@ -28,13 +29,13 @@ _VOICE = re.compile(r"<v(?:\.[^\s>]*)?\s+([^>]+)>")
 _TAG = re.compile(r"</?[a-zA-Z][^>]*>|<\d[\d:.]*>")
 
 
-class TranscriptError(ValueError):
+class TranscriptError(CodedError, ValueError):
     """A transcript that cannot be used; the message says where and why."""
 
     code = "transcript_invalid"
 
     def __init__(self, message: str, line: int | None = None):
-        super().__init__(f"line {line}: {message}" if line is not None else message)
+        super().__init__(None, f"line {line}: {message}" if line is not None else message)
         self.line = line
 
 

@@ -1,7 +1,7 @@
 """SSRF-safe HTTP for user-supplied URLs: media downloads and webhook deliveries.
 
-Every hop (the first request and each redirect) is checked with ``shared.net.urls.check_url``
-through a resolver that records its answer; the request then goes to that checked address, with
+Every hop (the first request and each redirect) is checked with the one URL policy
+(``shared.net.urls.UrlPolicy``); the request then goes to an address that policy checked, with
 the original ``Host`` header and TLS server name (certificates are still verified for the host
 name), so a DNS answer that changes between check and connect (rebinding) cannot steer the
 connection elsewhere. Proxies from the environment are ignored for the same reason.
@@ -13,7 +13,6 @@ refused up front), connect/read timeouts per operation and one total deadline.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 import re
 import shutil
@@ -25,8 +24,9 @@ from pathlib import Path
 
 import httpx
 
+from shared.errors import CodedError
 from shared.logging import get_logger
-from shared.net.urls import UrlNotAllowed, check_url, system_resolver
+from shared.net.urls import UrlNotAllowed, UrlPolicy, system_resolver
 from shared.settings import Settings, get_settings
 
 log = get_logger(__name__)
@@ -35,14 +35,8 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 CHUNK_BYTES = 1 << 16
 
 
-class FetchError(Exception):
+class FetchError(CodedError):
     """A fetch that failed; ``code`` is the analysis error code, ``transient`` says retry may help."""
-
-    def __init__(self, code: str, message: str, *, transient: bool = False):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.transient = transient
 
 
 @dataclass(frozen=True)
@@ -60,36 +54,15 @@ class PinnedResponse:
     body: bytes = field(repr=False)
 
 
-def _allow_private(url: httpx.URL, settings: Settings) -> bool:
-    if settings.allow_private_urls:
-        return True
-    origin = f"{url.host}:{url.port or (443 if url.scheme == 'https' else 80)}"
-    return origin in settings.private_url_origins
-
-
 async def resolve_checked(url: httpx.URL, settings: Settings) -> str:
-    """Check ``url`` with the SSRF rules and return the one address to connect to.
-
-    The resolver handed to ``check_url`` records its answer, so the address connected to is one
-    that was checked, from the same single lookup.
-    """
-    answers: list[str] = []
-
-    def recording_resolver(host: str, port: int) -> list[str]:
-        answers.extend(system_resolver(host, port))
-        return answers
-
+    """Check ``url`` with the URL policy and return the one address to connect to: one of the
+    answers that were checked, from the same single lookup."""
+    policy = UrlPolicy.from_settings(settings)
     try:
-        await asyncio.to_thread(
-            check_url, str(url), allow_private=_allow_private(url, settings), resolver=recording_resolver
-        )
+        checked = await asyncio.to_thread(policy.check, str(url), resolver=system_resolver)
     except UrlNotAllowed as exc:
         raise FetchError("url_not_allowed", exc.reason) from exc
-    if not answers:  # an IP literal: check_url judged the literal itself
-        return url.host
-    # Prefer IPv4: many hosts publish AAAA records without a working IPv6 route.
-    ipv4 = [a for a in answers if isinstance(ipaddress.ip_address(a), ipaddress.IPv4Address)]
-    return (ipv4 or answers)[0]
+    return checked.connect_address
 
 
 def _pinned(client: httpx.AsyncClient, method: str, url: httpx.URL, address: str, **kwargs) -> httpx.Request:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.net.urls import MAX_URL_LENGTH, UrlNotAllowed, check_url, is_address_allowed
+from shared.net.urls import MAX_URL_LENGTH, UrlNotAllowed, UrlPolicy, is_address_allowed
 
 PUBLIC_V4 = "93.184.215.14"
 PUBLIC_V6 = "2606:2800:21f:cb07:6820:80da:af6b:8b2c"
@@ -35,7 +35,7 @@ def test_public_urls_pass(url):
     resolver = fixed_resolver(
         {"videos.example.com": [PUBLIC_V4, PUBLIC_V6], "xn--bcher-kva.example.com": [PUBLIC_V4]}
     )
-    check_url(url, resolver=resolver)
+    UrlPolicy().check(url, resolver=resolver)
 
 
 @pytest.mark.parametrize(
@@ -60,7 +60,7 @@ def test_public_urls_pass(url):
 )
 def test_static_rejections(url, reason):
     with pytest.raises(UrlNotAllowed, match=reason):
-        check_url(url, resolver=fixed_resolver({}))
+        UrlPolicy().check(url, resolver=fixed_resolver({}))
 
 
 @pytest.mark.parametrize(
@@ -69,7 +69,7 @@ def test_static_rejections(url, reason):
 )
 def test_odd_numeric_forms_rejected(host):
     with pytest.raises(UrlNotAllowed, match="non-canonical numeric"):
-        check_url(f"http://{host}/video.mp4")
+        UrlPolicy().check(f"http://{host}/video.mp4")
 
 
 @pytest.mark.parametrize(
@@ -100,37 +100,38 @@ def test_odd_numeric_forms_rejected(host):
 )
 def test_disallowed_literals_rejected(host):
     with pytest.raises(UrlNotAllowed, match="private or reserved"):
-        check_url(f"http://{host}:8080/video.mp4")
+        UrlPolicy().check(f"http://{host}:8080/video.mp4")
 
 
 def test_hostname_with_any_private_answer_rejected():
     resolver = fixed_resolver({"rebind.example.com": [PUBLIC_V4, "127.0.0.1"]})
     with pytest.raises(UrlNotAllowed, match="resolves to a private"):
-        check_url("http://rebind.example.com/v.mp4", resolver=resolver)
+        UrlPolicy().check("http://rebind.example.com/v.mp4", resolver=resolver)
 
 
 def test_unresolvable_host_rejected():
     with pytest.raises(UrlNotAllowed, match="does not resolve"):
-        check_url("http://nowhere.example.com/v.mp4", resolver=fixed_resolver({}))
+        UrlPolicy().check("http://nowhere.example.com/v.mp4", resolver=fixed_resolver({}))
     with pytest.raises(UrlNotAllowed, match="does not resolve"):
-        check_url("http://empty.example.com/v.mp4", resolver=fixed_resolver({"empty.example.com": []}))
+        empty = fixed_resolver({"empty.example.com": []})
+        UrlPolicy().check("http://empty.example.com/v.mp4", resolver=empty)
 
 
 def test_localhost_rejected_with_the_system_resolver():
     with pytest.raises(UrlNotAllowed, match="private or reserved"):
-        check_url("http://localhost:8000/v.mp4")
+        UrlPolicy().check("http://localhost:8000/v.mp4")
 
 
 def test_allow_private_lets_loopback_and_private_through_but_not_metadata():
-    check_url("http://127.0.0.1:8000/v.mp4", allow_private=True)
-    check_url("http://localhost:8000/v.mp4", allow_private=True)
-    check_url("http://10.1.2.3/v.mp4", allow_private=True)
-    check_url("http://[::ffff:192.168.0.10]/v.mp4", allow_private=True)
+    UrlPolicy(allow_private=True).check("http://127.0.0.1:8000/v.mp4")
+    UrlPolicy(allow_private=True).check("http://localhost:8000/v.mp4")
+    UrlPolicy(allow_private=True).check("http://10.1.2.3/v.mp4")
+    UrlPolicy(allow_private=True).check("http://[::ffff:192.168.0.10]/v.mp4")
     for url in ("http://169.254.169.254/latest/meta-data/", "http://[fe80::1]/", "http://224.0.0.1/"):
         with pytest.raises(UrlNotAllowed):
-            check_url(url, allow_private=True)
+            UrlPolicy(allow_private=True).check(url)
     with pytest.raises(UrlNotAllowed, match="non-canonical"):
-        check_url("http://2130706433/", allow_private=True)
+        UrlPolicy(allow_private=True).check("http://2130706433/")
 
 
 @pytest.mark.parametrize(

@@ -34,7 +34,7 @@ from services.gateway.deps import Principal
 from shared import usage
 from shared.db.models import Analysis, AnalysisStatus, IdempotencyRecord, Upload, UtteranceResult
 from shared.db.types import utcnow
-from shared.net.urls import UrlNotAllowed, check_url
+from shared.net.urls import UrlNotAllowed, UrlPolicy
 from shared.problems import (
     BadRequest,
     Conflict,
@@ -97,22 +97,9 @@ class Submission:
     analysis_id: uuid.UUID | None  # set when a new analysis must be queued
 
 
-def private_urls_allowed(url: str, settings: Settings) -> bool:
-    """The development switch, or one origin listed in ``private_url_origins`` (the worker uses
-    the same rule when it fetches)."""
-    if settings.allow_private_urls:
-        return True
-    parts = urlsplit(url)
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        return False
-    return f"{parts.hostname}:{port}" in settings.private_url_origins
-
-
 def check_submitted_url(url: str, settings: Settings, field: str) -> None:
     try:
-        check_url(url, allow_private=private_urls_allowed(url, settings))
+        UrlPolicy.from_settings(settings).check(url)
     except UrlNotAllowed as exc:
         raise UrlRejected(f"{field}: {exc.reason}", field=field) from exc
 

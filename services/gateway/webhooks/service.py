@@ -1,6 +1,6 @@
 """Webhook endpoints (per user, Standard Webhooks secret shown once) and the delivery log.
 
-Endpoint URLs pass the same SSRF rules as video URLs when registered; the worker checks them
+Endpoint URLs pass the same URL policy as video and callback URLs when registered; the worker checks them
 again at every send (DNS may change in between).
 """
 
@@ -23,7 +23,7 @@ from services.gateway.webhooks.schemas import (
 )
 from shared.db.models import WebhookDelivery, WebhookEndpoint
 from shared.db.types import utcnow
-from shared.net.urls import UrlNotAllowed, check_url
+from shared.net.urls import UrlNotAllowed, UrlPolicy
 from shared.problems import BadRequest, Conflict, NotFound
 from shared.settings import Settings
 from shared.webhooks import generate_secret
@@ -53,7 +53,7 @@ class DeliveryPending(Conflict):
 
 def _checked_url(url: str, settings: Settings) -> str:
     try:
-        check_url(url, allow_private=settings.allow_private_urls)
+        UrlPolicy.from_settings(settings).check(url)
     except UrlNotAllowed as exc:
         raise WebhookUrlNotAllowed(exc.reason) from exc
     return url
