@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     log_json: bool = False
     # Where local state lives: the SQLite database, local uploads, caches, training runs.
     data_dir: Path = REPO_ROOT / "var"
+    # Pretrained encoders installed by `make models` (checkpoints name them "models:<name>");
+    # empty: <data_dir>/models.
+    models_dir: Path | None = None
 
     # --- media limits (checked before any heavy work) -----------------------------------------
     # Longest media accepted (seconds), checked by probing before any decoding.
@@ -198,6 +201,12 @@ class Settings(BaseSettings):
     webhook_retry_base_seconds: float = Field(30.0, ge=0)
     webhook_retry_max_seconds: float = Field(3600.0, ge=0)
     webhook_response_log_bytes: int = Field(2048, ge=0)
+
+
+def models_dir(settings: Settings | None = None) -> Path:
+    """Where `make models` installs pretrained encoders."""
+    settings = settings or get_settings()
+    return settings.models_dir or settings.data_dir / "models"
 
 
 @lru_cache

