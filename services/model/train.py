@@ -78,6 +78,11 @@ class TrainConfig:
     max_minutes: float = 0.0  # 0: no time budget
     threads: int = 0  # 0: torch's default
     cache_text_hidden: bool = True
+    # A frozen speech encoder pooled per layer (audio_pooling "layer_stats") is constant: its
+    # statistics are computed once per clip set and cached on disk (the log-mel augmentations then
+    # do not apply); rows per encoder batch while caching.
+    cache_audio_states: bool = True
+    audio_cache_batch_size: int = 16
     evaluate_test: bool = True  # report only; selection is on dev
     weights_dtype: str = "float32"
     cache_dir: Path | None = None
@@ -277,6 +282,72 @@ def cache_text_hidden(model: MoodreelModel, examples: ExampleSet, batch_size: in
         tensors[name] = tensors[name][:, :length]
 
 
+def _audio_cache_key(model: MoodreelModel, examples: ExampleSet) -> str:
+    """Identifies a speech encoder's statistics of these log-mels: the encoder (name or inline
+    config, window, and a fingerprint of its weights) and the log-mel bytes."""
+    config = model.config
+    digest = hashlib.sha256(
+        json.dumps(
+            [config.audio_encoder, config.audio_encoder_config, config.audio_input_frames], sort_keys=True
+        ).encode()
+    )
+    encoder = model.audio.backbone.encoder
+    for tensor in (encoder.conv1.weight, encoder.embed_positions.weight, encoder.layer_norm.weight):
+        digest.update(tensor.detach().to("cpu", torch.float32).numpy().tobytes())
+    for name in ("log_mel", "audio_mask"):
+        digest.update(examples.tensors[name].numpy().tobytes())
+    digest.update(examples.modality_mask[:, MODALITIES.index("audio")].numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+@torch.no_grad()
+def cache_audio_states(
+    model: MoodreelModel, examples: ExampleSet, batch_size: int, device, progress: bool, cache_dir: Path
+) -> None:
+    """Replace the log-mels by ``audio_states``: a frozen speech encoder's per-layer statistics,
+    computed once per set of clips and kept on disk, so training runs only the heads and a second
+    run (or the final evaluation) reads them back."""
+    from safetensors.torch import load_file, save_file
+    from tqdm import tqdm
+
+    tensors = examples.tensors
+    if "log_mel" not in tensors:
+        return
+    path = Path(cache_dir) / f"{_audio_cache_key(model, examples)}.safetensors"
+    if path.is_file():
+        states = load_file(path)["audio_states"]
+    else:
+        backbone = model.audio.backbone
+        states = torch.zeros(len(examples), backbone.hidden_count, 2 * backbone.features, dtype=torch.float16)
+        rows_used = examples.modality_mask[:, MODALITIES.index("audio")].nonzero(as_tuple=True)[0]
+        model.audio.eval()
+        started = time.monotonic()
+        for start in tqdm(range(0, len(rows_used), batch_size), desc="cache audio", disable=not progress):
+            rows = rows_used[start : start + batch_size]
+            out = model.audio.layer_statistics(
+                tensors["log_mel"][rows].to(device), tensors["audio_mask"][rows].to(device)
+            )
+            states[rows] = out.to("cpu", torch.float16)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        save_file({"audio_states": states}, partial)
+        partial.replace(path)
+        log.info(
+            "audio_states_cached",
+            clips=len(rows_used),
+            seconds=round(time.monotonic() - started, 1),
+            path=str(path),
+        )
+    tensors["audio_states"] = states
+    del tensors["log_mel"], tensors["audio_mask"]
+
+
+def audio_cache_dir(config: TrainConfig) -> Path:
+    from shared.settings import get_settings
+
+    return Path(config.cache_dir or get_settings().data_dir / "cache" / "meld").parent / "audio-states"
+
+
 # --- loop ----------------------------------------------------------------------------------------
 
 
@@ -448,11 +519,27 @@ def _initial_checkpoints(config: TrainConfig) -> list[tuple[tuple[str, ...], obj
         if unknown:
             raise ValueError(f"init_from {entry!r}: unknown parts {sorted(unknown)}")
         loaded.append((parts, load_checkpoint(Path(directory))))
-    audio_fields = ("sample_rate", "n_fft", "hop_length", "n_mels", "max_audio_frames")
-    for _, other in loaded[1:]:
-        if any(getattr(other.spec, f) != getattr(loaded[0][1].spec, f) for f in audio_fields):
-            raise ValueError("init_from checkpoints were trained on different log-mel settings")
     return loaded
+
+
+AUDIO_SPEC_FIELDS = ("sample_rate", "n_fft", "hop_length", "n_mels", "max_audio_frames")
+
+
+def _initial_spec(initial_checkpoints) -> FeatureSpec:
+    """The first initial checkpoint's FeatureSpec, with the log-mel settings of the checkpoint
+    that supplies the audio branch (the features its weights were trained on)."""
+    spec = initial_checkpoints[0][1].spec
+    audio_specs = [
+        loaded.spec
+        for parts, loaded in initial_checkpoints
+        if not parts or "audio" in {part_modality(part) for part in parts}
+    ]
+    audio = {tuple(getattr(s, f) for f in AUDIO_SPEC_FIELDS) for s in audio_specs}
+    if len(audio) > 1:
+        raise ValueError("init_from checkpoints that supply the audio branch use different log-mel settings")
+    if audio_specs:
+        spec = spec.model_copy(update={f: getattr(audio_specs[-1], f) for f in AUDIO_SPEC_FIELDS})
+    return spec
 
 
 # ModelConfig fields that shape each modality's branch: they come from the checkpoint that
@@ -517,10 +604,9 @@ def train(config: TrainConfig) -> Path:
     output_dir = Path(config.output_dir)
     best_dir = output_dir / "checkpoint"
     initial_checkpoints = _initial_checkpoints(config)
-    initial = initial_checkpoints[0][1] if initial_checkpoints else None
-    if initial is not None:
+    if initial_checkpoints:
         # Features must be the ones the initial weights were trained on.
-        config.spec = initial.spec
+        config.spec = _initial_spec(initial_checkpoints)
 
     train_set, dev_set = load_split("train", config), load_split("dev", config)
     if train_set is None or dev_set is None:
@@ -569,12 +655,24 @@ def train(config: TrainConfig) -> Path:
             cache_text_hidden(
                 model, examples, config.eval_batch_size, device, config.progress and distributed.is_main
             )
+    use_audio_cache = config.cache_audio_states and "audio" in trained and model.audio.caches_states
+    if use_audio_cache:
+        for examples in (train_set, dev_set):
+            cache_audio_states(
+                model,
+                examples,
+                config.audio_cache_batch_size,
+                device,
+                config.progress and distributed.is_main,
+                audio_cache_dir(config),
+            )
     log.info(
         "training_data",
         train=len(train_set),
         dev=len(dev_set),
         trained_modalities=trained,
         cached_text_hidden=use_cache,
+        cached_audio_states=use_audio_cache,
         seconds=round(time.monotonic() - started, 1),
     )
 
@@ -703,6 +801,15 @@ def _finish(config: TrainConfig, best_dir: Path, best_epoch: int, history, start
             if examples is None:
                 continue
             key = split if source == config.sources[0] else f"{source}_{split}"
+            if config.cache_audio_states and loaded.model.audio.caches_states:
+                cache_audio_states(
+                    loaded.model,
+                    examples,
+                    config.audio_cache_batch_size,
+                    device,
+                    config.progress,
+                    audio_cache_dir(config),
+                )
             report = evaluate_examples(loaded.model, examples, config.eval_batch_size, device)
             if source in SPEECH_CORPORA:
                 from services.model.speech_eval import speech_scores
@@ -890,26 +997,30 @@ PRESETS: dict[str, dict[str, str]] = {
 # committed text branch and fusion, both frozen, and the audio branch learns to speak to that
 # fusion through its RAVDESS rows. A frozen fusion with a frozen "absent audio" embedding gives a
 # text-only input exactly the text checkpoint's output, so MELD's text numbers cannot drop.
-SPEECH_AUDIO_CHANNELS = "24,48,96"
-# Chosen on dev actors 17-20 (docs/audio.md): lr 3e-3 for 50 epochs (the cosine schedule's whole
-# length; selection keeps the best epoch), and vocal-tract + tempo stretches of up to 10 %, which
-# give sixteen training actors some of the variety of unseen ones.
+# The speech branch: Whisper base's encoder (`make models`), frozen, its input window cut to the
+# spec's 512 frames (5.12 s), each hidden state pooled to mean and deviation over the real frames
+# and the layers combined by a learned softmax weighting; the heads learn on the cached statistics.
+SPEECH_BRANCH = {
+    "model.audio_backbone": "transformers",
+    "model.audio_encoder": "models:whisper-base",
+    "model.audio_train_backbone": "false",
+    "model.audio_input_frames": "512",
+    "model.audio_pooling": "layer_stats",
+}
 PRESETS["audio-ravdess"] = {
     "checkpoint_name": "moodreel-audio-ravdess",
     "sources": "ravdess",
     "modalities": "audio",
-    "epochs": "50",
-    "patience": "50",
+    "epochs": "60",
+    "patience": "60",
     "max_minutes": "35",
     "threads": "2",
-    "batch_size": "16",
-    "lr_audio": "3e-3",
-    "speech_frequency_warp": "0.1",
-    "speech_tempo": "0.1",
+    "batch_size": "32",
+    "lr_audio": "1e-3",
     "weights_dtype": "float16",
     "spec.frames_per_utterance": "0",
-    "model.audio_channels": SPEECH_AUDIO_CHANNELS,
-    "model.audio_frequency_bands": "8",
+    "spec.n_mels": "80",
+    **SPEECH_BRANCH,
 }
 PRESETS["text-audio-default"] = {
     "checkpoint_name": "moodreel-text-audio",
@@ -919,13 +1030,10 @@ PRESETS["text-audio-default"] = {
     "model.fusion_adapters": "true",
     "epochs": "10",
     "patience": "4",
-    "speech_frequency_warp": "0.1",
-    "speech_tempo": "0.1",
     "max_minutes": "20",
     "threads": "2",
     "weights_dtype": "float16",
-    "model.audio_channels": SPEECH_AUDIO_CHANNELS,
-    "model.audio_frequency_bands": "8",
+    **SPEECH_BRANCH,
 }
 
 
