@@ -167,6 +167,8 @@ class UtteranceResult(Base):
     # Each used modality's own head ({"text": {"emotion": {...}, "sentiment": {...}}, ...}): what
     # drove the fused result (shared.predictions.ModalityScores).
     modality_scores: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
+    # Why a modality the media had was not used ({"audio": "no_speech"}: shared.features.speech).
+    modalities_masked: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -375,3 +375,21 @@ def test_model_torch_threads_applies_in_the_thread_that_serves(
 
     with ThreadPoolExecutor(1) as pool:
         assert pool.submit(serve_once).result() == 1
+
+
+def test_audio_without_speech_is_reported_masked_with_its_reason(server_url: str, tmp_path: Path):
+    import subprocess
+
+    from shared.features.pipeline import extract_features
+
+    media = tmp_path / "tone.m4a"
+    subprocess.run(
+        ["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "sine=frequency=440:duration=3", str(media)],
+        check=True,
+        timeout=60,
+    )
+    segments = [{"start": 0.2, "end": 2.8, "text": "That's great news!"}]
+    bundle = extract_features(media, TINY_SPEC, segments)
+    [utterance] = InvocationResponse.model_validate_json(invoke(server_url, bundle).content).utterances
+    assert utterance.modalities_used == ["text"]
+    assert utterance.modalities_masked == {"audio": "no_speech"}

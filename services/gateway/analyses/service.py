@@ -322,6 +322,7 @@ def utterance_public(row: UtteranceResult) -> UtteranceResultPublic:
         sentiment=_scores(row.sentiment, row.sentiment_scores),
         modalities_used=list(row.modalities or []),
         modality_scores=row.modality_scores or {},
+        modalities_masked=row.modalities_masked or {},
     )
 
 
