@@ -282,9 +282,10 @@ def cache_text_hidden(model: MoodreelModel, examples: ExampleSet, batch_size: in
         tensors[name] = tensors[name][:, :length]
 
 
-def _audio_cache_key(model: MoodreelModel, examples: ExampleSet) -> str:
+def _audio_cache_key(model: MoodreelModel, log_mel: torch.Tensor, audio_mask: torch.Tensor) -> str:
     """Identifies a speech encoder's statistics of these log-mels: the encoder (name or inline
-    config, window, and a fingerprint of its weights) and the log-mel bytes."""
+    config, window, and a fingerprint of its weights) and the log-mel bytes of the rows with audio,
+    so the same clips inside a larger mixed set (MELD text rows + RAVDESS) hit the same cache."""
     config = model.config
     digest = hashlib.sha256(
         json.dumps(
@@ -294,9 +295,9 @@ def _audio_cache_key(model: MoodreelModel, examples: ExampleSet) -> str:
     encoder = model.audio.backbone.encoder
     for tensor in (encoder.conv1.weight, encoder.embed_positions.weight, encoder.layer_norm.weight):
         digest.update(tensor.detach().to("cpu", torch.float32).numpy().tobytes())
-    for name in ("log_mel", "audio_mask"):
-        digest.update(examples.tensors[name].numpy().tobytes())
-    digest.update(examples.modality_mask[:, MODALITIES.index("audio")].numpy().tobytes())
+    digest.update(log_mel.numpy().tobytes())
+    digest.update(audio_mask.numpy().tobytes())
+    digest.update(torch.ones(len(log_mel), dtype=torch.bool).numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
@@ -313,24 +314,25 @@ def cache_audio_states(
     tensors = examples.tensors
     if "log_mel" not in tensors:
         return
-    path = Path(cache_dir) / f"{_audio_cache_key(model, examples)}.safetensors"
+    backbone = model.audio.backbone
+    rows_used = examples.modality_mask[:, MODALITIES.index("audio")].nonzero(as_tuple=True)[0]
+    log_mel, audio_mask = tensors["log_mel"][rows_used], tensors["audio_mask"][rows_used]
+    path = Path(cache_dir) / f"{_audio_cache_key(model, log_mel, audio_mask)}.safetensors"
     if path.is_file():
-        states = load_file(path)["audio_states"]
+        used_states = load_file(path)["audio_states"]
     else:
-        backbone = model.audio.backbone
-        states = torch.zeros(len(examples), backbone.hidden_count, 2 * backbone.features, dtype=torch.float16)
-        rows_used = examples.modality_mask[:, MODALITIES.index("audio")].nonzero(as_tuple=True)[0]
+        used_states = torch.zeros(
+            len(rows_used), backbone.hidden_count, 2 * backbone.features, dtype=torch.float16
+        )
         model.audio.eval()
         started = time.monotonic()
         for start in tqdm(range(0, len(rows_used), batch_size), desc="cache audio", disable=not progress):
-            rows = rows_used[start : start + batch_size]
-            out = model.audio.layer_statistics(
-                tensors["log_mel"][rows].to(device), tensors["audio_mask"][rows].to(device)
-            )
-            states[rows] = out.to("cpu", torch.float16)
+            part = slice(start, start + batch_size)
+            out = model.audio.layer_statistics(log_mel[part].to(device), audio_mask[part].to(device))
+            used_states[part] = out.to("cpu", torch.float16)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial")
-        save_file({"audio_states": states}, partial)
+        save_file({"audio_states": used_states}, partial)
         partial.replace(path)
         log.info(
             "audio_states_cached",
@@ -338,14 +340,17 @@ def cache_audio_states(
             seconds=round(time.monotonic() - started, 1),
             path=str(path),
         )
+    states = torch.zeros(len(examples), backbone.hidden_count, 2 * backbone.features, dtype=torch.float16)
+    states[rows_used] = used_states
     tensors["audio_states"] = states
     del tensors["log_mel"], tensors["audio_mask"]
 
 
-def audio_cache_dir(config: TrainConfig) -> Path:
+def audio_cache_dir() -> Path:
     from shared.settings import get_settings
 
-    return Path(config.cache_dir or get_settings().data_dir / "cache" / "meld").parent / "audio-states"
+    # Beside the speech corpora's log-mel cache (services/model/data/speech.py), whatever cache_dir says.
+    return get_settings().data_dir / "cache" / "audio-states"
 
 
 # --- loop ----------------------------------------------------------------------------------------
@@ -664,7 +669,7 @@ def train(config: TrainConfig) -> Path:
                 config.audio_cache_batch_size,
                 device,
                 config.progress and distributed.is_main,
-                audio_cache_dir(config),
+                audio_cache_dir(),
             )
     log.info(
         "training_data",
@@ -808,7 +813,7 @@ def _finish(config: TrainConfig, best_dir: Path, best_epoch: int, history, start
                     config.audio_cache_batch_size,
                     device,
                     config.progress,
-                    audio_cache_dir(config),
+                    audio_cache_dir(),
                 )
             report = evaluate_examples(loaded.model, examples, config.eval_batch_size, device)
             if source in SPEECH_CORPORA:

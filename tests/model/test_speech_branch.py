@@ -112,6 +112,37 @@ def test_cached_states_give_the_same_outputs_as_log_mels(model, tmp_path):
     assert cached.modalities_used[:, 1].tolist() == [True, True, False]
 
 
+def test_the_same_clips_inside_a_mixed_set_reuse_the_cache(model, tmp_path):
+    log_mel, mask = audio_batch()
+    audio_rows = torch.zeros(2, 3, dtype=torch.bool)
+    audio_rows[:, 1] = True
+    alone = ExampleSet(
+        tensors={"log_mel": log_mel[:2].half(), "audio_mask": mask[:2]},
+        modality_mask=audio_rows,
+        emotion=torch.tensor([0, 1]),
+        sentiment=torch.tensor([0, 1]),
+    )
+    text_rows = torch.zeros(3, 3, dtype=torch.bool)
+    text_rows[:, 0] = True
+    text_only = ExampleSet(
+        tensors={
+            "log_mel": torch.zeros(3, *log_mel.shape[1:], dtype=torch.float16),
+            "audio_mask": mask[:3] & False,
+        },
+        modality_mask=text_rows,
+        emotion=torch.tensor([2, 3, 4]),
+        sentiment=torch.tensor([0, 1, 2]),
+    )
+    mixed = ExampleSet.concat([text_only, alone])
+    cache_audio_states(model, alone, 2, "cpu", False, tmp_path)
+    [entry] = tmp_path.glob("*.safetensors")
+    stamp = entry.stat().st_mtime_ns
+    cache_audio_states(model, mixed, 2, "cpu", False, tmp_path)
+    assert list(tmp_path.glob("*.safetensors")) == [entry] and entry.stat().st_mtime_ns == stamp
+    assert torch.equal(mixed.tensors["audio_states"][3:], alone.tensors["audio_states"])
+    assert not mixed.tensors["audio_states"][:3].any()
+
+
 def test_a_trained_encoder_is_not_cached():
     torch.manual_seed(0)
     assert not MoodreelModel(speech_config(audio_train_backbone=True)).audio.caches_states
