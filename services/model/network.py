@@ -315,7 +315,11 @@ class AudioEncoder(nn.Module):
             if states is None:
                 states = self.layer_statistics(log_mel, audio_mask)
             weights = torch.softmax(self.layer_logits, dim=0).to(states.dtype)
-            return self.project((states * weights[None, :, None]).sum(1).to(self.project[1].weight.dtype))
+            pooled = (states * weights[None, :, None]).sum(1).to(self.project[1].weight.dtype)
+            # Whisper's hidden states have a few channels hundreds of times larger than the rest:
+            # asinh compresses them like a logarithm (and keeps small values as they are) without
+            # any statistics, per utterance or learned, so an utterance's level still shows.
+            return self.project(torch.asinh(pooled))
         x = log_mel.float()
         mask = audio_mask.bool()
         if self.backbone is not None:

@@ -75,7 +75,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     patience: int = 2
     seed: int = 0
-    max_minutes: float = 0.0  # 0: no time budget
+    max_minutes: float = 0.0  # the epochs' time budget (caches built before them excluded); 0: none
     threads: int = 0  # 0: torch's default
     cache_text_hidden: bool = True
     # A frozen speech encoder pooled per layer (audio_pooling "layer_stats") is constant: its
@@ -771,7 +771,8 @@ def train(config: TrainConfig) -> Path:
         stale = 0 if improved else stale + 1
         epoch_seconds.append(time.monotonic() - epoch_started)
         log.info("epoch_done", epoch=epoch, seconds=round(epoch_seconds[-1], 1), best_epoch=best_epoch)
-        planned = planned_epochs(config, epoch, time.monotonic() - started, max(epoch_seconds))
+        # The budget is the epochs': feature caches built once before them do not count.
+        planned = planned_epochs(config, epoch, sum(epoch_seconds), max(epoch_seconds))
         # Decay the learning rate to zero by the last epoch that fits (same on every rank: rank
         # 0's timing decides).
         planned = distributed.broadcast_int(planned)
