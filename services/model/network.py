@@ -272,6 +272,13 @@ class AudioEncoder(nn.Module):
             if self.layer_stats:
                 # Softmax over these: equal weights at the start, learned with the heads.
                 self.layer_logits = nn.Parameter(torch.zeros(self.backbone.hidden_count))
+                # Whisper's states sit on large per-channel offsets that bury what varies between
+                # utterances: each pooled statistic is standardised with the training set's mean and
+                # deviation (set once by training, stored in the checkpoint; never per utterance,
+                # so an utterance's level still shows).
+                shape = (self.backbone.hidden_count, 2 * self.backbone.features)
+                self.register_buffer("states_mean", torch.zeros(shape))
+                self.register_buffer("states_std", torch.ones(shape))
             self.project = nn.Sequential(
                 nn.Dropout(config.dropout), nn.Linear(2 * self.backbone.features, config.embed_dim), nn.GELU()
             )
@@ -300,6 +307,13 @@ class AudioEncoder(nn.Module):
         """True when the encoder's output is constant (frozen, pooled per layer): cacheable."""
         return self.layer_stats and not any(p.requires_grad for p in self.backbone.parameters())
 
+    @torch.no_grad()
+    def fit_standardisation(self, states: torch.Tensor) -> None:
+        """Set the per-layer standardisation from training rows' statistics ``[N, layers + 1, 2D]``."""
+        states = states.float()
+        self.states_mean.copy_(states.mean(0))
+        self.states_std.copy_(states.std(0).clamp(min=1e-4))
+
     def layer_statistics(self, log_mel: torch.Tensor, audio_mask: torch.Tensor) -> torch.Tensor:
         return self.backbone.layer_statistics(
             log_mel.float().to(self.project[1].weight.dtype), audio_mask.bool()
@@ -314,12 +328,10 @@ class AudioEncoder(nn.Module):
         if self.layer_stats:
             if states is None:
                 states = self.layer_statistics(log_mel, audio_mask)
-            weights = torch.softmax(self.layer_logits, dim=0).to(states.dtype)
-            pooled = (states * weights[None, :, None]).sum(1).to(self.project[1].weight.dtype)
-            # Whisper's hidden states have a few channels hundreds of times larger than the rest:
-            # asinh compresses them like a logarithm (and keeps small values as they are) without
-            # any statistics, per utterance or learned, so an utterance's level still shows.
-            return self.project(torch.asinh(pooled))
+            dtype = self.project[1].weight.dtype
+            standard = (states.to(dtype) - self.states_mean) / self.states_std
+            weights = torch.softmax(self.layer_logits, dim=0).to(dtype)
+            return self.project((standard * weights[None, :, None]).sum(1))
         x = log_mel.float()
         mask = audio_mask.bool()
         if self.backbone is not None:

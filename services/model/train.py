@@ -671,6 +671,23 @@ def train(config: TrainConfig) -> Path:
                 config.progress and distributed.is_main,
                 audio_cache_dir(),
             )
+    if "audio" in trained and model.audio.layer_stats and "audio.states_mean" not in loaded_names:
+        # A new speech branch: standardise its pooled statistics with the training rows' own.
+        audio_rows = train_set.modality_mask[:, MODALITIES.index("audio")]
+        if "audio_states" in train_set.tensors:
+            states = train_set.tensors["audio_states"][audio_rows]
+        else:
+            with torch.no_grad():
+                states = torch.cat(
+                    [
+                        model.audio.layer_statistics(
+                            train_set.tensors["log_mel"][rows].to(device),
+                            train_set.tensors["audio_mask"][rows].to(device),
+                        ).cpu()
+                        for rows in audio_rows.nonzero(as_tuple=True)[0].split(config.audio_cache_batch_size)
+                    ]
+                )
+        model.audio.fit_standardisation(states.to(device))
     log.info(
         "training_data",
         train=len(train_set),

@@ -544,6 +544,9 @@ def test_whisper_branch_recipe_caches_states_once_and_keeps_text_outputs(
     # run's stay as they were (reuse inside a mixed set: tests/model/test_speech_branch.py).
     assert set(states) <= set((speech_settings.data_dir / "cache" / "audio-states").glob("*.safetensors"))
     result = load_checkpoint(combined)
+    audio_state = load_checkpoint(audio_checkpoint).model.state_dict()
+    assert audio_state["audio.states_mean"].abs().sum() > 0  # fitted on the training rows
+    assert torch.equal(audio_state["audio.states_std"], result.model.state_dict()["audio.states_std"])
     assert result.spec.n_mels == 16 and result.spec.max_tokens == TINY_SPEC.max_tokens
     assert result.config.audio_encoder == "models:tiny-whisper"
     assert result.model.state_dict()["fusion_adapters.1.weight"].abs().sum() > 0
