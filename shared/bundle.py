@@ -61,6 +61,10 @@ class UtteranceMeta:
     end: float
     text: str = ""
     speaker: str | None = None
+    # The speech gate's verdict (shared.features.speech): fraction of the span that is speech, and
+    # why the audio is not used (None: it is, or the bundle predates the gate).
+    speech_fraction: float | None = None
+    audio_reason: str | None = None
 
 
 @dataclass

@@ -51,6 +51,10 @@ class UtterancePrediction(BaseModel):
     modalities: dict[str, ModalityScores] = Field(
         default_factory=dict, description="per-modality scores, keyed by the modalities used"
     )
+    modalities_masked: dict[str, str] = Field(
+        default_factory=dict,
+        description="why a modality was not used, e.g. {'audio': 'no_speech'} (the speech gate)",
+    )
 
 
 class ModelInfo(BaseModel):

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     log_rich_tracebacks: bool = False
     # Where local state lives: the SQLite database, local uploads, caches, training runs.
     data_dir: Path = REPO_ROOT / "var"
+    # Pretrained encoders installed by `make models` (checkpoints name them "models:<name>");
+    # empty: <data_dir>/models.
+    models_dir: Path | None = None
 
     # --- media limits (checked before any heavy work) -----------------------------------------
     # Longest media accepted (seconds), checked by probing before any decoding.
@@ -292,6 +295,12 @@ class Settings(BaseSettings):
                 if str(item).strip()
             ]
         return value
+
+
+def models_dir(settings: Settings | None = None) -> Path:
+    """Where `make models` installs pretrained encoders."""
+    settings = settings or get_settings()
+    return settings.models_dir or settings.data_dir / "models"
 
 
 @lru_cache

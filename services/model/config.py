@@ -42,6 +42,15 @@ class ModelConfig:
     audio_encoder: str | None = None
     audio_encoder_config: dict[str, Any] | None = None
     audio_train_backbone: bool = True
+    # The speech encoder's input window in log-mel frames (0: its own, 3000 for Whisper's 30 s).
+    # A shorter window keeps the first rows of its position table; set it to the spec's
+    # max_audio_frames, so an utterance is not padded to 30 s (Whisper base: 0.14 s instead of ~1 s).
+    audio_input_frames: int = 0
+    # How the speech encoder's states become one vector. "mean_max": mean and max of its last
+    # hidden state. "layer_stats": mean and standard deviation over the real (unpadded) frames of
+    # every hidden state (the input embedding and each layer), combined by a learned softmax
+    # weighting over the layers: emotion sits in the middle layers more than in the last one.
+    audio_pooling: Literal["mean_max", "layer_stats"] = "mean_max"
     audio_channels: tuple[int, ...] = (32, 64, 128)
     # Mel-frequency bands kept after the convolutions (1: averaged away). More bands keep where in
     # the spectrum energy sits (pitch, formants), which acted-emotion speech needs.
@@ -89,6 +98,8 @@ class ModelConfig:
             raise ValueError(f"unknown modalities: {sorted(unknown)}")
         if self.audio_backbone == "transformers" and not (self.audio_encoder or self.audio_encoder_config):
             raise ValueError("audio_backbone='transformers' needs audio_encoder or audio_encoder_config")
+        if self.audio_input_frames % 2 or self.audio_input_frames < 0:
+            raise ValueError("audio_input_frames must be even (the encoder halves it) and not negative")
         if self.visual_backbone == "transformers" and not (self.visual_encoder or self.visual_encoder_config):
             raise ValueError("visual_backbone='transformers' needs visual_encoder or visual_encoder_config")
 

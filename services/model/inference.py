@@ -307,6 +307,7 @@ def build_response(prediction: Prediction) -> InvocationResponse:
                     )
                     for name in used
                 },
+                modalities_masked={"audio": meta.audio_reason} if meta.audio_reason else {},
             )
         )
     return InvocationResponse(model=prediction.model, utterances=utterances)

@@ -39,6 +39,8 @@ class ModelInputs:
     frames: torch.Tensor | None = None  # [B, N, 3, S, S] uint8 RGB
     # Training cache: hidden states after the text encoder's frozen layers ([B, L, H]).
     text_hidden: torch.Tensor | None = None
+    # Training cache: a frozen speech encoder's per-layer statistics ([B, layers + 1, 2D]).
+    audio_states: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> ModelInputs:
         moved = {
@@ -200,13 +202,29 @@ class SpeechTransformerBackbone(nn.Module):
         self.encoder = model.get_encoder() if hasattr(model, "get_encoder") else model
         encoder_config = self.encoder.config
         self.mel_bins = encoder_config.num_mel_bins
+        if config.audio_input_frames:
+            self._shorten_window(config.audio_input_frames // 2)
         self.input_frames = 2 * encoder_config.max_source_positions
         self.features = encoder_config.d_model
+        self.hidden_count = encoder_config.encoder_layers + 1
         if not config.audio_train_backbone:
             self.encoder.requires_grad_(False)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[B, M, T]`` log-mel and ``[B, T]`` mask -> ``[B, D, T']`` states and ``[B, 1, T']`` mask."""
+    def _shorten_window(self, positions: int) -> None:
+        """Keep the first ``positions`` rows of the position table: the encoder then reads
+        ``2 * positions`` frames (its convolutions halve the time axis)."""
+        table = self.encoder.embed_positions
+        if positions > table.num_embeddings:
+            raise ValueError(
+                f"the speech encoder has {table.num_embeddings} positions, {positions} asked for"
+            )
+        shorter = nn.Embedding(positions, table.embedding_dim)
+        shorter.weight.data.copy_(table.weight.data[:positions])
+        shorter.requires_grad_(table.weight.requires_grad)
+        self.encoder.embed_positions = shorter
+        self.encoder.config.max_source_positions = positions
+
+    def _prepare(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if x.shape[1] != self.mel_bins:
             raise ValueError(
                 f"the speech encoder reads {self.mel_bins} mel bins, the features have {x.shape[1]}: "
@@ -219,7 +237,24 @@ class SpeechTransformerBackbone(nn.Module):
         # Whisper's floor: 8 decades (2.0 on this scale) below the peak, never below -1.5, its value
         # for digital silence (log10 of its 1e-10 clamp, then (x + 4) / 4).
         floor = torch.where(torch.isfinite(peak), peak - 2.0, torch.full_like(peak, -1.5)).clamp(min=-1.5)
-        x = torch.where(mask[:, None, :], x, floor)
+        return torch.where(mask[:, None, :], x, floor), mask
+
+    def layer_statistics(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``[B, M, T]`` log-mel and ``[B, T]`` mask -> ``[B, layers + 1, 2D]``: mean and standard
+        deviation of every hidden state over the utterance's real frames (zeros for none)."""
+        x, mask = self._prepare(x, mask)
+        hidden = self.encoder(input_features=x, output_hidden_states=True).hidden_states
+        states = torch.stack(hidden, dim=1)  # [B, H, L/2, D]
+        frames = F.max_pool1d(mask[:, None, :].float(), 2, 2)[:, 0, : states.shape[2]]  # [B, L/2]
+        weights = frames[:, None, :, None].to(states.dtype)
+        count = weights.sum(2).clamp(min=1.0)
+        mean = (states * weights).sum(2) / count
+        variance = (((states - mean[:, :, None]) ** 2) * weights).sum(2) / count
+        return torch.cat([mean, (variance + 1e-6).sqrt() * (frames.sum(1) > 0)[:, None, None]], dim=-1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B, M, T]`` log-mel and ``[B, T]`` mask -> ``[B, D, T']`` states and ``[B, 1, T']`` mask."""
+        x, mask = self._prepare(x, mask)
         states = self.encoder(input_features=x).last_hidden_state.transpose(1, 2)  # [B, D, L/2]
         pooled_mask = F.max_pool1d(mask[:, None, :].float(), 2, 2)[..., : states.shape[-1]]
         return states, pooled_mask.to(states.dtype)
@@ -232,7 +267,18 @@ class AudioEncoder(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.backbone = SpeechTransformerBackbone(config) if config.audio_backbone == "transformers" else None
+        self.layer_stats = self.backbone is not None and config.audio_pooling == "layer_stats"
         if self.backbone is not None:
+            if self.layer_stats:
+                # Softmax over these: equal weights at the start, learned with the heads.
+                self.layer_logits = nn.Parameter(torch.zeros(self.backbone.hidden_count))
+                # Whisper's states sit on large per-channel offsets that bury what varies between
+                # utterances: each pooled statistic is standardised with the training set's mean and
+                # deviation (set once by training, stored in the checkpoint; never per utterance,
+                # so an utterance's level still shows).
+                shape = (self.backbone.hidden_count, 2 * self.backbone.features)
+                self.register_buffer("states_mean", torch.zeros(shape))
+                self.register_buffer("states_std", torch.ones(shape))
             self.project = nn.Sequential(
                 nn.Dropout(config.dropout), nn.Linear(2 * self.backbone.features, config.embed_dim), nn.GELU()
             )
@@ -256,7 +302,36 @@ class AudioEncoder(nn.Module):
             nn.Dropout(config.dropout), nn.Linear(2 * features, config.embed_dim), nn.GELU()
         )
 
-    def forward(self, log_mel: torch.Tensor, audio_mask: torch.Tensor) -> torch.Tensor:
+    @property
+    def caches_states(self) -> bool:
+        """True when the encoder's output is constant (frozen, pooled per layer): cacheable."""
+        return self.layer_stats and not any(p.requires_grad for p in self.backbone.parameters())
+
+    @torch.no_grad()
+    def fit_standardisation(self, states: torch.Tensor) -> None:
+        """Set the per-layer standardisation from training rows' statistics ``[N, layers + 1, 2D]``."""
+        states = states.float()
+        self.states_mean.copy_(states.mean(0))
+        self.states_std.copy_(states.std(0).clamp(min=1e-4))
+
+    def layer_statistics(self, log_mel: torch.Tensor, audio_mask: torch.Tensor) -> torch.Tensor:
+        return self.backbone.layer_statistics(
+            log_mel.float().to(self.project[1].weight.dtype), audio_mask.bool()
+        )
+
+    def forward(
+        self,
+        log_mel: torch.Tensor | None,
+        audio_mask: torch.Tensor | None,
+        states: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if self.layer_stats:
+            if states is None:
+                states = self.layer_statistics(log_mel, audio_mask)
+            dtype = self.project[1].weight.dtype
+            standard = (states.to(dtype) - self.states_mean) / self.states_std
+            weights = torch.softmax(self.layer_logits, dim=0).to(dtype)
+            return self.project((standard * weights[None, :, None]).sum(1))
         x = log_mel.float()
         mask = audio_mask.bool()
         if self.backbone is not None:
@@ -367,7 +442,7 @@ class MoodreelModel(nn.Module):
         has_tensors = torch.tensor(
             [
                 inputs.input_ids is not None or inputs.text_hidden is not None,
-                inputs.log_mel is not None,
+                inputs.log_mel is not None or inputs.audio_states is not None,
                 inputs.frames is not None,
             ],
             device=inputs.modality_mask.device,
@@ -387,6 +462,8 @@ class MoodreelModel(nn.Module):
             input_ids = inputs.input_ids[rows] if inputs.input_ids is not None else None
             return self.text(input_ids, inputs.attention_mask[rows], token_types, hidden=text_hidden)
         if index == AUDIO:
+            if inputs.audio_states is not None:
+                return self.audio(None, None, states=inputs.audio_states[rows])
             return self.audio(inputs.log_mel[rows], inputs.audio_mask[rows])
         return self.visual(inputs.frames[rows])
 

@@ -75,9 +75,14 @@ class TrainConfig:
     grad_clip: float = 1.0
     patience: int = 2
     seed: int = 0
-    max_minutes: float = 0.0  # 0: no time budget
+    max_minutes: float = 0.0  # the epochs' time budget (caches built before them excluded); 0: none
     threads: int = 0  # 0: torch's default
     cache_text_hidden: bool = True
+    # A frozen speech encoder pooled per layer (audio_pooling "layer_stats") is constant: its
+    # statistics are computed once per clip set and cached on disk (the log-mel augmentations then
+    # do not apply); rows per encoder batch while caching.
+    cache_audio_states: bool = True
+    audio_cache_batch_size: int = 16
     evaluate_test: bool = True  # report only; selection is on dev
     weights_dtype: str = "float32"
     cache_dir: Path | None = None
@@ -304,6 +309,77 @@ def cache_text_hidden(model: MoodreelModel, examples: ExampleSet, batch_size: in
         tensors[name] = tensors[name][:, :length]
 
 
+def _audio_cache_key(model: MoodreelModel, log_mel: torch.Tensor, audio_mask: torch.Tensor) -> str:
+    """Identifies a speech encoder's statistics of these log-mels: the encoder (name or inline
+    config, window, and a fingerprint of its weights) and the log-mel bytes of the rows with audio,
+    so the same clips inside a larger mixed set (MELD text rows + RAVDESS) hit the same cache."""
+    config = model.config
+    digest = hashlib.sha256(
+        json.dumps(
+            [config.audio_encoder, config.audio_encoder_config, config.audio_input_frames], sort_keys=True
+        ).encode()
+    )
+    encoder = model.audio.backbone.encoder
+    for tensor in (encoder.conv1.weight, encoder.embed_positions.weight, encoder.layer_norm.weight):
+        digest.update(tensor.detach().to("cpu", torch.float32).numpy().tobytes())
+    digest.update(log_mel.numpy().tobytes())
+    digest.update(audio_mask.numpy().tobytes())
+    digest.update(torch.ones(len(log_mel), dtype=torch.bool).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+@torch.no_grad()
+def cache_audio_states(
+    model: MoodreelModel, examples: ExampleSet, batch_size: int, device, progress: bool, cache_dir: Path
+) -> None:
+    """Replace the log-mels by ``audio_states``: a frozen speech encoder's per-layer statistics,
+    computed once per set of clips and kept on disk, so training runs only the heads and a second
+    run (or the final evaluation) reads them back."""
+    from safetensors.torch import load_file, save_file
+    from tqdm import tqdm
+
+    tensors = examples.tensors
+    if "log_mel" not in tensors:
+        return
+    backbone = model.audio.backbone
+    rows_used = examples.modality_mask[:, MODALITIES.index("audio")].nonzero(as_tuple=True)[0]
+    log_mel, audio_mask = tensors["log_mel"][rows_used], tensors["audio_mask"][rows_used]
+    path = Path(cache_dir) / f"{_audio_cache_key(model, log_mel, audio_mask)}.safetensors"
+    if path.is_file():
+        used_states = load_file(path)["audio_states"]
+    else:
+        used_states = torch.zeros(
+            len(rows_used), backbone.hidden_count, 2 * backbone.features, dtype=torch.float16
+        )
+        model.audio.eval()
+        started = time.monotonic()
+        for start in tqdm(range(0, len(rows_used), batch_size), desc="cache audio", disable=not progress):
+            part = slice(start, start + batch_size)
+            out = model.audio.layer_statistics(log_mel[part].to(device), audio_mask[part].to(device))
+            used_states[part] = out.to("cpu", torch.float16)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        save_file({"audio_states": used_states}, partial)
+        partial.replace(path)
+        log.info(
+            "audio_states_cached",
+            clips=len(rows_used),
+            seconds=round(time.monotonic() - started, 1),
+            path=str(path),
+        )
+    states = torch.zeros(len(examples), backbone.hidden_count, 2 * backbone.features, dtype=torch.float16)
+    states[rows_used] = used_states
+    tensors["audio_states"] = states
+    del tensors["log_mel"], tensors["audio_mask"]
+
+
+def audio_cache_dir() -> Path:
+    from shared.settings import get_settings
+
+    # Beside the speech corpora's log-mel cache (services/model/data/speech.py), whatever cache_dir says.
+    return get_settings().data_dir / "cache" / "audio-states"
+
+
 # --- loop ----------------------------------------------------------------------------------------
 
 
@@ -475,11 +551,27 @@ def _initial_checkpoints(config: TrainConfig) -> list[tuple[tuple[str, ...], obj
         if unknown:
             raise ValueError(f"init_from {entry!r}: unknown parts {sorted(unknown)}")
         loaded.append((parts, load_checkpoint(Path(directory))))
-    audio_fields = ("sample_rate", "n_fft", "hop_length", "n_mels", "max_audio_frames")
-    for _, other in loaded[1:]:
-        if any(getattr(other.spec, f) != getattr(loaded[0][1].spec, f) for f in audio_fields):
-            raise ValueError("init_from checkpoints were trained on different log-mel settings")
     return loaded
+
+
+AUDIO_SPEC_FIELDS = ("sample_rate", "n_fft", "hop_length", "n_mels", "max_audio_frames")
+
+
+def _initial_spec(initial_checkpoints) -> FeatureSpec:
+    """The first initial checkpoint's FeatureSpec, with the log-mel settings of the checkpoint
+    that supplies the audio branch (the features its weights were trained on)."""
+    spec = initial_checkpoints[0][1].spec
+    audio_specs = [
+        loaded.spec
+        for parts, loaded in initial_checkpoints
+        if not parts or "audio" in {part_modality(part) for part in parts}
+    ]
+    audio = {tuple(getattr(s, f) for f in AUDIO_SPEC_FIELDS) for s in audio_specs}
+    if len(audio) > 1:
+        raise ValueError("init_from checkpoints that supply the audio branch use different log-mel settings")
+    if audio_specs:
+        spec = spec.model_copy(update={f: getattr(audio_specs[-1], f) for f in AUDIO_SPEC_FIELDS})
+    return spec
 
 
 # ModelConfig fields that shape each modality's branch: they come from the checkpoint that
@@ -544,10 +636,9 @@ def train(config: TrainConfig) -> Path:
     output_dir = Path(config.output_dir)
     best_dir = output_dir / "checkpoint"
     initial_checkpoints = _initial_checkpoints(config)
-    initial = initial_checkpoints[0][1] if initial_checkpoints else None
-    if initial is not None:
+    if initial_checkpoints:
         # Features must be the ones the initial weights were trained on.
-        config.spec = initial.spec
+        config.spec = _initial_spec(initial_checkpoints)
 
     train_set, dev_set = load_split("train", config), load_split("dev", config)
     if train_set is None or dev_set is None:
@@ -596,12 +687,41 @@ def train(config: TrainConfig) -> Path:
             cache_text_hidden(
                 model, examples, config.eval_batch_size, device, config.progress and distributed.is_main
             )
+    use_audio_cache = config.cache_audio_states and "audio" in trained and model.audio.caches_states
+    if use_audio_cache:
+        for examples in (train_set, dev_set):
+            cache_audio_states(
+                model,
+                examples,
+                config.audio_cache_batch_size,
+                device,
+                config.progress and distributed.is_main,
+                audio_cache_dir(),
+            )
+    if "audio" in trained and model.audio.layer_stats and "audio.states_mean" not in loaded_names:
+        # A new speech branch: standardise its pooled statistics with the training rows' own.
+        audio_rows = train_set.modality_mask[:, MODALITIES.index("audio")]
+        if "audio_states" in train_set.tensors:
+            states = train_set.tensors["audio_states"][audio_rows]
+        else:
+            with torch.no_grad():
+                states = torch.cat(
+                    [
+                        model.audio.layer_statistics(
+                            train_set.tensors["log_mel"][rows].to(device),
+                            train_set.tensors["audio_mask"][rows].to(device),
+                        ).cpu()
+                        for rows in audio_rows.nonzero(as_tuple=True)[0].split(config.audio_cache_batch_size)
+                    ]
+                )
+        model.audio.fit_standardisation(states.to(device))
     log.info(
         "training_data",
         train=len(train_set),
         dev=len(dev_set),
         trained_modalities=trained,
         cached_text_hidden=use_cache,
+        cached_audio_states=use_audio_cache,
         seconds=round(time.monotonic() - started, 1),
     )
 
@@ -695,7 +815,8 @@ def train(config: TrainConfig) -> Path:
         stale = 0 if improved else stale + 1
         epoch_seconds.append(time.monotonic() - epoch_started)
         log.info("epoch_done", epoch=epoch, seconds=round(epoch_seconds[-1], 1), best_epoch=best_epoch)
-        planned = planned_epochs(config, epoch, time.monotonic() - started, max(epoch_seconds))
+        # The budget is the epochs': feature caches built once before them do not count.
+        planned = planned_epochs(config, epoch, sum(epoch_seconds), max(epoch_seconds))
         # Decay the learning rate to zero by the last epoch that fits (same on every rank: rank
         # 0's timing decides).
         planned = distributed.broadcast_int(planned)
@@ -775,6 +896,10 @@ def score_sources(model, config: TrainConfig, splits, device, *, prefix: str, ep
             if examples is None:
                 continue
             key = split if source == config.sources[0] else f"{source}_{split}"
+            if config.cache_audio_states and model.audio.caches_states:
+                cache_audio_states(
+                    model, examples, config.audio_cache_batch_size, device, config.progress, audio_cache_dir()
+                )
             report = evaluate_examples(model, examples, config.eval_batch_size, device)
             if source in SPEECH_CORPORA:
                 from services.model.speech_eval import speech_scores
@@ -953,26 +1078,31 @@ PRESETS: dict[str, dict[str, str]] = {
 # committed text branch and fusion, both frozen, and the audio branch learns to speak to that
 # fusion through its RAVDESS rows. A frozen fusion with a frozen "absent audio" embedding gives a
 # text-only input exactly the text checkpoint's output, so MELD's text numbers cannot drop.
-SPEECH_AUDIO_CHANNELS = "24,48,96"
-# Chosen on dev actors 17-20 (docs/audio.md): lr 3e-3 for 50 epochs (the cosine schedule's whole
-# length; selection keeps the best epoch), and vocal-tract + tempo stretches of up to 10 %, which
-# give sixteen training actors some of the variety of unseen ones.
+# The speech branch: Whisper base's encoder (`make models`), frozen, its input window cut to the
+# spec's 512 frames (5.12 s), each hidden state pooled to mean and deviation over the real frames
+# and the layers combined by a learned softmax weighting; the heads learn on the cached statistics.
+SPEECH_BRANCH = {
+    "model.audio_backbone": "transformers",
+    "model.audio_encoder": "models:whisper-base",
+    "model.audio_train_backbone": "false",
+    "model.audio_input_frames": "512",
+    "model.audio_pooling": "layer_stats",
+}
 PRESETS["audio-ravdess"] = {
     "checkpoint_name": "moodreel-audio-ravdess",
     "sources": "ravdess",
     "modalities": "audio",
-    "epochs": "50",
-    "patience": "50",
+    # Chosen on dev actors 17-20 (docs/audio.md): lr 3e-3, batch 16, 15 epochs (best epoch 8).
+    "epochs": "15",
+    "patience": "15",
     "max_minutes": "35",
     "threads": "2",
     "batch_size": "16",
     "lr_audio": "3e-3",
-    "speech_frequency_warp": "0.1",
-    "speech_tempo": "0.1",
     "weights_dtype": "float16",
     "spec.frames_per_utterance": "0",
-    "model.audio_channels": SPEECH_AUDIO_CHANNELS,
-    "model.audio_frequency_bands": "8",
+    "spec.n_mels": "80",
+    **SPEECH_BRANCH,
 }
 PRESETS["text-audio-default"] = {
     "checkpoint_name": "moodreel-text-audio",
@@ -982,13 +1112,10 @@ PRESETS["text-audio-default"] = {
     "model.fusion_adapters": "true",
     "epochs": "10",
     "patience": "4",
-    "speech_frequency_warp": "0.1",
-    "speech_tempo": "0.1",
     "max_minutes": "20",
     "threads": "2",
     "weights_dtype": "float16",
-    "model.audio_channels": SPEECH_AUDIO_CHANNELS,
-    "model.audio_frequency_bands": "8",
+    **SPEECH_BRANCH,
 }
 
 

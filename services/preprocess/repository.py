@@ -79,6 +79,7 @@ def utterance_row(analysis_id: uuid.UUID, index: int, prediction: UtterancePredi
         "sentiment_scores": prediction.sentiment.scores,
         "modalities": list(prediction.modalities_used),
         "modality_scores": prediction.model_dump(mode="json")["modalities"],
+        "modalities_masked": dict(prediction.modalities_masked),
     }
 
 

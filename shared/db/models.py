@@ -180,6 +180,8 @@ class UtteranceResult(Base):
     corrected_sentiment: Mapped[str | None] = mapped_column(String(16))
     corrected_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     corrected_at: Mapped[datetime | None] = mapped_column(index=True)
+    # Why a modality the media had was not used ({"audio": "no_speech"}: shared.features.speech).
+    modalities_masked: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

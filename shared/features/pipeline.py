@@ -9,6 +9,7 @@ The worker and training both call ``extract_features`` so served tensors match t
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from shared.features.audio import load_audio, utterance_log_mels
 from shared.features.frames import extract_frames
 from shared.features.media import MediaError, probe
 from shared.features.spec import FeatureSpec
+from shared.features.speech import gate_utterances
 from shared.features.text import token_arrays
 from shared.features.transcripts import TranscriptError, parse_transcript, window_utterances
 from shared.logging import get_logger
@@ -58,27 +60,34 @@ def extract_features(
         parsed = parse_transcript(transcript, info.duration, settings)
         utterances, clamped = parsed.utterances, parsed.clamped
 
-    def audio_features() -> tuple[np.ndarray, np.ndarray]:
+    def audio_features() -> tuple[np.ndarray, np.ndarray, list]:
         waveform = load_audio(media_path, spec, settings) if info.audio else None
-        return utterance_log_mels(waveform, utterances, spec)
+        log_mel, audio_mask = utterance_log_mels(waveform, utterances, spec)
+        return log_mel, audio_mask, gate_utterances(waveform, utterances, audio_mask.any(axis=1), spec)
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         # Audio decoding and log-mels overlap the video decode, which this thread drives (it mostly
         # waits on ffmpeg's pipe, and numpy's FFTs release the GIL).
         audio_job = pool.submit(audio_features)
         visual = extract_frames(media_path, info, utterances, spec, settings)
-        log_mel, audio_mask = audio_job.result()
+        log_mel, audio_mask, gates = audio_job.result()
+    utterances = [
+        replace(u, speech_fraction=g.speech_fraction, audio_reason=g.reason.value if g.reason else None)
+        for u, g in zip(utterances, gates, strict=True)
+    ]
     tokens = token_arrays(utterances, spec)
 
     has_text = np.array([bool(u.text.strip()) for u in utterances], dtype=bool)
-    # column order: shared.labels.MODALITIES
-    modality_mask = np.stack([has_text, audio_mask.any(axis=1), visual.present], axis=1)
+    has_speech = np.array([g.speech for g in gates], dtype=bool)
+    # column order: shared.labels.MODALITIES; audio only where the speech gate found speech
+    modality_mask = np.stack([has_text, audio_mask.any(axis=1) & has_speech, visual.present], axis=1)
     media = info.to_dict() | {"clamped": clamped}
     log.info(
         "features_extracted",
         utterances=len(utterances),
         duration=round(info.duration, 3),
         modalities=modality_mask.sum(axis=0).tolist(),
+        audio_masked_by_gate=int((audio_mask.any(axis=1) & ~has_speech).sum()),
     )
     return FeatureBundle(
         utterances=list(utterances),

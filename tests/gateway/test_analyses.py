@@ -209,7 +209,8 @@ def store_results(database_url: str, analysis_id: str, count: int = 3) -> None:
                     emotion_scores=emotion,
                     sentiment="positive",
                     sentiment_scores=sentiment,
-                    modalities=["text", "audio"],
+                    modalities=["text", "audio"] if index != 1 else ["text"],
+                    modalities_masked={} if index != 1 else {"audio": "no_speech"},
                 )
             )
         analysis = session.get(Analysis, uuid.UUID(analysis_id))
@@ -233,7 +234,9 @@ def test_results_and_exports(client, api_key, database_url):
     assert set(first["emotion"]["scores"]) == set(EMOTIONS) and set(first["sentiment"]["scores"]) == set(
         SENTIMENTS
     )
-    assert first["modalities_used"] == ["text", "audio"]
+    assert first["modalities_used"] == ["text", "audio"] and first["modalities_masked"] == {}
+    masked = detail["utterances"][1]
+    assert (masked["modalities_used"], masked["modalities_masked"]) == (["text"], {"audio": "no_speech"})
 
     exported = client.get(f"/v1/analyses/{analysis_id}/export?format=json", headers={"X-API-Key": api_key})
     assert exported.headers["content-type"].startswith("application/json")

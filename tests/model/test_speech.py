@@ -487,3 +487,74 @@ def test_a_frozen_part_no_checkpoint_supplies_is_refused(speech_settings, tmp_pa
             init_from=(str(audio_checkpoint),),
             freeze=("audio_encoder",),
         )
+
+
+def test_whisper_branch_recipe_caches_states_once_and_keeps_text_outputs(
+    speech_settings, mini_meld, tmp_path, monkeypatch
+):
+    """The default's recipe with the speech branch of `make models`' folder in miniature: a frozen
+    Whisper-shaped encoder (its own mel bins, not the text checkpoint's), per-layer statistics
+    cached, nothing of the encoder stored, text-only outputs bit for bit the text checkpoint's."""
+    from safetensors.torch import load_file
+
+    from services.model.testing import build_tiny_checkpoint, save_tiny_pretrained
+
+    audio_spec = TINY_SPEC.model_copy(update={"n_mels": 16})
+    encoder = tiny_speech_encoder_config(audio_spec) | {"max_source_positions": 96, "encoder_layers": 2}
+    save_tiny_pretrained(encoder, tmp_path / "models" / "tiny-whisper", seed=4)
+    monkeypatch.setenv("MOODREEL_MODELS_DIR", str(tmp_path / "models"))
+    get_settings.cache_clear()
+    branch = tiny_model_config(
+        audio_spec,
+        audio_backbone="transformers",
+        audio_encoder="models:tiny-whisper",
+        audio_train_backbone=False,
+        audio_input_frames=audio_spec.max_audio_frames,
+        audio_pooling="layer_stats",
+    )
+    audio_checkpoint = train(
+        TrainConfig(
+            output_dir=tmp_path / "audio",
+            sources=("ravdess",),
+            modalities=("audio",),
+            batch_size=4,
+            epochs=2,
+            progress=False,
+            model=branch,
+            spec=audio_spec,
+            lr_audio=1e-2,
+        )
+    )
+    states = sorted((speech_settings.data_dir / "cache" / "audio-states").glob("*.safetensors"))
+    assert len(states) == 3  # train, dev, and test in the final evaluation
+    stored = set(load_file(audio_checkpoint / "model.safetensors"))
+    assert not any(name.startswith("audio.backbone.") for name in stored) and "audio.layer_logits" in stored
+
+    text_checkpoint = build_tiny_checkpoint(tmp_path / "text", spec=TINY_SPEC)
+    combined = combined_run(
+        tmp_path / "combined",
+        text_checkpoint,
+        audio_checkpoint,
+        mini_meld,
+        freeze=("text", "fusion", "audio_encoder"),
+        model=ModelConfig(fusion_adapters=True),
+        epochs=1,
+    )
+    # mini MELD has clips of its own: their rows join RAVDESS's in new cache entries; the audio
+    # run's stay as they were (reuse inside a mixed set: tests/model/test_speech_branch.py).
+    assert set(states) <= set((speech_settings.data_dir / "cache" / "audio-states").glob("*.safetensors"))
+    result = load_checkpoint(combined)
+    audio_state = load_checkpoint(audio_checkpoint).model.state_dict()
+    assert audio_state["audio.states_mean"].abs().sum() > 0  # fitted on the training rows
+    assert torch.equal(audio_state["audio.states_std"], result.model.state_dict()["audio.states_std"])
+    assert result.spec.n_mels == 16 and result.spec.max_tokens == TINY_SPEC.max_tokens
+    assert result.config.audio_encoder == "models:tiny-whisper"
+    assert result.model.state_dict()["fusion_adapters.1.weight"].abs().sum() > 0
+    meld = load_text_examples(mini_meld, "test", TINY_SPEC, tmp_path / "text-cache")
+    batch = meld.batch(torch.arange(len(meld)))
+    with torch.no_grad():
+        before = load_checkpoint(text_checkpoint).model(batch.inputs)
+        after = result.model(batch.inputs)
+    assert torch.equal(before.emotion_logits, after.emotion_logits)
+    assert torch.equal(before.sentiment_logits, after.sentiment_logits)
+    get_settings.cache_clear()

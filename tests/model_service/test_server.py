@@ -375,3 +375,25 @@ def test_model_torch_threads_applies_in_the_thread_that_serves(
 
     with ThreadPoolExecutor(1) as pool:
         assert pool.submit(serve_once).result() == 1
+
+
+def test_audio_without_speech_is_reported_masked_with_its_reason(tmp_path: Path):
+    import subprocess
+
+    from services.model.inference import build_response, model_fn, predict_fn
+    from services.model.testing import build_tiny_checkpoint
+    from shared.features.pipeline import extract_features
+
+    gated = TINY_SPEC.model_copy(update={"speech_gate": True})
+    served = model_fn(build_tiny_checkpoint(tmp_path / "checkpoint", spec=gated))
+    media = tmp_path / "tone.m4a"
+    subprocess.run(
+        ["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "sine=frequency=440:duration=3", str(media)],
+        check=True,
+        timeout=60,
+    )
+    segments = [{"start": 0.2, "end": 2.8, "text": "That's great news!"}]
+    bundle = extract_features(media, gated, segments)
+    [utterance] = build_response(predict_fn(bundle, served)).utterances
+    assert utterance.modalities_used == ["text"]
+    assert utterance.modalities_masked == {"audio": "no_speech"}

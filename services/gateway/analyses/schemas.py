@@ -159,6 +159,11 @@ class UtteranceResultPublic(BaseModel):
         default_factory=dict,
         description="each used modality's own emotion and sentiment scores: what drove the result",
     )
+    modalities_masked: dict[str, str] = Field(
+        default_factory=dict,
+        description="why a modality was not used: audio 'no_audio', 'silent', 'no_speech' or "
+        "'too_little_speech' (the speech gate found no voice in the utterance's span)",
+    )
     correction: UtteranceCorrection | None = Field(
         default=None,
         description="The owner's labels, beside the model's prediction (which stays as it was).",

@@ -342,6 +342,7 @@ def utterance_public(row: UtteranceResult) -> UtteranceResultPublic:
         )
         if row.corrected_at is not None
         else None,
+        modalities_masked=row.modalities_masked or {},
     )
 
 

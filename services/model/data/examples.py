@@ -82,7 +82,7 @@ class ExampleSet:
                 if name in picked:
                     picked[name] = picked[name][:, :length]
         present = mask.any(0).tolist()
-        groups = (TEXT_TENSORS + ("text_hidden",), AUDIO_TENSORS, VISUAL_TENSORS)
+        groups = (TEXT_TENSORS + ("text_hidden",), AUDIO_TENSORS + ("audio_states",), VISUAL_TENSORS)
         for has, group in zip(present, groups, strict=True):
             if not has:
                 for name in group:

@@ -1,0 +1,96 @@
+"""The speech gate: audio counts for an utterance only where someone speaks in its span.
+
+Music, tones, noise and room tone carry no vocal emotion, yet an audio encoder scores them like
+speech. Each utterance's span goes through WebRTC's voice activity detector (``webrtcvad``, a
+small C library: no torch, no model weights) in frames of ``spec.vad_frame_ms``; the fraction of
+voiced frames decides. An utterance whose audio is masked says why (``AudioReason``), and the
+result reports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+
+from shared.bundle import UtteranceMeta
+from shared.features.spec import FeatureSpec
+
+VAD_SAMPLE_RATES = (8_000, 16_000, 32_000, 48_000)
+
+
+class AudioReason(StrEnum):
+    """Why an utterance's audio was not used."""
+
+    no_audio = "no_audio"  # the media has no audio stream
+    silent = "silent"  # the span is digital silence (below the log-mel's silence floor)
+    no_speech = "no_speech"  # sound, but the voice detector found no speech in it
+    too_little_speech = "too_little_speech"  # speech under spec.min_speech_fraction of the span
+
+
+@dataclass(frozen=True)
+class SpeechGate:
+    speech_fraction: float  # voiced frames / frames in the span
+    reason: AudioReason | None  # None: the audio is used
+
+    @property
+    def speech(self) -> bool:
+        return self.reason is None
+
+
+def speech_fraction(samples: np.ndarray, spec: FeatureSpec) -> float:
+    """Fraction of ``spec.vad_frame_ms`` frames that are speech: WebRTC's detector says so and the
+    frame is not tonal; 0 for a span whose level stays steady (``spec.min_level_spread_db``)."""
+    import webrtcvad
+
+    if spec.sample_rate not in VAD_SAMPLE_RATES:
+        raise ValueError(f"the speech gate needs a sample rate in {VAD_SAMPLE_RATES}, not {spec.sample_rate}")
+    size = spec.sample_rate * spec.vad_frame_ms // 1000
+    count = len(samples) // size
+    if count == 0:
+        return 0.0
+    frames = np.clip(np.asarray(samples[: count * size], dtype=np.float32), -1.0, 1.0).reshape(count, size)
+    levels = 10.0 * np.log10(np.mean(frames.astype(np.float64) ** 2, axis=1) + 1e-10)
+    if count > 1 and float(levels.std()) < spec.min_level_spread_db:
+        return 0.0
+    power = np.abs(np.fft.rfft(frames * np.hanning(size).astype(np.float32), axis=1)) ** 2 + 1e-12
+    tonal = np.sort(power, axis=1)[:, -3:].sum(axis=1) / power.sum(axis=1) > spec.max_tonal_share
+    pcm = (frames * 32767.0).astype("<i2")
+    detector = webrtcvad.Vad(spec.vad_mode)
+    voiced = sum(
+        1 for i in range(count) if not tonal[i] and detector.is_speech(pcm[i].tobytes(), spec.sample_rate)
+    )
+    return voiced / count
+
+
+def gate_utterances(
+    waveform: np.ndarray | None,
+    utterances: Sequence[UtteranceMeta],
+    audio_present: np.ndarray,
+    spec: FeatureSpec,
+) -> list[SpeechGate]:
+    """One verdict per utterance; ``audio_present`` is the log-mel mask's "any frame" per row."""
+    if waveform is None:
+        return [SpeechGate(0.0, AudioReason.no_audio) for _ in utterances]
+    verdicts = []
+    rate = spec.sample_rate
+    for row, utterance in enumerate(utterances):
+        if not audio_present[row]:
+            verdicts.append(SpeechGate(0.0, AudioReason.silent))
+            continue
+        if not spec.speech_gate:
+            verdicts.append(SpeechGate(1.0, None))
+            continue
+        start = max(0, int(round(utterance.start * rate)))
+        end = max(start, int(round(utterance.end * rate)))
+        fraction = speech_fraction(waveform[start:end], spec)
+        if fraction == 0.0:
+            reason = AudioReason.no_speech
+        elif fraction < spec.min_speech_fraction:
+            reason = AudioReason.too_little_speech
+        else:
+            reason = None
+        verdicts.append(SpeechGate(round(fraction, 4), reason))
+    return verdicts

