@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from services.model.config import ModelConfig
 from services.model.network import MoodreelModel
-from shared.features.spec import FeatureSpec
+from shared.features.spec import MODELS_PREFIX, FeatureSpec, resolve_pretrained
 from shared.labels import EMOTIONS, MODALITIES, SENTIMENTS
 from shared.logging import get_logger
 from shared.settings import REPO_ROOT
@@ -30,6 +30,9 @@ from shared.settings import REPO_ROOT
 CHECKPOINT_FORMAT = 1
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "checkpoint.json"
+# The folder of a model.tar.gz holding the pretrained encoders its checkpoint rebuilds (a
+# SageMaker framework container has no `make models`); inference's model_fn reads them there.
+BUNDLED_MODELS_DIR = "models"
 log = get_logger(__name__)
 
 
@@ -164,9 +167,10 @@ def package_model_tar(
     inference_script: Path | None = None,
     requirements: Path | None = None,
 ) -> Path:
-    """``model.tar.gz`` in SageMaker's layout: weights + JSON at the top, ``code/inference.py`` and
-    ``code/requirements.txt``, plus the ``shared`` and ``services.model`` sources inference imports
-    (a framework container has only what the archive carries)."""
+    """``model.tar.gz`` in SageMaker's layout: weights + JSON at the top, the pretrained encoders
+    the checkpoint rebuilds under ``models/``, ``code/inference.py`` and ``code/requirements.txt``,
+    plus the ``shared`` and ``services.model`` sources inference imports (a framework container
+    has only what the archive carries)."""
     checkpoint_dir = Path(checkpoint_dir)
     document = read_checkpoint_document(checkpoint_dir)
     inference_script = inference_script or REPO_ROOT / "services" / "model" / "inference.py"
@@ -176,6 +180,12 @@ def package_model_tar(
     with tarfile.open(out_path, "w:gz") as archive:
         for name in (META_FILE, document["weights"]["file"]):
             archive.add(checkpoint_dir / name, arcname=name)
+        for name in sorted(
+            {name for name in document["weights"].get("base_rebuilt_from", {}).values() if name}
+        ):
+            if name.startswith(MODELS_PREFIX):
+                arcname = f"{BUNDLED_MODELS_DIR}/{name.removeprefix(MODELS_PREFIX)}"
+                archive.add(resolve_pretrained(name), arcname=arcname)
         for source, arcname in (
             (inference_script, "code/inference.py"),
             (requirements, "code/requirements.txt"),

@@ -11,6 +11,7 @@ is one. Errors carry an HTTP status (``status_code``) and a stable ``code``.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from services.model.checkpoint import LoadedModel, load_checkpoint
+from services.model.checkpoint import BUNDLED_MODELS_DIR, LoadedModel, load_checkpoint
 from services.model.network import inputs_from_bundle
 from shared.bundle import CONTENT_TYPE as BUNDLE_CONTENT_TYPE
 from shared.bundle import BundleError, FeatureBundle, UtteranceMeta
@@ -89,6 +90,11 @@ class Prediction:
 def model_fn(model_dir: str | Path) -> ServedModel:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     started = time.perf_counter()
+    bundled = Path(model_dir) / BUNDLED_MODELS_DIR
+    if bundled.is_dir():
+        # A model.tar.gz carries the exact encoders it was packaged with: those, not a local install.
+        os.environ["MOODREEL_MODELS_DIR"] = str(bundled)
+        get_settings.cache_clear()
     loaded = load_checkpoint(Path(model_dir), device=device)
     vocab_size = loaded.model.text.backbone.get_input_embeddings().num_embeddings
     settings = get_settings()

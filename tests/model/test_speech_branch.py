@@ -181,3 +181,36 @@ def test_checkpoint_rebuilds_the_frozen_encoder_from_the_models_folder(tmp_path,
             load_checkpoint(tmp_path / "checkpoint")
     finally:
         get_settings.cache_clear()
+
+
+def test_model_tar_carries_the_encoders_the_checkpoint_rebuilds(tmp_path, monkeypatch):
+    """SageMaker's framework container has no `make models`: the archive brings the encoder."""
+    import tarfile
+
+    from services.model.checkpoint import package_model_tar
+    from services.model.inference import model_fn
+
+    save_tiny_pretrained(LONG_WINDOW, tmp_path / "models" / "tiny-whisper", seed=3)
+    monkeypatch.setenv("MOODREEL_MODELS_DIR", str(tmp_path / "models"))
+    get_settings.cache_clear()
+    try:
+        config = speech_config(audio_encoder_config=None, audio_encoder="models:tiny-whisper")
+        torch.manual_seed(0)
+        model = MoodreelModel(config).eval()
+        save_checkpoint(tmp_path / "checkpoint", model, TINY_SPEC, {})
+        archive_path = package_model_tar(tmp_path / "checkpoint", tmp_path / "model.tar.gz")
+        with tarfile.open(archive_path) as archive:
+            assert "models/tiny-whisper/config.json" in archive.getnames()
+            archive.extractall(tmp_path / "opt-ml-model", filter="data")
+
+        monkeypatch.setenv("MOODREEL_MODELS_DIR", str(tmp_path / "empty"))
+        get_settings.cache_clear()
+        served = model_fn(tmp_path / "opt-ml-model")
+        log_mel, mask = audio_batch(seed=1)
+        inputs = ModelInputs(
+            modality_mask=torch.tensor([[False, True, False]] * 3), log_mel=log_mel, audio_mask=mask
+        )
+        with torch.no_grad():
+            torch.testing.assert_close(served.loaded.model(inputs).speech_logits, model(inputs).speech_logits)
+    finally:
+        get_settings.cache_clear()
