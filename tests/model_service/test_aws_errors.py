@@ -4,6 +4,8 @@ metadata service is disabled; credentials and config files point nowhere)."""
 
 from __future__ import annotations
 
+import logging
+
 import boto3
 import pytest
 from typer.testing import CliRunner
@@ -35,6 +37,10 @@ def no_aws_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     # boto3's default session caches credentials other tests' clients resolved.
     monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
+    # Earlier commands in this process configured logging onto their own (now closed) captured
+    # stderr; botocore's INFO records must not reach a stream the command does not own.
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
+    monkeypatch.setattr(logging.getLogger(), "level", logging.WARNING)
 
 
 def test_invoke_without_credentials_fails_once_without_retrying(no_aws_credentials):
