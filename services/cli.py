@@ -299,6 +299,25 @@ def evaluate(
         typer.echo(f"report: {out}")
 
 
+@app.command()
+def calibrate(
+    checkpoint: Path = typer.Argument(..., exists=True, file_okay=False, help="checkpoint directory"),
+    seed: int = typer.Option(0, help="which dev rows and voices are drawn"),
+) -> None:
+    """Fit the checkpoint's temperatures on dev (text, spoken, beds, acted speech) and store them
+    in its checkpoint.json; serving applies them."""
+    import json
+
+    from services.model.calibration import calibrate_checkpoint
+    from shared.logging import configure_logging
+
+    configure_logging()
+    fitted = calibrate_checkpoint(checkpoint, seed=seed)
+    typer.echo(json.dumps({key: fitted[key] for key in ("fused", "modality", "seconds")}, indent=1))
+    for name, report in fitted["dev_sets"].items():
+        typer.echo(f"{name}: {json.dumps(report)}")
+
+
 @sagemaker_app.command("train")
 @aws_errors_in_one_line
 def sagemaker_train(

@@ -7,9 +7,19 @@ head and are present only for the modalities that were used, so a result shows w
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.labels import MODALITIES
+
+# Why an utterance carries no label: every modality was absent or masked.
+NO_EVIDENCE = "no_evidence"
+# Why a modality the media had was not used, beside the speech gate's reasons
+# (shared.features.speech): the client did not ask for it, or the text encoder does not read the
+# transcript's language.
+NOT_REQUESTED = "not_requested"
+LANGUAGE_UNSUPPORTED = "language_unsupported"
 
 
 class LabelScores(BaseModel):
@@ -45,15 +55,21 @@ class UtterancePrediction(BaseModel):
     end: float
     text: str = ""
     speaker: str | None = None
-    emotion: LabelScores
-    sentiment: LabelScores
+    emotion: LabelScores | None = Field(description="null when there is no evidence (see reason)")
+    sentiment: LabelScores | None = Field(description="null when there is no evidence (see reason)")
+    reason: Literal["no_evidence"] | None = Field(
+        default=None,
+        description="why emotion and sentiment are null: 'no_evidence' (every modality was absent "
+        "or masked, see modalities_masked)",
+    )
     modalities_used: list[str] = Field(description=f"subset of {', '.join(MODALITIES)}, in that order")
     modalities: dict[str, ModalityScores] = Field(
         default_factory=dict, description="per-modality scores, keyed by the modalities used"
     )
     modalities_masked: dict[str, str] = Field(
         default_factory=dict,
-        description="why a modality was not used, e.g. {'audio': 'no_speech'} (the speech gate)",
+        description="why a modality was not used: {'audio': 'no_speech'} (the speech gate), "
+        "'not_requested' (options.modalities), {'text': 'language_unsupported'}",
     )
 
 
@@ -66,5 +82,7 @@ class ModelInfo(BaseModel):
 
 
 class InvocationResponse(BaseModel):
+    """``utterances`` in the bundle's order; an utterance without evidence has null labels."""
+
     model: ModelInfo
     utterances: list[UtterancePrediction]

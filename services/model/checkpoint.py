@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from services.model import calibration
 from services.model.config import ModelConfig
 from services.model.network import MoodreelModel
 from shared.features.spec import MODELS_PREFIX, FeatureSpec, resolve_pretrained
@@ -156,6 +157,7 @@ def load_checkpoint(directory: Path, device: torch.device | str = "cpu") -> Load
             f"weights do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     model.load_state_dict(stored, strict=False)  # copy_ casts stored float16 back to float32
+    calibration.apply(model, document["meta"].get("calibration"))
     model.to(device).eval()
     return LoadedModel(model=model, config=config, spec=spec, meta=document["meta"])
 

@@ -32,6 +32,10 @@ class ModelConfig:
     lora_alpha: int = 16
     # Pool over the utterance's own tokens (segment 0); context tokens only inform via attention.
     text_pool_target_only: bool = True
+    # ISO 639-1 codes of the languages the text encoder reads (MiniLM and MPNet sentence encoders:
+    # English only). A transcript detected in another language is not used (language_unsupported);
+    # empty: every language is read.
+    text_languages: tuple[str, ...] = ("en",)
 
     # --- audio: a CNN over log-mel, or a pretrained speech encoder -------------------------------
     # "cnn": the CNN below, trained from scratch; "transformers": a speech encoder that reads
@@ -90,6 +94,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         self.audio_channels = tuple(self.audio_channels)
+        self.text_languages = tuple(self.text_languages)
         self.speech_labels = tuple(self.speech_labels)
         self.visual_channels = tuple(self.visual_channels)
         self.trained_modalities = tuple(self.trained_modalities)

@@ -10,6 +10,7 @@ is one. Errors carry an HTTP status (``status_code``) and a stable ``code``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -27,6 +28,9 @@ from shared.features.spec import FeatureSpec
 from shared.labels import EMOTIONS, MODALITIES, SENTIMENTS
 from shared.logging import get_logger
 from shared.predictions import (
+    LANGUAGE_UNSUPPORTED,
+    NO_EVIDENCE,
+    NOT_REQUESTED,
     InvocationResponse,
     LabelScores,
     ModalityScores,
@@ -84,6 +88,8 @@ class Prediction:
     modality_sentiment: torch.Tensor  # [U, 3, 3]
     modalities_used: torch.Tensor  # [U, 3] bool
     model: ModelInfo
+    # Per utterance, why each modality it did not use was masked ({"audio": "no_speech"}).
+    masked: list[dict[str, str]] = dataclasses.field(default_factory=list)
 
 
 # --- model_fn -------------------------------------------------------------------------------------
@@ -196,6 +202,35 @@ def _fetch_bundle(uri: str) -> bytes:
 
 
 # --- predict_fn -----------------------------------------------------------------------------------
+def evidence_mask(
+    data: FeatureBundle, text_languages: tuple[str, ...]
+) -> tuple[np.ndarray, list[dict[str, str]]]:
+    """The modalities each utterance may use, and why each one it may not was masked.
+
+    The bundle's media carries the client's choice (``modalities_requested``: a modality left out
+    is ``not_requested``) and the transcript's detected language (``language.code``: text in a
+    language the text encoder does not read is ``language_unsupported``; an undetermined language
+    keeps the text). The speech gate's verdict comes with each utterance (``audio_reason``).
+    """
+    requested = data.media.get("modalities_requested")
+    requested = set(MODALITIES if requested is None else requested)
+    language = (data.media.get("language") or {}).get("code")
+    text_unreadable = bool(language and text_languages and language not in text_languages)
+    mask = np.array(data.modality_mask, dtype=bool, copy=True)
+    masked: list[dict[str, str]] = []
+    for row, meta in enumerate(data.utterances):
+        reasons = {"audio": meta.audio_reason} if meta.audio_reason else {}
+        if text_unreadable and mask[row, MODALITIES.index("text")]:
+            reasons["text"] = LANGUAGE_UNSUPPORTED
+            mask[row, MODALITIES.index("text")] = False
+        for index, name in enumerate(MODALITIES):
+            if name not in requested:
+                reasons[name] = NOT_REQUESTED
+                mask[row, index] = False
+        masked.append(reasons)
+    return mask, masked
+
+
 def _check_shapes(bundle: FeatureBundle, spec: FeatureSpec) -> None:
     """Rows must have the spec's shapes: the hash says which spec, this says the bytes agree."""
     count = len(bundle)
@@ -239,6 +274,8 @@ def predict_fn(data: FeatureBundle, model: ServedModel, deadline: float | None =
         raise InferenceError(400, "malformed_bundle", "token_type_ids must be 0 or 1")
     if model.torch_threads and torch.get_num_threads() != model.torch_threads:
         torch.set_num_threads(model.torch_threads)
+    mask, masked = evidence_mask(data, model.loaded.config.text_languages)
+    data = dataclasses.replace(data, modality_mask=mask)
     parts: list[dict[str, torch.Tensor]] = []
     autocast = model.device.type == "cuda"
     network = model.loaded.model
@@ -267,7 +304,7 @@ def predict_fn(data: FeatureBundle, model: ServedModel, deadline: float | None =
         "modalities_used": torch.zeros(0, len(MODALITIES), dtype=torch.bool),
     }
     merged = {name: torch.cat([part[name] for part in parts]) if parts else empty[name] for name in empty}
-    return Prediction(utterances=list(data.utterances), model=model.info, **merged)
+    return Prediction(utterances=list(data.utterances), model=model.info, masked=masked, **merged)
 
 
 # --- output_fn ------------------------------------------------------------------------------------
@@ -295,14 +332,18 @@ def build_response(prediction: Prediction) -> InvocationResponse:
     utterances = []
     for row, meta in enumerate(prediction.utterances):
         used = [name for index, name in enumerate(MODALITIES) if prediction.modalities_used[row, index]]
+        # No evidence, no label: the fused head's output for a row of "absent" embeddings is a prior,
+        # not a reading of this utterance.
+        masked = prediction.masked[row] if prediction.masked else {}
         utterances.append(
             UtterancePrediction(
                 start=meta.start,
                 end=meta.end,
                 text=meta.text,
                 speaker=meta.speaker,
-                emotion=_scores(EMOTIONS, prediction.emotion[row]),
-                sentiment=_scores(SENTIMENTS, prediction.sentiment[row]),
+                emotion=_scores(EMOTIONS, prediction.emotion[row]) if used else None,
+                sentiment=_scores(SENTIMENTS, prediction.sentiment[row]) if used else None,
+                reason=None if used else NO_EVIDENCE,
                 modalities_used=used,
                 modalities={
                     name: ModalityScores(
@@ -313,7 +354,7 @@ def build_response(prediction: Prediction) -> InvocationResponse:
                     )
                     for name in used
                 },
-                modalities_masked={"audio": meta.audio_reason} if meta.audio_reason else {},
+                modalities_masked=masked,
             )
         )
     return InvocationResponse(model=prediction.model, utterances=utterances)

@@ -437,6 +437,15 @@ class MoodreelModel(nn.Module):
         self.speech_head = nn.Linear(dim, len(config.speech_labels)) if config.speech_labels else None
         trained = torch.tensor([m in config.trained_modalities for m in MODALITIES])
         self.register_buffer("trained", trained, persistent=False)
+        # Calibration temperatures (services.model.calibration), row 0 emotion, row 1 sentiment:
+        # the fused heads' per combination of modalities used (index: text 1 + audio 2 + visual 4),
+        # since a fusion is as sure of itself as the evidence it had; each modality's own heads'.
+        # 1 until a checkpoint's fitted calibration is loaded; not in the state dict, since a
+        # calibration belongs to exactly the weights it was fitted on (checkpoint.json meta).
+        patterns = 2 ** len(MODALITIES)
+        self.register_buffer("fused_temperature", torch.ones(2, patterns), persistent=False)
+        self.register_buffer("modality_temperature", torch.ones(2, len(MODALITIES)), persistent=False)
+        self.register_buffer("pattern_bits", 2 ** torch.arange(len(MODALITIES)), persistent=False)
 
     def _modalities_to_use(self, inputs: ModelInputs) -> torch.Tensor:
         has_tensors = torch.tensor(
@@ -486,11 +495,13 @@ class MoodreelModel(nn.Module):
         modality_sentiment = torch.stack(
             [head(e) for head, e in zip(self.modality_sentiment_heads, embeddings, strict=True)], dim=1
         )
+        fused_t = self.fused_temperature[:, (used.long() * self.pattern_bits).sum(-1)]  # [2, B]
+        modality_t = self.modality_temperature[:, :, None]  # [2, 3, 1]
         return ModelOutput(
-            emotion_logits=self.emotion_head(fused),
-            sentiment_logits=self.sentiment_head(fused),
-            modality_emotion_logits=modality_emotion * weights,
-            modality_sentiment_logits=modality_sentiment * weights,
+            emotion_logits=self.emotion_head(fused) / fused_t[0, :, None],
+            sentiment_logits=self.sentiment_head(fused) / fused_t[1, :, None],
+            modality_emotion_logits=modality_emotion * weights / modality_t[0],
+            modality_sentiment_logits=modality_sentiment * weights / modality_t[1],
             modalities_used=used,
             speech_logits=(
                 self.speech_head(embeddings[AUDIO]) * weights[:, AUDIO]

@@ -33,10 +33,12 @@ from shared.db.models import Analysis, AnalysisStatus
 from shared.db.session import session_scope
 from shared.errors import CodedError
 from shared.events import apublish_event
+from shared.features.language import detect_language
 from shared.features.media import MediaError, probe
 from shared.features.pipeline import extract_features
 from shared.features.spec import FeatureSpec
 from shared.features.transcripts import TranscriptError
+from shared.labels import MODALITIES
 from shared.logging import get_logger
 from shared.model_client import ModelClient, ModelServiceError, ModelUnavailable
 from shared.net.fetch import FetchError, download_url, job_workspace, redact_workspace_paths
@@ -191,7 +193,7 @@ class AnalysisRun:
             with self.timer.stage("features"):
                 bundle = await asyncio.to_thread(self.features, analysis, media_path, spec)
         predictions, model = await self.score(bundle)
-        summary = summarise(predictions, duration)
+        summary = summarise(predictions, duration, bundle.media.get("language"))
         await self.succeed(analysis, predictions, summary, model, duration)
         log.info(
             "analysis_succeeded",
@@ -276,8 +278,15 @@ class AnalysisRun:
     def features(self, analysis: Analysis, media_path: Path, spec: FeatureSpec) -> FeatureBundle:
         # SRT, WebVTT or JSON segments: the parser tells them apart by their first characters.
         transcript = analysis.transcript or None
-        window = (analysis.options or {}).get("window_seconds") or self.settings.default_window_seconds
-        return extract_features(media_path, spec, transcript, window_seconds=window, settings=self.settings)
+        options = analysis.options or {}
+        window = options.get("window_seconds") or self.settings.default_window_seconds
+        bundle = extract_features(media_path, spec, transcript, window_seconds=window, settings=self.settings)
+        # What the model must know to mask evidence with a reason (services.model.inference): the
+        # modalities the client asked for, and the transcript's language, read once per analysis.
+        bundle.media["modalities_requested"] = list(options.get("modalities") or MODALITIES)
+        if transcript is not None:
+            bundle.media["language"] = detect_language([u.text for u in bundle.utterances]).to_dict()
+        return bundle
 
     async def score(
         self, bundle: FeatureBundle

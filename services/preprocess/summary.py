@@ -2,7 +2,9 @@
 
 Shares are weighted by speaking time (utterance duration), so one long angry speech outweighs two
 short "okay"s; a timeline splits the video into at most ``MAX_BUCKETS`` equal spans and gives the
-emotion share of the speech overlapping each.
+emotion share of the speech overlapping each. Utterances without evidence (null labels) are left
+out of every share and counted apart: an analysis with none labelled has no dominant emotion or
+sentiment (``evidence: "none"``), never a guess.
 """
 
 from __future__ import annotations
@@ -35,7 +37,12 @@ def _weight(prediction: UtterancePrediction) -> float:
     return max(prediction.end - prediction.start, 0.01)
 
 
-def summarise(predictions: Sequence[UtterancePrediction], duration: float) -> dict[str, Any]:
+def summarise(
+    predictions: Sequence[UtterancePrediction], duration: float, language: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``language``: the transcript's detected language (shared.features.language), reported as is."""
+    unlabelled = sum(1 for p in predictions if p.emotion is None or p.sentiment is None)
+    predictions = [p for p in predictions if p.emotion is not None and p.sentiment is not None]
     emotion_time: dict[str, float] = {}
     sentiment_time: dict[str, float] = {}
     for p in predictions:
@@ -61,7 +68,11 @@ def summarise(predictions: Sequence[UtterancePrediction], duration: float) -> di
             }
         )
     return {
-        "utterances": len(predictions),
+        "utterances": len(predictions) + unlabelled,
+        "labelled_utterances": len(predictions),
+        "no_evidence_utterances": unlabelled,
+        "evidence": "none" if not predictions else ("partial" if unlabelled else "all"),
+        "language": language,
         "duration_seconds": round(duration, 3),
         "dominant_emotion": _dominant(emotion_time, EMOTIONS),
         "dominant_sentiment": _dominant(sentiment_time, SENTIMENTS),

@@ -165,10 +165,12 @@ class UtteranceResult(Base):
     end: Mapped[float] = mapped_column(Float)
     text: Mapped[str] = mapped_column(Text, default="")
     speaker: Mapped[str | None] = mapped_column(String(100))
-    emotion: Mapped[str] = mapped_column(String(16))
-    emotion_scores: Mapped[dict[str, Any]]
-    sentiment: Mapped[str] = mapped_column(String(16))
-    sentiment_scores: Mapped[dict[str, Any]]
+    # Labels and scores are None for an utterance without evidence (``reason`` says why).
+    emotion: Mapped[str | None] = mapped_column(String(16))
+    emotion_scores: Mapped[dict[str, Any] | None]
+    sentiment: Mapped[str | None] = mapped_column(String(16))
+    sentiment_scores: Mapped[dict[str, Any] | None]
+    reason: Mapped[str | None] = mapped_column(String(32))
     # Modality names used for this prediction (subset of shared.labels.MODALITIES).
     modalities: Mapped[list[Any]] = mapped_column(default=list)
     # Each used modality's own head ({"text": {"emotion": {...}, "sentiment": {...}}, ...}): what

@@ -11,6 +11,7 @@ from shared.db.types import STORABLE_TEXT_PATTERN
 from shared.predictions import ModalityScores
 
 AnalysisStatusName = Literal["queued", "processing", "succeeded", "failed", "canceled"]
+ModalityName = Literal["text", "audio", "visual"]
 
 # Validation work is bounded by the schema, not by the body: pydantic refuses a longer list
 # before validating its items (more cues than the media's utterance limit fail in the worker).
@@ -49,6 +50,21 @@ class AnalysisOptions(BaseModel):
         description="Without a transcript the media is cut into windows of this length "
         "(default from the server's settings).",
     )
+    modalities: list[ModalityName] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=3,
+        description="Which modalities the model may use (default: all). The others are masked "
+        "with the reason 'not_requested'; an utterance left with none has no label ('no_evidence').",
+        examples=[["text", "audio"]],
+    )
+
+    @field_validator("modalities")
+    @classmethod
+    def distinct_modalities(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("each modality at most once")
+        return value
 
 
 class AnalysisCreate(BaseModel):
@@ -152,8 +168,13 @@ class UtteranceResultPublic(BaseModel):
     end: float
     text: str
     speaker: str | None
-    emotion: LabelScores
-    sentiment: LabelScores
+    emotion: LabelScores | None = Field(description="null when there is no evidence (see reason)")
+    sentiment: LabelScores | None = Field(description="null when there is no evidence (see reason)")
+    reason: Literal["no_evidence"] | None = Field(
+        default=None,
+        description="why emotion and sentiment are null: 'no_evidence' (every modality was absent "
+        "or masked: see modalities_masked)",
+    )
     modalities_used: list[str]
     modality_scores: dict[str, ModalityScores] = Field(
         default_factory=dict,
@@ -162,7 +183,9 @@ class UtteranceResultPublic(BaseModel):
     modalities_masked: dict[str, str] = Field(
         default_factory=dict,
         description="why a modality was not used: audio 'no_audio', 'silent', 'no_speech' or "
-        "'too_little_speech' (the speech gate found no voice in the utterance's span)",
+        "'too_little_speech' (the speech gate found no voice in the utterance's span); text "
+        "'language_unsupported' (the transcript's language is not one the text encoder reads); any "
+        "'not_requested' (left out of options.modalities)",
     )
     correction: UtteranceCorrection | None = Field(
         default=None,

@@ -35,6 +35,7 @@ from shared import usage
 from shared.db.models import Analysis, AnalysisStatus, IdempotencyRecord, Upload, UtteranceResult
 from shared.db.types import utcnow
 from shared.net.urls import UrlNotAllowed, UrlPolicy
+from shared.predictions import NO_EVIDENCE
 from shared.problems import (
     BadRequest,
     Conflict,
@@ -319,7 +320,9 @@ def to_public(analysis: Analysis) -> AnalysisPublic:
     )
 
 
-def _scores(label: str, scores: dict[str, float]) -> LabelScores:
+def _scores(label: str | None, scores: dict[str, float] | None) -> LabelScores | None:
+    if label is None:  # no evidence, no label
+        return None
     return LabelScores(label=label, confidence=float(scores.get(label, 0.0)), scores=scores)
 
 
@@ -332,6 +335,7 @@ def utterance_public(row: UtteranceResult) -> UtteranceResultPublic:
         speaker=row.speaker,
         emotion=_scores(row.emotion, row.emotion_scores),
         sentiment=_scores(row.sentiment, row.sentiment_scores),
+        reason=row.reason,
         modalities_used=list(row.modalities or []),
         modality_scores=row.modality_scores or {},
         correction=UtteranceCorrection(
@@ -428,8 +432,8 @@ def export(analysis: AnalysisDetail, export_format: str) -> tuple[str, str]:
     if export_format == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        emotion_labels = sorted({k for u in analysis.utterances for k in u.emotion.scores})
-        sentiment_labels = sorted({k for u in analysis.utterances for k in u.sentiment.scores})
+        emotion_labels = sorted({k for u in analysis.utterances if u.emotion for k in u.emotion.scores})
+        sentiment_labels = sorted({k for u in analysis.utterances if u.sentiment for k in u.sentiment.scores})
         writer.writerow(
             [
                 "index",
@@ -442,6 +446,7 @@ def export(analysis: AnalysisDetail, export_format: str) -> tuple[str, str]:
                 "sentiment",
                 "sentiment_confidence",
                 "modalities_used",
+                "reason",
             ]
             + [_csv_safe(f"emotion_{label}") for label in emotion_labels]
             + [_csv_safe(f"sentiment_{label}") for label in sentiment_labels]
@@ -455,25 +460,36 @@ def export(analysis: AnalysisDetail, export_format: str) -> tuple[str, str]:
                     f"{u.end:.3f}",
                     _csv_safe(u.speaker or ""),
                     _csv_safe(u.text),
-                    _csv_safe(u.emotion.label),
-                    f"{u.emotion.confidence:.4f}",
-                    _csv_safe(u.sentiment.label),
-                    f"{u.sentiment.confidence:.4f}",
+                    *_label_cells(u.emotion),
+                    *_label_cells(u.sentiment),
                     _csv_safe(" ".join(u.modalities_used)),
+                    u.reason or "",
                 ]
-                + [f"{u.emotion.scores.get(label, 0.0):.4f}" for label in emotion_labels]
-                + [f"{u.sentiment.scores.get(label, 0.0):.4f}" for label in sentiment_labels]
+                + _score_cells(u.emotion, emotion_labels)
+                + _score_cells(u.sentiment, sentiment_labels)
                 + _correction_cells(u.correction)
             )
         return buffer.getvalue(), "text/csv; charset=utf-8"
     cues = []
     for number, u in enumerate(analysis.utterances, start=1):
-        caption = _srt_safe(f"[{u.emotion.label} {u.emotion.confidence:.0%} · {u.sentiment.label}]")
+        if u.emotion is None or u.sentiment is None:
+            caption = f"[{(u.reason or NO_EVIDENCE).replace('_', ' ')}]"
+        else:
+            caption = _srt_safe(f"[{u.emotion.label} {u.emotion.confidence:.0%} · {u.sentiment.label}]")
         speaker = _srt_safe(u.speaker or "")
         text = f"{speaker}: {_srt_safe(u.text)}" if speaker else _srt_safe(u.text)
         lines = "\n".join(filter(None, [caption, text]))
         cues.append(f"{number}\n{_srt_time(u.start)} --> {_srt_time(u.end)}\n{lines}\n")
     return "\n".join(cues), "application/x-subrip; charset=utf-8"
+
+
+def _label_cells(scores: LabelScores | None) -> list[str]:
+    """Label and confidence; empty where there is no label (no evidence)."""
+    return ["", ""] if scores is None else [_csv_safe(scores.label), f"{scores.confidence:.4f}"]
+
+
+def _score_cells(scores: LabelScores | None, labels: list[str]) -> list[str]:
+    return ["" if scores is None else f"{scores.scores.get(label, 0.0):.4f}" for label in labels]
 
 
 def _correction_cells(correction: UtteranceCorrection | None) -> list[str]:

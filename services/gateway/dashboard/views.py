@@ -167,6 +167,8 @@ def timeline(utterances: list[dict[str, Any]], duration: float | None) -> dict[s
     end = max([duration or 0.0, *(u["end"] for u in utterances)]) or 1.0
     cells = []
     for u in utterances:
+        if u["emotion"] is None:  # no evidence: nothing to draw
+            continue
         start, stop = u["start"], u["end"]
         x, width = 100 * start / end, max(0.4, 100 * (stop - start) / end)
         scores = u["emotion"]["scores"]
@@ -193,7 +195,8 @@ def share_bars(summary: dict[str, Any], utterances: list[dict[str, Any]]) -> lis
         return [(e, float(shares.get(e, 0.0))) for e in EMOTIONS]
     spoken = dict.fromkeys(EMOTIONS, 0.0)
     for u in utterances:
-        spoken[u["emotion"]["label"]] += max(0.0, u["end"] - u["start"])
+        if u["emotion"] is not None:
+            spoken[u["emotion"]["label"]] += max(0.0, u["end"] - u["start"])
     total = sum(spoken.values()) or 1.0
     return [(e, spoken[e] / total) for e in EMOTIONS]
 
@@ -570,8 +573,17 @@ async def _submit_analysis(request: Request, session: BrowserSession, api: Gatew
                     413, {"title": "Transcript too large", "detail": "Transcripts are limited to 1 MB."}
                 )
             body["transcript"] = raw.decode("utf-8-sig", errors="replace")
-        if window_seconds:
-            body["options"] = {"window_seconds": float(window_seconds)}
+        options: dict[str, Any] = {"window_seconds": float(window_seconds)} if window_seconds else {}
+        # Unchecked boxes are not sent: the hidden "modalities_shown" says the form had them, so a
+        # post without it (another client of this form) keeps the default, every modality.
+        chosen = [m for m in MODALITIES if form.get(f"modality_{m}")]
+        if form.get("modalities_shown") and len(chosen) < len(MODALITIES):
+            if not chosen:
+                problem = {"title": "No modality chosen", "detail": "Choose at least one modality."}
+                raise ApiError(422, problem)
+            options["modalities"] = chosen
+        if options:
+            body["options"] = options
         if video_file is not None:
             body["upload_id"] = await _upload_file(api, video_file)
         elif video_url:
@@ -593,6 +605,7 @@ async def _submit_analysis(request: Request, session: BrowserSession, api: Gatew
             error=message,
             video_url=video_url,
             window_seconds=window_seconds,
+            modalities_chosen=[m for m in MODALITIES if form.get(f"modality_{m}")],
         )
     return redirect(session, f"{PREFIX}/analyses/{analysis['id']}")
 
