@@ -96,6 +96,23 @@ train-default: install
 	  --init-from text+fusion=services/model/checkpoints/default,audio=$(TRAIN_AUDIO_DIR)/checkpoint \
 	  --publish-dir services/model/checkpoints/default 2>&1 | tee var/logs/train-default.log
 
+# The fusion stage and calibration over the default's frozen branches (docs/fusion.md): joint rows
+# built once and cached under var/cache/joint/ (espeak-ng, beds, RAVDESS; MELD_DIR and
+# EMOTION_SPEECH_DIR), then the fusion trained (seconds) and its temperatures fitted on dev.
+# FUSION_FROM is the checkpoint to start from; publish the result by copying FUSION_DIR over it.
+FUSION_FROM ?= services/model/checkpoints/default
+FUSION_DIR ?= var/train/fusion
+.PHONY: train-fusion calibrate
+train-fusion: install
+	mkdir -p var/logs
+	set -o pipefail; nice -n 5 $(VENV)/bin/moodreel fuse $(FUSION_FROM) --output-dir $(FUSION_DIR) 2>&1 | tee var/logs/train-fusion.log
+	set -o pipefail; nice -n 5 $(VENV)/bin/moodreel calibrate $(FUSION_DIR) 2>&1 | tee -a var/logs/train-fusion.log
+
+# Temperatures only (no training): refit on CHECKPOINT's dev rows and store them in it.
+CHECKPOINT ?= services/model/checkpoints/default
+calibrate: install
+	nice -n 5 $(VENV)/bin/moodreel calibrate $(CHECKPOINT)
+
 # --- local stack, containers, dashboard assets -------------------------------------
 .PHONY: dev dev-stop dev-status env-example dashboard-assets images ecr-push
 DEV_STATE ?= var

@@ -300,6 +300,27 @@ def evaluate(
 
 
 @app.command()
+def fuse(
+    checkpoint: Path = typer.Argument(..., exists=True, file_okay=False, help="checkpoint directory"),
+    output_dir: Path = typer.Option(..., help="where the checkpoint with the trained fusion goes"),
+    epochs: int = typer.Option(30),
+    seed: int = typer.Option(0),
+) -> None:
+    """Train the fusion layers and fused heads on joint rows (MELD spoken by espeak-ng voices,
+    beds, RAVDESS with its sentence) over the checkpoint's frozen branches; then calibrate."""
+    import json
+
+    from services.model.fusion_stage import train_fusion
+    from shared.logging import configure_logging
+
+    configure_logging()
+    report = train_fusion(checkpoint, output_dir, epochs=epochs, seed=seed)
+    typer.echo(
+        json.dumps({k: report[k] for k in ("best_epoch", "dev_before", "dev_after", "seconds")}, indent=1)
+    )
+
+
+@app.command()
 def calibrate(
     checkpoint: Path = typer.Argument(..., exists=True, file_okay=False, help="checkpoint directory"),
     seed: int = typer.Option(0, help="which dev rows and voices are drawn"),
