@@ -172,8 +172,7 @@ def _meld_rows(
 ):
     from services.model.data.meld import read_split
 
-    # Empty and one-word utterances carry too little to read aloud meaningfully, but they are kept:
-    # they are part of what the service meets.
+    # Utterances without text are left out: there is nothing to read aloud or to label by.
     utterances = _sample([u for u in read_split(settings.meld_dir, split).utterances if u.text], count, rng)
     rows = []
     for utterance in utterances:
