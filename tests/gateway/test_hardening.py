@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from services.gateway.analyses.schemas import MAX_TRANSCRIPT_SEGMENTS
 from services.gateway.auth import service as auth_service
+from services.gateway.limits import json_value_bound
 from services.gateway.main import POOL_RESERVE, create_app
 from services.preprocess import repository as worker_repository
 from services.preprocess.analysis import AnalysisRun, Resources
@@ -343,3 +344,32 @@ async def _take_all(semaphore: anyio.Semaphore) -> int:
 async def _give_back(semaphore: anyio.Semaphore, count: int) -> None:
     for _ in range(count):
         semaphore.release()
+
+
+def test_a_json_body_of_too_many_values_is_refused_before_it_is_parsed(client, settings):
+    # 600 kB, far under the size limit, but 200,001 values: seconds of parsing on a loaded host.
+    dense = b"[" + b"[]," * settings.max_request_json_values + b"[]]"
+    assert len(dense) < settings.max_request_body_bytes
+
+    def streamed():
+        for start in range(0, len(dense), 65536):
+            yield dense[start : start + 65536]
+
+    for content in (dense, streamed()):  # Content-Length, then chunked
+        response = client.post(
+            "/v1/auth/signup", content=content, headers={"Content-Type": "application/json"}
+        )
+        assert response.status_code == 413, response.text[:300]
+        assert response.json()["code"] == "payload_too_large"
+        assert str(settings.max_request_json_values) in response.json()["detail"]
+
+
+def test_a_full_transcript_with_punctuated_text_is_within_the_value_bound(client, api_key, settings):
+    segment = {"start": 0, "end": 0.9, "text": "Well, no, I mean, yes, {maybe} [laughs], right?"}
+    longest = json.dumps({"video_url": PUBLIC_URL, "transcript": [segment] * MAX_TRANSCRIPT_SEGMENTS})
+    assert json_value_bound(longest.encode()) < settings.max_request_json_values / 3
+    segments = [{**segment, "start": index, "end": index + 0.9} for index in range(settings.max_utterances)]
+    response = client.post(
+        "/v1/analyses", json={"video_url": PUBLIC_URL, "transcript": segments}, headers={"X-API-Key": api_key}
+    )
+    assert response.status_code == 202, response.text[:300]
