@@ -24,6 +24,7 @@ from services.platform.auth import service as auth_service
 from services.platform.resources import Resources
 from services.platform.webhooks.jobs import attempt_delivery
 from shared.db.models import Analysis, User, UtteranceResult, WebhookDelivery
+from shared.net.fetch import WORKSPACE_PREFIX, workspace_root
 from shared.problems import MAX_VALIDATION_ERRORS
 from shared.settings import Settings
 from shared.storage import LocalStorage
@@ -236,11 +237,16 @@ async def test_a_failed_analysis_keeps_no_partial_results(client, api_key, setti
         session.get(Analysis, analysis_id).utterance_count = 3
     resources = worker_resources(client, settings)
     try:
-        assert await AnalysisRun(resources, analysis_id).fail("corrupt", "the audio stream cannot be decoded")
+        # ffmpeg quotes the file it read: a client must not learn the worker's directory layout.
+        media = workspace_root(settings) / f"{WORKSPACE_PREFIX}4242-x1y2/media"
+        message = f"the audio stream cannot be decoded: Error opening input file {media}."
+        assert await AnalysisRun(resources, analysis_id).fail("corrupt", message)
     finally:
         await resources.redis.aclose()
     detail = client.get(f"/v1/analyses/{analysis_id}", headers={"X-API-Key": api_key}).json()
     assert detail["status"] == "failed" and detail["utterances"] == [] and detail["utterance_count"] == 0
+    assert detail["error"]["message"].endswith("Error opening input file the media file")
+    assert WORKSPACE_PREFIX not in detail["error"]["message"]
     with sessions() as session:
         assert (
             session.scalars(select(UtteranceResult).where(UtteranceResult.analysis_id == analysis_id)).all()
