@@ -17,8 +17,9 @@ serving afterwards, and how many of 100 concurrent wrong passwords reached the p
 own process so the attack's client does not share their GIL.
 
 The machine is shared, so latencies depend on what else runs: the result records the load
-average before, during and after the attack, the CPU time the gateway process spent on the
-attack (per hostile request: what the attack costs the server, whatever the load), and each
+average before, during and after the attack, the CPU time the gateway process spent while the
+attack ran (per hostile request, the pollers' requests included: what the attack costs the
+server, whatever the load), and each
 poller's p99 during the attack as a ratio to its p99 in the unattacked phase before it, measured
 in the same run.
 Results: bench/results/abuse.json.
