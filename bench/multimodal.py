@@ -45,7 +45,7 @@ from services.model.calibration import collect_logits, joint_sets
 from services.model.checkpoint import load_checkpoint
 from services.model.data.examples import ExampleSet
 from services.model.metrics import expected_calibration_error
-from shared.labels import MODALITIES
+from shared.contract.labels import MODALITIES
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results" / "multimodal.json"
@@ -122,7 +122,7 @@ def bed_change_rate(model, bedded: ExampleSet) -> dict:
 def no_evidence_labels(served_dir: Path) -> dict:
     """Media without a transcript and without speech, through the served path: labels given."""
     from services.model.inference import build_response, model_fn, predict_fn
-    from shared.features.pipeline import extract_features
+    from shared.contract.features.pipeline import extract_features
 
     served = model_fn(served_dir)
     sources = {
@@ -148,7 +148,7 @@ def no_evidence_labels(served_dir: Path) -> dict:
 
 def language_false_alarms() -> dict:
     from services.model.data.meld import read_split
-    from shared.features.language import detect_language
+    from shared.contract.features.language import detect_language
     from shared.settings import get_settings
 
     dialogues = read_split(get_settings().meld_dir, "test").dialogues()

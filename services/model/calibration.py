@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from shared.labels import MODALITIES
+from shared.contract.labels import MODALITIES
 
 if TYPE_CHECKING:
     from services.model.data.examples import ExampleSet

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from sklearn.metrics import f1_score
 
 from services.model.data.examples import ExampleSet
-from shared.labels import MODALITIES
+from shared.contract.labels import MODALITIES
 from shared.logging import get_logger
 
 log = get_logger(__name__)

@@ -7,9 +7,9 @@ import uuid
 
 from sqlalchemy import create_engine, select
 
+from shared.contract.labels import EMOTIONS, MODALITIES, SENTIMENTS
 from shared.db.models import Analysis, User, UtteranceResult
 from shared.db.session import make_session_factory, session_scope
-from shared.labels import EMOTIONS, MODALITIES, SENTIMENTS
 from tests.dashboard.helpers import csrf_from, signed_in_client
 from tests.dashboard.test_dashboard_labels import gateway  # noqa: F401  (the module's live gateway)
 

@@ -11,7 +11,7 @@ from services.model.checkpoint import load_checkpoint
 from services.model.data.joint import BEDS, JointRow, Voice, bed, rows_to_examples, synthesize
 from services.model.fusion_stage import _fused_logits, embed
 from services.model.testing import TINY_SPEC, build_tiny_checkpoint
-from shared.labels import MODALITIES
+from shared.contract.labels import MODALITIES
 
 GATED = TINY_SPEC.model_copy(update={"speech_gate": True})
 TEXT, AUDIO = MODALITIES.index("text"), MODALITIES.index("audio")

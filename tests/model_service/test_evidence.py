@@ -17,9 +17,9 @@ from services.model.checkpoint import META_FILE, load_checkpoint
 from services.model.data.examples import ExampleSet
 from services.model.inference import ServedModel, build_response, predict_fn
 from services.model.network import inputs_from_bundle
-from shared.bundle import CONTENT_TYPE
-from shared.labels import MODALITIES
-from shared.predictions import InvocationResponse
+from shared.contract.bundle import CONTENT_TYPE
+from shared.contract.labels import MODALITIES
+from shared.contract.predictions import InvocationResponse
 
 from .conftest import make_bundle
 

@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from shared.labels import EMOTIONS
+from shared.contract.labels import EMOTIONS
 from tests.worker import api
 from tests.worker.stack import wait_until
 from tests.worker.test_e2e import register_endpoint, webhook_route

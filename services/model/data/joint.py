@@ -41,9 +41,9 @@ import numpy as np
 import torch
 
 from services.model.data.examples import ExampleSet
-from shared.bundle import UtteranceMeta
-from shared.features.spec import FeatureSpec
-from shared.labels import EMOTIONS, MODALITIES, SENTIMENTS
+from shared.contract.bundle import UtteranceMeta
+from shared.contract.features.spec import FeatureSpec
+from shared.contract.labels import EMOTIONS, MODALITIES, SENTIMENTS
 from shared.logging import get_logger
 from shared.settings import Settings, get_settings
 
@@ -135,9 +135,9 @@ class JointRow:
 def rows_to_examples(rows: Sequence[JointRow], spec: FeatureSpec) -> ExampleSet:
     """Token, log-mel and modality tensors of ``rows``, through the served feature code (the
     speech gate decides whether a row's audio is used)."""
-    from shared.features.audio import log_mel
-    from shared.features.speech import gate_utterances
-    from shared.features.text import tokenize_utterances
+    from shared.contract.features.audio import log_mel
+    from shared.contract.features.speech import gate_utterances
+    from shared.contract.features.text import tokenize_utterances
 
     count = len(rows)
     mels = np.zeros((count, spec.n_mels, spec.max_audio_frames), dtype=np.float16)
@@ -197,7 +197,7 @@ def _ravdess_rows(
     source: str, split: str, count: int | None, rng: np.random.Generator, spec: FeatureSpec, settings
 ):
     from services.model.data.speech import read_ravdess, split_ravdess
-    from shared.features.audio import load_audio
+    from shared.contract.features.audio import load_audio
 
     clips = _sample(split_ravdess(read_ravdess(settings))[split], count, rng)
     rows = []

@@ -13,8 +13,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from shared.labels import EMOTIONS, SENTIMENTS
-from shared.predictions import UtterancePrediction
+from shared.contract.labels import EMOTIONS, SENTIMENTS
+from shared.contract.predictions import UtterancePrediction
 
 MAX_BUCKETS = 20
 MIN_BUCKET_SECONDS = 5.0
@@ -28,7 +28,7 @@ def _shares(weights: dict[str, float], labels: tuple[str, ...]) -> dict[str, flo
 def _dominant(weights: dict[str, float], labels: tuple[str, ...]) -> str | None:
     if not any(weights.values()):
         return None
-    # Ties go to the label order of shared.labels, so the result is deterministic.
+    # Ties go to the label order of shared.contract.labels, so the result is deterministic.
     return max(labels, key=lambda label: weights.get(label, 0.0))
 
 
@@ -40,7 +40,7 @@ def _weight(prediction: UtterancePrediction) -> float:
 def summarise(
     predictions: Sequence[UtterancePrediction], duration: float, language: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """``language``: the transcript's detected language (shared.features.language), reported as is."""
+    """``language``: the transcript's detected language (shared.contract.features.language), as is."""
     unlabelled = sum(1 for p in predictions if p.emotion is None or p.sentiment is None)
     predictions = [p for p in predictions if p.emotion is not None and p.sentiment is not None]
     emotion_time: dict[str, float] = {}

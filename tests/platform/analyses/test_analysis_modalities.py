@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from shared.labels import MODALITIES
+from shared.contract.labels import MODALITIES
 from tests.platform.analyses.test_analyses import PUBLIC_URL, submit
 from tests.platform.auth.test_auth import assert_problem
 

@@ -1,6 +1,6 @@
 """The model service's response: what ``POST /invocations`` returns and the invoke client yields.
 
-Label order everywhere is shared.labels; ``scores`` hold every label's probability (they sum to 1),
+Label order everywhere is shared.contract.labels; ``scores`` hold every label's probability (they sum to 1),
 ``confidence`` is the probability of ``label``. Per-modality scores come from each modality's own
 head and are present only for the modalities that were used, so a result shows what drove it.
 """
@@ -11,12 +11,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.labels import MODALITIES
+from shared.contract.labels import MODALITIES
 
 # Why an utterance carries no label: every modality was absent or masked.
 NO_EVIDENCE = "no_evidence"
 # Why a modality the media had was not used, beside the speech gate's reasons
-# (shared.features.speech): the client did not ask for it, or the text encoder does not read the
+# (shared.contract.features.speech): the client did not ask for it, or the text encoder does not read the
 # transcript's language.
 NOT_REQUESTED = "not_requested"
 LANGUAGE_UNSUPPORTED = "language_unsupported"
