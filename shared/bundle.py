@@ -65,6 +65,11 @@ class UtteranceMeta:
     # why the audio is not used (None: it is, or the bundle predates the gate).
     speech_fraction: float | None = None
     audio_reason: str | None = None
+    # With a face detector (shared.features.faces): per sampled frame, its time, every face's box
+    # (x, y, width, height normalised to the frame), their scores and the index of the tracked face
+    # ("used", None where it is not seen); and why the visual modality is masked (None: it is used).
+    faces: tuple[dict, ...] = ()
+    visual_reason: str | None = None
 
 
 @dataclass
