@@ -298,6 +298,8 @@ def cache_text_hidden(model: MoodreelModel, examples: ExampleSet, batch_size: in
     from tqdm import tqdm
 
     tensors = examples.tensors
+    if "attention_mask" not in tensors:
+        return  # a source without text (FER2013's faces)
     length = int(tensors["attention_mask"].sum(1).max())
     hidden = torch.zeros(len(examples), length, model.text.hidden_size, dtype=torch.float16)
     order = torch.argsort(tensors["attention_mask"].sum(1))  # similar lengths batch together
@@ -573,7 +575,9 @@ def _initial_checkpoints(config: TrainConfig) -> list[tuple[tuple[str, ...], obj
 
 
 AUDIO_SPEC_FIELDS = ("sample_rate", "n_fft", "hop_length", "n_mels", "max_audio_frames")
-VISUAL_SPEC_FIELDS = tuple(name for name in FeatureSpec.model_fields if name.startswith(("frame", "face_")))
+# What the visual weights learned on: the face crops' size and margin and the frames per utterance
+# (the detector's own settings come from the run).
+VISUAL_SPEC_FIELDS = ("frames_per_utterance", "frame_size", "face_margin")
 
 
 def _initial_spec(initial_checkpoints) -> FeatureSpec:
@@ -664,8 +668,11 @@ def train(config: TrainConfig) -> Path:
     best_dir = output_dir / "checkpoint"
     initial_checkpoints = _initial_checkpoints(config)
     if initial_checkpoints:
-        # Features must be the ones the initial weights were trained on.
-        config.spec = _initial_spec(initial_checkpoints)
+        # Features must be the ones the initial weights were trained on; fields this run sets
+        # explicitly (those that differ from the defaults) still apply, as for ModelConfig.
+        defaults = FeatureSpec().model_dump()
+        explicit = {k: v for k, v in config.spec.model_dump().items() if v != defaults[k]}
+        config.spec = _initial_spec(initial_checkpoints).model_copy(update=explicit)
 
     train_set, dev_set = load_split("train", config), load_split("dev", config)
     if train_set is None or dev_set is None:
@@ -1174,6 +1181,29 @@ PRESETS["visual-fer2013"] = {
     "model.visual_channels": "32,64,128,256",
     "spec.frames_per_utterance": "4",
     "spec.frame_size": "48",
+    "spec.face_detector": "haar",
+}
+
+# The expression network put into the default: the committed checkpoint's text and speech branches
+# and fusion, frozen, beside the FER2013 run's visual encoder (frozen); only the visual heads and
+# the visual fusion adapter learn, on FER2013's faces. Every input without a face gives exactly the
+# committed checkpoint's output (the adapter sees zero there), so MELD's and RAVDESS's numbers stay.
+PRESETS["visual-default"] = {
+    "checkpoint_name": "moodreel-text-audio-visual",
+    "sources": FER2013,
+    "modalities": "text,audio,visual",
+    "freeze": "text,audio,fusion,visual_encoder",
+    "model.fusion_adapters": "true",
+    "epochs": "3",
+    "patience": "3",
+    "max_minutes": "10",
+    "threads": "2",
+    "batch_size": "128",
+    "lr_visual": "1e-3",
+    "lr_fusion": "1e-3",
+    "evaluate_test": "false",
+    "weights_dtype": "float16",
+    "spec.face_detector": "haar",
 }
 
 

@@ -36,7 +36,8 @@ class FeatureSpec(BaseModel):
     face_detect_side: int = Field(320, ge=64, le=3840, description="long side of the copy the detector scans")
     face_min_size: float = Field(0.1, gt=0.0, le=1.0, description="smallest face, fraction of the short side")
     face_scale_factor: float = Field(1.1, gt=1.0, le=2.0)
-    face_min_neighbors: int = Field(3, ge=0, le=20)
+    # 4, not 3: at 3 a testsrc2 pattern passes for a face; FER2013 faces found 78 % either way.
+    face_min_neighbors: int = Field(4, ge=0, le=20)
     # The cascade's box is about FER2013's own crop (measured on FER2013 faces: median box 0.98 of
     # the face image, offset under 2 %), so no margin reproduces the faces the network learned on.
     face_margin: float = Field(0.0, ge=0.0, le=1.0, description="crop margin each side, fraction of the box")

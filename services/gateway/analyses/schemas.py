@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from shared.db.types import STORABLE_TEXT_PATTERN
-from shared.predictions import ModalityScores
+from shared.predictions import FrameFaces, ModalityScores
 
 AnalysisStatusName = Literal["queued", "processing", "succeeded", "failed", "canceled"]
 
@@ -162,7 +162,13 @@ class UtteranceResultPublic(BaseModel):
     modalities_masked: dict[str, str] = Field(
         default_factory=dict,
         description="why a modality was not used: audio 'no_audio', 'silent', 'no_speech' or "
-        "'too_little_speech' (the speech gate found no voice in the utterance's span)",
+        "'too_little_speech' (the speech gate found no voice in the utterance's span); visual "
+        "'no_video' or 'no_face' (no face in the sampled frames)",
+    )
+    faces: list[FrameFaces] = Field(
+        default_factory=list,
+        description="per sampled frame: its time, every face found (box normalised to the frame, "
+        "largest first, with the detector's score) and which face the visual modality read",
     )
     correction: UtteranceCorrection | None = Field(
         default=None,
