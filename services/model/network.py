@@ -42,6 +42,8 @@ class ModelInputs:
     text_hidden: torch.Tensor | None = None
     # Training cache: a frozen speech encoder's per-layer statistics ([B, layers + 1, 2D]).
     audio_states: torch.Tensor | None = None
+    # Training cache: a frozen visual encoder's embedding of the frames ([B, embed_dim]).
+    visual_embedding: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> ModelInputs:
         moved = {
@@ -471,7 +473,7 @@ class MoodreelModel(nn.Module):
             [
                 inputs.input_ids is not None or inputs.text_hidden is not None,
                 inputs.log_mel is not None or inputs.audio_states is not None,
-                inputs.frames is not None,
+                inputs.frames is not None or inputs.visual_embedding is not None,
             ],
             device=inputs.modality_mask.device,
         )
@@ -493,6 +495,8 @@ class MoodreelModel(nn.Module):
             if inputs.audio_states is not None:
                 return self.audio(None, None, states=inputs.audio_states[rows])
             return self.audio(inputs.log_mel[rows], inputs.audio_mask[rows])
+        if inputs.visual_embedding is not None:
+            return inputs.visual_embedding[rows]
         return self.visual(inputs.frames[rows])
 
     def forward(self, inputs: ModelInputs) -> ModelOutput:

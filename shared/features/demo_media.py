@@ -143,12 +143,29 @@ def make_face_clip(
     start, end = visible
     run_tool(
         ffmpeg_args(
-            "-f", "lavfi", "-t", f"{duration}", "-i", f"color=c={background}:s={width}x{height}:r={fps}",
-            "-loop", "1", "-t", f"{duration}", "-i", str(image),
+            "-f",
+            "lavfi",
+            "-t",
+            f"{duration}",
+            "-i",
+            f"color=c={background}:s={width}x{height}:r={fps}",
+            "-loop",
+            "1",
+            "-t",
+            f"{duration}",
+            "-i",
+            str(image),
             "-filter_complex",
             f"[1]format=rgb24,scale={side}:{side}:flags=bicubic[face];"
             f"[0][face]overlay={left}:{top}:enable='between(t,{start},{end})',format=yuv420p",
-            "-c:v", "libx264", "-preset", "veryfast", "-crf", "20", "-an", str(path),
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-crf",
+            "20",
+            "-an",
+            str(path),
         )  # fmt: skip
     )
     return path

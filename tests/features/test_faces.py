@@ -60,7 +60,7 @@ def test_photograph_found_in_the_frames_that_show_it(astronaut):
     # a sensible face box: inside the photograph, a face-sized part of it, square in pixels
     box = np.array(frames[0]["boxes"][0]) * [WIDTH, HEIGHT, WIDTH, HEIGHT]
     assert (
-        LEFT <= box[0] and box[0] + box[2] <= LEFT + SIDE and TOP <= box[1] and box[1] + box[3] <= TOP + SIDE
+        box[0] >= LEFT and box[0] + box[2] <= LEFT + SIDE and box[1] >= TOP and box[1] + box[3] <= TOP + SIDE
     )
     assert 0.15 * SIDE < box[2] < 0.6 * SIDE and abs(box[2] - box[3]) <= 2
 
