@@ -87,7 +87,8 @@ def time_pipeline(clip: Path, segments: list[dict], spec: FeatureSpec) -> float:
     started = time.perf_counter()
     bundle = extract_features(clip, spec, segments)
     elapsed = time.perf_counter() - started
-    assert len(bundle) == UTTERANCES and bundle.modality_mask.all(), bundle.modality_mask.sum(0)
+    # text and the face in every utterance (the beeps are not speech: the speech gate masks audio)
+    assert len(bundle) == UTTERANCES and bundle.modality_mask[:, [0, 2]].all(), bundle.modality_mask.sum(0)
     return elapsed
 
 
