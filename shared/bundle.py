@@ -141,7 +141,10 @@ class FeatureBundle:
             )
         try:
             tensors = st_load(data)
-            utterances = [UtteranceMeta(**u) for u in json.loads(metadata["utterances"])]
+            utterances = [
+                UtteranceMeta(**(u | {"faces": tuple(u.get("faces", ()))}))
+                for u in json.loads(metadata["utterances"])
+            ]
             media = json.loads(metadata.get("media", "{}"))
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise BundleError("malformed_bundle", f"bundle content is malformed: {exc}") from exc

@@ -92,7 +92,7 @@ def test_bundle_keeps_the_faces(astronaut, tmp_path):
     path = tmp_path / "bundle.safetensors"
     bundle.save(path)
     loaded = FeatureBundle.load(path, expected_spec_hash=FACE_SPEC.hash)
-    assert [list(u.faces) for u in loaded.utterances] == [list(u.faces) for u in bundle.utterances]
+    assert [u.faces for u in loaded.utterances] == [u.faces for u in bundle.utterances]
     assert [u.visual_reason for u in loaded.utterances] == ["no_face", None, "no_face"]
 
 
