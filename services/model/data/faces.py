@@ -97,9 +97,9 @@ def as_frames(gray: np.ndarray, size: int) -> np.ndarray:
     """``[N, H, W]`` uint8 grayscale faces -> ``[N, 1, 3, S, S]`` uint8 RGB, resized as the
     pipeline resizes its crops (shared.features.faces.crop_face: area when shrinking, cubic when
     enlarging)."""
-    import cv2
-
     if gray.shape[1:] != (size, size):
+        import cv2
+
         interpolation = cv2.INTER_AREA if size < gray.shape[1] else cv2.INTER_CUBIC
         gray = np.stack([cv2.resize(face, (size, size), interpolation=interpolation) for face in gray])
     return np.repeat(gray[:, None, None, :, :], 3, axis=2)
