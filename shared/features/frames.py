@@ -21,6 +21,7 @@ import subprocess
 import tempfile
 import threading
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,9 +153,11 @@ def extract_frames(
     starts = np.repeat([u.start for u in utterances], per)
     ends = np.repeat([u.end for u in utterances], per)
     # Faces: each target keeps the faces of its frame; a frame is scanned once, when it first
-    # serves a target (about one frame per target: the detector never sees unsampled frames).
-    target_faces: list[FrameFaces | None] = [None] * targets.size
-    scanned: dict[float, FrameFaces] = {}
+    # serves a target (about one frame per target: the detector never sees unsampled frames), in a
+    # second thread (OpenCV releases the GIL) while ffmpeg goes on decoding.
+    target_faces: list[Future | None] = [None] * targets.size
+    scanned: dict[float, Future] = {}
+    detector = ThreadPoolExecutor(max_workers=1) if with_faces else None
     if with_faces:
         out_width, out_height = decode_size(info, spec)
         scaling = f"scale={out_width}:{out_height}:flags=area+accurate_rnd+full_chroma_int"
@@ -182,7 +185,7 @@ def extract_frames(
                 flat_times[target] = time
                 if with_faces:
                     if time not in scanned:
-                        scanned[time] = detect_faces(pixels, spec)
+                        scanned[time] = detector.submit(detect_faces, pixels, spec)
                     target_faces[target] = scanned[time]
                 else:
                     flat_frames[target] = pixels.transpose(2, 0, 1)
@@ -228,6 +231,9 @@ def extract_frames(
                 previous = time
                 received += 1
         finally:
+            if detector is not None:
+                # waits for the scans in flight (all of them are needed unless decoding failed)
+                detector.shutdown(cancel_futures=timed_out.is_set())
             process.stdout.close()
             returncode = process.wait()
             watchdog.cancel()
@@ -243,7 +249,8 @@ def extract_frames(
         )
 
     if with_faces:
-        return _face_features(frames, frame_times, target_faces)
+        found = [job.result() if job is not None else None for job in target_faces]
+        return _face_features(frames, frame_times, found)
     _fill_missing(flat_frames, flat_times, count, per)
     present = (frame_times != NO_FRAME).any(axis=1)
     return VisualFeatures(frames, frame_times, present)
