@@ -89,6 +89,43 @@ def faces_video(faces: np.ndarray, directory: Path, rng: np.random.Generator) ->
     return clip, placements
 
 
+def detector_only(faces: np.ndarray, args, load_before) -> None:
+    """Found rate and pipeline time of the sampled faces' clips with the visual-fer2013 preset's
+    face spec: the detector's share of the targets, without a model."""
+    from services.model.train import PRESETS
+    from shared.features.spec import FeatureSpec
+
+    spec = FeatureSpec.model_validate(
+        {k.removeprefix("spec."): v for k, v in PRESETS["visual-fer2013"].items() if k.startswith("spec.")}
+    )
+    rng = np.random.default_rng(args.seed)
+    picked = np.sort(rng.choice(len(faces), size=min(args.clips, len(faces)), replace=False))
+    with tempfile.TemporaryDirectory(prefix="moodreel-faces-") as scratch:
+        clip, _ = faces_video(faces[picked], Path(scratch), rng)
+        started = time.perf_counter()
+        bundle = extract_features(clip, spec, window_seconds=1.0)
+        pipeline_seconds = time.perf_counter() - started
+    found = bundle.modality_mask[:, VISUAL]
+    result = {
+        "split": {"test": "PrivateTest", "dev": "PublicTest"}[args.split],
+        "spec": spec.model_dump(mode="json") | {"hash": spec.hash},
+        "clips": len(picked),
+        "found_rate": round(float(found.mean()), 4),
+        "target_found_rate": 0.95,
+        "video": {"width": WIDTH, "height": HEIGHT, "fps": FPS, "face_px": [120, 220], "seconds_per_face": 1},
+        "pipeline_s": round(pipeline_seconds, 2),
+        "machine": {
+            "cpus": os.cpu_count(), "python": platform.python_version(), "note": "shared dev VM",
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        },
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }  # fmt: skip
+    path = RESULTS.with_name("faces-detector.json")
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=ROOT / "services/model/checkpoints/default")
@@ -97,15 +134,23 @@ def main() -> None:
     parser.add_argument(
         "--split", choices=("dev", "test"), default="test", help="dev (PublicTest) to try the bench out"
     )
+    parser.add_argument(
+        "--detector-only",
+        action="store_true",
+        help="only the found rate and timing, with the preset's face spec and no model (results "
+        "to bench/results/faces-detector.json)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     load_before = os.getloadavg()
+    faces, labels = load_split_arrays(args.split)  # test: PrivateTest
+    if args.detector_only:
+        detector_only(faces, args, load_before)
+        return
     loaded = load_checkpoint(args.checkpoint)
     model, spec = loaded.model.eval(), loaded.spec
     if spec.face_detector == "none" or "visual" not in loaded.config.trained_modalities:
         raise SystemExit(f"{args.checkpoint} has no trained visual branch with a face detector")
-
-    faces, labels = load_split_arrays(args.split)  # test: PrivateTest
     predicted = visual_predictions(model, as_frames(faces, spec.frame_size))
     direct_accuracy = float((predicted == labels).mean())
 
