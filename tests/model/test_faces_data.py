@@ -70,3 +70,33 @@ def test_face_cnn_reads_frames_and_frozen_norms_stay():
     before = norms[0].running_mean.clone()
     model.visual(frames)
     assert torch.equal(before, norms[0].running_mean)
+
+
+def test_cached_visual_embedding_gives_the_frames_output():
+    from services.model.data.examples import ExampleSet
+    from services.model.train import cache_visual_embedding
+
+    tiny_text = {"model_type": "bert", "vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 1}
+    config = ModelConfig(
+        text_encoder_config=tiny_text | {"num_attention_heads": 2, "intermediate_size": 32},
+        visual_backbone="face_cnn",
+        visual_channels=(8, 16),
+        embed_dim=16,
+        fusion_hidden=16,
+        trained_modalities=("visual",),
+    )
+    model = MoodreelModel(config).eval()
+    frames = torch.randint(0, 256, (5, 1, 3, 48, 48), dtype=torch.uint8)
+    mask = torch.zeros(5, 3, dtype=torch.bool)
+    mask[:4, 2] = True  # the last row has no face
+    examples = ExampleSet(
+        {"frames": frames.clone()}, mask, torch.zeros(5, dtype=torch.long), torch.zeros(5, dtype=torch.long)
+    )
+    direct = model(examples.batch(torch.arange(5)).inputs)
+    cache_visual_embedding(model, examples, 2, "cpu")
+    assert "frames" not in examples.tensors and examples.tensors["visual_embedding"].shape == (5, 16)
+    batch = examples.batch(torch.arange(5)).inputs
+    assert batch.frames is None
+    cached = model(batch)
+    torch.testing.assert_close(cached.emotion_logits, direct.emotion_logits)
+    assert cached.modalities_used[:, 2].tolist() == [True] * 4 + [False]
