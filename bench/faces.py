@@ -32,9 +32,9 @@ import torch  # noqa: E402
 from services.model.checkpoint import load_checkpoint  # noqa: E402
 from services.model.data.faces import as_frames, load_split_arrays  # noqa: E402
 from services.model.network import VISUAL, ModelInputs  # noqa: E402
-from shared.features.demo_media import ffmpeg_args, run_tool  # noqa: E402
-from shared.features.pipeline import extract_features  # noqa: E402
-from shared.labels import EMOTIONS, MODALITIES  # noqa: E402
+from shared.contract.features.demo_media import ffmpeg_args, run_tool  # noqa: E402
+from shared.contract.features.pipeline import extract_features  # noqa: E402
+from shared.contract.labels import EMOTIONS, MODALITIES  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "faces.json"
 WIDTH, HEIGHT, FPS = 640, 360, 24
@@ -93,7 +93,7 @@ def detector_only(faces: np.ndarray, args, load_before) -> None:
     """Found rate and pipeline time of the sampled faces' clips with the visual-fer2013 preset's
     face spec: the detector's share of the targets, without a model."""
     from services.model.train import PRESETS
-    from shared.features.spec import FeatureSpec
+    from shared.contract.features.spec import FeatureSpec
 
     spec = FeatureSpec.model_validate(
         {k.removeprefix("spec."): v for k, v in PRESETS["visual-fer2013"].items() if k.startswith("spec.")}

@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.features.demo_media import make_face_clip
-from shared.features.faces import FrameFaces, crop_face, detect_faces, track_face
-from shared.features.pipeline import extract_features
-from shared.features.spec import FeatureSpec
-from shared.labels import MODALITIES
+from shared.contract.features.demo_media import make_face_clip
+from shared.contract.features.faces import FrameFaces, crop_face, detect_faces, track_face
+from shared.contract.features.pipeline import extract_features
+from shared.contract.features.spec import FeatureSpec
+from shared.contract.labels import MODALITIES
 
 VISUAL = MODALITIES.index("visual")
 FACE_SPEC = FeatureSpec(frames_per_utterance=4, frame_size=48, face_detector="haar")
@@ -86,7 +86,7 @@ def test_audio_only_media_has_no_video_reason(media, settings):
 
 
 def test_bundle_keeps_the_faces(astronaut, tmp_path):
-    from shared.bundle import FeatureBundle
+    from shared.contract.bundle import FeatureBundle
 
     bundle = extract_features(astronaut[0], FACE_SPEC, window_seconds=2.0)
     path = tmp_path / "bundle.safetensors"

@@ -8,7 +8,7 @@ import torch
 from services.model.config import ModelConfig
 from services.model.data.faces import FaceAugment, as_frames, fer_available, fer_files, read_gray
 from services.model.network import MoodreelModel
-from shared.labels import EMOTIONS
+from shared.contract.labels import EMOTIONS
 
 needs_fer = pytest.mark.skipif(
     not fer_available(),

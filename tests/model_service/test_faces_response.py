@@ -5,8 +5,8 @@ from pathlib import Path
 
 from services.model.inference import build_response, model_fn, predict_fn
 from services.model.testing import TINY_SPEC, build_tiny_checkpoint
-from shared.features.demo_media import make_face_clip
-from shared.features.pipeline import extract_features
+from shared.contract.features.demo_media import make_face_clip
+from shared.contract.features.pipeline import extract_features
 
 
 def test_response_carries_faces_and_the_no_face_reason(tmp_path: Path):

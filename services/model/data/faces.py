@@ -20,8 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from shared.features.spec import FeatureSpec
-from shared.labels import EMOTIONS, MODALITIES, SENTIMENTS
+from shared.contract.features.spec import FeatureSpec
+from shared.contract.labels import EMOTIONS, MODALITIES, SENTIMENTS
 from shared.logging import get_logger
 from shared.settings import Settings, get_settings
 
@@ -95,7 +95,7 @@ def read_gray(path: Path) -> np.ndarray:
 
 def as_frames(gray: np.ndarray, size: int) -> np.ndarray:
     """``[N, H, W]`` uint8 grayscale faces -> ``[N, 1, 3, S, S]`` uint8 RGB, resized as the
-    pipeline resizes its crops (shared.features.faces.crop_face: area when shrinking, cubic when
+    pipeline resizes its crops (shared.contract.features.faces.crop_face: area when shrinking, cubic when
     enlarging)."""
     if gray.shape[1:] != (size, size):
         import cv2

@@ -32,10 +32,10 @@ from services.platform.analyses.schemas import (
     utterance_public,
 )
 from services.platform.usage import quota
+from shared.contract.predictions import FrameFaces
 from shared.db.models import Analysis, AnalysisStatus, IdempotencyRecord, Upload
 from shared.db.types import utcnow
 from shared.net.urls import UrlNotAllowed, UrlPolicy
-from shared.predictions import FrameFaces
 from shared.problems import (
     BadRequest,
     Conflict,
@@ -127,7 +127,7 @@ def _transcript_text(body: AnalysisCreate) -> tuple[str | None, str | None]:
 
 def validate_transcript(text: str, transcript_format: str, settings: Settings) -> None:
     """Syntax only: times against the media's duration are checked by the worker after probing."""
-    from shared.features.transcripts import TranscriptError, parse_transcript
+    from shared.contract.features.transcripts import TranscriptError, parse_transcript
 
     source: str | list = (
         json.loads(text) if transcript_format == "json" and text.lstrip().startswith("[") else text

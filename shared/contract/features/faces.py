@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.features.spec import FeatureSpec
+from shared.contract.features.spec import FeatureSpec
 
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 # The file opencv-python-headless 4.14.0.94 ships: a different cascade would find different faces

@@ -28,7 +28,7 @@ class FeatureSpec(BaseModel):
     # 0 means the model reads no frames (its visual branch is untrained): the video is not decoded.
     frames_per_utterance: int = Field(8, ge=0, le=64)
     frame_size: int = Field(112, ge=16, le=512, description="S: frames are S x S RGB after crop")
-    # faces (shared.features.faces): "none" keeps each sampled frame whole (short side to S, centre
+    # faces (shared.contract.features.faces): "none" keeps each sampled frame whole (short side to S, centre
     # crop); "haar" finds faces in the sampled frames and keeps the utterance's tracked face, cropped
     # to S x S, masking the visual modality where no face is found.
     face_detector: Literal["none", "haar"] = "none"
@@ -50,7 +50,7 @@ class FeatureSpec(BaseModel):
     hop_length: int = Field(160, ge=16)
     n_mels: int = Field(64, ge=8, le=256)
     max_audio_frames: int = Field(512, ge=16, description="T: log-mel frames kept per utterance")
-    # speech gate (shared.features.speech): audio is used only where WebRTC's voice detector
+    # speech gate (shared.contract.features.speech): audio is used only where WebRTC's voice detector
     # finds speech in at least min_speech_fraction of the utterance's span
     speech_gate: bool = True
     vad_mode: int = Field(3, ge=0, le=3, description="WebRTC VAD aggressiveness: 3 rejects most non-speech")
