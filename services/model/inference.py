@@ -30,6 +30,7 @@ from shared.contract.predictions import (
     LANGUAGE_UNSUPPORTED,
     NO_EVIDENCE,
     NOT_REQUESTED,
+    FrameFaces,
     InvocationResponse,
     LabelScores,
     ModalityScores,
@@ -219,7 +220,11 @@ def evidence_mask(
     mask = np.array(data.modality_mask, dtype=bool, copy=True)
     masked: list[dict[str, str]] = []
     for row, meta in enumerate(data.utterances):
-        reasons = {"audio": meta.audio_reason} if meta.audio_reason else {}
+        reasons = {
+            name: reason
+            for name, reason in (("audio", meta.audio_reason), ("visual", meta.visual_reason))
+            if reason
+        }
         if text_unreadable and mask[row, MODALITIES.index("text")]:
             reasons["text"] = LANGUAGE_UNSUPPORTED
             mask[row, MODALITIES.index("text")] = False
@@ -355,6 +360,7 @@ def build_response(prediction: Prediction) -> InvocationResponse:
                     for name in used
                 },
                 modalities_masked=masked,
+                faces=[FrameFaces.from_meta(frame) for frame in meta.faces],
             )
         )
     return InvocationResponse(model=prediction.model, utterances=utterances)

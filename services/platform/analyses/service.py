@@ -33,7 +33,7 @@ from services.platform.analyses.schemas import (
     utterance_public,
 )
 from services.platform.usage import quota
-from shared.contract.predictions import NO_EVIDENCE
+from shared.contract.predictions import NO_EVIDENCE, FrameFaces
 from shared.db.models import Analysis, AnalysisStatus, IdempotencyRecord, Upload
 from shared.db.types import utcnow
 from shared.net.urls import UrlNotAllowed, UrlPolicy
@@ -418,6 +418,9 @@ def export(analysis: AnalysisDetail, export_format: str) -> tuple[str, str]:
                 "sentiment_confidence",
                 "modalities_used",
                 "reason",
+                "visual_masked",
+                "face_frames",
+                "face_box",
             ]
             + [_csv_safe(f"emotion_{label}") for label in emotion_labels]
             + [_csv_safe(f"sentiment_{label}") for label in sentiment_labels]
@@ -435,6 +438,8 @@ def export(analysis: AnalysisDetail, export_format: str) -> tuple[str, str]:
                     *_label_cells(u.sentiment),
                     _csv_safe(" ".join(u.modalities_used)),
                     u.reason or "",
+                    _csv_safe(u.modalities_masked.get("visual", "")),
+                    *_face_cells(u.faces),
                 ]
                 + _score_cells(u.emotion, emotion_labels)
                 + _score_cells(u.sentiment, sentiment_labels)
@@ -461,6 +466,21 @@ def _label_cells(scores: LabelScores | None) -> list[str]:
 
 def _score_cells(scores: LabelScores | None, labels: list[str]) -> list[str]:
     return ["" if scores is None else f"{scores.scores.get(label, 0.0):.4f}" for label in labels]
+
+
+def _face_cells(faces: list[FrameFaces]) -> list[str]:
+    """CSV cells: sampled frames where the tracked face was seen ("3/4"), and its box in the frame
+    nearest the utterance's middle as "x y width height" (normalised), empty without faces."""
+    if not faces:
+        return ["", ""]
+    seen = [frame for frame in faces if frame.used is not None]
+    box = ""
+    if seen:
+        middle = faces[len(faces) // 2].time
+        nearest = min(seen, key=lambda frame: abs(frame.time - middle))
+        face = nearest.boxes[nearest.used]
+        box = f"{face.x:.4f} {face.y:.4f} {face.width:.4f} {face.height:.4f}"
+    return [f"{len(seen)}/{len(faces)}", box]
 
 
 def _correction_cells(correction: UtteranceCorrection | None) -> list[str]:
