@@ -1,7 +1,7 @@
 """utterance results without evidence: null labels and scores, and the reason
 
 Revision ID: 20261202_no_evidence
-Revises: 20261201_modalities_masked
+Revises: 20261202_faces
 Create Date: 2026-12-02 00:30:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "20261202_no_evidence"
-down_revision: str | None = "20261201_modalities_masked"
+down_revision: str | None = "20261202_faces"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
