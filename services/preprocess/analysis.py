@@ -190,8 +190,13 @@ class AnalysisRun:
             await self.ensure_active()
             with self.timer.stage("features"):
                 bundle = await asyncio.to_thread(self.features, analysis, media_path, spec)
-        predictions, model = await self.score(bundle)
-        summary = summarise(predictions, duration)
+        predictions, model = await self.score(bundle, analysis.transcript_kind)
+        summary = summarise(
+            predictions,
+            duration,
+            transcript=analysis.transcript_kind,
+            segmentation=bundle.media.get("segmentation"),
+        )
         await self.succeed(analysis, predictions, summary, model, duration)
         log.info(
             "analysis_succeeded",
@@ -276,11 +281,19 @@ class AnalysisRun:
     def features(self, analysis: Analysis, media_path: Path, spec: FeatureSpec) -> FeatureBundle:
         # SRT, WebVTT or JSON segments: the parser tells them apart by their first characters.
         transcript = analysis.transcript or None
-        window = (analysis.options or {}).get("window_seconds") or self.settings.default_window_seconds
-        return extract_features(media_path, spec, transcript, window_seconds=window, settings=self.settings)
+        options = analysis.options or {}
+        return extract_features(
+            media_path,
+            spec,
+            transcript,
+            window_seconds=options.get("window_seconds") or self.settings.default_window_seconds,
+            segmentation=options.get("segmentation"),
+            speakers=options.get("speakers"),
+            settings=self.settings,
+        )
 
     async def score(
-        self, bundle: FeatureBundle
+        self, bundle: FeatureBundle, transcript: str
     ) -> tuple[list[UtterancePrediction], InvocationResponse | None]:
         """Predict chunk by chunk; each chunk's rows are stored and announced before the next."""
         predictions: list[UtterancePrediction] = []
@@ -304,7 +317,7 @@ class AnalysisRun:
             with self.timer.stage("persist"):
                 await self.db(lambda s, rows=rows: repository.upsert_utterances(s, rows))
                 for offset, prediction in enumerate(response.utterances):
-                    await self.publish("utterance", utterance_event(start + offset, prediction))
+                    await self.publish("utterance", utterance_event(start + offset, prediction, transcript))
             predictions.extend(response.utterances)
         return predictions, first
 
@@ -388,12 +401,18 @@ async def enqueue_delivery(
     )
 
 
-def utterance_event(index: int, prediction: UtterancePrediction) -> dict[str, Any]:
+def utterance_event(index: int, prediction: UtterancePrediction, transcript: str) -> dict[str, Any]:
     """The utterance as ``GET /v1/analyses/{id}`` returns it (UtteranceResultPublic)."""
     data = prediction.model_dump(mode="json", exclude={"modalities"})
     modality_scores = prediction.model_dump(mode="json")["modalities"]
     # A freshly scored utterance has no correction yet (a re-run keeps a stored one in the database).
-    return {"index": index, **data, "modality_scores": modality_scores, "correction": None}
+    return {
+        "index": index,
+        **data,
+        "transcript": transcript,
+        "modality_scores": modality_scores,
+        "correction": None,
+    }
 
 
 def webhook_payload(analysis: Analysis, event_type: str) -> dict[str, Any]:

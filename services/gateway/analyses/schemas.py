@@ -11,6 +11,12 @@ from shared.db.types import STORABLE_TEXT_PATTERN
 from shared.predictions import ModalityScores
 
 AnalysisStatusName = Literal["queued", "processing", "succeeded", "failed", "canceled"]
+# Where an analysis' words came from; "none": no transcript, so the words were not analysed.
+TranscriptKind = Literal["none", "srt", "vtt", "json"]
+TRANSCRIPT_DESCRIPTION = (
+    "The transcript the words came from: `srt`, `vtt` or `json`; `none`: there was no transcript, "
+    "so the words were not analysed (add a transcript for text)."
+)
 
 # Validation work is bounded by the schema, not by the body: pydantic refuses a longer list
 # before validating its items (more cues than the media's utterance limit fail in the worker).
@@ -42,12 +48,26 @@ class AnalysisOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    segmentation: Literal["speech", "windows"] | None = Field(
+        default=None,
+        description="Without a transcript: `speech` makes the utterances from the speech found in "
+        "the audio and tells the speakers apart by voice (S1, S2, ... in order of first "
+        "appearance); `windows` cuts fixed windows of `window_seconds`. Default from the "
+        "server's settings (`speech`).",
+    )
+    speakers: int | None = Field(
+        default=None,
+        ge=1,
+        le=10,
+        description="How many people speak, when known; otherwise the number is estimated. A "
+        "transcript's speaker names win: voices only name the utterances it leaves without one.",
+    )
     window_seconds: float | None = Field(
         default=None,
         ge=0.5,
         le=60,
-        description="Without a transcript the media is cut into windows of this length "
-        "(default from the server's settings).",
+        description="The window length for `segmentation: windows` (and for media without "
+        "speech); default from the server's settings.",
     )
 
 
@@ -151,7 +171,11 @@ class UtteranceResultPublic(BaseModel):
     start: float
     end: float
     text: str
-    speaker: str | None
+    speaker: str | None = Field(
+        description="The transcript's speaker, or S1, S2, ... told apart by voice (in order of "
+        "first appearance); null when unknown."
+    )
+    transcript: TranscriptKind = Field(description=TRANSCRIPT_DESCRIPTION)
     emotion: LabelScores
     sentiment: LabelScores
     modalities_used: list[str]
@@ -193,13 +217,15 @@ class AnalysisPublic(BaseModel):
     status: AnalysisStatusName
     source: AnalysisSource
     options: dict[str, Any]
+    transcript: TranscriptKind = Field(description=TRANSCRIPT_DESCRIPTION)
     callback_url: str | None
     duration_seconds: float | None
     utterance_count: int
     model_version: str | None
     error: AnalysisError | None
     summary: dict[str, Any] | None = Field(
-        description="Dominant emotion and sentiment, their shares, and emotion share over time."
+        description="Dominant emotion and sentiment, their shares, emotion share over time, and "
+        "per speaker (`speakers`: speaking time and their own shares, in order of first appearance)."
     )
     created_at: datetime
     updated_at: datetime

@@ -303,6 +303,7 @@ def to_public(analysis: Analysis) -> AnalysisPublic:
         status=analysis.status,  # type: ignore[arg-type]
         source=AnalysisSource(video_url=analysis.source_url, upload_id=analysis.upload_id),
         options=analysis.options or {},
+        transcript=analysis.transcript_kind,  # type: ignore[arg-type]
         callback_url=analysis.callback_url,
         duration_seconds=analysis.duration_seconds,
         utterance_count=analysis.utterance_count or 0,
@@ -323,13 +324,15 @@ def _scores(label: str, scores: dict[str, float]) -> LabelScores:
     return LabelScores(label=label, confidence=float(scores.get(label, 0.0)), scores=scores)
 
 
-def utterance_public(row: UtteranceResult) -> UtteranceResultPublic:
+def utterance_public(row: UtteranceResult, transcript: str) -> UtteranceResultPublic:
+    """``transcript``: the analysis' ``transcript_kind``, which every utterance's words share."""
     return UtteranceResultPublic(
         index=row.index,
         start=row.start,
         end=row.end,
         text=row.text,
         speaker=row.speaker,
+        transcript=transcript,  # type: ignore[arg-type]
         emotion=_scores(row.emotion, row.emotion_scores),
         sentiment=_scores(row.sentiment, row.sentiment_scores),
         modalities_used=list(row.modalities or []),
@@ -359,7 +362,8 @@ def detail(session: Session, user_id: uuid.UUID, analysis_id: uuid.UUID) -> Anal
     failed = analysis.status == AnalysisStatus.failed.value
     rows = [] if failed else repository.utterances(session, analysis.id)
     return AnalysisDetail(
-        **to_public(analysis).model_dump(), utterances=[utterance_public(row) for row in rows]
+        **to_public(analysis).model_dump(),
+        utterances=[utterance_public(row, analysis.transcript_kind) for row in rows],
     )
 
 
@@ -378,7 +382,7 @@ def correct_utterance(
         row.corrected_emotion, row.corrected_sentiment = body.emotion, body.sentiment
         row.corrected_by, row.corrected_at = user_id, utcnow()
     session.flush()
-    return utterance_public(row)
+    return utterance_public(row, analysis.transcript_kind)
 
 
 # --- cancelling and deleting ----------------------------------------------------------------

