@@ -72,9 +72,9 @@ SPLITS = {
         "seed": 0,
     },
 }
-JOIN_PAUSES = (0.15, 0.2)
-DISTANCES = (0.7, 0.8, 0.9, 1.0, 1.1)
-SINGLE_DISTANCES = (0.3, 0.35, 0.4, 0.45)
+JOIN_PAUSES = (0.15, 0.25)
+DISTANCES = (0.9, 1.0, 1.1, 1.2, 1.3)
+SINGLE_DISTANCES = (0.35, 0.4, 0.45, 0.5)
 COUNTS = (1, 2, 3, 4)
 
 
@@ -184,11 +184,12 @@ def der(found, reference: list[Turn], duration: float, collar: float) -> tuple[f
     return float(missed + false_alarm + confusion), float(speech)
 
 
-def build_mixes(split: str, count: int, clips: Clips, settings) -> list[dict]:
+def build_mixes(split: str, count: int, clips: Clips, settings, joins=JOIN_PAUSES) -> list[dict]:
     """Mixes of one split with their regions and region embeddings per join pause (the costly
     part, computed once per join pause and reused across the cheap parameters)."""
     config = SPLITS[split]
     encoder = voice_encoder(models_dir(settings))
+    base = SegmentationParams.from_settings(settings)
     mixes = []
     for corpus in ("ravdess", "emodb"):
         root = settings.emotion_speech_dir / corpus
@@ -201,8 +202,8 @@ def build_mixes(split: str, count: int, clips: Clips, settings) -> list[dict]:
                 )
                 audio, turns, true_count = make_mix(clips, pool, speakers, rng)
                 by_join = {}
-                for join in JOIN_PAUSES:
-                    params = SegmentationParams(join_pause_seconds=join)
+                for join in joins:
+                    params = replace(base, join_pause_seconds=join)
                     started = time.process_time()
                     regions = speech_regions(audio, clips.spec, params)
                     embeddings = encoder.embed([audio[int(s * RATE) : int(e * RATE)] for s, e in regions])
@@ -277,7 +278,7 @@ def objective(report: dict) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--mixes", type=int, default=20, help="test mixes per corpus and speaker count")
+    parser.add_argument("--mixes", type=int, default=12, help="test mixes per corpus and speaker count")
     parser.add_argument("--dev-mixes", type=int, default=8, help="dev mixes per corpus and speaker count")
     args = parser.parse_args()
     settings = get_settings()
@@ -309,7 +310,8 @@ def main() -> int:
         speaker_distance=best["speaker_distance"],
         single_speaker_distance=best["single_speaker_distance"],
     )
-    test = build_mixes("test", args.mixes, clips, settings)
+    joins = sorted({chosen.join_pause_seconds, base.join_pause_seconds})
+    test = build_mixes("test", args.mixes, clips, settings, joins)
     held_out = score(test, spec, chosen)
     held_out_given = score(test, spec, chosen, given_count=True)
     settings_default = score(test, spec, base) if base != chosen else None

@@ -37,14 +37,16 @@ SPEAKER_PREFIX = "S"
 
 @dataclass(frozen=True)
 class SegmentationParams:
-    join_pause_seconds: float = 0.3
-    split_pause_seconds: float = 1.0
-    min_seconds: float = 0.4
-    max_seconds: float = 8.0
-    speaker_distance: float = 0.9
-    single_speaker_distance: float = 0.4
-    speaker_min_embed_seconds: float = 1.0
-    max_speakers: int = 10
+    """The settings' ``segment_*`` and ``speaker_*`` values (documented there)."""
+
+    join_pause_seconds: float
+    split_pause_seconds: float
+    min_seconds: float
+    max_seconds: float
+    speaker_distance: float
+    single_speaker_distance: float
+    speaker_min_embed_seconds: float
+    max_speakers: int
 
     @classmethod
     def from_settings(cls, settings) -> SegmentationParams:
@@ -148,8 +150,8 @@ def _spans(waveform: np.ndarray, spans: Sequence[tuple[float, float]], rate: int
 def _cut_long(
     waveform: np.ndarray, start: float, end: float, spec: FeatureSpec, params: SegmentationParams
 ) -> list[tuple[float, float]]:
-    """Cut [start, end] into pieces of at most ``max_seconds``, each cut at the quietest frame of
-    the second before its even-division point."""
+    """Cut [start, end] into the fewest pieces of at most ``max_seconds``, each cut at the quietest
+    frame within a second of its even-division point that keeps every piece within the limit."""
     pieces = int(np.ceil((end - start) / params.max_seconds - 1e-9))
     if pieces <= 1:
         return [(start, end)]
@@ -157,11 +159,12 @@ def _cut_long(
     bounds = [start]
     for piece in range(1, pieces):
         target = start + piece * (end - start) / pieces
-        lo = max(bounds[-1] + params.min_seconds, target - 1.0)
-        hi = max(lo + frame, target)
-        levels = frame_levels_db(waveform[int(lo * spec.sample_rate) : int(hi * spec.sample_rate)], spec)
-        cut = lo + (int(np.argmin(levels)) + 0.5) * frame if len(levels) else target
-        bounds.append(round(cut, 3))
+        earliest = max(bounds[-1] + frame, end - (pieces - piece) * params.max_seconds, target - 1.0)
+        latest = min(bounds[-1] + params.max_seconds, target + 1.0)
+        rate = spec.sample_rate
+        levels = frame_levels_db(waveform[int(earliest * rate) : int(latest * rate)], spec)
+        cut = earliest + int(np.argmin(levels)) * frame if len(levels) and latest > earliest else target
+        bounds.append(round(min(max(cut, earliest), latest), 3))
     bounds.append(end)
     return list(zip(bounds[:-1], bounds[1:], strict=True))
 

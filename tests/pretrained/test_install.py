@@ -232,3 +232,59 @@ def test_the_project_manifest_offers_whisper_tiny_en_by_name_only():
     entries = read_manifest()
     assert entries["whisper-tiny-en"].optional and not entries["whisper-base"].optional
     assert entries["whisper-tiny-en"].convert == "ctranslate2-whisper"
+
+
+def test_the_project_manifest_pins_resemblyzers_voice_encoder():
+    entry = read_manifest()["resemblyzer"]
+    assert not entry.optional and entry.convert == "resemblyzer-safetensors"
+    [package] = entry.packages
+    assert (package.name, package.version) == ("resemblyzer", "0.1.4")
+    assert entry.copy["resemblyzer/pretrained.pt"] == "pretrained.pt"
+    assert package.files["resemblyzer/pretrained.pt"] == (
+        "39373b86598fa3da9fcddee6142382efe09777e8d37dc9c0561f41f0070f134e"
+    )
+
+
+def test_a_wheel_named_in_its_projects_case_is_found_and_converted(tmp_path):
+    """Resemblyzer publishes ``Resemblyzer-0.1.4-...whl``; the voice encoder's checkpoint becomes
+    safetensors holding only the encoder's tensors, and the torch file is not kept."""
+    torch = pytest.importorskip("torch", reason="the converter reads the checkpoint with torch")
+    from safetensors.numpy import load_file
+
+    from services.model.pretrained.resemblyzer import ENCODER_TENSORS
+
+    lstm, linear = torch.nn.LSTM(40, 256, 3, batch_first=True), torch.nn.Linear(256, 256)
+    state = {f"lstm.{k}": v for k, v in lstm.state_dict().items()}
+    state |= {f"linear.{k}": v for k, v in linear.state_dict().items()}
+    state["similarity_weight"] = torch.tensor([10.0])
+    checkpoint = tmp_path / "pretrained.pt"
+    torch.save({"step": 1, "model_state": state, "optimizer_state": {}}, checkpoint)
+    data = checkpoint.read_bytes()
+    index = tmp_path / "index"
+    index.mkdir()
+    wheel = build_wheel(index, "resemblyzer", "0.1.4", {"resemblyzer/pretrained.pt": data})
+    wheel = wheel.rename(index / wheel.name.replace("resemblyzer-", "Resemblyzer-"))
+    manifest = tmp_path / "models.toml"
+    manifest.write_text(
+        f"""
+[voice]
+licence = "Apache-2.0"
+convert = "resemblyzer-safetensors"
+
+[[voice.packages]]
+name = "resemblyzer"
+version = "0.1.4"
+sha256 = "{sha(wheel.read_bytes())}"
+files = {{ "resemblyzer/pretrained.pt" = "{sha(data)}" }}
+
+[voice.copy]
+"resemblyzer/pretrained.pt" = "pretrained.pt"
+"""
+    )
+    [report] = install(None, tmp_path / "models", pip_args(index), manifest)
+    assert report.status == "installed"
+    folder = tmp_path / "models" / "voice"
+    assert not (folder / "pretrained.pt").exists()
+    tensors = load_file(str(folder / "encoder.safetensors"))
+    assert set(tensors) == set(ENCODER_TENSORS)
+    assert (tensors["lstm.weight_hh_l2"] == state["lstm.weight_hh_l2"].numpy()).all()
