@@ -589,6 +589,7 @@ async def _submit_analysis(request: Request, session: BrowserSession, api: Gatew
     session.check_csrf(request, str(form.get(CSRF_FIELD) or ""))
     video_url = str(form.get("video_url") or "").strip()
     window_seconds = str(form.get("window_seconds") or "").strip()
+    segmentation = str(form.get("segmentation") or "").strip()
     video_file, transcript_file = _form_file(form, "video_file"), _form_file(form, "transcript_file")
     body: dict[str, Any] = {}
     try:
@@ -599,8 +600,13 @@ async def _submit_analysis(request: Request, session: BrowserSession, api: Gatew
                     413, {"title": "Transcript too large", "detail": "Transcripts are limited to 1 MB."}
                 )
             body["transcript"] = raw.decode("utf-8-sig", errors="replace")
+        options: dict[str, Any] = {}
         if window_seconds:
-            body["options"] = {"window_seconds": float(window_seconds)}
+            options["window_seconds"] = float(window_seconds)
+        if segmentation:
+            options["segmentation"] = segmentation  # the API refuses an unknown value (422)
+        if options:
+            body["options"] = options
         if video_file is not None:
             body["upload_id"] = await _upload_file(api, video_file)
         elif video_url:
@@ -622,6 +628,7 @@ async def _submit_analysis(request: Request, session: BrowserSession, api: Gatew
             error=message,
             video_url=video_url,
             window_seconds=window_seconds,
+            segmentation=segmentation,
         )
     return redirect(session, f"{PREFIX}/analyses/{analysis['id']}")
 
