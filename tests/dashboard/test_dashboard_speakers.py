@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import create_engine, select
 
-from services.preprocess.summary import summarise
+from services.platform.analyses.summary import summarise
 from shared.db.models import Analysis, User, UtteranceResult
 from shared.db.session import make_session_factory, session_scope
 from shared.labels import EMOTIONS, SENTIMENTS
