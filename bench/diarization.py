@@ -17,7 +17,7 @@ Reported per speaker count and corpus:
   speakers; with the usual 0.25 s collar around reference boundaries (``der``) and without one
   (``der_no_collar``).
 
-Tuning: the segmentation parameters (join pause, the two speaker distances) are chosen on a **dev** set
+Tuning: the segmentation parameters (join pause, split pause, the two speaker distances) are chosen on a **dev** set
 (RAVDESS actors 1-12, EmoDB speakers 03-10, seeds 1000+) and reported once on held-out **test**
 mixes (RAVDESS actors 13-24, EmoDB speakers 11-16, seeds 0+). The reference trim is an energy
 threshold (frames within 35 dB of the recording's peak), not the voice detector under test.
@@ -75,6 +75,8 @@ SPLITS = {
 JOIN_PAUSES = (0.15, 0.25)
 DISTANCES = (0.9, 1.0, 1.1, 1.2, 1.3)
 SINGLE_DISTANCES = (0.35, 0.4, 0.45, 0.5)
+# Not below 0.5 s: real speech pauses that long inside a sentence.
+SPLIT_PAUSES = (0.5, 0.75, 1.0)
 COUNTS = (1, 2, 3, 4)
 
 
@@ -298,17 +300,19 @@ def main() -> int:
                 "join_pause_seconds": join,
                 "speaker_distance": distance,
                 "single_speaker_distance": single,
+                "split_pause_seconds": split,
                 "objective": round(objective(report), 4),
                 "dev": {k: report[k] for k in ("all/1", "all/2", "all/3", "all/4")},
             }
         )
-        print(f"dev join {join} distance {distance} single {single}: {objective(report):.4f}", flush=True)
+        print(f"dev {join} {distance} {single} {split}: {objective(report):.4f}", flush=True)
     best = max(grid, key=lambda row: row["objective"])
     chosen = replace(
         base,
         join_pause_seconds=best["join_pause_seconds"],
         speaker_distance=best["speaker_distance"],
         single_speaker_distance=best["single_speaker_distance"],
+        split_pause_seconds=best["split_pause_seconds"],
     )
     joins = sorted({chosen.join_pause_seconds, base.join_pause_seconds})
     test = build_mixes("test", args.mixes, clips, settings, joins)
@@ -338,6 +342,7 @@ def main() -> int:
             "join_pause_seconds": chosen.join_pause_seconds,
             "speaker_distance": chosen.speaker_distance,
             "single_speaker_distance": chosen.single_speaker_distance,
+            "split_pause_seconds": chosen.split_pause_seconds,
         },
         "settings_defaults": {
             "join_pause_seconds": base.join_pause_seconds,
