@@ -17,8 +17,8 @@ Reported per speaker count and corpus:
   speakers; with the usual 0.25 s collar around reference boundaries (``der``) and without one
   (``der_no_collar``).
 
-Tuning: the segmentation parameters (join pause, split pause, the two speaker distances) are chosen on a **dev** set
-(RAVDESS actors 1-12, EmoDB speakers 03-10, seeds 1000+) and reported once on held-out **test**
+Tuning: the segmentation parameters (join pause, split pause, the two speaker distances) are
+chosen on a **dev** set (RAVDESS actors 1-12, EmoDB speakers 03-10, seeds 1000+) and reported once on held-out **test**
 mixes (RAVDESS actors 13-24, EmoDB speakers 11-16, seeds 0+). The reference trim is an energy
 threshold (frames within 35 dB of the recording's peak), not the voice detector under test.
 
@@ -290,9 +290,14 @@ def main() -> int:
     dev = build_mixes("dev", args.dev_mixes, clips, settings)
     base = SegmentationParams.from_settings(settings)
     grid = []
-    for join, distance, single in itertools.product(JOIN_PAUSES, DISTANCES, SINGLE_DISTANCES):
+    grid_axes = (JOIN_PAUSES, DISTANCES, SINGLE_DISTANCES, SPLIT_PAUSES)
+    for join, distance, single, split in itertools.product(*grid_axes):
         params = replace(
-            base, join_pause_seconds=join, speaker_distance=distance, single_speaker_distance=single
+            base,
+            join_pause_seconds=join,
+            speaker_distance=distance,
+            single_speaker_distance=single,
+            split_pause_seconds=split,
         )
         report = score(dev, spec, params)
         grid.append(
