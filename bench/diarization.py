@@ -18,11 +18,12 @@ Reported per speaker count and corpus:
   (``der_no_collar``).
 
 Tuning: the segmentation parameters (join pause, split pause, the two speaker distances) are
-chosen on a **dev** set (RAVDESS actors 1-12, EmoDB speakers 03-10, seeds 1000+) and reported once on held-out **test**
-mixes (RAVDESS actors 13-24, EmoDB speakers 11-16, seeds 0+). The reference trim is an energy
-threshold (frames within 35 dB of the recording's peak), not the voice detector under test.
+chosen on a **dev** set (RAVDESS actors 1-12, EmoDB speakers 03-10, seeds 1000+) and reported
+once on held-out **test** mixes (RAVDESS actors 13-24, EmoDB speakers 11-16, seeds 0+). The
+reference trim is an energy threshold (frames within 35 dB of the recording's peak), not the
+voice detector under test.
 
-    nice -n 10 .venv/bin/python bench/diarization.py [--mixes 20] [--dev-mixes 8]
+    nice -n 10 .venv/bin/python bench/diarization.py [--mixes 12] [--dev-mixes 6]
 """
 
 from __future__ import annotations
