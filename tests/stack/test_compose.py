@@ -373,10 +373,9 @@ bundle = extract_features(clip.video, FeatureSpec(), clip.transcript.read_text()
 assert len(bundle.utterances) == len(clip.segments), bundle.utterances
 assert bundle.modality_mask.all(), bundle.modality_mask
 # without a transcript: speech regions, and voices through the numpy encoder (no torch)
-from shared.features.voice import voice_encoder
-from shared.settings import models_dir
-voice_encoder(models_dir())
-found = extract_features(clip.video, FeatureSpec())
+from shared.settings import Settings
+installed = Settings(models_dir=__import__('pathlib').Path({str(models_dir())!r}))
+found = extract_features(clip.video, FeatureSpec(), settings=installed)
 assert found.media["segmentation"] == "speech" and found.media["speakers"] == "voices", found.media
 assert all(u.speaker for u in found.utterances), found.utterances
 """
