@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     max_video_short_side: int = 2160
     # Most utterances (transcript cues or windows) per video.
     max_utterances: int = 2000
-    # Without a transcript the media is cut into windows of this many seconds.
+    # Fixed windows (segmentation "windows", or media without speech) last this many seconds.
     default_window_seconds: float = 4.0
     # Without a transcript: "speech" finds utterances with the speech gate's voice detector and
     # tells speakers apart by voice; "windows" cuts fixed windows (default_window_seconds).
