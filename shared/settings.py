@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     # Speech regions closer than this (seconds) are one region: the gaps between words.
     segment_join_pause_seconds: float = Field(0.15, ge=0.0, le=5.0)
     # A pause at least this long (seconds) ends an utterance even when the same voice goes on.
-    segment_split_pause_seconds: float = Field(1.0, ge=0.0, le=30.0)
+    segment_split_pause_seconds: float = Field(0.5, ge=0.0, le=30.0)
     # Utterances found in speech shorter than this are dropped (clicks, breaths) ...
     segment_min_seconds: float = Field(0.4, ge=0.0, le=10.0)
     # ... and longer ones are cut at their quietest frames (the audio branch hears 5.12 s of each).

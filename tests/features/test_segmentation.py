@@ -147,10 +147,10 @@ def test_utterances_are_the_lines_with_their_speakers_in_order_of_appearance(tal
 
 def test_the_speaker_count_can_be_given(talk, params, encoder):
     audio, lines, _ = talk
-    one = speech_utterances(audio, SPEC, params, encoder, speakers=1)
+    one = speech_utterances(audio, SPEC, replace(params, split_pause_seconds=1.0), encoder, speakers=1)
     assert {u.speaker for u in one} == {"S1"}
-    # one voice throughout: the lines closer than the split pause become one utterance
-    assert len(one) < len(lines)
+    # one voice throughout: the lines closer than the split pause (0.8 s apart) become one
+    assert len(one) == len(lines) - 1
 
 
 def test_min_and_max_lengths_bound_the_utterances(talk, params, encoder):
