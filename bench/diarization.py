@@ -6,7 +6,7 @@ any other one), every turn one recording trimmed to its speech, levelled to -23 
 +-3 dB (as in one recorded conversation; the corpora's own gains differ by 35 dB between
 takes), separated by random pauses (uniform 0.25-1.5 s) over a faint noise floor (-65 dBFS
 white noise, so pauses are not digital silence). The turns' times and speakers are the
-reference; ``shared.features.segmentation`` finds utterances and speakers from the audio alone.
+reference; ``shared.contract.features.segmentation`` finds utterances and speakers from the audio alone.
 
 Reported per speaker count and corpus:
 - **boundary F1**: utterance starts and ends matched one-to-one to reference ones within
@@ -45,14 +45,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from shared.features.audio import load_audio  # noqa: E402
-from shared.features.segmentation import (  # noqa: E402
+from shared.contract.features.audio import load_audio  # noqa: E402
+from shared.contract.features.segmentation import (  # noqa: E402
     SegmentationParams,
     speech_regions,
     utterances_from_regions,
 )
-from shared.features.spec import FeatureSpec  # noqa: E402
-from shared.features.voice import voice_encoder  # noqa: E402
+from shared.contract.features.spec import FeatureSpec  # noqa: E402
+from shared.contract.features.voice import voice_encoder  # noqa: E402
 from shared.settings import get_settings, models_dir  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "diarization.json"

@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy import create_engine, select
 
 from services.platform.analyses.summary import summarise
+from shared.contract.labels import EMOTIONS, SENTIMENTS
+from shared.contract.predictions import LabelScores, UtterancePrediction
 from shared.db.models import Analysis, User, UtteranceResult
 from shared.db.session import make_session_factory, session_scope
-from shared.labels import EMOTIONS, SENTIMENTS
-from shared.predictions import LabelScores, UtterancePrediction
 from tests.dashboard.helpers import signed_in_client
 from tests.fixtures.db import migrate
 from tests.worker import stack

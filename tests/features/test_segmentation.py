@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.bundle import UtteranceMeta
-from shared.features.audio import load_audio
-from shared.features.pipeline import extract_features
-from shared.features.segmentation import (
+from shared.contract.bundle import UtteranceMeta
+from shared.contract.features.audio import load_audio
+from shared.contract.features.pipeline import extract_features
+from shared.contract.features.segmentation import (
     SegmentationParams,
     assign_speakers,
     cluster_voices,
@@ -26,8 +26,8 @@ from shared.features.segmentation import (
     speech_regions,
     speech_utterances,
 )
-from shared.features.spec import FeatureSpec
-from shared.features.voice import VoiceEncoderMissing, voice_encoder
+from shared.contract.features.spec import FeatureSpec
+from shared.contract.features.voice import VoiceEncoderMissing, voice_encoder
 from shared.settings import Settings, models_dir
 
 SPEC = FeatureSpec()

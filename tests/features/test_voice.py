@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared.features.voice import (
+from shared.contract.features.voice import (
     EMBEDDING_SIZE,
     HOP,
     N_FFT,
@@ -73,7 +73,7 @@ def test_the_numpy_lstm_matches_torch(encoder, torch):
 
 
 def test_the_mel_spectrum_matches_torch_stft(torch):
-    from shared.features.audio import _mel_filters
+    from shared.contract.features.audio import _mel_filters
 
     wav = np.random.default_rng(1).standard_normal(16_000 * 2).astype(np.float32) * 0.1
     power = torch.stft(

@@ -2,7 +2,7 @@
 
 ``pretrained.pt`` holds ``model_state`` (the LSTM, the linear layer and two similarity scalars used
 only in training) and the optimiser's state. Only the tensors the encoder runs on are kept, as
-float32 under their torch names (``lstm.weight_ih_l0`` ...), so ``shared.features.voice`` can
+float32 under their torch names (``lstm.weight_ih_l0`` ...), so ``shared.contract.features.voice`` can
 load them with ``safetensors.numpy``.
 """
 

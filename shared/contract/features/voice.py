@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from shared.features.audio import _mel_filters, _window
+from shared.contract.features.audio import _mel_filters, _window
 
 SAMPLE_RATE = 16_000
 N_FFT = 400  # 25 ms

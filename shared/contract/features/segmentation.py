@@ -5,7 +5,7 @@
    words), and a region is kept only if the speech gate itself finds speech in it
    (``speech.is_speech``: tonal frames not counted, steady sound refused), so music, tones and
    noise that the detector alone would take for speech are not utterances.
-2. **Voices**: each region's voice embedding (``shared.features.voice``, Resemblyzer in numpy),
+2. **Voices**: each region's voice embedding (``shared.contract.features.voice``, Resemblyzer in numpy),
    clustered by average-linkage agglomeration on cosine distance (``cluster_voices``): the number
    of speakers is where the closest remaining clusters are further apart than ``speaker_distance``
    (or the number asked for). Regions shorter than ``speaker_min_embed_seconds`` carry too little
@@ -24,10 +24,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from shared.bundle import UtteranceMeta
-from shared.features.spec import FeatureSpec
-from shared.features.speech import detected_frames, frame_levels_db, is_speech
-from shared.features.voice import VoiceEncoder
+from shared.contract.bundle import UtteranceMeta
+from shared.contract.features.spec import FeatureSpec
+from shared.contract.features.speech import detected_frames, frame_levels_db, is_speech
+from shared.contract.features.voice import VoiceEncoder
 from shared.logging import get_logger
 
 log = get_logger(__name__)
