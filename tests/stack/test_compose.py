@@ -362,6 +362,11 @@ installed = Settings(models_dir=__import__('pathlib').Path({str(models_dir())!r}
 found = extract_features(clip.video, FeatureSpec(), settings=installed)
 assert found.media["segmentation"] == "speech" and found.media["speakers"] == "voices", found.media
 assert all(u.speaker for u in found.utterances), found.utterances
+# the face detector (OpenCV's cascade) runs in the worker too; the clip shows no face
+spec = FeatureSpec(face_detector="haar", frames_per_utterance=2, frame_size=48)
+faces = extract_features(clip.video, spec, clip.transcript.read_text())
+assert {{u.visual_reason for u in faces.utterances}} == {{"no_face"}}, faces.utterances
+assert sys.modules.get("torch") is None  # blocked, never imported
 """
     done = run_with_image_packages(
         "services/preprocess/requirements-image.txt",
