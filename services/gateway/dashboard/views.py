@@ -597,6 +597,13 @@ async def _submit_analysis(request: Request, session: BrowserSession, api: Gatew
     return redirect(session, f"{PREFIX}/analyses/{analysis['id']}")
 
 
+def player_kind(analysis: dict[str, Any], upload_type: str | None) -> str | None:
+    """``video`` or ``audio`` when the analysis has stored media to play, else None."""
+    if analysis["source"].get("upload_id") is None or not upload_type:
+        return None
+    return "audio" if upload_type.startswith("audio/") else "video"
+
+
 def _analysis_context(analysis: dict[str, Any]) -> dict[str, Any]:
     utterances = analysis["utterances"]
     summary = analysis["summary"] or {}
@@ -619,7 +626,17 @@ async def analysis_page(request: Request, analysis_id: uuid.UUID) -> Response:
             analysis = await api.json("GET", f"/v1/analyses/{analysis_id}")
         except ApiError as exc:
             return render(request, session, "error.html", status_code=exc.status, message=exc.message)
-        return render(request, session, "analysis.html", **_analysis_context(analysis))
+        upload_type = None
+        if upload_id := analysis["source"].get("upload_id"):
+            upload = await api.request("GET", f"/v1/uploads/{upload_id}")
+            upload_type = upload.json()["content_type"] if upload.status_code == 200 else None
+        return render(
+            request,
+            session,
+            "analysis.html",
+            player=player_kind(analysis, upload_type),
+            **_analysis_context(analysis),
+        )
 
     return await _page(request, handler)
 
@@ -647,6 +664,18 @@ async def analysis_events(request: Request, analysis_id: uuid.UUID) -> Response:
     async def handler(session: BrowserSession, api: GatewayApi) -> Response:
         await api.ensure_access()
         return ForwardToApi(f"/v1/analyses/{analysis_id}/events", "", session)
+
+    return await _page(request, handler)
+
+
+@router.get("/analyses/{analysis_id}/media")
+async def analysis_media(request: Request, analysis_id: uuid.UUID) -> Response:
+    """The player's source: the API's media route relayed with the browser's Range header, so the
+    API answers 206 with the bytes (local storage) or redirects to a presigned URL (S3)."""
+
+    async def handler(session: BrowserSession, api: GatewayApi) -> Response:
+        await api.ensure_access()
+        return ForwardToApi(f"/v1/analyses/{analysis_id}/media", "", session)
 
     return await _page(request, handler)
 
