@@ -266,10 +266,8 @@ def export_analysis(
 ) -> Response:
     detail = service.detail(session, principal.user_id, analysis_id)
     content, media_type = service.export(detail, export_format)
-    filename = f"moodreel-{analysis_id}.{export_format}"
-    return Response(
-        content, media_type=media_type, headers={"Content-Disposition": f'attachment; filename="{filename}"'}
-    )
+    disposition = service.export_filename(detail, export_format)
+    return Response(content, media_type=media_type, headers={"Content-Disposition": disposition})
 
 
 @router.get(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -522,7 +522,7 @@ def export(analysis: AnalysisDetail, export_format: str) -> tuple[str, str]:
             ]
             + [_csv_safe(f"emotion_{label}") for label in emotion_labels]
             + [_csv_safe(f"sentiment_{label}") for label in sentiment_labels]
-            + ["corrected_emotion", "corrected_sentiment", "corrected_at"]
+            + ["corrected_emotion", "corrected_sentiment", "corrected_at", "analysis_name"]
         )
         for u in analysis.utterances:
             writer.writerow(
@@ -541,6 +541,7 @@ def export(analysis: AnalysisDetail, export_format: str) -> tuple[str, str]:
                 + [f"{u.emotion.scores.get(label, 0.0):.4f}" for label in emotion_labels]
                 + [f"{u.sentiment.scores.get(label, 0.0):.4f}" for label in sentiment_labels]
                 + _correction_cells(u.correction)
+                + [_csv_safe(analysis.name or "")]
             )
         return buffer.getvalue(), "text/csv; charset=utf-8"
     cues = []
@@ -551,6 +552,22 @@ def export(analysis: AnalysisDetail, export_format: str) -> tuple[str, str]:
         lines = "\n".join(filter(None, [caption, text]))
         cues.append(f"{number}\n{_srt_time(u.start)} --> {_srt_time(u.end)}\n{lines}\n")
     return "\n".join(cues), "application/x-subrip; charset=utf-8"
+
+
+def export_filename(analysis: AnalysisDetail, export_format: str) -> str:
+    """``Content-Disposition`` of an export: the analysis' name as the file name (RFC 6266
+    ``filename*``; SRT has no header of its own, so this is where an SRT file carries it), with
+    the id as the plain-ASCII fallback."""
+    fallback = f"moodreel-{analysis.id}.{export_format}"
+    if not analysis.name:
+        return f'attachment; filename="{fallback}"'
+    # No path separators, control or format characters: the name is only ever a file name.
+    stem = "".join(c if c.isprintable() and c not in '/\\:*?"<>|' else "_" for c in analysis.name).strip(" .")
+    if not stem:
+        return f'attachment; filename="{fallback}"'
+    return (
+        f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(f'{stem}.{export_format}', safe='')}"
+    )
 
 
 def _correction_cells(correction: UtteranceCorrection | None) -> list[str]:

@@ -560,6 +560,7 @@ async def _submit_analysis(request: Request, session: BrowserSession, api: Gatew
     session.check_csrf(request, str(form.get(CSRF_FIELD) or ""))
     video_url = str(form.get("video_url") or "").strip()
     window_seconds = str(form.get("window_seconds") or "").strip()
+    name = str(form.get("name") or "").strip()
     video_file, transcript_file = _form_file(form, "video_file"), _form_file(form, "transcript_file")
     body: dict[str, Any] = {}
     try:
@@ -572,6 +573,8 @@ async def _submit_analysis(request: Request, session: BrowserSession, api: Gatew
             body["transcript"] = raw.decode("utf-8-sig", errors="replace")
         if window_seconds:
             body["options"] = {"window_seconds": float(window_seconds)}
+        if name:
+            body["name"] = name
         if video_file is not None:
             body["upload_id"] = await _upload_file(api, video_file)
         elif video_url:
@@ -593,6 +596,7 @@ async def _submit_analysis(request: Request, session: BrowserSession, api: Gatew
             error=message,
             video_url=video_url,
             window_seconds=window_seconds,
+            name=name,
         )
     return redirect(session, f"{PREFIX}/analyses/{analysis['id']}")
 
