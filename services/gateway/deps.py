@@ -3,6 +3,7 @@ Redis, and the authenticated principal (JWT user or API key) with its rate limit
 
 from __future__ import annotations
 
+import hmac
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from services.gateway.security import (
     decode_access_token,
     hash_api_key,
     is_well_formed_api_key,
+    password_stamp,
 )
 from shared.db.models import ApiKey, User
 from shared.problems import Forbidden, Unauthorized
@@ -167,12 +169,14 @@ def _principal_from_api_key(session: Session, settings: Settings, key: str) -> P
 
 def _principal_from_jwt(session: Session, settings: Settings, token: str) -> Principal:
     try:
-        user_id = decode_access_token(token, settings)
+        claims = decode_access_token(token, settings)
     except InvalidToken as exc:
         raise Unauthorized("The access token is invalid or expired.") from exc
-    user = session.get(User, user_id)
+    user = session.get(User, claims.user_id)
     if user is None or not user.is_active:
         raise Unauthorized("The access token's account does not exist or is disabled.")
+    if not hmac.compare_digest(claims.password_stamp, password_stamp(user.password_hash, settings)):
+        raise Unauthorized("The password was changed since this access token was issued; sign in again.")
     return Principal(user, None, frozenset(ALL_SCOPES))
 
 
