@@ -42,7 +42,9 @@ LAST_USED_RESOLUTION = timedelta(seconds=60)
 AfterCommit = Callable[[], Awaitable[None]]
 
 
-def get_settings_dep(request: Request) -> Settings:
+# Dependencies that only read app state are coroutines: FastAPI runs a plain ``def`` dependency
+# in the thread pool, a hop per request for nothing.
+async def get_settings_dep(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -97,7 +99,7 @@ def after_commit(session: Session, hook: AfterCommit) -> None:
     session.info.setdefault("after_commit", []).append(hook)
 
 
-def get_redis(request: Request) -> aioredis.Redis:
+async def get_redis(request: Request) -> aioredis.Redis:
     return request.app.state.redis
 
 
@@ -130,7 +132,12 @@ api_key_scheme = APIKeyHeader(
 )
 
 
-def _principal_from_api_key(session: Session, settings: Settings, key: str) -> Principal:
+def _principal_from_api_key(
+    session: Session, settings: Settings, key: str, *, may_query: bool = True
+) -> Principal | None:
+    """The key's principal, or the 401 that fits. With ``may_query=False`` (on the event loop) it
+    answers only from the verified-key cache and returns None when the database is needed: a key
+    not verified in the last second, or a ``last_used_at`` that is due to be written."""
     if not is_well_formed_api_key(key):
         raise Unauthorized("The API key is malformed.")
     key_hash = hash_api_key(key, settings)
@@ -140,6 +147,8 @@ def _principal_from_api_key(session: Session, settings: Settings, key: str) -> P
     cached = verified_keys.get(session, cache_scope, key_hash, settings.api_key_cache_seconds)
     if cached is not None:
         api_key, user = cached
+    elif not may_query:
+        return None
     else:
         api_key = session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash))
         user = api_key.user if api_key is not None else None
@@ -154,6 +163,8 @@ def _principal_from_api_key(session: Session, settings: Settings, key: str) -> P
         verified_keys.put(cache_scope, key_hash, api_key, user)
     last_used = verified_keys.last_used(api_key.id) or api_key.last_used_at
     if last_used is None or now - last_used > LAST_USED_RESOLUTION:
+        if not may_query:
+            return None
         verified_keys.mark_used(api_key.id, now)
         # Its own short transaction: a row lock on the key must not last as long as the request.
         with session.get_bind().connect() as connection:
@@ -260,7 +271,11 @@ async def authenticate(
     _header_key: Annotated[str | None, Depends(api_key_scheme)],
 ) -> Principal:
     if credential.kind == "api_key":
-        principal = await run_in_threadpool(_principal_from_api_key, session, settings, credential.value)
+        # A key verified in the last second needs no database: checked here, on the event loop,
+        # without a thread hop; otherwise in a thread, with its queries.
+        principal = _principal_from_api_key(session, settings, credential.value, may_query=False)
+        if principal is None:
+            principal = await run_in_threadpool(_principal_from_api_key, session, settings, credential.value)
     else:
         principal = await run_in_threadpool(_principal_from_jwt, session, settings, credential.value)
     limits = plan_limits(principal.user.plan, settings)
