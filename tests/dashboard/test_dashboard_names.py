@@ -89,3 +89,14 @@ def test_the_form_submits_the_name(gateway):  # noqa: F811
     assert "data-player" not in page.text and "data-media-not-stored" in page.text
     assert "submitted by URL" in page.text
     client.close()
+
+
+def test_the_key_form_keeps_its_name_after_an_error(gateway):  # noqa: F811
+    from tests.dashboard.helpers import csrf_from
+
+    client, _ = signed_in_client(gateway)
+    token = csrf_from(client.get("/dashboard/keys"))
+    refused = client.post("/dashboard/keys", data={"csrf_token": token, "name": '<"x">' + "y" * 120})
+    assert refused.status_code == 422
+    assert 'value="&lt;&#34;x&#34;&gt;' in refused.text
+    client.close()

@@ -487,7 +487,7 @@ async def create_key(
         try:
             created = await api.json("POST", "/v1/api-keys", json={"name": name, "scopes": scopes})
         except ApiError as exc:
-            return await _keys_page_with_error(request, session, api, exc)
+            return await _keys_page_with_error(request, session, api, exc, key_name=name)
         response = redirect(session, f"{PREFIX}/keys")
         show_once(
             session,
@@ -502,7 +502,7 @@ async def create_key(
 
 
 async def _keys_page_with_error(
-    request: Request, session: BrowserSession, api: GatewayApi, error: ApiError
+    request: Request, session: BrowserSession, api: GatewayApi, error: ApiError, key_name: str = ""
 ) -> Response:
     keys = items_of(await api.json("GET", "/v1/api-keys"))
     account = await api.json("GET", "/v1/auth/me")
@@ -515,6 +515,7 @@ async def _keys_page_with_error(
         created=None,
         error=error.message,
         account=account,
+        key_name=key_name,
     )
 
 
