@@ -25,7 +25,7 @@ def _session() -> Iterator:
 
 
 def _user(session, email: str):
-    from services.gateway.auth import repository
+    from services.platform.auth import repository
 
     user = repository.get_user_by_email(session, email.strip().lower())
     if user is None:
@@ -120,7 +120,7 @@ def reset_password(
     """Print a single-use, short-lived password reset token (no e-mail server needed); give it to
     the user, who sets a new password with it on the dashboard's /dashboard/reset-password page or
     through `POST /v1/auth/password-reset`. It is spent once the password changes."""
-    from services.gateway.auth.service import issue_reset_token
+    from services.platform.auth.service import issue_reset_token
     from shared.settings import get_settings
 
     with _session() as session:

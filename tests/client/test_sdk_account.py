@@ -10,7 +10,7 @@ import pytest
 from moodreel import AsyncMoodreel, AuthenticationError, Moodreel
 from moodreel.errors import ApiError
 
-from services.gateway.auth.service import issue_reset_token
+from services.platform.auth.service import issue_reset_token
 from shared.db.session import make_session_factory, session_scope
 from tests.fixtures.db import engine_for
 from tests.gateway.conftest import PASSWORD, redis_client, server_url, settings  # noqa: F401
