@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from shared.webhooks import verify
+from services.platform.webhooks.delivery import verify
 from tests.dashboard.helpers import csrf_from, signed_in_client
 from tests.fixtures.db import create_postgres_database, drop_postgres_database, migrate
 from tests.worker import stack
