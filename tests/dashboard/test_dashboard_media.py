@@ -40,3 +40,17 @@ def test_player_streams_the_owners_upload_with_ranges(gateway):  # noqa: F811
         assert anonymous.get(media_path).status_code == 303  # to sign-in
     stranger.close()
     client.close()
+
+
+def test_an_audio_upload_gets_an_audio_player(gateway):  # noqa: F811
+    client, _ = signed_in_client(gateway)
+    token = csrf_from(client.get("/dashboard/analyses/new"))
+    submitted = client.post(
+        "/dashboard/analyses",
+        data={"csrf_token": token},
+        files={"video_file": ("memo.mp3", b"ID3" + bytes(2000), "audio/mpeg")},
+    )
+    assert submitted.status_code == 303, submitted.text[-2000:]
+    page = client.get(submitted.headers["location"])
+    assert "<audio" in page.text and "<video" not in page.text and "data-player" in page.text
+    client.close()
