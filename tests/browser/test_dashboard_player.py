@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from shared.features.demo_media import ffmpeg_args, make_spoken_clip, run_tool
+from shared.contract.features.demo_media import ffmpeg_args, make_spoken_clip, run_tool
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(600)]
 PASSWORD = "correct horse battery staple"
