@@ -284,29 +284,72 @@ def data_hash(config: TrainConfig) -> str:
     return digest.hexdigest()[:16]
 
 
+def _text_cache_key(model: MoodreelModel, tensors: dict) -> str:
+    """Names the frozen text layers' output for these tokens: the encoder's frozen weights (all of
+    them, so a different base or a different copy never hits), its frozen depth and the token ids."""
+    digest = hashlib.sha256(f"{model.config.text_encoder}|{model.text.frozen_depth}".encode())
+    for name, parameter in model.text.backbone.named_parameters():
+        if not parameter.requires_grad:
+            digest.update(name.encode())
+            digest.update(parameter.detach().to("cpu", torch.float32).numpy().tobytes())
+    for name in ("input_ids", "attention_mask", "token_type_ids"):
+        digest.update(tensors[name].numpy().tobytes())
+    return digest.hexdigest()[:24]
+
+
 @torch.no_grad()
-def cache_text_hidden(model: MoodreelModel, examples: ExampleSet, batch_size: int, device, progress: bool):
-    """Add ``text_hidden``: the frozen text layers' output, computed once (stored float16)."""
+def cache_text_hidden(
+    model: MoodreelModel,
+    examples: ExampleSet,
+    batch_size: int,
+    device,
+    progress: bool,
+    cache_dir: Path | None = None,
+):
+    """Add ``text_hidden``: the frozen text layers' output, computed once (stored float16).
+
+    With ``cache_dir`` the states are also kept on disk, so later runs on the same tokens (other
+    seeds, other heads) skip the encoder's frozen layers entirely.
+    """
+    from safetensors.torch import load_file, save_file
     from tqdm import tqdm
 
     tensors = examples.tensors
     length = int(tensors["attention_mask"].sum(1).max())
-    hidden = torch.zeros(len(examples), length, model.text.hidden_size, dtype=torch.float16)
-    order = torch.argsort(tensors["attention_mask"].sum(1))  # similar lengths batch together
-    model.text.eval()
-    for start in tqdm(range(0, len(order), batch_size), desc="cache text", disable=not progress):
-        rows = order[start : start + batch_size]
-        mask = tensors["attention_mask"][rows]
-        cut = max(int(mask.sum(1).max()), 1)
-        out = model.text.frozen_hidden(
-            tensors["input_ids"][rows, :cut].to(device),
-            mask[:, :cut].to(device),
-            tensors["token_type_ids"][rows, :cut].to(device),
-        )
-        hidden[rows, :cut] = out.to("cpu", torch.float16)
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"{_text_cache_key(model, tensors)}.safetensors"
+    if path is not None and path.is_file():
+        hidden = load_file(path)["text_hidden"]
+        log.info("text_hidden_cache_hit", path=str(path), rows=len(examples))
+    else:
+        hidden = torch.zeros(len(examples), length, model.text.hidden_size, dtype=torch.float16)
+        order = torch.argsort(tensors["attention_mask"].sum(1))  # similar lengths batch together
+        model.text.eval()
+        for start in tqdm(range(0, len(order), batch_size), desc="cache text", disable=not progress):
+            rows = order[start : start + batch_size]
+            mask = tensors["attention_mask"][rows]
+            cut = max(int(mask.sum(1).max()), 1)
+            out = model.text.frozen_hidden(
+                tensors["input_ids"][rows, :cut].to(device),
+                mask[:, :cut].to(device),
+                tensors["token_type_ids"][rows, :cut].to(device),
+            )
+            hidden[rows, :cut] = out.to("cpu", torch.float16)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(f".partial-{os.getpid()}")
+            save_file({"text_hidden": hidden}, str(partial))
+            os.replace(partial, path)  # a reader never sees half a cache file
     tensors["text_hidden"] = hidden
     for name in ("input_ids", "attention_mask", "token_type_ids"):
         tensors[name] = tensors[name][:, :length]
+
+
+def text_cache_dir() -> Path:
+    from shared.settings import get_settings
+
+    return get_settings().data_dir / "cache" / "text-hidden"
 
 
 def _audio_cache_key(model: MoodreelModel, log_mel: torch.Tensor, audio_mask: torch.Tensor) -> str:
@@ -685,7 +728,12 @@ def train(config: TrainConfig) -> Path:
     if use_cache:
         for examples in (train_set, dev_set):
             cache_text_hidden(
-                model, examples, config.eval_batch_size, device, config.progress and distributed.is_main
+                model,
+                examples,
+                config.eval_batch_size,
+                device,
+                config.progress and distributed.is_main,
+                text_cache_dir(),
             )
     use_audio_cache = config.cache_audio_states and "audio" in trained and model.audio.caches_states
     if use_audio_cache:
@@ -1071,6 +1119,30 @@ PRESETS: dict[str, dict[str, str]] = {
         # No visual branch is trained: the model reads no frames, so the worker decodes no video.
         "spec.frames_per_utterance": "0",
     }
+}
+
+# The text branch of the committed default (`make train-text`): all-mpnet-base-v2 (`make models`),
+# its lower 11 layers frozen and run once (their hidden states cached on disk under
+# <data_dir>/cache/text-hidden), the top layer and the heads trained on the utterance alone, with
+# inverse-sqrt-frequency class weights so the rare emotions (fear, disgust, sadness) are predicted.
+# Chosen on dev within the 2-core budget (docs/model.md).
+PRESETS["text-mpnet"] = {
+    "checkpoint_name": "moodreel-text-mpnet",
+    "modalities": "text",
+    "epochs": "4",
+    "patience": "2",
+    "batch_size": "32",
+    "max_minutes": "60",
+    "threads": "2",
+    "weights_dtype": "float16",
+    "class_weighting": "sqrt",
+    "model.text_encoder": "models:all-mpnet-base-v2",
+    "model.text_train_mode": "top_layers",
+    "model.text_train_layers": "1",
+    "spec.tokenizer": "models:all-mpnet-base-v2",
+    "spec.context_turns": "0",
+    "spec.max_tokens": "48",
+    "spec.frames_per_utterance": "0",
 }
 
 # The combined default (`make train-default`, docs/audio.md), in two runs: the audio branch learns
