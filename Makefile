@@ -74,11 +74,11 @@ fuzz: install
 
 # The default checkpoint (docs/model.md): MiniLM's text branch on MELD's label CSVs, <= 45 min on
 # 2 CPU cores, niced; published to services/model/checkpoints/default/ if its weights fit 15 MB.
-TRAIN_TEXT_DIR ?= var/train/text-default
+TRAIN_TEXT_DIR ?= var/train/text-mpnet
 .PHONY: train-text
 train-text: install
 	mkdir -p var/logs
-	set -o pipefail; nice -n 5 $(VENV)/bin/moodreel train --preset text-default --output-dir $(TRAIN_TEXT_DIR) \
+	set -o pipefail; nice -n 5 $(VENV)/bin/moodreel train --preset text-mpnet --output-dir $(TRAIN_TEXT_DIR) \
 	  --publish-dir services/model/checkpoints/default 2>&1 | tee var/logs/train-text.log
 
 # The combined default (docs/audio.md): the audio branch learned on RAVDESS, then put beside the
