@@ -904,6 +904,7 @@ def _finish(config: TrainConfig, best_dir: Path, best_epoch: int, history, start
                 "history": history,
                 "seconds": round(time.monotonic() - started, 1),
                 "device": str(device),
+                "machine": machine_description(device),
                 "hyperparameters": hyperparameters(config),
             },
         }
@@ -928,6 +929,18 @@ def _finish(config: TrainConfig, best_dir: Path, best_epoch: int, history, start
         writer.add_hparams(hparams, final, run_name="hparams")
         writer.close()
     log.info("training_done", checkpoint=str(best_dir), best_epoch=best_epoch)
+
+
+def machine_description(device) -> str:
+    """What trained the checkpoint: the accelerator, or the CPU with its core count and load."""
+    import platform
+
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA)"
+    processor = platform.processor() or platform.machine()
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    threads = torch.get_num_threads()
+    return f"CPU {processor}, {os.cpu_count()} cores, {threads} torch threads, load average {load}"
 
 
 def score_sources(model, config: TrainConfig, splits, device, *, prefix: str, epoch: int) -> dict:

@@ -195,3 +195,11 @@ def test_frozen_text_states_are_cached_on_disk_and_reused(mini_meld, tmp_path):
     with pytest.raises(AssertionError, match="ran again"):
         cache_text_hidden(model, other, 4, "cpu", False, tmp_path / "states")
     assert [p.name for p in (tmp_path / "states").iterdir()] == [stored.name]
+
+
+def test_the_text_mpnet_preset_names_its_encoder_portably():
+    config = config_from_args(["--preset", "text-mpnet", "--output-dir", "x"])
+    assert config.model.text_encoder == config.spec.tokenizer == "models:all-mpnet-base-v2"
+    assert (config.model.text_train_mode, config.model.text_train_layers) == ("top_layers", 1)
+    assert config.class_weighting == "sqrt" and config.weights_dtype == "float16"
+    assert config.publish_max_mb == 25.0 and config.spec.frames_per_utterance == 0
