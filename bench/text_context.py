@@ -51,8 +51,10 @@ VARIANTS = {"none": (0, 0), "prev1": (1, 0), "prev2": (2, 0), "prev1+next1": (1,
 
 
 @torch.no_grad()
-def utterance_embeddings(model: MoodreelModel, examples, batch_size: int = 256) -> torch.Tensor:
-    cache_text_hidden(model, examples, 128, "cpu", False, text_cache_dir())
+def utterance_embeddings(
+    model: MoodreelModel, examples, cache_dir: Path, batch_size: int = 256
+) -> torch.Tensor:
+    cache_text_hidden(model, examples, 128, "cpu", False, cache_dir)
     hidden, mask = examples.tensors["text_hidden"], examples.tensors["attention_mask"]
     out = torch.zeros(len(examples), model.text.hidden_size)
     for start in range(0, len(examples), batch_size):
@@ -120,7 +122,7 @@ def main(argv=None) -> int:
     for split in ("train", "dev"):
         examples = load_split(split, config)
         dialogues = read_split(Path(config.meld_dir), split).dialogues()
-        splits[split] = (utterance_embeddings(model, examples), dialogues, examples)
+        splits[split] = (utterance_embeddings(model, examples, text_cache_dir(config)), dialogues, examples)
     results = {}
     for name, (previous, following) in VARIANTS.items():
         features = {s: context_features(e, d, previous, following) for s, (e, d, _) in splits.items()}

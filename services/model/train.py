@@ -346,7 +346,22 @@ def cache_text_hidden(
         tensors[name] = tensors[name][:, :length]
 
 
-def text_cache_dir() -> Path:
+TEXT_COLUMN = MODALITIES.index("text")
+
+
+def uses_text_cache(model: MoodreelModel, config: TrainConfig) -> bool:
+    """A text branch whose lower layers are frozen: their output can be computed once."""
+    return (
+        config.cache_text_hidden
+        and "text" in model.config.trained_modalities
+        and model.config.text_train_mode in ("frozen", "top_layers")
+    )
+
+
+def text_cache_dir(config: TrainConfig) -> Path:
+    """Beside the tokenised MELD splits (``cache_dir`` is ``<data_dir>/cache/meld`` by default)."""
+    if config.cache_dir is not None:
+        return Path(config.cache_dir).parent / "text-hidden"
     from shared.settings import get_settings
 
     return get_settings().data_dir / "cache" / "text-hidden"
@@ -733,7 +748,7 @@ def train(config: TrainConfig) -> Path:
                 config.eval_batch_size,
                 device,
                 config.progress and distributed.is_main,
-                text_cache_dir(),
+                text_cache_dir(config),
             )
     use_audio_cache = config.cache_audio_states and "audio" in trained and model.audio.caches_states
     if use_audio_cache:
@@ -957,6 +972,11 @@ def score_sources(model, config: TrainConfig, splits, device, *, prefix: str, ep
             if examples is None:
                 continue
             key = split if source == config.sources[0] else f"{source}_{split}"
+            if uses_text_cache(model, config) and bool(examples.modality_mask[:, TEXT_COLUMN].any()):
+                # The float16 states the epochs were scored on (computed once, or read from disk).
+                cache_text_hidden(
+                    model, examples, config.eval_batch_size, device, config.progress, text_cache_dir(config)
+                )
             if config.cache_audio_states and model.audio.caches_states:
                 cache_audio_states(
                     model, examples, config.audio_cache_batch_size, device, config.progress, audio_cache_dir()
