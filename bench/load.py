@@ -49,8 +49,8 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from sqlalchemy import create_engine, func, select, update  # noqa: E402
 
+from services.platform.analyses.events import publish_event, stream_key  # noqa: E402
 from shared.db.models import Analysis, UsageEntry, UsagePeriod, User, UtteranceResult  # noqa: E402
-from shared.events import publish_event, stream_key  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from tests.fixtures.db import create_postgres_database, drop_postgres_database, migrate  # noqa: E402
 from tests.worker import stack  # noqa: E402

@@ -25,7 +25,7 @@ def _session() -> Iterator:
 
 
 def _user(session, email: str):
-    from services.gateway.auth import repository
+    from services.platform.auth import repository
 
     user = repository.get_user_by_email(session, email.strip().lower())
     if user is None:
@@ -119,7 +119,7 @@ def reset_token(
 ) -> None:
     """Print a single-use password reset token; give it to the user, who sets a new password
     with it through `POST /v1/auth/password-reset`."""
-    from services.gateway.auth.service import issue_reset_token
+    from services.platform.auth.service import issue_reset_token
     from shared.settings import get_settings
 
     with _session() as session:

@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from services.gateway.analyses.service import UrlRejected
-from services.preprocess.analysis import JobFailed, TransientJobError, classify
+from services.platform.analyses.jobs import JobFailed, TransientJobError, classify
+from services.platform.analyses.service import UrlRejected
+from services.platform.usage.quota import QuotaExceeded
 from shared.bundle import BundleError
 from shared.errors import CodedError
 from shared.features.media import MediaError
@@ -18,7 +19,6 @@ from shared.model_client import ModelRequestRejected, ModelServiceError, ModelUn
 from shared.net.fetch import FetchError
 from shared.net.urls import UrlNotAllowed
 from shared.problems import BadRequest, Problem, TooManyRequests
-from shared.usage import QuotaExceeded
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,6 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from services.gateway import ratelimit
-from services.gateway.api_keys.cache import verified_keys
 from services.gateway.security import (
     API_KEY_PREFIX,
     InvalidToken,
@@ -26,10 +25,11 @@ from services.gateway.security import (
     hash_api_key,
     is_well_formed_api_key,
 )
+from services.platform.api_keys.cache import verified_keys
+from services.platform.usage.quota import plan_limits
 from shared.db.models import ApiKey, User
 from shared.problems import Forbidden, Unauthorized
 from shared.settings import Settings
-from shared.usage import plan_limits
 
 SCOPE_READ = "analyses:read"
 SCOPE_WRITE = "analyses:write"

@@ -17,20 +17,20 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from services.gateway.analyses.endpoints import router as analyses_router
-from services.gateway.analyses.events import EventHub, StreamSlots
 from services.gateway.api_docs import install_api_docs
-from services.gateway.api_keys.endpoints import router as api_keys_router
-from services.gateway.auth.endpoints import router as auth_router
 from services.gateway.dashboard import router as dashboard_router
 from services.gateway.limits import BodySizeLimitMiddleware
 from services.gateway.openapi import install_problem_openapi
 from services.gateway.ratelimit import RateLimitHeadersMiddleware
 from services.gateway.security import DEFAULT_SECRET
-from services.gateway.uploads.endpoints import router as uploads_router
-from services.gateway.usage.endpoints import router as usage_router
-from services.gateway.webhook_docs import document_webhooks
-from services.gateway.webhooks.endpoints import router as webhooks_router
+from services.platform.analyses.endpoints import router as analyses_router
+from services.platform.analyses.sse import EventHub, StreamSlots
+from services.platform.api_keys.endpoints import router as api_keys_router
+from services.platform.auth.endpoints import router as auth_router
+from services.platform.uploads.endpoints import router as uploads_router
+from services.platform.usage.endpoints import router as usage_router
+from services.platform.webhooks.docs import document_webhooks
+from services.platform.webhooks.endpoints import router as webhooks_router
 from shared.db.session import create_db_engine, make_session_factory
 from shared.logging import configure_logging, get_logger
 from shared.net.urls import check_private_url_switches

@@ -1,5 +1,6 @@
 """Keyset pagination, newest first, on (created_at, id): stable while rows are added, with opaque
-cursors. Shared by the analyses list and the webhook delivery log.
+cursors. Shared by the analyses list and the webhook delivery log; the query is
+``services.platform.pagination.newest_first``.
 
 A cursor is the position itself, `<microseconds since the epoch>_<row id hex>`: every string of
 that pattern (stated in the OpenAPI document) is a position, so a well-formed cursor is never
@@ -10,14 +11,13 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Protocol
 
 from fastapi import Query
-from sqlalchemy import Select, and_, or_
 
+from services.platform.pagination import Cursor
 from shared.problems import BadRequest
 
-Cursor = tuple[datetime, uuid.UUID]
 # 16 digits of microseconds reach the year 2286.
 CURSOR_PATTERN = r"^[0-9]{1,16}_[0-9a-f]{32}$"
 _CURSOR = re.compile(r"(?P<micros>[0-9]{1,16})_(?P<id>[0-9a-f]{32})")
@@ -54,13 +54,3 @@ def decode_cursor(cursor: str) -> Cursor:
     if match is None:
         raise InvalidCursor("The cursor is not one this API returned.")
     return _EPOCH + int(match["micros"]) * _MICROSECOND, uuid.UUID(hex=match["id"])
-
-
-def newest_first(statement: Select, model: Any, *, limit: int, cursor: Cursor | None) -> Select:
-    """The page after `cursor`, plus one extra row that tells the caller whether more follow."""
-    if cursor is not None:
-        created_at, row_id = cursor
-        statement = statement.where(
-            or_(model.created_at < created_at, and_(model.created_at == created_at, model.id < row_id))
-        )
-    return statement.order_by(model.created_at.desc(), model.id.desc()).limit(limit + 1)

@@ -8,7 +8,7 @@ Jobs on ``settings.queue_name``:
 - ``deliver_webhook(delivery_id)``: one signed POST; a failed attempt re-queues itself after
   ``webhook_retry_base_seconds * 2**(n-1)`` until ``webhook_max_attempts``.
 - ``reconcile`` (cron, every ``reconcile_interval_seconds`` and at start): re-enqueues from the
-  database the analyses and webhook deliveries that Redis lost (``reconcile.py``).
+  database the analyses and webhook deliveries that Redis lost (``services/platform/reconcile.py``).
 
 SIGTERM stops taking jobs and gives running ones ``worker_shutdown_grace_seconds`` to finish;
 jobs cancelled after that go back to the queue and resume idempotently on the next worker.
@@ -17,26 +17,25 @@ jobs cancelled after that go back to the queue and resume idempotently on the ne
 from __future__ import annotations
 
 import logging
-import uuid
 from typing import Any
 
-from arq import Retry, cron, func
+from arq import cron, func
 from arq.connections import RedisSettings
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from services.platform.analyses.jobs import analyse_video
+from services.platform.reconcile import reconcile_queue
+from services.platform.resources import Resources
+from services.platform.webhooks.jobs import deliver_webhook
 from shared.db.session import create_db_engine, make_session_factory
 from shared.logging import configure_logging, get_logger
 from shared.model_client import model_client_from_settings
 from shared.net.fetch import remove_abandoned_workspaces
 from shared.net.urls import check_private_url_switches
 from shared.settings import get_settings
-
-from .analysis import AnalysisRun, Resources, TransientJobError, classify
-from .deliveries import attempt_delivery
-from .reconcile import reconcile
 
 log = get_logger(__name__)
 settings = get_settings()
@@ -73,51 +72,6 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     if "engine" in ctx:
         ctx["engine"].dispose()
     log.info("worker_stopped")
-
-
-async def analyse_video(ctx: dict[str, Any], analysis_id: str) -> dict[str, Any]:
-    resources: Resources = ctx["resources"]
-    run = AnalysisRun(resources, uuid.UUID(analysis_id))
-    job_try: int = ctx.get("job_try", 1)
-    if job_try > settings.worker_job_tries:
-        # Only reachable when every try so far died with its worker (e.g. killed for memory):
-        # end the analysis cleanly instead of letting arq drop the job and leave it "processing".
-        await run.fail(
-            "interrupted", "processing was interrupted too many times (the worker stopped mid-job)"
-        )
-        return {"outcome": "failed", "code": "interrupted"}
-    try:
-        return await run.run()
-    except Exception as exc:
-        error = classify(exc)
-        if error is None:
-            log.exception("analysis_crashed", analysis_id=analysis_id)
-            await run.fail("internal_error", "an unexpected error occurred while processing the video")
-            return {"outcome": "failed", "code": "internal_error"}
-        if isinstance(error, TransientJobError) and job_try < settings.worker_job_tries:
-            delay = settings.worker_retry_base_seconds * 2 ** (job_try - 1)
-            log.warning(
-                "analysis_retry",
-                analysis_id=analysis_id,
-                code=error.code,
-                error=error.message,
-                try_=job_try,
-                delay=delay,
-            )
-            raise Retry(defer=delay) from exc
-        await run.fail(error.code, error.message)
-        return {"outcome": "failed", "code": error.code}
-
-
-async def deliver_webhook(ctx: dict[str, Any], delivery_id: str) -> dict[str, Any]:
-    outcome = await attempt_delivery(ctx["resources"], uuid.UUID(delivery_id))
-    if "retry_in" in outcome:
-        raise Retry(defer=outcome["retry_in"])
-    return outcome
-
-
-async def reconcile_queue(ctx: dict[str, Any]) -> dict[str, int]:
-    return await reconcile(ctx["resources"], ctx["redis"])
 
 
 def outlive_redis_outages(client: Any) -> None:

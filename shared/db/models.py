@@ -187,7 +187,7 @@ class UtteranceResult(Base):
 
 class UsagePeriod(Base):
     """Per user per calendar month (UTC) counters; changed only by conditional UPDATEs
-    (shared/usage.py), never read-then-written."""
+    (services/platform/usage/quota.py), never read-then-written."""
 
     __tablename__ = "usage_periods"
 

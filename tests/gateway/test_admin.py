@@ -14,7 +14,7 @@ from services.cli import app as cli
 from services.gateway.main import create_app
 from shared.settings import PlanLimits
 from tests.gateway.conftest import PASSWORD, delete_prefixed_keys, make_settings, new_api_key, sign_up
-from tests.gateway.test_auth import assert_problem
+from tests.platform.auth.test_auth import assert_problem
 
 NEW_PASSWORD = "a much better passphrase"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from tests.gateway.test_auth import assert_problem
+from tests.platform.auth.test_auth import assert_problem
 
 
 def asset_urls(page: str) -> list[str]:

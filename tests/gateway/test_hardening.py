@@ -15,12 +15,13 @@ import redis.asyncio as aioredis
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from services.gateway.analyses.schemas import MAX_TRANSCRIPT_SEGMENTS
-from services.gateway.auth import service as auth_service
 from services.gateway.main import POOL_RESERVE, create_app
-from services.preprocess import repository as worker_repository
-from services.preprocess.analysis import AnalysisRun, Resources
-from services.preprocess.deliveries import attempt_delivery
+from services.platform.analyses import repository as analyses_repository
+from services.platform.analyses.jobs import AnalysisRun
+from services.platform.analyses.schemas import MAX_TRANSCRIPT_SEGMENTS
+from services.platform.auth import service as auth_service
+from services.platform.resources import Resources
+from services.platform.webhooks.jobs import attempt_delivery
 from shared.db.models import Analysis, User, UtteranceResult, WebhookDelivery
 from shared.problems import MAX_VALIDATION_ERRORS
 from shared.settings import Settings
@@ -217,7 +218,7 @@ async def test_a_failed_analysis_keeps_no_partial_results(client, api_key, setti
     sessions = client.app.state.session_factory
     prediction = {"label": "joy", "scores": {"joy": 0.9, "neutral": 0.1}}
     with sessions.begin() as session:
-        assert worker_repository.mark_processing(session, analysis_id)
+        assert analyses_repository.mark_processing(session, analysis_id)
         for index in range(3):
             session.add(
                 UtteranceResult(

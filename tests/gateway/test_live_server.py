@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import select, update
 
 from services.gateway.main import create_app
+from services.platform.analyses.events import publish_event
 from shared.db.models import Analysis, UsagePeriod
-from shared.events import publish_event
 from shared.settings import PlanLimits
 from tests.fixtures.db import empty_all_tables, engine_for
 from tests.gateway.conftest import (
@@ -146,7 +146,7 @@ def test_sse_streams_and_resumes_with_last_event_id(settings, redis_client):
 
 
 def test_sse_of_finished_analysis_without_stream_ends_with_db_status(settings, redis_client, database_url):
-    from shared.events import stream_key
+    from services.platform.analyses.events import stream_key
 
     with (
         running_server(create_app(settings)) as base_url,

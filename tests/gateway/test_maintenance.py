@@ -16,7 +16,7 @@ from shared.db.session import make_session_factory, session_scope
 from shared.db.types import utcnow
 from shared.storage import LocalStorage
 from tests.fixtures.db import engine_for
-from tests.gateway.test_uploads import MEDIA, start_upload
+from tests.platform.uploads.test_uploads import MEDIA, start_upload
 
 PUBLIC_URL = "https://93.184.215.14/clip.mp4"
 

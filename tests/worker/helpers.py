@@ -8,8 +8,8 @@ import redis
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.platform.analyses.events import AnalysisEvent, read_events_sync
 from shared.db.models import UsageEntry, UtteranceResult
-from shared.events import AnalysisEvent, read_events_sync
 from shared.settings import Settings
 
 

@@ -138,7 +138,7 @@ templates.env.filters["local_time"] = local_time
 
 def media_limit() -> dict[str, Any]:
     """The upload limit for the form's own check, in bytes and as the API words it."""
-    from services.gateway.uploads.service import human_size
+    from services.platform.uploads.service import human_size
 
     limit = get_settings().max_media_bytes
     return {"bytes": limit, "label": human_size(limit)}

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from services.gateway.deps import CurrentPrincipal, SessionDep, SettingsDep
+from services.gateway.openapi import problem_responses
+from services.platform.usage import quota
+from services.platform.usage.schemas import Meter, UsagePublic
+from services.platform.usage.service import remember_quota_headers
+
+router = APIRouter(prefix="/v1/usage", tags=["usage"])
+
+
+def _meter(used: float, limit: float) -> Meter:
+    return Meter(used=used, limit=limit, remaining=max(0.0, limit - used))
+
+
+@router.get(
+    "", response_model=UsagePublic, responses=problem_responses(401, 429), summary="This month's usage"
+)
+def get_usage(
+    request: Request, principal: CurrentPrincipal, session: SessionDep, settings: SettingsDep
+) -> UsagePublic:
+    snapshot = quota.snapshot(session, principal.user_id, principal.user.plan, settings=settings)
+    remember_quota_headers(snapshot, request.scope.setdefault("state", {}))
+    return UsagePublic(
+        period=snapshot.period,
+        plan=snapshot.plan,
+        analyses=_meter(snapshot.analyses_used, snapshot.analyses_limit),
+        video_seconds=_meter(round(snapshot.seconds_used, 3), snapshot.seconds_limit),
+        requests_per_minute=quota.plan_limits(principal.user.plan, settings).requests_per_minute,
+        resets_at=snapshot.resets_at,
+    )
