@@ -166,6 +166,7 @@ def main() -> None:
         help="another checkpoint measured in the same run (e.g. another text branch), reported beside",
     )
     parser.add_argument("--threads", default="1,2", help="torch intra-op thread counts to compare")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="the results file")
     args = parser.parse_args()
 
     directory, kind = model_directory(args.model_dir)
@@ -197,9 +198,9 @@ def main() -> None:
         "compared_models": compared,
         "note": "HTTP client and server share the process and its CPUs, as a sidecar would share a host.",
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {RESULTS.relative_to(ROOT)}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

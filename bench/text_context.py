@@ -3,7 +3,9 @@
 all-mpnet-base-v2's frozen layers run once (the states `moodreel train --preset text-mpnet` caches
 under <data_dir>/cache/text-hidden); its pretrained top layer then gives one mean-pooled embedding
 per utterance. A linear probe (inverse-sqrt class weights, full-batch AdamW) is trained on MELD
-train and scored on dev for each context variant, over several seeds:
+train and scored on dev for each context variant, over several seeds; or (``--protocol dev-cv``,
+when only dev's states are at hand) trained and scored by 5-fold cross-validation over dev's
+dialogues (a dialogue's turns never sit on both sides):
 
 - ``none``: the utterance alone
 - ``prev1``/``prev2``: plus the embedding of each of the 1 or 2 previous turns, split by whether
@@ -12,7 +14,7 @@ train and scored on dev for each context variant, over several seeds:
 
 Selection is on dev only; the test split is not read. Results: bench/results/text-context.json.
 
-    nice -n 10 .venv/bin/python bench/text_context.py [--seeds 3]
+    nice -n 10 .venv/bin/python bench/text_context.py [--seeds 3] [--protocol train-dev|dev-cv]
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from services.model.train import (  # noqa: E402
     text_cache_dir,
 )
 from shared.labels import EMOTIONS, SENTIMENTS  # noqa: E402
+from shared.settings import get_settings  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "text-context.json"
 VARIANTS = {"none": (0, 0), "prev1": (1, 0), "prev2": (2, 0), "prev1+next1": (1, 1)}
@@ -108,9 +111,42 @@ def probe(train_x, train_y, dev_x, seed: int, classes: int, steps: int = 100) ->
         return torch.softmax(head((dev_x - mean) / std), 1).numpy()
 
 
+def dialogue_folds(dialogues, folds: int) -> torch.Tensor:
+    """Fold number of each utterance: whole dialogues, dealt round-robin."""
+    return torch.tensor([number % folds for number, dialogue in enumerate(dialogues) for _ in dialogue])
+
+
+def score_variant(splits, protocol: str, previous: int, following: int, seed: int, folds: int = 5) -> dict:
+    row = {}
+    for head, labels in (("emotion", EMOTIONS), ("sentiment", SENTIMENTS)):
+        if protocol == "train-dev":
+            features = {s: context_features(e, d, previous, following) for s, (e, d, _) in splits.items()}
+            train_y = getattr(splits["train"][2], head)
+            probabilities = probe(features["train"], train_y, features["dev"], seed, len(labels))
+            targets = getattr(splits["dev"][2], head).numpy()
+        else:
+            embeddings, dialogues, examples = splits["dev"]
+            features = context_features(embeddings, dialogues, previous, following)
+            labels_all = getattr(examples, head)
+            fold = dialogue_folds(dialogues, folds)
+            probabilities = np.zeros((len(labels_all), len(labels)), dtype=np.float32)
+            for k in range(folds):
+                held = fold == k
+                probabilities[held.numpy()] = probe(
+                    features[~held], labels_all[~held], features[held], seed, len(labels)
+                )
+            targets = labels_all.numpy()
+        report = classification_report(targets, probabilities, labels)
+        row[head] = {k: report[k] for k in ("weighted_f1", "macro_f1")}
+        if head == "emotion":
+            row["emotion_per_class_f1"] = {c: report["per_class"][c]["f1"] for c in labels}
+    return row
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--protocol", choices=("train-dev", "dev-cv"), default="train-dev")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     started = time.monotonic()
@@ -118,25 +154,17 @@ def main(argv=None) -> int:
         PRESETS["text-mpnet"] | {"output_dir": str(ROOT / "var" / "train" / "probe")}
     )
     model = MoodreelModel(config.model.replace(trained_modalities=("text",))).eval()
+    meld_dir = Path(config.meld_dir or get_settings().meld_dir)
     splits = {}
-    for split in ("train", "dev"):
+    for split in ("train", "dev") if args.protocol == "train-dev" else ("dev",):
         examples = load_split(split, config)
-        dialogues = read_split(Path(config.meld_dir), split).dialogues()
+        dialogues = read_split(meld_dir, split).dialogues()
         splits[split] = (utterance_embeddings(model, examples, text_cache_dir(config)), dialogues, examples)
     results = {}
     for name, (previous, following) in VARIANTS.items():
-        features = {s: context_features(e, d, previous, following) for s, (e, d, _) in splits.items()}
-        scores = []
-        for seed in range(args.seeds):
-            row = {}
-            for head, labels in (("emotion", EMOTIONS), ("sentiment", SENTIMENTS)):
-                train_y = getattr(splits["train"][2], head)
-                probabilities = probe(features["train"], train_y, features["dev"], seed, len(labels))
-                report = classification_report(getattr(splits["dev"][2], head).numpy(), probabilities, labels)
-                row[head] = {k: report[k] for k in ("weighted_f1", "macro_f1")}
-                if head == "emotion":
-                    row["emotion_per_class_f1"] = {c: report["per_class"][c]["f1"] for c in labels}
-            scores.append(row)
+        scores = [
+            score_variant(splits, args.protocol, previous, following, seed) for seed in range(args.seeds)
+        ]
         summary = {}
         for head in ("emotion", "sentiment"):
             for metric in ("weighted_f1", "macro_f1"):
@@ -150,9 +178,14 @@ def main(argv=None) -> int:
             k: round(v, 4) for k, v in scores[0]["emotion_per_class_f1"].items()
         }
         results[name] = summary
-        print(name, json.dumps({k: v for k, v in summary.items() if "weighted" in k}))
+        print(
+            name,
+            json.dumps({k: v for k, v in summary.items() if "weighted" in k or "macro" in k}),
+            flush=True,
+        )
     document = {
-        "what": "linear probe on frozen all-mpnet-base-v2 utterance embeddings, MELD train -> dev",
+        "what": "linear probe on frozen all-mpnet-base-v2 utterance embeddings (mean-pooled, pretrained top)",
+        "protocol": args.protocol,
         "variants": results,
         "seeds": args.seeds,
         "seconds": round(time.monotonic() - started, 1),
