@@ -148,7 +148,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--protocol", choices=("train-dev", "dev-cv"), default="train-dev")
     args = parser.parse_args(argv)
-    torch.set_num_threads(2)
+    # One thread: the probes are thousands of tiny steps, and on a loaded machine a second thread's
+    # barrier waits cost more than it computes.
+    torch.set_num_threads(1)
     started = time.monotonic()
     config = config_from_strings(
         PRESETS["text-mpnet"] | {"output_dir": str(ROOT / "var" / "train" / "probe")}
