@@ -15,6 +15,13 @@ legitimate client's latency percentiles while the attack runs, whether the proce
 serving afterwards, and how many of 100 concurrent wrong passwords reached the password check
 (the 401s: every admitted attempt is checked; the rest must be 429). The pollers run in their
 own process so the attack's client does not share their GIL.
+
+The machine is shared, so latencies depend on what else runs: the result records the load
+average before, during and after the attack, the CPU time the gateway process spent while the
+attack ran (per hostile request, the pollers' requests included: what the attack costs the
+server, whatever the load), and each
+poller's p99 during the attack as a ratio to its p99 in the unattacked phase before it, measured
+in the same run.
 Results: bench/results/abuse.json.
 """
 
@@ -51,6 +58,17 @@ PUBLIC_URL = "https://93.184.215.14/clip.mp4"
 LOGIN_MAX_FAILURES = 5
 MAX_BODY_BYTES = 1_000_000
 TARGETS = {"server_errors": 0, "healthz_p99_ms": 200, "legitimate_p99_ms": 1000}
+BASELINE_SECONDS = 5.0  # the pollers alone, before the attack: the same run's unattacked phase
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def ratio(attacked: float | None, baseline: float | None) -> float | None:
+    return round(attacked / baseline, 1) if attacked and baseline else None
 
 
 def attack_requests(count: int, key: str) -> list[tuple[str, str, dict, bytes | None]]:
@@ -258,13 +276,17 @@ def main() -> None:
             args=(base_url, f"/v1/analyses/{analysis_id}", legit_key, stop, poll_seconds, results),
         )
         child.start()
-        time.sleep(2.0)  # the pollers' baseline before the attack
+        time.sleep(BASELINE_SECONDS)
+        load_before_attack = round(os.getloadavg()[0], 2)
+        cpu_before_attack = process_cpu_seconds(process.pid)
         attack_started = time.time()
         try:
             attacked = asyncio.run(attack(base_url, requests, args.seconds))
         except TimeoutError:
             attacked = {"requests": len(requests), "timed_out_after_s": args.seconds}
         attack_ended = time.time()
+        gateway_cpu_seconds = process_cpu_seconds(process.pid) - cpu_before_attack
+        load_after_attack = round(os.getloadavg()[0], 2)
         time.sleep(1.0)
         stop.set()
         samples = results.get(timeout=poll_seconds + 60)
@@ -312,6 +334,13 @@ def main() -> None:
         "alive_and_serving_after": alive,
         "login_password_checks_of_100": storm.get("401", 0),
         "login_limit": LOGIN_MAX_FAILURES,
+        "gateway_cpu_ms_per_hostile_request": round(gateway_cpu_seconds * 1000 / len(requests), 2),
+    }
+    same_run_ratios = {
+        f"{name}_p99_attacked_over_unattacked": ratio(
+            polled[name]["during_attack"]["p99_ms"], polled[name]["before_attack"]["p99_ms"]
+        )
+        for name in ("healthz", "legitimate")
     }
     met = {
         "server_errors": server_errors == TARGETS["server_errors"],
@@ -327,6 +356,8 @@ def main() -> None:
         "targets": TARGETS,
         "measured": measured,
         "targets_met": met,
+        "same_run_ratios": same_run_ratios,
+        "gateway_cpu_seconds_during_attack": round(gateway_cpu_seconds, 2),
         "attack": attacked,
         "healthz": polled["healthz"],
         "legitimate_client": polled["legitimate"],
@@ -335,6 +366,8 @@ def main() -> None:
         "machine": {
             "cpus": os.cpu_count(),
             "load_average_1m_at_start": load_at_start,
+            "load_average_1m_before_attack": load_before_attack,
+            "load_average_1m_after_attack": load_after_attack,
             "python": platform.python_version(),
             "platform": platform.platform(),
         },

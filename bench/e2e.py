@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from shared.features.demo_media import ffmpeg_args, make_spoken_clip  # noqa: E402
+from shared.contract.features.demo_media import ffmpeg_args, make_spoken_clip  # noqa: E402
 from shared.settings import get_settings, models_dir  # noqa: E402
 from tests.fixtures.db import create_postgres_database, drop_postgres_database, migrate  # noqa: E402
 from tests.worker import api, stack  # noqa: E402
@@ -96,7 +96,7 @@ def checkpoint_dir() -> tuple[Path, str]:
         from services.model.checkpoint import save_checkpoint
         from services.model.config import ModelConfig
         from services.model.network import MoodreelModel
-        from shared.features.spec import FeatureSpec
+        from shared.contract.features.spec import FeatureSpec
 
         meta = {"name": "moodreel-bench-random", "version": "bench", "metrics": {}}
         save_checkpoint(directory, MoodreelModel(ModelConfig()), FeatureSpec(), meta)

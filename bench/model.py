@@ -43,9 +43,9 @@ from services.model.config import ModelConfig  # noqa: E402
 from services.model.inference import ServedModel, model_fn  # noqa: E402
 from services.model.network import MoodreelModel, inputs_from_bundle  # noqa: E402
 from services.model.server import create_app, serve_in_background  # noqa: E402
-from shared.bundle import CONTENT_TYPE, FeatureBundle, UtteranceMeta  # noqa: E402
-from shared.features.spec import FeatureSpec  # noqa: E402
-from shared.features.text import tokenize_utterances  # noqa: E402
+from shared.contract.bundle import CONTENT_TYPE, FeatureBundle, UtteranceMeta  # noqa: E402
+from shared.contract.features.spec import FeatureSpec  # noqa: E402
+from shared.contract.features.text import tokenize_utterances  # noqa: E402
 from shared.settings import Settings, get_settings  # noqa: E402
 
 WORK = ROOT / "bench" / "media"

@@ -24,9 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from shared.features.demo_media import ffmpeg_args, run_tool  # noqa: E402
-from shared.features.pipeline import extract_features  # noqa: E402
-from shared.features.spec import FeatureSpec  # noqa: E402
+from shared.contract.features.demo_media import ffmpeg_args, run_tool  # noqa: E402
+from shared.contract.features.pipeline import extract_features  # noqa: E402
+from shared.contract.features.spec import FeatureSpec  # noqa: E402
 
 WORK = ROOT / "bench" / "media"
 RESULTS = ROOT / "bench" / "results" / "preprocess.json"

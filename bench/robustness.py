@@ -26,8 +26,8 @@ import torch
 
 from services.model.checkpoint import load_checkpoint
 from services.model.network import inputs_from_bundle
-from shared.features.pipeline import extract_features
-from shared.labels import EMOTIONS, MODALITIES
+from shared.contract.features.pipeline import extract_features
+from shared.contract.labels import EMOTIONS, MODALITIES
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results" / "robustness.json"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from shared.features.demo_media import ToolMissing, make_spoken_clip
+from shared.contract.features.demo_media import ToolMissing, make_spoken_clip
 from shared.settings import REPO_ROOT, get_settings
 
 TERMINAL = {"succeeded", "failed", "canceled"}

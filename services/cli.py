@@ -39,7 +39,11 @@ def aws_errors_in_one_line(command: Callable[..., None]) -> Callable[..., None]:
 
 
 def _aws_error_line(exc: BaseException) -> str | None:
-    from shared.model_client import AWS_CONFIGURATION_ERRORS, ModelServiceError, aws_configuration_hint
+    from shared.contract.model_client import (
+        AWS_CONFIGURATION_ERRORS,
+        ModelServiceError,
+        aws_configuration_hint,
+    )
 
     if AWS_CONFIGURATION_ERRORS and isinstance(exc, AWS_CONFIGURATION_ERRORS):
         return aws_configuration_hint(exc)
@@ -103,7 +107,7 @@ def sagemaker_deploy(
 
     from services.model.checkpoint import package_model_tar, read_checkpoint_document
     from services.model.deploy import DeployConfig, SageMakerDeployer
-    from shared.features.spec import FeatureSpec
+    from shared.contract.features.spec import FeatureSpec
     from shared.settings import get_settings
 
     settings = get_settings()
@@ -152,8 +156,8 @@ def sagemaker_invoke(
 ) -> None:
     """Score a bundle, or a media file featurised with the endpoint's own FeatureSpec, and print the
     JSON (requests chunked under 6 MB and retried)."""
-    from shared import model_client
-    from shared.bundle import FeatureBundle
+    from shared.contract import model_client
+    from shared.contract.bundle import FeatureBundle
     from shared.settings import get_settings
 
     settings = get_settings().model_copy(update={"model_backend": "sagemaker"})
@@ -163,7 +167,7 @@ def sagemaker_invoke(
         if source.suffix == ".safetensors":
             bundle = FeatureBundle.load(source)
         else:
-            from shared.features.pipeline import extract_features
+            from shared.contract.features.pipeline import extract_features
 
             bundle = extract_features(source, client.get_spec(), transcript, settings=settings)
         print(client.invoke(bundle).model_dump_json(indent=2))
@@ -206,7 +210,7 @@ def purge() -> None:
 
 
 def _load_spec(spec_path: Path | None):
-    from shared.features.spec import FeatureSpec
+    from shared.contract.features.spec import FeatureSpec
     from shared.logging import configure_logging
     from shared.settings import get_settings
 
@@ -229,9 +233,9 @@ def features(
     ),
 ) -> None:
     """Run the feature pipeline on one file and print a summary of its utterances."""
-    from shared.features.media import MediaError
-    from shared.features.pipeline import extract_features, summary_table
-    from shared.features.transcripts import TranscriptError
+    from shared.contract.features.media import MediaError
+    from shared.contract.features.pipeline import extract_features, summary_table
+    from shared.contract.features.transcripts import TranscriptError
 
     try:
         bundle = extract_features(video, _load_spec(spec_path), transcript, window_seconds=window)
@@ -249,8 +253,8 @@ def demo(
     workdir: Path | None = typer.Option(None, help="where the generated clip goes [default: DATA_DIR/demo]"),
 ) -> None:
     """Generate a short spoken clip with its transcript (espeak-ng + ffmpeg) and run the pipeline."""
-    from shared.features.demo_media import ToolMissing, make_spoken_clip
-    from shared.features.pipeline import extract_features, summary_table
+    from shared.contract.features.demo_media import ToolMissing, make_spoken_clip
+    from shared.contract.features.pipeline import extract_features, summary_table
     from shared.settings import get_settings
 
     spec = _load_spec(None)

@@ -187,6 +187,10 @@ class Settings(BaseSettings):
     gateway_threads: int = Field(40, ge=2, le=1000)
     # JSON/form request bodies (uploads stream separately, bounded by their declared size).
     max_request_body_bytes: int = Field(10_000_000, ge=1024)
+    # JSON bodies are also bounded in values (counted as commas and brackets while they stream,
+    # strings included): parsing costs per value, and 10 MB of `[],` is three million of them,
+    # seconds on the event loop. A 5,000-segment transcript needs about 25,000 plus its text's commas.
+    max_request_json_values: int = Field(200_000, ge=1000)
     # Verified API keys are remembered this long per process (0: always query); at most 1 s so
     # that a revoked key stops working within a second everywhere.
     api_key_cache_seconds: float = Field(1.0, ge=0, le=1)

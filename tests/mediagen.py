@@ -30,7 +30,13 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from shared.features.demo_media import DEMO_LINES, SpokenClip, ffmpeg_args, make_spoken_clip, run_tool
+from shared.contract.features.demo_media import (
+    DEMO_LINES,
+    SpokenClip,
+    ffmpeg_args,
+    make_spoken_clip,
+    run_tool,
+)
 
 SIZE = (320, 240)
 FPS = 25

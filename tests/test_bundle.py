@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from shared.bundle import BundleError, FeatureBundle, UtteranceMeta, read_metadata
-from shared.features.spec import FeatureSpec
+from shared.contract.bundle import BundleError, FeatureBundle, UtteranceMeta, read_metadata
+from shared.contract.features.spec import FeatureSpec
 
 
 def make_bundle(spec: FeatureSpec, count: int = 3) -> FeatureBundle:

@@ -11,11 +11,11 @@ import pytest
 from services.platform.analyses.jobs import JobFailed, TransientJobError, classify
 from services.platform.analyses.service import UrlRejected
 from services.platform.usage.quota import QuotaExceeded
-from shared.bundle import BundleError
+from shared.contract.bundle import BundleError
+from shared.contract.features.media import MediaError
+from shared.contract.features.transcripts import TranscriptError
+from shared.contract.model_client import ModelRequestRejected, ModelServiceError, ModelUnavailable
 from shared.errors import CodedError
-from shared.features.media import MediaError
-from shared.features.transcripts import TranscriptError
-from shared.model_client import ModelRequestRejected, ModelServiceError, ModelUnavailable
 from shared.net.fetch import FetchError
 from shared.net.urls import UrlNotAllowed
 from shared.problems import BadRequest, Problem, TooManyRequests

@@ -16,6 +16,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 
 from services.gateway import ratelimit
 from services.gateway.security import (
@@ -40,7 +41,9 @@ LAST_USED_RESOLUTION = timedelta(seconds=60)
 AfterCommit = Callable[[], Awaitable[None]]
 
 
-def get_settings_dep(request: Request) -> Settings:
+# Dependencies that do no I/O are coroutines: FastAPI runs a plain function on a worker thread,
+# and every request would wait for a thread (behind all others) only to read an attribute.
+async def get_settings_dep(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -95,7 +98,7 @@ def after_commit(session: Session, hook: AfterCommit) -> None:
     session.info.setdefault("after_commit", []).append(hook)
 
 
-def get_redis(request: Request) -> aioredis.Redis:
+async def get_redis(request: Request) -> aioredis.Redis:
     return request.app.state.redis
 
 
@@ -186,7 +189,7 @@ class PresentedCredential:
     value: str
 
 
-def presented_credential(request: Request) -> PresentedCredential | None:
+def presented_credential(headers: Headers) -> PresentedCredential | None:
     """The one credential a request presents, read from its raw headers.
 
     A request authenticates with exactly one credential: `Authorization: Bearer <JWT or API key>`
@@ -195,8 +198,8 @@ def presented_credential(request: Request) -> PresentedCredential | None:
     another; two different credentials are refused as ambiguous (the same key in both headers is
     one credential). Cookies are never credentials for the API (the dashboard's are scoped to
     `/dashboard`)."""
-    authorizations = request.headers.getlist("authorization")
-    header_keys = request.headers.getlist("x-api-key")
+    authorizations = headers.getlist("authorization")
+    header_keys = headers.getlist("x-api-key")
     if len(authorizations) > 1 or len(header_keys) > 1:
         raise AmbiguousCredentials("Send one `Authorization` or one `X-API-Key` header, not several.")
     values: list[str] = []
@@ -232,16 +235,29 @@ def _checkable_offline(credential: PresentedCredential, settings: Settings) -> b
     return True
 
 
-async def refuse_hopeless_credentials(request: Request, settings: SettingsDep) -> PresentedCredential:
-    """Runs before a database session is taken: a request whose one credential could not be
-    valid (none at all, garbage, forged or expired tokens, mistyped keys) is refused on the event
-    loop, without waiting for a session slot or a thread."""
-    credential = presented_credential(request)
+def admissible_credential(headers: Headers, settings: Settings) -> PresentedCredential:
+    """The request's one credential if it could be valid; 401 for none at all, garbage, forged
+    or expired tokens and mistyped keys. Judged from the headers alone: no database, no thread."""
+    credential = presented_credential(headers)
     if credential is None:
         raise Unauthorized("Send an access token or API key: `Authorization: Bearer …` or `X-API-Key: …`.")
     if not _checkable_offline(credential, settings):
         raise Unauthorized("The credentials are malformed, invalid or expired.")
     return credential
+
+
+# Where the admission middleware (services/gateway/admission.py) leaves the credential it let in.
+ADMITTED_CREDENTIAL = "admitted_credential"
+
+
+async def refuse_hopeless_credentials(request: Request, settings: SettingsDep) -> PresentedCredential:
+    """Runs before a database session is taken. The admission middleware has already refused a
+    hopeless credential before the body was read, and left the one it admitted in the request's
+    state; a request that reached the route another way is judged here by the same rule."""
+    admitted = request.scope.get("state", {}).get(ADMITTED_CREDENTIAL)
+    if admitted is not None:
+        return admitted
+    return admissible_credential(request.headers, settings)
 
 
 async def authenticate(

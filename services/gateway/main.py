@@ -17,6 +17,7 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from services.gateway.admission import AdmissionMiddleware
 from services.gateway.api_docs import install_api_docs
 from services.gateway.dashboard import router as dashboard_router
 from services.gateway.limits import BodySizeLimitMiddleware
@@ -167,8 +168,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(redis.exceptions.TimeoutError, redis_unavailable)
     app.add_exception_handler(sqlalchemy.exc.OperationalError, _database_unavailable)
     app.add_exception_handler(sqlalchemy.exc.TimeoutError, _database_unavailable)
+    # Innermost: refused requests still get the security, CORS and proxy handling below.
+    app.add_middleware(AdmissionMiddleware, settings=settings)
     app.add_middleware(RateLimitHeadersMiddleware)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_bytes=settings.max_request_body_bytes,
+        max_json_values=settings.max_request_json_values,
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

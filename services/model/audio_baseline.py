@@ -22,7 +22,7 @@ from services.model.data.speech import (
     read_ravdess,
     split_ravdess,
 )
-from shared.features.spec import FeatureSpec
+from shared.contract.features.spec import FeatureSpec
 from shared.logging import get_logger
 from shared.settings import Settings, get_settings
 

@@ -22,8 +22,8 @@ from safetensors.torch import load_file, save_file
 
 from services.model.config import ModelConfig
 from services.model.network import MoodreelModel
-from shared.features.spec import MODELS_PREFIX, FeatureSpec, resolve_pretrained
-from shared.labels import EMOTIONS, MODALITIES, SENTIMENTS
+from shared.contract.features.spec import MODELS_PREFIX, FeatureSpec, resolve_pretrained
+from shared.contract.labels import EMOTIONS, MODALITIES, SENTIMENTS
 from shared.logging import get_logger
 from shared.settings import REPO_ROOT
 
@@ -33,6 +33,9 @@ META_FILE = "checkpoint.json"
 # The folder of a model.tar.gz holding the pretrained encoders its checkpoint rebuilds (a
 # SageMaker framework container has no `make models`); inference's model_fn reads them there.
 BUNDLED_MODELS_DIR = "models"
+# The modules of ``shared`` the model side imports besides the ML contract (settings, logging,
+# coded errors, HTTP problems); the model images copy the same ones (services/model/Dockerfile*).
+MODEL_SHARED_MODULES = ("__init__.py", "errors.py", "logging.py", "problems.py", "settings.py")
 log = get_logger(__name__)
 
 
@@ -133,7 +136,7 @@ def read_checkpoint_document(directory: Path) -> dict[str, Any]:
             f"checkpoint format {document.get('format_version')!r} is not the supported {CHECKPOINT_FORMAT}"
         )
     if document.get("labels") != _labels():
-        raise CheckpointError("checkpoint label order differs from shared.labels")
+        raise CheckpointError("checkpoint label order differs from shared.contract.labels")
     return document
 
 
@@ -169,8 +172,9 @@ def package_model_tar(
 ) -> Path:
     """``model.tar.gz`` in SageMaker's layout: weights + JSON at the top, the pretrained encoders
     the checkpoint rebuilds under ``models/``, ``code/inference.py`` and ``code/requirements.txt``,
-    plus the ``shared`` and ``services.model`` sources inference imports (a framework container
-    has only what the archive carries)."""
+    plus the sources inference imports — the ML contract (``shared.contract``), the
+    ``MODEL_SHARED_MODULES`` and ``services.model`` — and nothing of the platform (a framework
+    container has only what the archive carries)."""
     checkpoint_dir = Path(checkpoint_dir)
     document = read_checkpoint_document(checkpoint_dir)
     inference_script = inference_script or REPO_ROOT / "services" / "model" / "inference.py"
@@ -195,7 +199,8 @@ def package_model_tar(
             else:
                 log.warning("model_tar_missing_file", path=str(source), arcname=arcname)
         sources = [REPO_ROOT / "services" / "__init__.py"]
-        for package in ("shared", "services/model"):
+        sources += [REPO_ROOT / "shared" / name for name in MODEL_SHARED_MODULES]
+        for package in ("shared/contract", "services/model"):
             sources += sorted((REPO_ROOT / package).rglob("*.py"))
         for source in sources:
             relative = source.relative_to(REPO_ROOT)

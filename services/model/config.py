@@ -10,8 +10,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from shared.features.spec import MINILM_PACKAGE
-from shared.labels import MODALITIES
+from shared.contract.features.spec import MINILM_PACKAGE
+from shared.contract.labels import MODALITIES
 
 TextTrainMode = Literal["frozen", "top_layers", "lora", "full"]
 
@@ -35,7 +35,7 @@ class ModelConfig:
 
     # --- audio: a CNN over log-mel, or a pretrained speech encoder -------------------------------
     # "cnn": the CNN below, trained from scratch; "transformers": a speech encoder that reads
-    # Whisper-style log-mels (shared.features.audio computes exactly Whisper's scale), by
+    # Whisper-style log-mels (shared.contract.features.audio computes exactly Whisper's scale), by
     # name/path in `audio_encoder` (e.g. "openai/whisper-base": then spec.n_mels must be its 80
     # mel bins) or inline in `audio_encoder_config`. Its input is padded to the encoder's own length.
     audio_backbone: Literal["cnn", "transformers"] = "cnn"

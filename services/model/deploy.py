@@ -21,9 +21,9 @@ from typing import Any
 
 from botocore.exceptions import ClientError, WaiterError
 
-from shared.features.spec import FeatureSpec
+from shared.contract.features.spec import FeatureSpec
+from shared.contract.model_client import SPEC_FILENAME
 from shared.logging import get_logger
-from shared.model_client import SPEC_FILENAME
 
 VARIANT_NAME = "AllTraffic"
 SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"

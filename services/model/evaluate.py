@@ -15,7 +15,7 @@ import torch
 
 from services.model.data.examples import ExampleSet
 from services.model.metrics import classification_report, save_confusion_png
-from shared.labels import EMOTIONS, SENTIMENTS
+from shared.contract.labels import EMOTIONS, SENTIMENTS
 from shared.logging import get_logger
 
 log = get_logger(__name__)

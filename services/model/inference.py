@@ -21,18 +21,18 @@ import torch
 
 from services.model.checkpoint import BUNDLED_MODELS_DIR, LoadedModel, load_checkpoint
 from services.model.network import inputs_from_bundle
-from shared.bundle import CONTENT_TYPE as BUNDLE_CONTENT_TYPE
-from shared.bundle import BundleError, FeatureBundle, UtteranceMeta
-from shared.features.spec import FeatureSpec
-from shared.labels import EMOTIONS, MODALITIES, SENTIMENTS
-from shared.logging import get_logger
-from shared.predictions import (
+from shared.contract.bundle import CONTENT_TYPE as BUNDLE_CONTENT_TYPE
+from shared.contract.bundle import BundleError, FeatureBundle, UtteranceMeta
+from shared.contract.features.spec import FeatureSpec
+from shared.contract.labels import EMOTIONS, MODALITIES, SENTIMENTS
+from shared.contract.predictions import (
     InvocationResponse,
     LabelScores,
     ModalityScores,
     ModelInfo,
     UtterancePrediction,
 )
+from shared.logging import get_logger
 from shared.settings import get_settings
 
 JSON_CONTENT_TYPE = "application/json"
@@ -168,7 +168,7 @@ def _fetch_bundle(uri: str) -> bytes:
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from shared.model_client import split_s3_uri
+    from shared.contract.model_client import split_s3_uri
 
     settings = get_settings()
     prefixes = settings.model_bundle_uri_prefixes

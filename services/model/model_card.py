@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from services.model.config import ModelConfig
 from services.model.speech_eval import speech_card_lines
-from shared.features.spec import FeatureSpec
-from shared.labels import MODALITIES
+from shared.contract.features.spec import FeatureSpec
+from shared.contract.labels import MODALITIES
 
 
 def _metrics_table(metrics_by_split: dict[str, dict]) -> list[str]:

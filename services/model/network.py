@@ -1,6 +1,6 @@
 """MoodreelModel: three modality encoders, late fusion, emotion and sentiment heads.
 
-Each modality (order ``shared.labels.MODALITIES``: text, audio, visual) becomes one embedding of
+Each modality (order ``shared.contract.labels.MODALITIES``: text, audio, visual) becomes one embedding of
 ``embed_dim``. A modality that is absent from the input, hidden by modality dropout, or whose
 encoder this checkpoint never trained is replaced by a learned "absent" embedding, so the fusion
 layers see "no audio" as its own signal instead of zero features that look like silence. Fusion
@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from services.model.config import ModelConfig
-from shared.bundle import FeatureBundle
-from shared.features.spec import resolve_pretrained
-from shared.labels import EMOTIONS, MODALITIES, SENTIMENTS
+from shared.contract.bundle import FeatureBundle
+from shared.contract.features.spec import resolve_pretrained
+from shared.contract.labels import EMOTIONS, MODALITIES, SENTIMENTS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

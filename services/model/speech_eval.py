@@ -18,7 +18,7 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from services.model.data.examples import ExampleSet
 from services.model.data.speech import RAVDESS_EMOTIONS, RAVDESS_TO_MELD
-from shared.labels import EMOTIONS, MODALITIES
+from shared.contract.labels import EMOTIONS, MODALITIES
 
 AUDIO = MODALITIES.index("audio")
 _SPEECH_TO_MELD = np.asarray([EMOTIONS.index(RAVDESS_TO_MELD[label]) for label in RAVDESS_EMOTIONS])

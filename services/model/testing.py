@@ -14,8 +14,8 @@ import torch
 from services.model.checkpoint import save_checkpoint
 from services.model.config import ModelConfig
 from services.model.network import MoodreelModel
-from shared.features.spec import FeatureSpec
-from shared.features.text import load_tokenizer
+from shared.contract.features.spec import FeatureSpec
+from shared.contract.features.text import load_tokenizer
 
 # Small enough for fast CPU tests; other areas may pass their own spec.
 # The generated test clips carry sine tones, which the speech gate masks: tests of the gate set

@@ -42,8 +42,8 @@ from services.model.data.speech import (
 from services.model.evaluate import autocast, evaluate_examples, summary
 from services.model.metrics import emit_metric_line
 from services.model.network import ModelOutput, MoodreelModel
-from shared.features.spec import FeatureSpec
-from shared.labels import EMOTIONS, MODALITIES, SENTIMENTS
+from shared.contract.features.spec import FeatureSpec
+from shared.contract.labels import EMOTIONS, MODALITIES, SENTIMENTS
 from shared.logging import get_logger
 
 log = get_logger(__name__)

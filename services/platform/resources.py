@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.model_client import ModelClient
+from shared.contract.model_client import ModelClient
 from shared.settings import Settings
 
 

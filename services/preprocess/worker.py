@@ -30,9 +30,9 @@ from services.platform.analyses.jobs import analyse_video
 from services.platform.reconcile import reconcile_queue
 from services.platform.resources import Resources
 from services.platform.webhooks.jobs import deliver_webhook
+from shared.contract.model_client import model_client_from_settings
 from shared.db.session import create_db_engine, make_session_factory
 from shared.logging import configure_logging, get_logger
-from shared.model_client import model_client_from_settings
 from shared.net.fetch import remove_abandoned_workspaces
 from shared.net.urls import check_private_url_switches
 from shared.settings import get_settings

@@ -33,7 +33,7 @@ from botocore.exceptions import ClientError
 from services.model.deploy import DeployConfig, DeployError, SageMakerDeployer, _is_missing
 from services.model.sagemaker_train import TrainingJobConfig, job_name, launch
 from services.retrain.guard import Decision, decide, refuse, start_check
-from shared.features.spec import FeatureSpec
+from shared.contract.features.spec import FeatureSpec
 from shared.logging import get_logger
 from shared.settings import Settings, get_settings
 

@@ -34,8 +34,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.model.data.meld import CLIP_DIRS, CSV_FILES
+from shared.contract.features.media import input_args
 from shared.db.models import Analysis, Upload, User, UtteranceResult
-from shared.features.media import input_args
 from shared.logging import get_logger
 from shared.settings import Settings
 from shared.storage import StorageError, get_storage

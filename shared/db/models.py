@@ -169,18 +169,18 @@ class UtteranceResult(Base):
     emotion_scores: Mapped[dict[str, Any]]
     sentiment: Mapped[str] = mapped_column(String(16))
     sentiment_scores: Mapped[dict[str, Any]]
-    # Modality names used for this prediction (subset of shared.labels.MODALITIES).
+    # Modality names used for this prediction (subset of shared.contract.labels.MODALITIES).
     modalities: Mapped[list[Any]] = mapped_column(default=list)
     # Each used modality's own head ({"text": {"emotion": {...}, "sentiment": {...}}, ...}): what
-    # drove the fused result (shared.predictions.ModalityScores).
+    # drove the fused result (shared.contract.predictions.ModalityScores).
     modality_scores: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
-    # The owner's correction, beside the prediction (which is kept): labels of shared.labels, or
+    # The owner's correction, beside the prediction (which is kept): labels of shared.contract.labels, or
     # None where that head was not corrected; who corrected it and when.
     corrected_emotion: Mapped[str | None] = mapped_column(String(16))
     corrected_sentiment: Mapped[str | None] = mapped_column(String(16))
     corrected_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     corrected_at: Mapped[datetime | None] = mapped_column(index=True)
-    # Why a modality the media had was not used ({"audio": "no_speech"}: shared.features.speech).
+    # Why a modality the media had was not used ({"audio": "no_speech"}: shared.contract.features.speech).
     modalities_masked: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -14,7 +14,7 @@ import uuid
 import httpx
 import pytest
 
-from shared.features.demo_media import make_spoken_clip
+from shared.contract.features.demo_media import make_spoken_clip
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 PASSWORD = "correct horse battery staple"

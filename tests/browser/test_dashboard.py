@@ -11,8 +11,8 @@ import uuid
 import httpx
 import pytest
 
-from shared.features.demo_media import make_spoken_clip
-from shared.labels import EMOTIONS, SENTIMENTS
+from shared.contract.features.demo_media import make_spoken_clip
+from shared.contract.labels import EMOTIONS, SENTIMENTS
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(600)]
 PASSWORD = "correct horse battery staple"

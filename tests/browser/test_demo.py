@@ -10,8 +10,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from shared.features.demo_media import DEMO_LINES
-from shared.labels import EMOTIONS
+from shared.contract.features.demo_media import DEMO_LINES
+from shared.contract.labels import EMOTIONS
 from shared.settings import REPO_ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import create_engine, select
 
+from shared.contract.labels import EMOTIONS, SENTIMENTS
 from shared.db.models import Analysis, User, UtteranceResult
 from shared.db.session import make_session_factory, session_scope
-from shared.labels import EMOTIONS, SENTIMENTS
 from tests.dashboard.helpers import csrf_from, signed_in_client
 from tests.fixtures.db import migrate
 from tests.worker import stack

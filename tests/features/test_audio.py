@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from shared.bundle import UtteranceMeta
-from shared.features.audio import load_audio, log_mel, utterance_log_mels
-from shared.features.spec import FeatureSpec
+from shared.contract.bundle import UtteranceMeta
+from shared.contract.features.audio import load_audio, log_mel, utterance_log_mels
+from shared.contract.features.spec import FeatureSpec
 
 SPEC = FeatureSpec(max_audio_frames=128)
 

@@ -3,10 +3,10 @@ import subprocess
 import numpy as np
 import pytest
 
-from shared.bundle import UtteranceMeta
-from shared.features.frames import NO_FRAME, extract_frames, select_expression, target_times
-from shared.features.media import probe
-from shared.features.spec import FeatureSpec
+from shared.contract.bundle import UtteranceMeta
+from shared.contract.features.frames import NO_FRAME, extract_frames, select_expression, target_times
+from shared.contract.features.media import probe
+from shared.contract.features.spec import FeatureSpec
 
 SPEC = FeatureSpec(frames_per_utterance=4, frame_size=32)
 UTTERANCES = [UtteranceMeta(0.0, 0.9), UtteranceMeta(1.0, 1.5), UtteranceMeta(2.0, 2.9)]

@@ -2,7 +2,7 @@ import subprocess
 
 import pytest
 
-from shared.features.media import MEDIA_ERROR_CODES, MediaError, probe
+from shared.contract.features.media import MEDIA_ERROR_CODES, MediaError, probe
 
 
 @pytest.mark.parametrize(

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from shared.bundle import FeatureBundle, UtteranceMeta
-from shared.features.frames import NO_FRAME
-from shared.features.media import MediaError
-from shared.features.pipeline import extract_features
-from shared.features.spec import FeatureSpec
-from shared.features.transcripts import TranscriptError
+from shared.contract.bundle import FeatureBundle, UtteranceMeta
+from shared.contract.features.frames import NO_FRAME
+from shared.contract.features.media import MediaError
+from shared.contract.features.pipeline import extract_features
+from shared.contract.features.spec import FeatureSpec
+from shared.contract.features.transcripts import TranscriptError
 
 # These media carry sine tones: the speech gate (tests/features/test_speech_gate.py) would mask
 # them, and here the audio mask must show what was decoded.
@@ -148,9 +148,9 @@ def test_demo_command(tmp_path):
 
 
 def test_time_limits_stop_ffmpeg(media, settings):
-    from shared.features.audio import load_audio
-    from shared.features.frames import extract_frames
-    from shared.features.media import probe
+    from shared.contract.features.audio import load_audio
+    from shared.contract.features.frames import extract_frames
+    from shared.contract.features.media import probe
 
     info = probe(media.spoken.video, settings)
     hasty = settings.model_copy(update={"ffmpeg_timeout_seconds": 0.001, "ffprobe_timeout_seconds": 0.001})

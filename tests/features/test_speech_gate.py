@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.features.pipeline import extract_features
-from shared.features.spec import FeatureSpec
-from shared.features.speech import AudioReason, speech_fraction
-from shared.labels import MODALITIES
+from shared.contract.features.pipeline import extract_features
+from shared.contract.features.spec import FeatureSpec
+from shared.contract.features.speech import AudioReason, speech_fraction
+from shared.contract.labels import MODALITIES
 from tests.mediagen import spoken_clip
 
 AUDIO = MODALITIES.index("audio")

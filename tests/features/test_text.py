@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from shared.bundle import UtteranceMeta
-from shared.features.spec import FeatureSpec
-from shared.features.text import load_tokenizer, tokenize_utterances
+from shared.contract.bundle import UtteranceMeta
+from shared.contract.features.spec import FeatureSpec
+from shared.contract.features.text import load_tokenizer, tokenize_utterances
 
 DIALOGUE = [
     UtteranceMeta(0.0, 1.0, "Where were you last night?", "Ross"),
@@ -82,7 +82,7 @@ def test_context_marks_only_second_segment(turns):
 
 
 def test_token_arrays_are_numpy_and_match_the_torch_view():
-    from shared.features.text import token_arrays
+    from shared.contract.features.text import token_arrays
 
     spec = FeatureSpec(max_tokens=32, context_turns=1)
     arrays = token_arrays(DIALOGUE, spec)

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from shared.bundle import UtteranceMeta
-from shared.features.transcripts import (
+from shared.contract.bundle import UtteranceMeta
+from shared.contract.features.transcripts import (
     TranscriptError,
     parse_timestamp,
     parse_transcript,

@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from services.gateway.limits import json_value_bound
 from services.gateway.main import POOL_RESERVE, create_app
 from services.platform.analyses import repository as analyses_repository
 from services.platform.analyses.jobs import AnalysisRun
@@ -23,6 +24,7 @@ from services.platform.auth import service as auth_service
 from services.platform.resources import Resources
 from services.platform.webhooks.jobs import attempt_delivery
 from shared.db.models import Analysis, User, UtteranceResult, WebhookDelivery
+from shared.net.fetch import WORKSPACE_PREFIX, workspace_root
 from shared.problems import MAX_VALIDATION_ERRORS
 from shared.settings import Settings
 from shared.storage import LocalStorage
@@ -235,11 +237,16 @@ async def test_a_failed_analysis_keeps_no_partial_results(client, api_key, setti
         session.get(Analysis, analysis_id).utterance_count = 3
     resources = worker_resources(client, settings)
     try:
-        assert await AnalysisRun(resources, analysis_id).fail("corrupt", "the audio stream cannot be decoded")
+        # ffmpeg quotes the file it read: a client must not learn the worker's directory layout.
+        media = workspace_root(settings) / f"{WORKSPACE_PREFIX}4242-x1y2/media"
+        message = f"the audio stream cannot be decoded: Error opening input file {media}."
+        assert await AnalysisRun(resources, analysis_id).fail("corrupt", message)
     finally:
         await resources.redis.aclose()
     detail = client.get(f"/v1/analyses/{analysis_id}", headers={"X-API-Key": api_key}).json()
     assert detail["status"] == "failed" and detail["utterances"] == [] and detail["utterance_count"] == 0
+    assert detail["error"]["message"].endswith("Error opening input file the media file")
+    assert WORKSPACE_PREFIX not in detail["error"]["message"]
     with sessions() as session:
         assert (
             session.scalars(select(UtteranceResult).where(UtteranceResult.analysis_id == analysis_id)).all()
@@ -344,3 +351,32 @@ async def _take_all(semaphore: anyio.Semaphore) -> int:
 async def _give_back(semaphore: anyio.Semaphore, count: int) -> None:
     for _ in range(count):
         semaphore.release()
+
+
+def test_a_json_body_of_too_many_values_is_refused_before_it_is_parsed(client, settings):
+    # 600 kB, far under the size limit, but 200,001 values: seconds of parsing on a loaded host.
+    dense = b"[" + b"[]," * settings.max_request_json_values + b"[]]"
+    assert len(dense) < settings.max_request_body_bytes
+
+    def streamed():
+        for start in range(0, len(dense), 65536):
+            yield dense[start : start + 65536]
+
+    for content in (dense, streamed()):  # Content-Length, then chunked
+        response = client.post(
+            "/v1/auth/signup", content=content, headers={"Content-Type": "application/json"}
+        )
+        assert response.status_code == 413, response.text[:300]
+        assert response.json()["code"] == "payload_too_large"
+        assert str(settings.max_request_json_values) in response.json()["detail"]
+
+
+def test_a_full_transcript_with_punctuated_text_is_within_the_value_bound(client, api_key, settings):
+    segment = {"start": 0, "end": 0.9, "text": "Well, no, I mean, yes, {maybe} [laughs], right?"}
+    longest = json.dumps({"video_url": PUBLIC_URL, "transcript": [segment] * MAX_TRANSCRIPT_SEGMENTS})
+    assert json_value_bound(longest.encode()) < settings.max_request_json_values / 3
+    segments = [{**segment, "start": index, "end": index + 0.9} for index in range(settings.max_utterances)]
+    response = client.post(
+        "/v1/analyses", json={"video_url": PUBLIC_URL, "transcript": segments}, headers={"X-API-Key": api_key}
+    )
+    assert response.status_code == 202, response.text[:300]

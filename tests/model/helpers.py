@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from services.model.network import ModelInputs
-from shared.features.spec import FeatureSpec
+from shared.contract.features.spec import FeatureSpec
 
 
 def random_inputs(spec: FeatureSpec, modality_mask: list[list[bool]], seed: int = 0) -> ModelInputs:

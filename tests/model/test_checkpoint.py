@@ -181,10 +181,13 @@ def test_model_tar_has_sagemaker_layout(tmp_path):
         "code/services/__init__.py",
         "code/services/model/network.py",
         "code/services/model/checkpoint.py",
-        "code/shared/bundle.py",
-        "code/shared/features/spec.py",
+        "code/shared/contract/bundle.py",
+        "code/shared/contract/features/spec.py",
     } <= names
     assert not any("checkpoints/" in name for name in names)
+    # The ML contract without the platform: no database, network fetching, storage or domains.
+    platform = ("code/shared/db/", "code/shared/net/", "code/shared/storage.py", "code/services/platform/")
+    assert not any(name.startswith(platform) for name in names)
     # The archive's code directory alone rebuilds the model (as a framework container would).
     extracted = tmp_path / "extracted"
     with tarfile.open(archive_path) as archive:

@@ -9,9 +9,9 @@ from services.model.data.meld import (
     read_split,
     text_examples,
 )
-from shared.features.spec import FeatureSpec
-from shared.features.text import load_tokenizer
-from shared.labels import EMOTIONS
+from shared.contract.features.spec import FeatureSpec
+from shared.contract.features.text import load_tokenizer
+from shared.contract.labels import EMOTIONS
 from shared.settings import get_settings
 from tests.model.conftest import _row, write_split
 

@@ -13,7 +13,7 @@ from services.model.metrics import (
     save_confusion_png,
 )
 from services.model.model_card import render_model_card
-from shared.features.spec import FeatureSpec
+from shared.contract.features.spec import FeatureSpec
 
 LABELS = ("a", "b", "c")
 # Fixed prediction set: true labels and one-hot-ish probabilities with known confidences.

@@ -6,8 +6,8 @@ import torch
 
 from services.model.network import MoodreelModel, inputs_from_bundle
 from services.model.testing import TINY_SPEC, tiny_model_config, tiny_speech_encoder_config
-from shared.bundle import FeatureBundle, UtteranceMeta
-from shared.labels import MODALITIES
+from shared.contract.bundle import FeatureBundle, UtteranceMeta
+from shared.contract.labels import MODALITIES
 from tests.model.helpers import random_inputs
 
 ALL_MASKS = [list(combo) for combo in itertools.product([False, True], repeat=3)]

@@ -85,7 +85,11 @@ def test_create_training_job_request(aws):
     with tarfile.open(fileobj=io.BytesIO(body)) as archive:
         names = set(archive.getnames())
         requirements = archive.extractfile("requirements.txt").read().decode()
-    assert {"services/model/train.py", "services/model/network.py", "shared/features/spec.py"} <= names
+    assert {
+        "services/model/train.py",
+        "services/model/network.py",
+        "shared/contract/features/spec.py",
+    } <= names
     assert not any("checkpoints/" in name for name in names)
     assert "transformers==5.24.0" in requirements
     assert "torch" not in requirements.split("\n")  # the framework image brings its own torch

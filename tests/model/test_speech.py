@@ -32,7 +32,7 @@ from services.model.data.speech import (
 from services.model.network import MoodreelModel
 from services.model.testing import TINY_SPEC, tiny_model_config, tiny_speech_encoder_config
 from services.model.train import Criterion, TrainConfig, build_optimizer, train
-from shared.labels import EMOTIONS, MODALITIES, SENTIMENTS
+from shared.contract.labels import EMOTIONS, MODALITIES, SENTIMENTS
 from shared.settings import Settings, get_settings
 
 REAL = get_settings().emotion_speech_dir

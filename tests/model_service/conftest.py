@@ -15,9 +15,9 @@ import pytest
 from services.model.inference import ServedModel, model_fn
 from services.model.server import create_app, serve_in_background
 from services.model.testing import TINY_SPEC, build_tiny_checkpoint
-from shared.bundle import FeatureBundle, UtteranceMeta
-from shared.features.spec import FeatureSpec
-from shared.features.text import tokenize_utterances
+from shared.contract.bundle import FeatureBundle, UtteranceMeta
+from shared.contract.features.spec import FeatureSpec
+from shared.contract.features.text import tokenize_utterances
 from shared.settings import Settings
 
 LINES = [

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from services.cli import app
-from shared.model_client import ModelRequestRejected, RetryPolicy, SageMakerModelClient
+from shared.contract.model_client import ModelRequestRejected, RetryPolicy, SageMakerModelClient
 
 from .conftest import make_bundle
 

@@ -22,9 +22,9 @@ from moto import mock_aws
 
 from services.model.inference import ServedModel, transform
 from services.model.testing import TINY_SPEC
-from shared.bundle import CONTENT_TYPE, FeatureBundle
-from shared.features.spec import FeatureSpec
-from shared.model_client import (
+from shared.contract.bundle import CONTENT_TYPE, FeatureBundle
+from shared.contract.features.spec import FeatureSpec
+from shared.contract.model_client import (
     HttpModelClient,
     ModelRequestRejected,
     ModelServiceError,
@@ -32,7 +32,7 @@ from shared.model_client import (
     RetryPolicy,
     SageMakerModelClient,
 )
-from shared.predictions import InvocationResponse
+from shared.contract.predictions import InvocationResponse
 
 from .conftest import free_port, make_bundle, wait_until_ready
 
@@ -380,7 +380,7 @@ def test_the_invoke_command_scores_a_media_file_or_a_bundle(
     from typer.testing import CliRunner
 
     from services.cli import app
-    from shared import model_client
+    from shared.contract import model_client
     from tests.mediagen import spoken_clip
 
     chosen = []

@@ -15,7 +15,7 @@ from moto import mock_aws
 
 from services.model.deploy import DeployConfig, DeployError, SageMakerDeployer, version_name
 from services.model.testing import TINY_SPEC
-from shared.features.spec import FeatureSpec
+from shared.contract.features.spec import FeatureSpec
 
 NOW = datetime(2026, 11, 26, 12, 30, 5, tzinfo=UTC)
 VERSION = "moodreel-20261126-123005"

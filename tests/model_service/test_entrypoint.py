@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,11 +18,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.model.checkpoint import package_model_tar
+from services.model.checkpoint import MODEL_SHARED_MODULES, package_model_tar
 from services.model.testing import TINY_SPEC
-from shared.bundle import CONTENT_TYPE
-from shared.predictions import InvocationResponse
-from shared.settings import REPO_ROOT
+from shared.contract.bundle import CONTENT_TYPE
+from shared.contract.predictions import InvocationResponse
+from shared.settings import REPO_ROOT, get_settings
+from tests.stack.image_imports import image_tree
 
 from .conftest import free_port, make_bundle, wait_until_ready
 
@@ -50,6 +52,21 @@ def test_the_archive_has_sagemakers_layout(opt_ml_model: Path):
     requirements = (opt_ml_model / "code" / "requirements.txt").read_text().splitlines()
     pins = [line for line in requirements if line and not line.startswith("#")]
     assert pins and all("==" in line for line in pins), "code/requirements.txt must pin exact versions"
+    # The code is the ML contract, the model-side modules of shared and the model service: no
+    # platform code (database, network fetching, storage, the SaaS domains).
+    code = opt_ml_model / "code"
+    assert (code / "shared" / "contract" / "features" / "spec.py").is_file()
+    assert sorted(p.name for p in (code / "shared").glob("*.py")) == sorted(MODEL_SHARED_MODULES)
+    assert sorted(p.name for p in (code / "shared").iterdir() if p.is_dir()) == ["contract"]
+    assert sorted(p.name for p in (code / "services").iterdir()) == ["__init__.py", "model"]
+
+
+@pytest.mark.parametrize("dockerfile", ["services/model/Dockerfile", "services/model/Dockerfile.gpu"])
+def test_the_model_images_copy_the_contract_and_the_archives_shared_modules(dockerfile: str):
+    copies = re.findall(r"^COPY (?!--from)(.+)$", (REPO_ROOT / dockerfile).read_text(), flags=re.M)
+    sources = [source for line in copies for source in line.split()[:-1] if source.startswith("shared/")]
+    expected = ["shared/contract/", *(f"shared/{name}" for name in MODEL_SHARED_MODULES)]
+    assert sorted(sources) == sorted(expected)
 
 
 def wait_for_in_flight(url: str, timeout: float = 30.0) -> None:
@@ -170,8 +187,19 @@ def test_the_archives_code_serves_on_its_own(opt_ml_model: Path, tmp_path: Path)
 
 
 IMAGE_SCRIPT = """
+import importlib
+import importlib.util
 import os
 from pathlib import Path
+import services, shared
+assert services.__file__.startswith(os.environ["CHECK_TREE"]), services.__file__
+# The ML contract imports whole without the platform, which the image does not carry.
+contract = Path(shared.__file__).parent / "contract"
+for path in sorted(contract.rglob("*.py")):
+    parts = path.relative_to(contract.parent.parent).with_suffix("").parts
+    importlib.import_module(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+for platform in ("shared.db", "shared.net", "shared.storage", "services.platform", "services.gateway"):
+    assert importlib.util.find_spec(platform) is None, platform
 from services.model.server import create_app
 from services.model.inference import model_fn, transform
 served = model_fn(os.environ["CHECK_MODEL_DIR"])
@@ -188,6 +216,8 @@ def test_the_images_packages_are_enough_to_load_and_score(tiny_checkpoint: Path,
     inference = (REPO_ROOT / "services" / "model" / "requirements-inference.txt").read_text()
     requirements.write_text("torch==2.13.0\n" + inference)
     make_bundle(count=2).save(tmp_path / "bundle.safetensors")
+    # Only the files the image copies: the model image's Dockerfile builds the application folder.
+    tree = image_tree(REPO_ROOT / "services/model/Dockerfile", REPO_ROOT, tmp_path / "image")
     done = subprocess.run(
         [
             sys.executable,
@@ -196,9 +226,12 @@ def test_the_images_packages_are_enough_to_load_and_score(tiny_checkpoint: Path,
             "--",
             IMAGE_SCRIPT,
         ],
-        cwd=REPO_ROOT,
+        cwd=tree,
         env={
             **os.environ,
+            "PYTHONPATH": str(tree),
+            "MOODREEL_MODELS_DIR": str(get_settings().models_dir),
+            "CHECK_TREE": str(tree),
             "CHECK_MODEL_DIR": str(tiny_checkpoint),
             "CHECK_BUNDLE": str(tmp_path / "bundle.safetensors"),
         },

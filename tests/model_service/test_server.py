@@ -19,10 +19,10 @@ from services.model.inference import ServedModel, input_fn, model_fn, predict_fn
 from services.model.network import inputs_from_bundle
 from services.model.server import create_app, resolve_model_dir
 from services.model.testing import TINY_SPEC
-from shared.bundle import CONTENT_TYPE, FeatureBundle
-from shared.features.spec import FeatureSpec
-from shared.labels import EMOTIONS, MODALITIES, SENTIMENTS
-from shared.predictions import InvocationResponse
+from shared.contract.bundle import CONTENT_TYPE, FeatureBundle
+from shared.contract.features.spec import FeatureSpec
+from shared.contract.labels import EMOTIONS, MODALITIES, SENTIMENTS
+from shared.contract.predictions import InvocationResponse
 from shared.settings import Settings
 
 from .conftest import SERVER_SETTINGS, make_bundle, running, wait_until_ready
@@ -319,7 +319,7 @@ def test_model_dir_resolution_prefers_explicit_then_sagemaker_then_setting(
 def test_a_bundle_extracted_from_generated_media_is_scored(
     server_url: str, tmp_path: Path, served_model: ServedModel
 ):
-    from shared.features.pipeline import extract_features
+    from shared.contract.features.pipeline import extract_features
     from tests.mediagen import no_audio_mp4, spoken_clip
 
     clip = spoken_clip(tmp_path)
@@ -382,7 +382,7 @@ def test_audio_without_speech_is_reported_masked_with_its_reason(tmp_path: Path)
 
     from services.model.inference import build_response, model_fn, predict_fn
     from services.model.testing import build_tiny_checkpoint
-    from shared.features.pipeline import extract_features
+    from shared.contract.features.pipeline import extract_features
 
     gated = TINY_SPEC.model_copy(update={"speech_gate": True})
     served = model_fn(build_tiny_checkpoint(tmp_path / "checkpoint", spec=gated))

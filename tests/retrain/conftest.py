@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from services.retrain.dataset import split_of
+from shared.contract.labels import EMOTIONS, SENTIMENTS
 from shared.db.models import Analysis, Upload, User, UtteranceResult
 from shared.db.session import make_session_factory, session_scope
-from shared.labels import EMOTIONS, SENTIMENTS
 from shared.settings import Settings
 from tests import mediagen
 from tests.fixtures.db import empty_all_tables, engine_for

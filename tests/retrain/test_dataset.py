@@ -10,8 +10,8 @@ import boto3
 from services.model.data.meld import clip_examples, clip_path, clip_status, read_split
 from services.model.testing import TINY_SPEC
 from services.retrain.dataset import MANIFEST, dialogue_id, export, meld_time
+from shared.contract.labels import EMOTIONS, SENTIMENTS
 from shared.db.session import make_session_factory, session_scope
-from shared.labels import EMOTIONS, SENTIMENTS
 from tests.fixtures.db import engine_for
 from tests.retrain.conftest import CORRECTED_AT, UNTIL
 

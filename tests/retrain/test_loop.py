@@ -17,9 +17,9 @@ from services.model.server import create_app, serve_in_background
 from services.model.testing import TINY_SPEC, build_tiny_checkpoint
 from services.retrain.guard import decide
 from services.retrain.loop import publish, retrain
-from shared.bundle import CONTENT_TYPE as BUNDLE_CONTENT_TYPE
+from shared.contract.bundle import CONTENT_TYPE as BUNDLE_CONTENT_TYPE
+from shared.contract.predictions import InvocationResponse
 from shared.db.session import make_session_factory
-from shared.predictions import InvocationResponse
 from tests.fixtures.db import engine_for
 from tests.model.conftest import mini_meld  # noqa: F401  (the fixture)
 from tests.model.test_train import tiny_train_config

@@ -4,13 +4,16 @@ Run as ``python tests/stack/image_imports.py REQUIREMENTS_FILE [--no-deps NAME .
 Every top-level module of an installed distribution that the image does not carry is put in
 ``sys.modules`` as ``None`` before CODE runs: ``import torch`` then fails exactly as it would in
 the image, and libraries probing for optional packages (``importlib.util.find_spec``) see them as
-absent. Exit status 0 means CODE ran with the image's packages alone.
+absent. Exit status 0 means CODE ran with the image's packages alone. Run it in the folder
+``image_tree`` builds (with that folder as ``PYTHONPATH``) and CODE also sees only the image's
+own files.
 """
 
 from __future__ import annotations
 
 import importlib.metadata as metadata
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -19,6 +22,22 @@ from packaging.utils import canonicalize_name
 
 # Installed with --no-deps by the image, so their requirements are not followed.
 FIRST_PARTY = {"shared", "services", "tests", "migrations"}
+
+
+def image_tree(dockerfile: Path, repo_root: Path, destination: Path) -> Path:
+    """The image's files: what the Dockerfile's ``COPY`` lines (those not from another stage) put
+    under its WORKDIR, copied from ``repo_root`` into ``destination``."""
+    for line in re.findall(r"^COPY (?!--from)(.+)$", dockerfile.read_text(), flags=re.M):
+        *sources, target = line.split()
+        for source in sources:
+            origin = repo_root / source
+            if origin.is_dir():
+                shutil.copytree(origin, destination / target, dirs_exist_ok=True)
+            else:
+                placed = destination / target / origin.name if target.endswith("/") else destination / target
+                placed.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(origin, placed)
+    return destination
 
 
 def requirement_names(path: Path) -> list[str]:
@@ -78,6 +97,12 @@ def main() -> None:
     allowed = closure(requirement_names(requirements), no_deps)
     for module in blocked_modules(allowed):
         sys.modules[module] = None  # type: ignore[assignment]
+    # This checkout is installed editable; an image holds copied files only, so first-party code
+    # comes from the working directory (PYTHONPATH), never through the editable install's finder.
+    sys.meta_path[:] = [
+        finder for finder in sys.meta_path if not getattr(finder, "__module__", "").startswith("__editable__")
+    ]
+    sys.path_importer_cache.clear()
     exec(compile(code, "<image-import-check>", "exec"), {"__name__": "__image_check__"})
 
 

@@ -19,6 +19,7 @@ import yaml
 from packaging.utils import canonicalize_name
 
 from shared.settings import REPO_ROOT, Settings
+from tests.stack.image_imports import image_tree
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 import env_example  # noqa: E402
@@ -314,29 +315,12 @@ def image_requirements(path: str) -> list[str]:
     return [line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()]
 
 
-def image_tree(dockerfile: str, destination: Path) -> Path:
-    """The application folder of an image: what the final stage's ``COPY`` lines (not those from
-    another stage) put under its WORKDIR, copied from the repository into ``destination``."""
-    final_stage = re.split(r"^FROM .*$", (REPO_ROOT / dockerfile).read_text(), flags=re.M)[-1]
-    for line in re.findall(r"^COPY (?!--from)(.+)$", final_stage, flags=re.M):
-        *sources, target = line.split()
-        for source in sources:
-            origin = REPO_ROOT / source
-            placed = destination / target / origin.name if target.endswith("/") else destination / target
-            if origin.is_dir():
-                shutil.copytree(origin, destination / target, dirs_exist_ok=True)
-            else:
-                placed.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(origin, placed)
-    return destination
-
-
 def run_with_image_packages(
     requirements: str, code: str, *extra: str, dockerfile: str, tmp_path: Path
 ) -> subprocess.CompletedProcess:
     """Run ``code`` with only the image's packages and only the files its Dockerfile copies: the
     first-party code comes from a copy of the image's application folder, not the repository."""
-    app = image_tree(dockerfile, tmp_path / "app")
+    app = image_tree(REPO_ROOT / dockerfile, REPO_ROOT, tmp_path / "app")
     check = f"import services, shared\nassert services.__file__.startswith({str(app)!r}), services.__file__\n"
     return subprocess.run(
         [sys.executable, str(REPO_ROOT / "tests/stack/image_imports.py"), str(REPO_ROOT / requirements)]
@@ -358,9 +342,9 @@ import services.preprocess.worker
 # The jobs come without the web side: no endpoint module, nothing of the gateway.
 web = [m for m in sys.modules if m.endswith(".endpoints") or m.startswith("services.gateway")]
 assert not web, web
-from shared.features.demo_media import make_spoken_clip
-from shared.features.pipeline import extract_features
-from shared.features.spec import FeatureSpec
+from shared.contract.features.demo_media import make_spoken_clip
+from shared.contract.features.pipeline import extract_features
+from shared.contract.features.spec import FeatureSpec
 clip = make_spoken_clip(__import__('pathlib').Path({str(tmp_path)!r}), size=(160, 120))
 bundle = extract_features(clip.video, FeatureSpec(), clip.transcript.read_text())
 assert len(bundle.utterances) == len(clip.segments), bundle.utterances
@@ -385,7 +369,7 @@ def test_gateway_app_builds_with_the_gateway_image_packages(tmp_path):
         "jobs = [m for m in sys.modules if m.startswith('services.') and (m.endswith('.jobs')"
         " or 'preprocess' in m or m in ('services.platform.reconcile', 'services.platform.resources'))]\n"
         "assert not jobs, jobs\n"
-        "from shared.features.transcripts import parse_transcript\n"
+        "from shared.contract.features.transcripts import parse_transcript\n"
         "srt = '1\\n00:00:00,000 --> 00:00:02,500\\nJOEY: hi\\n'\n"
         "assert len(parse_transcript(srt, 10.0).utterances) == 1"
     )

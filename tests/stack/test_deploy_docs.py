@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import re
 
-from shared.model_client import SPEC_FILENAME
+from shared.contract.model_client import SPEC_FILENAME
 from shared.settings import REPO_ROOT
 
 DOC = REPO_ROOT / "docs" / "deploy.md"

@@ -16,9 +16,9 @@ import pytest
 from sqlalchemy import update
 
 from services.platform.webhooks.delivery import verify
+from shared.contract.features.transcripts import window_utterances
+from shared.contract.labels import EMOTIONS, MODALITIES, SENTIMENTS
 from shared.db.models import User
-from shared.features.transcripts import window_utterances
-from shared.labels import EMOTIONS, MODALITIES, SENTIMENTS
 from tests.worker import api
 from tests.worker.helpers import events, ledger, utterance_rows
 from tests.worker.loopback import RecordingServer, redirect_to, send_bytes, serve_file, status

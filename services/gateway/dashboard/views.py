@@ -27,7 +27,7 @@ from services.gateway.dashboard.session import (
     NotSignedIn,
     gateway_api,
 )
-from shared.labels import EMOTIONS, MODALITIES, SENTIMENTS
+from shared.contract.labels import EMOTIONS, MODALITIES, SENTIMENTS
 from shared.logging import get_logger
 from shared.settings import get_settings
 

@@ -21,7 +21,7 @@ from services.model.data.meld import (
     load_text_examples,
     read_split,
 )
-from shared.features.spec import FeatureSpec
+from shared.contract.features.spec import FeatureSpec
 
 MANIFEST = "manifest.json"
 

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 
 from services.model.data.examples import TEXT_TENSORS, ExampleSet
-from shared.bundle import UtteranceMeta
-from shared.features.spec import FeatureSpec
-from shared.features.text import tokenize_utterances
-from shared.features.transcripts import parse_timestamp
-from shared.labels import EMOTIONS, MODALITIES, SENTIMENTS
+from shared.contract.bundle import UtteranceMeta
+from shared.contract.features.spec import FeatureSpec
+from shared.contract.features.text import tokenize_utterances
+from shared.contract.features.transcripts import parse_timestamp
+from shared.contract.labels import EMOTIONS, MODALITIES, SENTIMENTS
 
 SPLITS = ("train", "dev", "test")
 CSV_FILES = {split: f"{split}_sent_emo.csv" for split in SPLITS}
@@ -56,8 +56,8 @@ class MeldUtterance:
     utterance_id: int
     text: str
     speaker: str
-    emotion: int  # index into shared.labels.EMOTIONS
-    sentiment: int  # index into shared.labels.SENTIMENTS
+    emotion: int  # index into shared.contract.labels.EMOTIONS
+    sentiment: int  # index into shared.contract.labels.SENTIMENTS
     start: float
     end: float
 
@@ -188,8 +188,8 @@ def _clip_features(
     path: Path, utterance: MeldUtterance, spec: FeatureSpec, settings
 ) -> dict[str, np.ndarray]:
     """Audio and visual tensors of one clip (the whole clip is the utterance, clamped if mis-cut)."""
-    from shared.features.media import probe
-    from shared.features.pipeline import extract_features
+    from shared.contract.features.media import probe
+    from shared.contract.features.pipeline import extract_features
 
     duration = min(probe(path, settings).duration, MAX_CLIP_SECONDS)
     segment = {"start": 0.0, "end": duration, "text": utterance.text, "speaker": utterance.speaker}
@@ -213,8 +213,8 @@ def clip_examples(
     is absent, known bad or undecodable keep their text and are counted in the report."""
     from tqdm import tqdm
 
-    from shared.features.media import MediaError
-    from shared.features.transcripts import TranscriptError
+    from shared.contract.features.media import MediaError
+    from shared.contract.features.transcripts import TranscriptError
 
     data = read_split(meld_dir, split)
     examples = text_examples(data, spec)

@@ -3,7 +3,7 @@
 MELD's clips are not available here, so these corpora are where the audio branch meets a real
 voice. Labels come from the file names. Each clip becomes one utterance in the same form the
 feature pipeline gives a MELD utterance: its log-mel through the shared audio path
-(``shared.features.audio``), the text masked (RAVDESS actors say one of two fixed sentences, so
+(``shared.contract.features.audio``), the text masked (RAVDESS actors say one of two fixed sentences, so
 the words carry no emotion; see docs/audio.md for the dev comparison) and no video.
 
 The corpora are research / non-commercial data: they are read in place from
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.numpy import load_file, save_file
 
-from shared.features.spec import FeatureSpec
+from shared.contract.features.spec import FeatureSpec
 from shared.logging import get_logger
 from shared.settings import Settings, get_settings
 
@@ -229,7 +229,7 @@ def _audio_spec_key(spec: FeatureSpec) -> dict[str, int]:
 def _log_mel_fingerprint(spec: FeatureSpec) -> str:
     """A hash of the shared log-mel of a fixed chirp: a change in what the shared audio code
     computes invalidates the cache, an edit that changes nothing does not."""
-    from shared.features.audio import log_mel
+    from shared.contract.features.audio import log_mel
 
     seconds = np.arange(spec.sample_rate, dtype=np.float64) / spec.sample_rate
     chirp = (0.3 * np.sin(2 * np.pi * (100 + 1900 * seconds) * seconds)).astype(np.float32)
@@ -248,7 +248,7 @@ def _cache_key(clips: Sequence[SpeechClip], spec: FeatureSpec) -> str:
 
 def compute_log_mels(clips: Sequence[SpeechClip], spec: FeatureSpec) -> SpeechFeatures:
     """Decode each clip and compute its log-mel through the shared audio path."""
-    from shared.features.audio import load_audio, log_mel
+    from shared.contract.features.audio import load_audio, log_mel
 
     mels = np.zeros((len(clips), spec.n_mels, spec.max_audio_frames), dtype=np.float16)
     masks = np.zeros((len(clips), spec.max_audio_frames), dtype=np.bool_)
@@ -287,7 +287,7 @@ def load_log_mels(
 
 @dataclass(frozen=True)
 class SpeechAugment:
-    """Training-time augmentations of cached log-mels (shared.features.audio's scale: log10 power
+    """Training-time augmentations of cached log-mels (shared.contract.features.audio's scale: log10 power
     floored 8 decades below the peak, then ``(x + 4) / 4``), applied per row of a batch.
 
     gain: a level change in dB; noise: stationary noise added in the power domain at a random SNR
@@ -408,8 +408,8 @@ def speech_examples(
     modality from the cached log-mels, text only when ``with_text`` (the spoken statement), video
     never. RAVDESS splits are whole actors; EmoDB is evaluation only, every clip in "test"."""
     from services.model.data.examples import ExampleSet
-    from shared.features.text import tokenize_utterances
-    from shared.labels import EMOTIONS, MODALITIES, SENTIMENTS
+    from shared.contract.features.text import tokenize_utterances
+    from shared.contract.labels import EMOTIONS, MODALITIES, SENTIMENTS
 
     if corpus == "ravdess":
         clips = split_ravdess(read_ravdess(settings))[split]
@@ -428,7 +428,7 @@ def speech_examples(
         "audio_mask": torch.from_numpy(features.audio_mask),
     }
     if with_text:
-        from shared.bundle import UtteranceMeta
+        from shared.contract.bundle import UtteranceMeta
 
         tokens = tokenize_utterances([UtteranceMeta(0.0, 0.0, clip.text) for clip in clips], spec)
         tensors |= {name: torch.as_tensor(np.asarray(value)) for name, value in tokens.items()}

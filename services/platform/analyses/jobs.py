@@ -37,18 +37,18 @@ from services.platform.uploads.download import fetch_upload
 from services.platform.usage import quota
 from services.platform.webhooks import repository as webhook_repository
 from services.platform.webhooks.jobs import enqueue_delivery
-from shared.bundle import FeatureBundle
+from shared.contract.bundle import FeatureBundle
+from shared.contract.features.media import MediaError, probe
+from shared.contract.features.pipeline import extract_features
+from shared.contract.features.spec import FeatureSpec
+from shared.contract.features.transcripts import TranscriptError
+from shared.contract.model_client import ModelServiceError, ModelUnavailable
+from shared.contract.predictions import InvocationResponse, UtterancePrediction
 from shared.db.models import Analysis, AnalysisStatus, UtteranceResult
 from shared.db.session import session_scope
 from shared.errors import CodedError
-from shared.features.media import MediaError, probe
-from shared.features.pipeline import extract_features
-from shared.features.spec import FeatureSpec
-from shared.features.transcripts import TranscriptError
 from shared.logging import get_logger
-from shared.model_client import ModelServiceError, ModelUnavailable
 from shared.net.fetch import FetchError, download_url, job_workspace, redact_workspace_paths
-from shared.predictions import InvocationResponse, UtterancePrediction
 
 log = get_logger(__name__)
 T = TypeVar("T")

@@ -17,10 +17,10 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from services.platform.pagination import Cursor, newest_first
+from shared.contract.predictions import UtterancePrediction
 from shared.db.models import Analysis, AnalysisStatus, IdempotencyRecord, UtteranceResult
 from shared.db.session import dialect_insert
 from shared.db.types import utcnow
-from shared.predictions import UtterancePrediction
 
 
 def get_for_user(session: Session, user_id: uuid.UUID, analysis_id: uuid.UUID) -> Analysis | None:

@@ -7,9 +7,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from shared.contract.predictions import ModalityScores
 from shared.db.models import UtteranceResult
 from shared.db.types import STORABLE_TEXT_PATTERN
-from shared.predictions import ModalityScores
 
 AnalysisStatusName = Literal["queued", "processing", "succeeded", "failed", "canceled"]
 

@@ -126,7 +126,7 @@ def _transcript_text(body: AnalysisCreate) -> tuple[str | None, str | None]:
 
 def validate_transcript(text: str, transcript_format: str, settings: Settings) -> None:
     """Syntax only: times against the media's duration are checked by the worker after probing."""
-    from shared.features.transcripts import TranscriptError, parse_transcript
+    from shared.contract.features.transcripts import TranscriptError, parse_transcript
 
     source: str | list = (
         json.loads(text) if transcript_format == "json" and text.lstrip().startswith("[") else text

@@ -11,8 +11,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from shared.labels import EMOTIONS, SENTIMENTS
-from shared.predictions import UtterancePrediction
+from shared.contract.labels import EMOTIONS, SENTIMENTS
+from shared.contract.predictions import UtterancePrediction
 
 MAX_BUCKETS = 20
 MIN_BUCKET_SECONDS = 5.0
@@ -26,7 +26,7 @@ def _shares(weights: dict[str, float], labels: tuple[str, ...]) -> dict[str, flo
 def _dominant(weights: dict[str, float], labels: tuple[str, ...]) -> str | None:
     if not any(weights.values()):
         return None
-    # Ties go to the label order of shared.labels, so the result is deterministic.
+    # Ties go to the label order of shared.contract.labels, so the result is deterministic.
     return max(labels, key=lambda label: weights.get(label, 0.0))
 
 

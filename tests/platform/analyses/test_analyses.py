@@ -13,10 +13,10 @@ import pytest
 from sqlalchemy import func, select, update
 
 from services.platform.analyses.events import publish_event, stream_key
+from shared.contract.labels import EMOTIONS, SENTIMENTS
 from shared.db.models import Analysis, UsagePeriod, UtteranceResult
 from shared.db.session import make_session_factory, session_scope
 from shared.db.types import utcnow
-from shared.labels import EMOTIONS, SENTIMENTS
 from tests.fixtures.db import engine_for
 from tests.gateway.conftest import new_api_key, sign_up
 from tests.platform.auth.test_auth import assert_problem

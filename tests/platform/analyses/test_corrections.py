@@ -105,8 +105,8 @@ def test_the_workers_utterance_event_has_the_public_result_shape():
     from services.platform.analyses.jobs import utterance_event
     from services.platform.analyses.repository import utterance_row
     from services.platform.analyses.schemas import UtteranceResultPublic
-    from shared.labels import EMOTIONS, SENTIMENTS
-    from shared.predictions import LabelScores, UtterancePrediction
+    from shared.contract.labels import EMOTIONS, SENTIMENTS
+    from shared.contract.predictions import LabelScores, UtterancePrediction
 
     prediction = UtterancePrediction(
         start=0.0,

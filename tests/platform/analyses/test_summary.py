@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from services.platform.analyses.summary import summarise
-from shared.labels import EMOTIONS, SENTIMENTS
-from shared.predictions import LabelScores, UtterancePrediction
+from shared.contract.labels import EMOTIONS, SENTIMENTS
+from shared.contract.predictions import LabelScores, UtterancePrediction
 
 
 def prediction(start: float, end: float, emotion: str, sentiment: str) -> UtterancePrediction:

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.bundle import UtteranceMeta
-from shared.features.media import MediaError, MediaInfo, input_args
-from shared.features.spec import FeatureSpec
+from shared.contract.bundle import UtteranceMeta
+from shared.contract.features.media import MediaError, MediaInfo, input_args
+from shared.contract.features.spec import FeatureSpec
 from shared.settings import Settings, get_settings
 
 # Marks a target with no usable frame in frame_times.

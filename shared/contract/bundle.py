@@ -12,7 +12,7 @@ audio_mask         [U, T]                 bool      True where a mel frame holds
 input_ids          [U, L]                 int64
 attention_mask     [U, L]                 int64
 token_type_ids     [U, L]                 int64     1 on the dialogue-context segment
-modality_mask      [U, 3]                 bool      text, audio, visual present (shared.labels)
+modality_mask      [U, 3]                 bool      text, audio, visual present (shared.contract.labels)
 =================  =====================  ========
 
 Metadata (safetensors' string map): schema version, spec hash, utterances as JSON (start, end,
@@ -61,7 +61,7 @@ class UtteranceMeta:
     end: float
     text: str = ""
     speaker: str | None = None
-    # The speech gate's verdict (shared.features.speech): fraction of the span that is speech, and
+    # The speech gate's verdict (shared.contract.features.speech): fraction of the span that is speech, and
     # why the audio is not used (None: it is, or the bundle predates the gate).
     speech_fraction: float | None = None
     audio_reason: str | None = None

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from transformers.audio_utils import mel_filter_bank, spectrogram, window_function
 
-from shared.bundle import UtteranceMeta
-from shared.features.media import MediaError, input_args
-from shared.features.spec import FeatureSpec
+from shared.contract.bundle import UtteranceMeta
+from shared.contract.features.media import MediaError, input_args
+from shared.contract.features.spec import FeatureSpec
 from shared.settings import Settings, get_settings
 
 # Peak amplitude below which a slice counts as silence (about -80 dBFS).

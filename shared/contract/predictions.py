@@ -1,6 +1,6 @@
 """The model service's response: what ``POST /invocations`` returns and the invoke client yields.
 
-Label order everywhere is shared.labels; ``scores`` hold every label's probability (they sum to 1),
+Label order everywhere is shared.contract.labels; ``scores`` hold every label's probability (they sum to 1),
 ``confidence`` is the probability of ``label``. Per-modality scores come from each modality's own
 head and are present only for the modalities that were used, so a result shows what drove it.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.labels import MODALITIES
+from shared.contract.labels import MODALITIES
 
 
 class LabelScores(BaseModel):

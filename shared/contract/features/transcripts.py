@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.bundle import UtteranceMeta
+from shared.contract.bundle import UtteranceMeta
 from shared.errors import CodedError
 from shared.settings import Settings, get_settings
 

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.bundle import FeatureBundle
-from shared.features.audio import load_audio, utterance_log_mels
-from shared.features.frames import extract_frames
-from shared.features.media import MediaError, probe
-from shared.features.spec import FeatureSpec
-from shared.features.speech import gate_utterances
-from shared.features.text import token_arrays
-from shared.features.transcripts import TranscriptError, parse_transcript, window_utterances
+from shared.contract.bundle import FeatureBundle
+from shared.contract.features.audio import load_audio, utterance_log_mels
+from shared.contract.features.frames import extract_frames
+from shared.contract.features.media import MediaError, probe
+from shared.contract.features.spec import FeatureSpec
+from shared.contract.features.speech import gate_utterances
+from shared.contract.features.text import token_arrays
+from shared.contract.features.transcripts import TranscriptError, parse_transcript, window_utterances
 from shared.logging import get_logger
 from shared.settings import Settings, get_settings
 
@@ -79,7 +79,7 @@ def extract_features(
 
     has_text = np.array([bool(u.text.strip()) for u in utterances], dtype=bool)
     has_speech = np.array([g.speech for g in gates], dtype=bool)
-    # column order: shared.labels.MODALITIES; audio only where the speech gate found speech
+    # column order: shared.contract.labels.MODALITIES; audio only where the speech gate found speech
     modality_mask = np.stack([has_text, audio_mask.any(axis=1) & has_speech, visual.present], axis=1)
     media = info.to_dict() | {"clamped": clamped}
     log.info(

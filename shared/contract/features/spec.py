@@ -33,7 +33,7 @@ class FeatureSpec(BaseModel):
     hop_length: int = Field(160, ge=16)
     n_mels: int = Field(64, ge=8, le=256)
     max_audio_frames: int = Field(512, ge=16, description="T: log-mel frames kept per utterance")
-    # speech gate (shared.features.speech): audio is used only where WebRTC's voice detector
+    # speech gate (shared.contract.features.speech): audio is used only where WebRTC's voice detector
     # finds speech in at least min_speech_fraction of the utterance's span
     speech_gate: bool = True
     vad_mode: int = Field(3, ge=0, le=3, description="WebRTC VAD aggressiveness: 3 rejects most non-speech")

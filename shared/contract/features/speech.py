@@ -15,8 +15,8 @@ from enum import StrEnum
 
 import numpy as np
 
-from shared.bundle import UtteranceMeta
-from shared.features.spec import FeatureSpec
+from shared.contract.bundle import UtteranceMeta
+from shared.contract.features.spec import FeatureSpec
 
 VAD_SAMPLE_RATES = (8_000, 16_000, 32_000, 48_000)
 

@@ -16,8 +16,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from shared.bundle import UtteranceMeta
-from shared.features.spec import FeatureSpec, resolve_pretrained
+from shared.contract.bundle import UtteranceMeta
+from shared.contract.features.spec import FeatureSpec, resolve_pretrained
 
 
 @lru_cache(maxsize=4)

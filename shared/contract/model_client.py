@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from pydantic import ValidationError
 
-from shared.bundle import CONTENT_TYPE as BUNDLE_CONTENT_TYPE
-from shared.bundle import FeatureBundle
+from shared.contract.bundle import CONTENT_TYPE as BUNDLE_CONTENT_TYPE
+from shared.contract.bundle import FeatureBundle
+from shared.contract.features.spec import FeatureSpec
+from shared.contract.predictions import InvocationResponse, UtterancePrediction
 from shared.errors import CodedError
-from shared.features.spec import FeatureSpec
 from shared.logging import get_logger
-from shared.predictions import InvocationResponse, UtterancePrediction
 
 if TYPE_CHECKING:
     from shared.settings import Settings

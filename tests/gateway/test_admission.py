@@ -1,0 +1,143 @@
+"""Admission: a request to an authenticated operation whose credentials cannot be valid is
+refused from its headers, before its body is read, with the problem the authentication
+dependency gives; every other request is routed as before; and refusals take no worker thread."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from urllib.parse import urlsplit
+
+import anyio
+import pytest
+
+from services.gateway.admission import needs_credentials, route_rules
+from services.gateway.main import create_app
+from services.gateway.security import generate_api_key
+from tests.gateway.conftest import running_server
+
+GARBAGE_JWT = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0."
+
+
+def raw_exchange(base_url: str, head: str, timeout: float = 10) -> bytes:
+    """Send only a request head over a fresh connection and return what the server answers
+    within ``timeout`` (b"" when it answers nothing: it is still waiting for the body)."""
+    parts = urlsplit(base_url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as sock:
+        sock.sendall(head.encode("latin-1"))
+        received = b""
+        try:
+            while b"\r\n\r\n" not in received:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                received += chunk
+        except TimeoutError:
+            pass
+    return received
+
+
+@pytest.mark.timeout(120)
+def test_an_unauthenticated_request_is_refused_before_its_body_arrives(settings):
+    """The head announces 500 kB of JSON and no body follows: the refusal must not wait for it
+    (FastAPI reads and parses a body before it checks credentials)."""
+    with running_server(create_app(settings)) as base_url:
+        for credentials in ("", f"Authorization: Bearer {GARBAGE_JWT}\r\n", "X-API-Key: mr_live_nope\r\n"):
+            head = (
+                "POST /v1/analyses HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                f"{credentials}Content-Length: 500000\r\n\r\n"
+            )
+            answer = raw_exchange(base_url, head)
+            assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
+            assert b"application/problem+json" in answer
+
+
+def test_the_refusal_is_the_authentication_problem(client):
+    response = client.post("/v1/analyses", content=b"{not json", headers={"Content-Type": "application/json"})
+    # Not the 422 of the unparsable body: the missing credential is the answer.
+    assert response.status_code == 401
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["WWW-Authenticate"] == 'Bearer realm="moodreel"'
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    body = response.json()
+    assert body["code"] == "unauthorized" and body["instance"] == "/v1/analyses"
+    assert body["detail"].startswith("Send an access token or API key")
+    for headers, code in (
+        ({"Authorization": f"Bearer {GARBAGE_JWT}"}, "unauthorized"),
+        ({"Authorization": "Basic dTpw"}, "unauthorized"),
+        ({"X-API-Key": "mr_live_short"}, "unauthorized"),
+        (
+            {"Authorization": f"Bearer {generate_api_key()}", "X-API-Key": generate_api_key()},
+            "ambiguous_credentials",
+        ),
+    ):
+        refused = client.get(f"/v1/analyses/{uuid.uuid4()}", headers=headers)
+        assert refused.status_code == 401 and refused.json()["code"] == code, refused.text
+
+
+def test_other_requests_are_routed_as_before(client, api_key):
+    # Unknown paths, unrouted methods and public operations are not admission's to answer.
+    missing = client.get("/v1/nothing")
+    assert missing.status_code == 404 and missing.json()["code"] == "not_found"
+    wrong_method = client.put("/v1/usage")
+    assert wrong_method.status_code == 405 and wrong_method.headers["Allow"] == "GET"
+    assert client.head("/v1/usage").status_code == 405
+    signup = client.post("/v1/auth/signup", content=b"{", headers={"Content-Type": "application/json"})
+    assert signup.status_code == 422
+    upload = client.put(f"/v1/uploads/{uuid.uuid4()}/content?expires=1&signature=x", content=b"x")
+    assert upload.status_code == 403 and upload.json()["code"] == "upload_url_invalid"
+    assert client.get("/healthz").json() == {"status": "ok"}
+    # A credential that could be valid is admitted, and the route authenticates it.
+    assert client.get("/v1/usage", headers={"X-API-Key": api_key}).status_code == 200
+    unknown = client.get("/v1/usage", headers={"X-API-Key": generate_api_key()})
+    assert unknown.status_code == 401 and "unknown or revoked" in unknown.json()["detail"]
+
+
+def test_the_operations_that_need_credentials_are_those_the_api_documents_as_secured(client):
+    rules = route_rules(client.app.routes)
+    document = client.get("/openapi.json").json()
+    checked = 0
+    for path, operations in document["paths"].items():
+        concrete = path.replace("{", "").replace("}", "")  # a value for each path parameter
+        for method, operation in operations.items():
+            secured = bool(operation.get("security"))
+            assert needs_credentials(rules, method.upper(), concrete) == secured, (method, path)
+            checked += 1
+    assert checked > 20
+    assert not needs_credentials(rules, "GET", "/dashboard/analyses")
+    assert not needs_credentials(rules, "GET", "/v1/nothing")
+
+
+@pytest.mark.timeout(60)  # before the fix these requests wait for a worker thread forever
+def test_refusals_take_no_worker_thread(client):
+    """With every worker thread taken, requests refused for their credentials or signed URL are
+    still answered: no dependency on their path runs on a thread."""
+    borrowers = client.portal.call(_take_all_threads)
+    try:
+        statuses = [
+            client.get("/v1/usage").status_code,
+            client.get("/v1/analyses", headers={"Authorization": f"Bearer {GARBAGE_JWT}"}).status_code,
+            client.put(
+                f"/v1/uploads/{uuid.uuid4()}/content?expires=1&signature=%C3%96", content=b"x"
+            ).status_code,
+            client.get("/healthz").status_code,
+        ]
+    finally:
+        client.portal.call(_give_back_threads, borrowers)
+    assert statuses == [401, 401, 403, 200]
+
+
+async def _take_all_threads() -> list[object]:
+    limiter = anyio.to_thread.current_default_thread_limiter()
+    borrowers = []
+    while limiter.available_tokens:
+        borrower = object()
+        limiter.acquire_on_behalf_of_nowait(borrower)
+        borrowers.append(borrower)
+    return borrowers
+
+
+async def _give_back_threads(borrowers: list[object]) -> None:
+    limiter = anyio.to_thread.current_default_thread_limiter()
+    for borrower in borrowers:
+        limiter.release_on_behalf_of(borrower)
