@@ -46,7 +46,7 @@ from services.model.train import (  # noqa: E402
     load_split,
     text_cache_dir,
 )
-from shared.labels import EMOTIONS, SENTIMENTS  # noqa: E402
+from shared.contract.labels import EMOTIONS, SENTIMENTS  # noqa: E402
 from shared.settings import get_settings  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "text-context.json"

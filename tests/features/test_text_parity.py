@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from services.model.data.meld import read_split, text_examples
-from shared.features.pipeline import extract_features
-from shared.features.spec import MINILM_PACKAGE, FeatureSpec, resolve_pretrained
-from shared.features.text import token_arrays
-from shared.features.transcripts import parse_transcript
+from shared.contract.features.pipeline import extract_features
+from shared.contract.features.spec import MINILM_PACKAGE, FeatureSpec, resolve_pretrained
+from shared.contract.features.text import token_arrays
+from shared.contract.features.transcripts import parse_transcript
 from tests import mediagen
 
 MPNET = "models:all-mpnet-base-v2"
