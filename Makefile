@@ -97,6 +97,23 @@ train-default: install
 	  --init-from text+fusion=services/model/checkpoints/default,audio=$(TRAIN_AUDIO_DIR)/checkpoint \
 	  --publish-dir services/model/checkpoints/default 2>&1 | tee var/logs/train-default.log
 
+# The visual branch (docs/faces.md): the expression network on FER2013 (MOODREEL_FACE_EXPRESSION_DIR),
+# niced, then composed into the committed default beside its frozen text and speech branches
+# (`make visual-default` alone reruns the short composition on top of a rebuilt default). Run the
+# composition only with a FER2013 run that reaches its target on PublicTest: it publishes.
+TRAIN_VISUAL_DIR ?= var/train/visual-fer2013
+TRAIN_VISUAL_DEFAULT_DIR ?= var/train/visual-default
+.PHONY: train-visual visual-default
+train-visual: install
+	mkdir -p var/logs
+	set -o pipefail; nice -n 10 $(VENV)/bin/moodreel train --preset visual-fer2013 --output-dir $(TRAIN_VISUAL_DIR) \
+	  2>&1 | tee var/logs/train-visual.log
+visual-default: install
+	mkdir -p var/logs
+	set -o pipefail; nice -n 10 $(VENV)/bin/moodreel train --preset visual-default --output-dir $(TRAIN_VISUAL_DEFAULT_DIR) \
+	  --init-from text+audio+fusion=services/model/checkpoints/default,visual=$(TRAIN_VISUAL_DIR)/checkpoint \
+	  --publish-dir services/model/checkpoints/default 2>&1 | tee var/logs/train-visual-default.log
+
 # --- local stack, containers, dashboard assets -------------------------------------
 .PHONY: dev dev-stop dev-status env-example dashboard-assets images ecr-push
 DEV_STATE ?= var

@@ -66,13 +66,17 @@ class ModelConfig:
     speech_labels: tuple[str, ...] = ()
 
     # --- visual: per-frame backbone + temporal pooling -----------------------------------------
-    # "cnn": a small CNN trained from scratch; "transformers": an image model (e.g. ResNet) by
-    # name/path in `visual_encoder` or inline in `visual_encoder_config`.
-    visual_backbone: Literal["cnn", "transformers"] = "cnn"
+    # "cnn": a small CNN trained from scratch; "face_cnn": an expression CNN over grayscale face
+    # crops (each standardised to its own mean and deviation; stages of 3x3 convolutions, batch
+    # norm, ReLU and 2x2 max pooling), the one trained on FER2013; "transformers": an image model
+    # (e.g. ResNet) by name/path in `visual_encoder` or inline in `visual_encoder_config`.
+    visual_backbone: Literal["cnn", "face_cnn", "transformers"] = "cnn"
     visual_encoder: str | None = None
     visual_encoder_config: dict[str, Any] | None = None
     visual_train_backbone: bool = True
     visual_channels: tuple[int, ...] = (32, 64, 128)
+    # face_cnn: 3x3 convolutions per stage before its pooling.
+    visual_convs_per_stage: int = 1
 
     # --- fusion ----------------------------------------------------------------------------------
     embed_dim: int = 256

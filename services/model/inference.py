@@ -26,6 +26,7 @@ from shared.contract.bundle import BundleError, FeatureBundle, UtteranceMeta
 from shared.contract.features.spec import FeatureSpec
 from shared.contract.labels import EMOTIONS, MODALITIES, SENTIMENTS
 from shared.contract.predictions import (
+    FrameFaces,
     InvocationResponse,
     LabelScores,
     ModalityScores,
@@ -313,7 +314,12 @@ def build_response(prediction: Prediction) -> InvocationResponse:
                     )
                     for name in used
                 },
-                modalities_masked={"audio": meta.audio_reason} if meta.audio_reason else {},
+                modalities_masked={
+                    name: reason
+                    for name, reason in (("audio", meta.audio_reason), ("visual", meta.visual_reason))
+                    if reason
+                },
+                faces=[FrameFaces.from_meta(frame) for frame in meta.faces],
             )
         )
     return InvocationResponse(model=prediction.model, utterances=utterances)

@@ -23,6 +23,7 @@ from shared.contract.labels import EMOTIONS, MODALITIES, SENTIMENTS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+BT601_LUMA = (0.299, 0.587, 0.114)
 TEXT, AUDIO, VISUAL = (MODALITIES.index(m) for m in ("text", "audio", "visual"))
 
 
@@ -41,6 +42,8 @@ class ModelInputs:
     text_hidden: torch.Tensor | None = None
     # Training cache: a frozen speech encoder's per-layer statistics ([B, layers + 1, 2D]).
     audio_states: torch.Tensor | None = None
+    # Training cache: a frozen visual encoder's embedding of the frames ([B, embed_dim]).
+    visual_embedding: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> ModelInputs:
         moved = {
@@ -368,7 +371,9 @@ class VisualEncoder(nn.Module):
         super().__init__()
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("luma", torch.tensor(BT601_LUMA).view(1, 3, 1, 1), persistent=False)
         self.is_transformers = config.visual_backbone == "transformers"
+        self.is_face = config.visual_backbone == "face_cnn"
         if self.is_transformers:
             self.backbone = _transformers_model(config.visual_encoder, config.visual_encoder_config)
             backbone_config = self.backbone.config
@@ -376,6 +381,21 @@ class VisualEncoder(nn.Module):
             features = sizes[-1] if sizes else backbone_config.hidden_size
             if not config.visual_train_backbone:
                 self.backbone.requires_grad_(False)
+        elif config.visual_backbone == "face_cnn":
+            layers = []
+            in_channels = 1
+            for channels in config.visual_channels:
+                for _ in range(config.visual_convs_per_stage):
+                    layers += [
+                        nn.Conv2d(in_channels, channels, 3, padding=1, bias=False),
+                        nn.BatchNorm2d(channels),
+                        nn.ReLU(inplace=True),
+                    ]
+                    in_channels = channels
+                layers.append(nn.MaxPool2d(2))
+            layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+            self.backbone = nn.Sequential(*layers)
+            features = in_channels
         else:
             layers: list[nn.Module] = []
             in_channels = 3
@@ -403,10 +423,20 @@ class VisualEncoder(nn.Module):
             pooled = hidden.mean(1) if hidden.dim() == 3 else hidden.mean((2, 3))
         return pooled.flatten(1)
 
+    def _normalise(self, images: torch.Tensor) -> torch.Tensor:
+        if not self.is_face:
+            return (images - self.mean) / self.std
+        # Luma (ITU-R BT.601, as FER2013's grayscale), standardised per face: lighting and camera
+        # gain then do not shift what the network reads.
+        gray = (images * self.luma).sum(1, keepdim=True)
+        mean = gray.mean((2, 3), keepdim=True)
+        deviation = gray.std((2, 3), keepdim=True).clamp(min=1e-2)
+        return (gray - mean) / deviation
+
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         batch, count = frames.shape[:2]
         images = frames.flatten(0, 1).float() / 255.0
-        images = ((images - self.mean) / self.std).to(self.project[1].weight.dtype)
+        images = self._normalise(images).to(self.project[1].weight.dtype)
         per_frame = self._frame_features(images).view(batch, count, -1)
         return self.project(torch.cat([per_frame.mean(1), per_frame.amax(1)], dim=-1))
 
@@ -449,7 +479,7 @@ class MoodreelModel(nn.Module):
             [
                 inputs.input_ids is not None or inputs.text_hidden is not None,
                 inputs.log_mel is not None or inputs.audio_states is not None,
-                inputs.frames is not None,
+                inputs.frames is not None or inputs.visual_embedding is not None,
             ],
             device=inputs.modality_mask.device,
         )
@@ -471,6 +501,8 @@ class MoodreelModel(nn.Module):
             if inputs.audio_states is not None:
                 return self.audio(None, None, states=inputs.audio_states[rows])
             return self.audio(inputs.log_mel[rows], inputs.audio_mask[rows])
+        if inputs.visual_embedding is not None:
+            return inputs.visual_embedding[rows]
         return self.visual(inputs.frames[rows])
 
     def forward(self, inputs: ModelInputs) -> ModelOutput:

@@ -48,6 +48,8 @@ from shared.logging import get_logger
 
 log = get_logger(__name__)
 SM_HYPERPARAMETERS = Path("/opt/ml/input/config/hyperparameters.json")
+# The facial-expression source (services/model/data/faces.py): visual rows only.
+FER2013 = "fer2013"
 
 
 @dataclass
@@ -90,6 +92,7 @@ class TrainConfig:
     meld_dir: Path | None = None
     progress: bool = True
     limit_per_split: int = 0  # >0: first N rows per split (smoke runs, tests)
+    sample_per_split: int = 0  # >0: N rows per source and split drawn at random (seeded), in order
     # Copy the finished checkpoint (+ MODEL_CARD.md) here if its weights fit in publish_max_mb.
     publish_dir: Path | None = None
     publish_max_mb: float = 15.0
@@ -101,6 +104,8 @@ class TrainConfig:
     # SpeechAugment's vocal-tract (mel-axis) and tempo (time-axis) stretch, as fractions; 0: off.
     speech_frequency_warp: float = 0.0
     speech_tempo: float = 0.0
+    # Face-frame augmentations (services/model/data/faces.py FaceAugment) on visual rows.
+    face_augment: bool = True
     # Start from trained weights: entries "DIR" (every matching weight) or "PART+PART=DIR" (only
     # those parts of FREEZABLE_PARTS); the first entry's ModelConfig and FeatureSpec are used. E.g.
     # the text branch of the text checkpoint and the audio branch of a RAVDESS run.
@@ -242,6 +247,10 @@ def load_source(name: str, split: str, config: TrainConfig) -> ExampleSet | None
         )
         if examples is None:
             return None
+    elif name == FER2013:
+        from services.model.data.faces import face_examples
+
+        examples = face_examples(split, config.spec)
     elif name in SPEECH_CORPORA:
         examples = speech_examples(name, split, config.spec, with_text=config.speech_text)
         if examples is None:
@@ -250,6 +259,10 @@ def load_source(name: str, split: str, config: TrainConfig) -> ExampleSet | None
         raise ValueError(f"unknown training source {name!r}")
     if config.limit_per_split:
         examples = subset(examples, torch.arange(min(config.limit_per_split, len(examples))))
+    if 0 < config.sample_per_split < len(examples):
+        generator = torch.Generator().manual_seed(config.seed)
+        rows = torch.randperm(len(examples), generator=generator)[: config.sample_per_split]
+        examples = subset(examples, rows.sort().values)
     return examples
 
 
@@ -315,6 +328,8 @@ def cache_text_hidden(
     from tqdm import tqdm
 
     tensors = examples.tensors
+    if "attention_mask" not in tensors:
+        return  # a source without text (FER2013's faces)
     length = int(tensors["attention_mask"].sum(1).max())
     path = None
     if cache_dir is not None:
@@ -365,6 +380,24 @@ def text_cache_dir(config: TrainConfig) -> Path:
     from shared.settings import get_settings
 
     return get_settings().data_dir / "cache" / "text-hidden"
+
+
+@torch.no_grad()
+def cache_visual_embedding(model: MoodreelModel, examples: ExampleSet, batch_size: int, device) -> None:
+    """Replace the frames by ``visual_embedding``: a frozen visual encoder's output (eval mode, as
+    served), computed once, so epochs train only the heads and the fusion adapter."""
+    tensors = examples.tensors
+    if "frames" not in tensors:
+        return
+    rows_used = examples.modality_mask[:, MODALITIES.index("visual")].nonzero(as_tuple=True)[0]
+    embedding = torch.zeros(len(examples), model.config.embed_dim)
+    model.visual.eval()
+    started = time.monotonic()
+    for rows in rows_used.split(batch_size):
+        embedding[rows] = model.visual(tensors["frames"][rows].to(device)).float().cpu()
+    tensors["visual_embedding"] = embedding
+    del tensors["frames"]
+    log.info("visual_embedding_cached", rows=len(rows_used), seconds=round(time.monotonic() - started, 1))
 
 
 def _audio_cache_key(model: MoodreelModel, log_mel: torch.Tensor, audio_mask: torch.Tensor) -> str:
@@ -510,6 +543,16 @@ def frozen_parameters(model: MoodreelModel, parts: tuple[str, ...]) -> set[int]:
     return {id(p) for name, p in model.named_parameters() if prefixes and name.startswith(prefixes)}
 
 
+def keep_frozen_statistics(model: MoodreelModel, frozen: set[int]) -> None:
+    """Batch norms whose weights are frozen stay in eval mode while the rest trains: their running
+    statistics are part of the frozen branch and must not move either."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and all(
+            id(p) in frozen for p in module.parameters()
+        ):
+            module.eval()
+
+
 def build_optimizer(model: MoodreelModel, config: TrainConfig) -> torch.optim.Optimizer:
     frozen = frozen_parameters(model, config.freeze)
     rates = {
@@ -613,12 +656,23 @@ def _initial_checkpoints(config: TrainConfig) -> list[tuple[tuple[str, ...], obj
 
 
 AUDIO_SPEC_FIELDS = ("sample_rate", "n_fft", "hop_length", "n_mels", "max_audio_frames")
+# What the visual weights learned on: the face crops' size and margin and the frames per utterance
+# (the detector's own settings come from the run).
+VISUAL_SPEC_FIELDS = ("frames_per_utterance", "frame_size", "face_margin")
 
 
 def _initial_spec(initial_checkpoints) -> FeatureSpec:
     """The first initial checkpoint's FeatureSpec, with the log-mel settings of the checkpoint
-    that supplies the audio branch (the features its weights were trained on)."""
+    that supplies the audio branch and the frame and face settings of the one that supplies the
+    visual branch (the features their weights were trained on)."""
     spec = initial_checkpoints[0][1].spec
+    visual_specs = [
+        loaded.spec
+        for parts, loaded in initial_checkpoints[1:]
+        if parts and "visual" in {part_modality(part) for part in parts}
+    ]
+    if visual_specs:
+        spec = spec.model_copy(update={f: getattr(visual_specs[-1], f) for f in VISUAL_SPEC_FIELDS})
     audio_specs = [
         loaded.spec
         for parts, loaded in initial_checkpoints
@@ -695,8 +749,11 @@ def train(config: TrainConfig) -> Path:
     best_dir = output_dir / "checkpoint"
     initial_checkpoints = _initial_checkpoints(config)
     if initial_checkpoints:
-        # Features must be the ones the initial weights were trained on.
-        config.spec = _initial_spec(initial_checkpoints)
+        # Features must be the ones the initial weights were trained on; fields this run sets
+        # explicitly (those that differ from the defaults) still apply, as for ModelConfig.
+        defaults = FeatureSpec().model_dump()
+        explicit = {k: v for k, v in config.spec.model_dump().items() if v != defaults[k]}
+        config.spec = _initial_spec(initial_checkpoints).model_copy(update=explicit)
 
     train_set, dev_set = load_split("train", config), load_split("dev", config)
     if train_set is None or dev_set is None:
@@ -761,6 +818,10 @@ def train(config: TrainConfig) -> Path:
                 config.progress and distributed.is_main,
                 audio_cache_dir(),
             )
+    use_visual_cache = "visual" in trained and "visual_encoder" in config.freeze
+    if use_visual_cache:
+        for examples in (train_set, dev_set):
+            cache_visual_embedding(model, examples, config.eval_batch_size, device)
     if "audio" in trained and model.audio.layer_stats and "audio.states_mean" not in loaded_names:
         # A new speech branch: standardise its pooled statistics with the training rows' own.
         audio_rows = train_set.modality_mask[:, MODALITIES.index("audio")]
@@ -801,6 +862,11 @@ def train(config: TrainConfig) -> Path:
         if config.speech_augment
         else None
     )
+    face_augment = None
+    if config.face_augment and "visual" in trained and "visual_encoder" not in config.freeze:
+        from services.model.data.faces import FaceAugment
+
+        face_augment = FaceAugment()
     optimizer = build_optimizer(model, config)
     # Only what the optimiser updates is clipped: a frozen backbone's gradients must not shrink it.
     optimized = [p for group in optimizer.param_groups for p in group["params"]]
@@ -815,6 +881,7 @@ def train(config: TrainConfig) -> Path:
     for epoch in range(1, config.epochs + 1):
         epoch_started = time.monotonic()
         network.train()
+        keep_frozen_statistics(model, frozen)
         generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
         order = length_bucketed_order(
             train_set, generator, steps_per_epoch * distributed.world, config.batch_size
@@ -835,6 +902,8 @@ def train(config: TrainConfig) -> Path:
                 batch.inputs.log_mel, batch.inputs.audio_mask = augment(
                     batch.inputs.log_mel, batch.inputs.audio_mask, generator
                 )
+            if face_augment is not None and batch.inputs.frames is not None:
+                batch.inputs.frames = face_augment(batch.inputs.frames, generator)
             with autocast(device):
                 output = network(batch.inputs.to(device))
             speech = batch.speech.to(device) if batch.speech is not None else None
@@ -1224,6 +1293,54 @@ PRESETS["text-audio-default"] = {
     "weights_dtype": "float16",
     "publish_max_mb": "25",
     **SPEECH_BRANCH,
+}
+
+# The expression network (docs/faces.md): FER2013's train split, selected on PublicTest (PrivateTest
+# is read once, by bench/faces.py). A compact CNN over 48x48 grayscale crops, the size the
+# pipeline's face crops take, within 45 minutes on 2 CPU cores with the face augmentations.
+PRESETS["visual-fer2013"] = {
+    "checkpoint_name": "moodreel-visual-fer2013",
+    "sources": FER2013,
+    "modalities": "visual",
+    "epochs": "30",
+    "patience": "30",
+    "max_minutes": "45",
+    "threads": "2",
+    "batch_size": "64",
+    "lr_visual": "2e-3",
+    "lr_fusion": "2e-3",
+    "evaluate_test": "false",
+    "weights_dtype": "float16",
+    "model.visual_backbone": "face_cnn",
+    "model.visual_channels": "32,64,128,256",
+    "spec.frames_per_utterance": "4",
+    "spec.frame_size": "48",
+    "spec.face_detector": "haar",
+}
+
+# The expression network put into the default: the committed checkpoint's text and speech branches
+# and fusion, frozen, beside the FER2013 run's visual encoder (frozen); only the visual heads and
+# the visual fusion adapter learn, on FER2013's faces. Every input without a face gives exactly the
+# committed checkpoint's output (the adapter sees zero there), so MELD's and RAVDESS's numbers stay.
+PRESETS["visual-default"] = {
+    "checkpoint_name": "moodreel-text-audio-visual",
+    "sources": FER2013,
+    "modalities": "text,audio,visual",
+    "freeze": "text,audio,fusion,visual_encoder",
+    "model.fusion_adapters": "true",
+    # The frozen encoder's embeddings are computed once; 4000 faces per split keep that step short
+    # enough to rerun whenever the text or speech branch is rebuilt.
+    "sample_per_split": "4000",
+    "epochs": "5",
+    "patience": "5",
+    "max_minutes": "10",
+    "threads": "2",
+    "batch_size": "128",
+    "lr_visual": "1e-3",
+    "lr_fusion": "1e-3",
+    "evaluate_test": "false",
+    "weights_dtype": "float16",
+    "spec.face_detector": "haar",
 }
 
 

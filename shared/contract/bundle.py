@@ -65,6 +65,11 @@ class UtteranceMeta:
     # why the audio is not used (None: it is, or the bundle predates the gate).
     speech_fraction: float | None = None
     audio_reason: str | None = None
+    # With a face detector (shared.contract.features.faces): per sampled frame, its time, every face's box
+    # (x, y, width, height normalised to the frame), their scores and the index of the tracked face
+    # ("used", None where it is not seen); and why the visual modality is masked (None: it is used).
+    faces: tuple[dict, ...] = ()
+    visual_reason: str | None = None
 
 
 @dataclass
@@ -136,7 +141,10 @@ class FeatureBundle:
             )
         try:
             tensors = st_load(data)
-            utterances = [UtteranceMeta(**u) for u in json.loads(metadata["utterances"])]
+            utterances = [
+                UtteranceMeta(**(u | {"faces": tuple(u.get("faces", ()))}))
+                for u in json.loads(metadata["utterances"])
+            ]
             media = json.loads(metadata.get("media", "{}"))
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise BundleError("malformed_bundle", f"bundle content is malformed: {exc}") from exc

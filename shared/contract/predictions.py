@@ -38,6 +38,40 @@ class ModalityScores(BaseModel):
     sentiment: LabelScores
 
 
+class FaceBox(BaseModel):
+    """One face in a sampled frame: its box normalised to the frame (0..1) and the detector's score."""
+
+    model_config = ConfigDict(frozen=True)
+
+    x: float
+    y: float
+    width: float
+    height: float
+    score: float = Field(ge=0.0, le=1.0)
+
+
+class FrameFaces(BaseModel):
+    """The faces found in one sampled frame of an utterance."""
+
+    model_config = ConfigDict(frozen=True)
+
+    time: float = Field(description="seconds into the media")
+    boxes: list[FaceBox] = Field(default_factory=list, description="largest first")
+    used: int | None = Field(None, description="index in boxes of the face the visual modality read")
+
+    @classmethod
+    def from_meta(cls, frame: dict) -> FrameFaces:
+        """From a bundle's per-frame record (shared.bundle.UtteranceMeta.faces)."""
+        return cls(
+            time=frame["time"],
+            boxes=[
+                FaceBox(x=box[0], y=box[1], width=box[2], height=box[3], score=score)
+                for box, score in zip(frame["boxes"], frame["scores"], strict=True)
+            ],
+            used=frame.get("used"),
+        )
+
+
 class UtterancePrediction(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -53,7 +87,11 @@ class UtterancePrediction(BaseModel):
     )
     modalities_masked: dict[str, str] = Field(
         default_factory=dict,
-        description="why a modality was not used, e.g. {'audio': 'no_speech'} (the speech gate)",
+        description="why a modality was not used, e.g. {'audio': 'no_speech'} (the speech gate), "
+        "{'visual': 'no_face'} (no face in the sampled frames)",
+    )
+    faces: list[FrameFaces] = Field(
+        default_factory=list, description="per sampled frame, the faces found (with a face detector)"
     )
 
 

@@ -182,6 +182,8 @@ class UtteranceResult(Base):
     corrected_at: Mapped[datetime | None] = mapped_column(index=True)
     # Why a modality the media had was not used ({"audio": "no_speech"}: shared.contract.features.speech).
     modalities_masked: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
+    # Per sampled frame, the faces found and the one read (shared.contract.predictions.FrameFaces).
+    faces: Mapped[list[Any]] = mapped_column(default=list, server_default="[]")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

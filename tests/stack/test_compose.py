@@ -349,6 +349,11 @@ clip = make_spoken_clip(__import__('pathlib').Path({str(tmp_path)!r}), size=(160
 bundle = extract_features(clip.video, FeatureSpec(), clip.transcript.read_text())
 assert len(bundle.utterances) == len(clip.segments), bundle.utterances
 assert bundle.modality_mask.all(), bundle.modality_mask
+# the face detector (OpenCV's cascade) runs in the worker too; the clip shows no face
+spec = FeatureSpec(face_detector="haar", frames_per_utterance=2, frame_size=48)
+faces = extract_features(clip.video, spec, clip.transcript.read_text())
+assert {{u.visual_reason for u in faces.utterances}} == {{"no_face"}}, faces.utterances
+assert sys.modules.get("torch") is None  # blocked, never imported
 """
     done = run_with_image_packages(
         "services/preprocess/requirements-image.txt",

@@ -82,13 +82,19 @@ class ExampleSet:
                 if name in picked:
                     picked[name] = picked[name][:, :length]
         present = mask.any(0).tolist()
-        groups = (TEXT_TENSORS + ("text_hidden",), AUDIO_TENSORS + ("audio_states",), VISUAL_TENSORS)
+        groups = (
+            TEXT_TENSORS + ("text_hidden",),
+            AUDIO_TENSORS + ("audio_states",),
+            VISUAL_TENSORS + ("visual_embedding",),
+        )
         for has, group in zip(present, groups, strict=True):
             if not has:
                 for name in group:
                     picked.pop(name, None)
         if "text_hidden" in picked:
             picked.pop("input_ids", None)
+        if "visual_embedding" in picked:
+            picked.pop("frames", None)
         if "audio_mask" in picked:
             picked["audio_mask"] = picked["audio_mask"].bool()
         return Batch(

@@ -138,6 +138,7 @@ def utterance_row(analysis_id: uuid.UUID, index: int, prediction: UtterancePredi
         "modalities": list(prediction.modalities_used),
         "modality_scores": prediction.model_dump(mode="json")["modalities"],
         "modalities_masked": dict(prediction.modalities_masked),
+        "faces": [frame.model_dump(mode="json") for frame in prediction.faces],
     }
 
 

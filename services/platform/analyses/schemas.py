@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
-from shared.contract.predictions import ModalityScores
+from shared.contract.predictions import FrameFaces, ModalityScores
 from shared.db.models import UtteranceResult
 from shared.db.types import STORABLE_TEXT_PATTERN
 
@@ -163,7 +163,13 @@ class UtteranceResultPublic(BaseModel):
     modalities_masked: dict[str, str] = Field(
         default_factory=dict,
         description="why a modality was not used: audio 'no_audio', 'silent', 'no_speech' or "
-        "'too_little_speech' (the speech gate found no voice in the utterance's span)",
+        "'too_little_speech' (the speech gate found no voice in the utterance's span); visual "
+        "'no_video' or 'no_face' (no face in the sampled frames)",
+    )
+    faces: list[FrameFaces] = Field(
+        default_factory=list,
+        description="per sampled frame: its time, every face found (box normalised to the frame, "
+        "largest first, with the detector's score) and which face the visual modality read",
     )
     correction: UtteranceCorrection | None = Field(
         default=None,
@@ -244,4 +250,5 @@ def utterance_public(row: UtteranceResult) -> UtteranceResultPublic:
         if row.corrected_at is not None
         else None,
         modalities_masked=row.modalities_masked or {},
+        faces=row.faces or [],
     )

@@ -32,6 +32,7 @@ from services.platform.analyses.schemas import (
     utterance_public,
 )
 from services.platform.usage import quota
+from shared.contract.predictions import FrameFaces
 from shared.db.models import Analysis, AnalysisStatus, IdempotencyRecord, Upload
 from shared.db.types import utcnow
 from shared.net.urls import UrlNotAllowed, UrlPolicy
@@ -415,6 +416,9 @@ def export(analysis: AnalysisDetail, export_format: str) -> tuple[str, str]:
                 "sentiment",
                 "sentiment_confidence",
                 "modalities_used",
+                "visual_masked",
+                "face_frames",
+                "face_box",
             ]
             + [_csv_safe(f"emotion_{label}") for label in emotion_labels]
             + [_csv_safe(f"sentiment_{label}") for label in sentiment_labels]
@@ -433,6 +437,8 @@ def export(analysis: AnalysisDetail, export_format: str) -> tuple[str, str]:
                     _csv_safe(u.sentiment.label),
                     f"{u.sentiment.confidence:.4f}",
                     _csv_safe(" ".join(u.modalities_used)),
+                    _csv_safe(u.modalities_masked.get("visual", "")),
+                    *_face_cells(u.faces),
                 ]
                 + [f"{u.emotion.scores.get(label, 0.0):.4f}" for label in emotion_labels]
                 + [f"{u.sentiment.scores.get(label, 0.0):.4f}" for label in sentiment_labels]
@@ -447,6 +453,21 @@ def export(analysis: AnalysisDetail, export_format: str) -> tuple[str, str]:
         lines = "\n".join(filter(None, [caption, text]))
         cues.append(f"{number}\n{_srt_time(u.start)} --> {_srt_time(u.end)}\n{lines}\n")
     return "\n".join(cues), "application/x-subrip; charset=utf-8"
+
+
+def _face_cells(faces: list[FrameFaces]) -> list[str]:
+    """CSV cells: sampled frames where the tracked face was seen ("3/4"), and its box in the frame
+    nearest the utterance's middle as "x y width height" (normalised), empty without faces."""
+    if not faces:
+        return ["", ""]
+    seen = [frame for frame in faces if frame.used is not None]
+    box = ""
+    if seen:
+        middle = faces[len(faces) // 2].time
+        nearest = min(seen, key=lambda frame: abs(frame.time - middle))
+        face = nearest.boxes[nearest.used]
+        box = f"{face.x:.4f} {face.y:.4f} {face.width:.4f} {face.height:.4f}"
+    return [f"{len(seen)}/{len(faces)}", box]
 
 
 def _correction_cells(correction: UtteranceCorrection | None) -> list[str]:

@@ -122,3 +122,50 @@ def make_spoken_clip(
     )
     (directory / f"{name}.json").write_text(json.dumps(segments, indent=2), encoding="utf-8")
     return SpokenClip(video=video, transcript=transcript, segments=segments, duration=duration)
+
+
+def make_face_clip(
+    path: Path,
+    image: Path,
+    *,
+    duration: float,
+    visible: tuple[float, float],
+    box: tuple[int, int, int],
+    size: tuple[int, int] = (640, 360),
+    fps: int = 24,
+    background: str = "0x406080",
+) -> Path:
+    """An H.264 mp4 (no audio) of ``image`` enlarged to ``box[2]`` pixels square at (``box[0]``,
+    ``box[1]``) over a plain background, visible from ``visible[0]`` to ``visible[1]`` seconds
+    (bicubic enlargement: a 48x48 face becomes what a camera would show at that size)."""
+    left, top, side = box
+    width, height = size
+    start, end = visible
+    run_tool(
+        ffmpeg_args(
+            "-f",
+            "lavfi",
+            "-t",
+            f"{duration}",
+            "-i",
+            f"color=c={background}:s={width}x{height}:r={fps}",
+            "-loop",
+            "1",
+            "-t",
+            f"{duration}",
+            "-i",
+            str(image),
+            "-filter_complex",
+            f"[1]format=rgb24,scale={side}:{side}:flags=bicubic[face];"
+            f"[0][face]overlay={left}:{top}:enable='between(t,{start},{end})',format=yuv420p",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-crf",
+            "20",
+            "-an",
+            str(path),
+        )  # fmt: skip
+    )
+    return path

@@ -21,12 +21,14 @@ import subprocess
 import tempfile
 import threading
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from shared.contract.bundle import UtteranceMeta
+from shared.contract.features.faces import FrameFaces, detect_faces, track_face
 from shared.contract.features.media import MediaError, MediaInfo, input_args
 from shared.contract.features.spec import FeatureSpec
 from shared.settings import Settings, get_settings
@@ -41,7 +43,20 @@ _INSIDE_SLACK = 1e-3
 class VisualFeatures:
     frames: np.ndarray  # [U, N, 3, S, S] uint8
     frame_times: np.ndarray  # [U, N] float32, seconds; NO_FRAME where nothing was found
-    present: np.ndarray  # [U] bool: at least one real frame inside (or next to) the utterance
+    present: np.ndarray  # [U] bool: at least one real frame (a face, with a detector) in the utterance
+    # With a face detector: per utterance, per sampled frame, the faces found
+    # ({"time", "boxes": [[x, y, w, h], ...], "scores", "used"}), and why the visual modality is
+    # masked ("no_video": no frame at all, "no_face": frames but no face), None where it is used.
+    faces: list[list[dict]] | None = None
+    reasons: list[str | None] | None = None
+
+
+def decode_size(info: MediaInfo, spec: FeatureSpec) -> tuple[int, int]:
+    """Width and height (even) of frames decoded for face detection: the displayed picture with
+    its long side at most ``face_decode_side``, never enlarged."""
+    width, height = info.video.display_size
+    scale = min(1.0, spec.face_decode_side / max(width, height))
+    return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
 
 
 def target_times(utterances: Sequence[UtteranceMeta], frames_per_utterance: int) -> np.ndarray:
@@ -117,7 +132,12 @@ def extract_frames(
     frames = np.zeros((count, per, 3, size, size), dtype=np.uint8)
     frame_times = np.full((count, per), NO_FRAME, dtype=np.float32)
     present = np.zeros(count, dtype=bool)
+    with_faces = spec.face_detector != "none"
     if info.video is None or count == 0 or per == 0:
+        if with_faces:
+            return VisualFeatures(
+                frames, frame_times, present, [[] for _ in range(count)], ["no_video"] * count
+            )
         return VisualFeatures(frames, frame_times, present)
 
     targets = target_times(utterances, per)
@@ -132,6 +152,22 @@ def extract_frames(
     flat_times = frame_times.reshape(-1)
     starts = np.repeat([u.start for u in utterances], per)
     ends = np.repeat([u.end for u in utterances], per)
+    # Faces: each target keeps the faces of its frame; a frame is scanned once, when it first
+    # serves a target (about one frame per target: the detector never sees unsampled frames), in a
+    # second thread (OpenCV releases the GIL) while ffmpeg goes on decoding.
+    target_faces: list[Future | None] = [None] * targets.size
+    scanned: dict[float, Future] = {}
+    detector = ThreadPoolExecutor(max_workers=1) if with_faces else None
+    if with_faces:
+        out_width, out_height = decode_size(info, spec)
+        scaling = f"scale={out_width}:{out_height}:flags=area+accurate_rnd+full_chroma_int"
+        frame_shape = (out_height, out_width, 3)
+    else:
+        scaling = (
+            f"scale={size}:{size}:force_original_aspect_ratio=increase:flags=area+accurate_rnd+full_chroma_int,"
+            f"crop={size}:{size}"
+        )
+        frame_shape = (size, size, 3)
 
     def offer(time: float, pixels: np.ndarray, previous: float) -> None:
         """Give this frame to every target it could serve: targets since the previous selected frame
@@ -146,16 +182,17 @@ def extract_frames(
                 continue
             if (is_inside, -distance) > (inside[target], -best_distance[target]):
                 inside[target], best_distance[target] = is_inside, distance
-                flat_frames[target] = pixels
                 flat_times[target] = time
+                if with_faces:
+                    if time not in scanned:
+                        scanned[time] = detector.submit(detect_faces, pixels, spec)
+                    target_faces[target] = scanned[time]
+                else:
+                    flat_frames[target] = pixels.transpose(2, 0, 1)
 
     with tempfile.TemporaryDirectory(prefix="moodreel-frames-") as scratch:
         script = Path(scratch) / "select.filter"
-        script.write_text(
-            f"select='{select_expression(targets, half_width)}',"
-            f"scale={size}:{size}:force_original_aspect_ratio=increase:flags=area+accurate_rnd+full_chroma_int,"
-            f"crop={size}:{size},showinfo"
-        )
+        script.write_text(f"select='{select_expression(targets, half_width)}',{scaling},showinfo")
         args = [
             "ffmpeg", "-hide_banner", "-nostdin", "-nostats", "-loglevel", "info",
             "-threads", str(settings.ffmpeg_threads), *input_args(path),
@@ -178,7 +215,7 @@ def extract_frames(
         log = bytearray()
         reader = threading.Thread(target=_drain, args=(process.stderr, times, log), daemon=True)
         reader.start()
-        frame_bytes = 3 * size * size
+        frame_bytes = int(np.prod(frame_shape))
         received = 0
         previous = -np.inf
         try:
@@ -189,11 +226,14 @@ def extract_frames(
                 time = times.get(timeout=settings.ffmpeg_timeout_seconds)
                 if time is None:
                     break
-                pixels = np.frombuffer(data, dtype=np.uint8).reshape(size, size, 3).transpose(2, 0, 1)
+                pixels = np.frombuffer(data, dtype=np.uint8).reshape(frame_shape)
                 offer(time, pixels, previous)
                 previous = time
                 received += 1
         finally:
+            if detector is not None:
+                # waits for the scans in flight (all of them are needed unless decoding failed)
+                detector.shutdown(cancel_futures=timed_out.is_set())
             process.stdout.close()
             returncode = process.wait()
             watchdog.cancel()
@@ -208,9 +248,50 @@ def extract_frames(
             "corrupt", f"the video stream cannot be decoded: {detail[-1] if detail else returncode}"
         )
 
+    if with_faces:
+        found = [job.result() if job is not None else None for job in target_faces]
+        return _face_features(frames, frame_times, found)
     _fill_missing(flat_frames, flat_times, count, per)
     present = (frame_times != NO_FRAME).any(axis=1)
     return VisualFeatures(frames, frame_times, present)
+
+
+def _face_features(
+    frames: np.ndarray, frame_times: np.ndarray, target_faces: list[FrameFaces | None]
+) -> VisualFeatures:
+    """The tracked face's crop in every sampled frame of each utterance; a frame where the face is
+    not seen borrows the nearest frame's crop, and an utterance without any face stays zeros."""
+    count, per = frame_times.shape
+    faces: list[list[dict]] = []
+    reasons: list[str | None] = []
+    for row in range(count):
+        found = target_faces[row * per : (row + 1) * per]
+        chosen = track_face(found)
+        seen = [k for k in range(per) if chosen[k] is not None]
+        for k in range(per):
+            if seen:
+                nearest = min(seen, key=lambda j, k=k: abs(j - k))
+                frames[row, k] = found[nearest].crops[chosen[nearest]]
+        faces.append(
+            [
+                {
+                    "time": round(float(frame_times[row, k]), 3),
+                    "boxes": [[round(float(v), 4) for v in box] for box in found[k].boxes],
+                    "scores": [round(float(v), 3) for v in found[k].scores],
+                    "used": chosen[k],
+                }
+                for k in range(per)
+                if found[k] is not None
+            ]
+        )
+        if seen:
+            reasons.append(None)
+        elif (frame_times[row] != NO_FRAME).any():
+            reasons.append("no_face")
+        else:
+            reasons.append("no_video")
+    present = np.array([reason is None for reason in reasons], dtype=bool)
+    return VisualFeatures(frames, frame_times, present, faces, reasons)
 
 
 def _fill_missing(flat_frames: np.ndarray, flat_times: np.ndarray, count: int, per: int) -> None:

@@ -75,6 +75,11 @@ def extract_features(
         replace(u, speech_fraction=g.speech_fraction, audio_reason=g.reason.value if g.reason else None)
         for u, g in zip(utterances, gates, strict=True)
     ]
+    if visual.faces is not None:
+        utterances = [
+            replace(u, faces=tuple(faces), visual_reason=reason)
+            for u, faces, reason in zip(utterances, visual.faces, visual.reasons, strict=True)
+        ]
     tokens = token_arrays(utterances, spec)
 
     has_text = np.array([bool(u.text.strip()) for u in utterances], dtype=bool)
@@ -88,6 +93,7 @@ def extract_features(
         duration=round(info.duration, 3),
         modalities=modality_mask.sum(axis=0).tolist(),
         audio_masked_by_gate=int((audio_mask.any(axis=1) & ~has_speech).sum()),
+        visual_without_face=sum(reason == "no_face" for reason in visual.reasons or ()),
     )
     return FeatureBundle(
         utterances=list(utterances),

@@ -190,6 +190,20 @@ def test_pagination_and_status_filter(client, api_key, database_url):
     )
 
 
+# Two sampled frames: two faces in the first (the second one tracked), none tracked in the second.
+FACES = [
+    {
+        "time": 4.375,
+        "boxes": [
+            {"x": 0.1, "y": 0.2, "width": 0.3, "height": 0.4, "score": 0.9},
+            {"x": 0.6, "y": 0.25, "width": 0.2, "height": 0.3, "score": 0.8},
+        ],
+        "used": 1,
+    },
+    {"time": 5.125, "boxes": [], "used": None},
+]
+
+
 def store_results(database_url: str, analysis_id: str, count: int = 3) -> None:
     """What the worker writes when it finishes (shared/db models)."""
     factory = make_session_factory(engine_for(database_url))
@@ -211,6 +225,7 @@ def store_results(database_url: str, analysis_id: str, count: int = 3) -> None:
                     sentiment_scores=sentiment,
                     modalities=["text", "audio"] if index != 1 else ["text"],
                     modalities_masked={} if index != 1 else {"audio": "no_speech"},
+                    faces=FACES if index == 2 else [],
                 )
             )
         analysis = session.get(Analysis, uuid.UUID(analysis_id))
@@ -237,6 +252,7 @@ def test_results_and_exports(client, api_key, database_url):
     assert first["modalities_used"] == ["text", "audio"] and first["modalities_masked"] == {}
     masked = detail["utterances"][1]
     assert (masked["modalities_used"], masked["modalities_masked"]) == (["text"], {"audio": "no_speech"})
+    assert first["faces"] == [] and detail["utterances"][2]["faces"] == FACES
 
     exported = client.get(f"/v1/analyses/{analysis_id}/export?format=json", headers={"X-API-Key": api_key})
     assert exported.headers["content-type"].startswith("application/json")
@@ -248,6 +264,9 @@ def test_results_and_exports(client, api_key, database_url):
     rows = list(csv.DictReader(io.StringIO(as_csv.text)))
     assert len(rows) == 3 and rows[0]["emotion"] == "joy" and rows[0]["emotion_joy"] == "0.9400"
     assert rows[1]["text"] == "'=cmd()"  # formula neutralised
+    assert (rows[0]["face_frames"], rows[0]["face_box"]) == ("", "")
+    # the tracked face in the frame nearest the middle of the sampled frames' times
+    assert (rows[2]["face_frames"], rows[2]["face_box"]) == ("1/2", "0.6000 0.2500 0.2000 0.3000")
 
     srt = client.get(f"/v1/analyses/{analysis_id}/export?format=srt", headers={"X-API-Key": api_key}).text
     assert srt.startswith("1\n00:00:00,000 --> 00:00:01,500\n[joy 94% · positive]\nA: Hello, there.\n")

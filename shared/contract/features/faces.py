@@ -1,0 +1,158 @@
+"""Faces in the sampled frames: detection, one tracked face per utterance, crops for the model.
+
+The detector is OpenCV's frontal-face Haar cascade (``haarcascade_frontalface_default.xml``,
+shipped inside the pinned ``opencv-python-headless`` wheel): it needs neither torch nor weights
+from elsewhere, so the preprocess worker runs it. It scans a grayscale copy of each sampled frame
+whose long side is ``spec.face_detect_side`` pixels. Boxes are stored normalised to the frame
+(x, y, width, height in 0..1) with a score: the cascade's last-stage confidence through a logistic
+(0.5 at the stage threshold; comparable within a video, not a calibrated probability).
+
+Per utterance the face followed is the most prominent one (largest area times score) in any of its
+frames, tracked to its neighbouring frames by overlap; the other faces' boxes are kept. Its crop
+is square, widened by ``spec.face_margin`` on each side, padded by edge replication where it leaves
+the frame and resized to ``frame_size`` (area when shrinking, cubic when enlarging: the resize
+``services.model.data.faces`` applies to FER2013's faces).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from shared.contract.features.spec import FeatureSpec
+
+HAAR_CASCADE = "haarcascade_frontalface_default.xml"
+# The file opencv-python-headless 4.14.0.94 ships: a different cascade would find different faces
+# than the ones the benchmarks measured.
+HAAR_CASCADE_SHA256 = "0f7d4527844eb514d4a4948e822da90fbb16a34a0bbbbc6adc6498747a5aafb0"
+# A face in the next frame continues the track when its box overlaps the previous one this much.
+TRACK_MIN_IOU = 0.2
+
+
+@dataclass(frozen=True)
+class FrameFaces:
+    """Faces found in one sampled frame."""
+
+    boxes: np.ndarray  # [K, 4] float32: x, y, width, height normalised to the frame
+    scores: np.ndarray  # [K] float32
+    crops: np.ndarray  # [K, 3, S, S] uint8 RGB
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+@lru_cache(maxsize=1)
+def _cascade():
+    import hashlib
+
+    import cv2
+
+    path = Path(cv2.data.haarcascades) / HAAR_CASCADE
+    digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
+    if digest != HAAR_CASCADE_SHA256:
+        raise RuntimeError(f"{path} has sha256 {digest}, expected {HAAR_CASCADE_SHA256}")
+    cascade = cv2.CascadeClassifier(str(path))
+    if cascade.empty():
+        raise RuntimeError(f"OpenCV's {HAAR_CASCADE} cannot be loaded from {cv2.data.haarcascades}")
+    return cascade
+
+
+def detect_faces(frame: np.ndarray, spec: FeatureSpec) -> FrameFaces:
+    """Every face in one ``[H, W, 3]`` uint8 RGB frame, largest first, at most ``face_max_faces``."""
+    import cv2
+
+    height, width = frame.shape[:2]
+    scale = min(1.0, spec.face_detect_side / max(height, width))
+    gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+    if scale < 1.0:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+    smallest = max(1, round(spec.face_min_size * min(gray.shape)))
+    rects, _, weights = _cascade().detectMultiScale3(
+        gray,
+        scaleFactor=spec.face_scale_factor,
+        minNeighbors=spec.face_min_neighbors,
+        minSize=(smallest, smallest),
+        outputRejectLevels=True,
+    )
+    size = spec.frame_size
+    if len(rects) == 0:
+        return FrameFaces(
+            np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 3, size, size), np.uint8)
+        )
+    rects = np.asarray(rects, dtype=np.float64)
+    order = np.argsort(-(rects[:, 2] * rects[:, 3]), kind="stable")[: spec.face_max_faces]
+    rects = rects[order]
+    weights = np.asarray(weights, dtype=np.float64).reshape(-1)[order]
+    gray_height, gray_width = gray.shape
+    boxes = rects / np.array([gray_width, gray_height, gray_width, gray_height])
+    scores = 1.0 / (1.0 + np.exp(-weights))
+    crops = np.stack([crop_face(frame, box, spec) for box in boxes])
+    return FrameFaces(boxes.astype(np.float32), scores.astype(np.float32), crops)
+
+
+def crop_face(frame: np.ndarray, box: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """The square crop of a normalised box (with the spec's margin), ``[3, S, S]`` uint8."""
+    import cv2
+
+    height, width = frame.shape[:2]
+    x, y, w, h = box[0] * width, box[1] * height, box[2] * width, box[3] * height
+    side = max(w, h) * (1.0 + 2.0 * spec.face_margin)
+    left = math.floor(x + w / 2 - side / 2)
+    top = math.floor(y + h / 2 - side / 2)
+    side = max(1, round(side))
+    pad = max(0, -left, -top, left + side - width, top + side - height)
+    if pad:
+        frame = cv2.copyMakeBorder(frame, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+        left, top = left + pad, top + pad
+    patch = frame[top : top + side, left : left + side]
+    size = spec.frame_size
+    interpolation = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
+    return cv2.resize(patch, (size, size), interpolation=interpolation).transpose(2, 0, 1)
+
+
+def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    x1 = np.maximum(box[0], boxes[:, 0])
+    y1 = np.maximum(box[1], boxes[:, 1])
+    x2 = np.minimum(box[0] + box[2], boxes[:, 0] + boxes[:, 2])
+    y2 = np.minimum(box[1] + box[3], boxes[:, 1] + boxes[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    return inter / (box[2] * box[3] + boxes[:, 2] * boxes[:, 3] - inter + 1e-9)
+
+
+def track_face(frames: list[FrameFaces | None]) -> list[int | None]:
+    """Per frame, the index of the followed face (None where it is not seen).
+
+    The track starts at the most prominent face of the utterance (largest area times score) and
+    moves frame by frame in both directions to the face that overlaps its last box most; a frame
+    without such a face keeps the last box for the next comparison."""
+    chosen: list[int | None] = [None] * len(frames)
+    best, start = -1.0, None
+    for position, faces in enumerate(frames):
+        if faces is None or not len(faces):
+            continue
+        prominence = faces.boxes[:, 2] * faces.boxes[:, 3] * faces.scores
+        index = int(np.argmax(prominence))
+        if prominence[index] > best:
+            best, start = float(prominence[index]), (position, index)
+    if start is None:
+        return chosen
+    chosen[start[0]] = start[1]
+    anchor = frames[start[0]].boxes[start[1]]
+    for direction in (1, -1):
+        last = anchor
+        position = start[0] + direction
+        while 0 <= position < len(frames):
+            faces = frames[position]
+            if faces is not None and len(faces):
+                overlap = _iou(last, faces.boxes)
+                index = int(np.argmax(overlap))
+                if overlap[index] >= TRACK_MIN_IOU:
+                    chosen[position] = index
+                    last = faces.boxes[index]
+            position += direction
+    return chosen
