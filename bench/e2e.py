@@ -15,7 +15,11 @@ of the default ModelConfig and FeatureSpec (the same network and tensors, so the
 run also times a bare ``ffmpeg -i clip -f null -`` (decoding every frame): the floor for any
 pipeline that looks at the whole video, reported as ``decode_bound_ratio``.
 
-    .venv/bin/python bench/e2e.py [--runs 2]
+With ``--no-transcript`` the same clip is submitted without its SRT: the worker finds the
+utterances in the speech and tells the speakers apart by voice (results in
+``bench/results/e2e-no-transcript.json``, with the utterances and speakers it found).
+
+    nice -n 10 .venv/bin/python bench/e2e.py [--runs 2] [--no-transcript]
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from tests.worker.loopback import RecordingServer, serve_file  # noqa: E402
 
 WORK = ROOT / "bench" / "media"
 RESULTS = ROOT / "bench" / "results" / "e2e.json"
+RESULTS_NO_TRANSCRIPT = ROOT / "bench" / "results" / "e2e-no-transcript.json"
 WIDTH, HEIGHT, FPS, UTTERANCES = 1280, 720, 25, 60
 TARGET_RATIO = 0.1
 
@@ -114,7 +119,7 @@ def decode_bound(video: Path) -> float:
     return time.perf_counter() - started
 
 
-def run_once(base_url: str, video_url: str, transcript: str) -> dict:
+def run_once(base_url: str, video_url: str, transcript: str | None) -> dict:
     user = api.new_user(base_url)
     started = time.monotonic()
     created = user.submit(video_url=video_url, transcript=transcript)
@@ -130,6 +135,9 @@ def run_once(base_url: str, video_url: str, transcript: str) -> dict:
         "queue_s": round(processing_at, 3),
         "stages_s": final.data.get("stages", {}),
         "utterances": analysis["utterance_count"],
+        "speakers": len({u["speaker"] for u in analysis["utterances"] if u["speaker"]}),
+        "transcript": analysis["transcript"],
+        "segmentation": (analysis["summary"] or {}).get("segmentation"),
         "first_utterance_s": round(next(t for t, e in received if e.type == "utterance"), 3),
     }
 
@@ -137,8 +145,12 @@ def run_once(base_url: str, video_url: str, transcript: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--no-transcript", action="store_true", help="submit the clip without its SRT")
     args = parser.parse_args()
     video, transcript, duration = make_conversation()
+    results_path = RESULTS_NO_TRANSCRIPT if args.no_transcript else RESULTS
+    if args.no_transcript:
+        transcript = None
     scratch = Path(tempfile.mkdtemp(prefix="moodreel-bench-e2e-"))
     checkpoint, checkpoint_note = checkpoint_dir()
     database_url = create_postgres_database()
@@ -195,6 +207,7 @@ def main() -> None:
             "size_bytes": video.stat().st_size,
         },
         "checkpoint": checkpoint_note,
+        "transcript": "none" if args.no_transcript else "srt",
         "runs": runs,
         "wall_s": round(wall, 3),
         "ratio": round(wall / duration, 4),
@@ -218,8 +231,8 @@ def main() -> None:
         },
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    results_path.write_text(json.dumps(result, indent=2) + "\n")
     print(
         json.dumps(
             {

@@ -12,7 +12,10 @@ of the default ModelConfig and FeatureSpec (MiniLM text, CNN audio and visual: t
 compute as a trained one). Each request is one forward pass (server batch size 32); the payload
 cap is raised so a 32-utterance bundle (~12 MB with the default spec) goes in one request.
 
-    .venv/bin/python bench/model.py [--requests 12] [--threads 1,2] [--model-dir DIR]
+    .venv/bin/python bench/model.py [--requests 12] [--threads 1,2] [--model-dir DIR] [--compare-dir DIR]
+
+``--compare-dir`` measures further checkpoints in the same run (for example the MiniLM and the
+mpnet text branches), reported under ``compared_models``.
 """
 
 from __future__ import annotations
@@ -88,14 +91,8 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=12, help="timed requests per batch size")
-    parser.add_argument("--model-dir", type=Path, default=None)
-    parser.add_argument("--threads", default="1,2", help="torch intra-op thread counts to compare")
-    args = parser.parse_args()
-
-    directory, kind = model_directory(args.model_dir)
+def measure(directory: Path, args) -> tuple[ServedModel, list[dict]]:
+    """Interleaved HTTP and bare timings of one checkpoint, per thread count and batch size."""
     served: ServedModel = model_fn(directory)
     served.batch_size = max(BATCHES)
     settings = Settings(model_max_payload_bytes=64 * 1024 * 1024, model_request_timeout_seconds=55)
@@ -154,6 +151,36 @@ def main() -> None:
             }
             results.append(row)
             print(json.dumps(row))
+    return served, results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=12, help="timed requests per batch size")
+    parser.add_argument("--model-dir", type=Path, default=None)
+    parser.add_argument(
+        "--compare-dir",
+        type=Path,
+        action="append",
+        default=[],
+        help="another checkpoint measured in the same run (e.g. another text branch), reported beside",
+    )
+    parser.add_argument("--threads", default="1,2", help="torch intra-op thread counts to compare")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="the results file")
+    args = parser.parse_args()
+
+    directory, kind = model_directory(args.model_dir)
+    served, results = measure(directory, args)
+    compared = []
+    for other in args.compare_dir:
+        other_served, other_results = measure(other, args)
+        compared.append(
+            {
+                "model": {"dir": other.name, "kind": "checkpoint", **other_served.info.model_dump()},
+                "text_encoder": other_served.loaded.config.text_encoder,
+                "results": other_results,
+            }
+        )
 
     report = {
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -164,14 +191,16 @@ def main() -> None:
             "load_average_1m": round(os.getloadavg()[0], 2),
         },
         "model": {"dir": directory.name, "kind": kind, **served.info.model_dump()},
+        "text_encoder": served.loaded.config.text_encoder,
         "spec": served.spec.model_dump(),
         "server_batch_size": served.batch_size,
         "results": results,
+        "compared_models": compared,
         "note": "HTTP client and server share the process and its CPUs, as a sidecar would share a host.",
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {RESULTS.relative_to(ROOT)}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

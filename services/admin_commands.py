@@ -112,13 +112,14 @@ def enable(email: str = typer.Argument(...)) -> None:
     _set_active(email, True)
 
 
-@users_app.command("reset-token")
-def reset_token(
+@users_app.command("reset-password")
+def reset_password(
     email: str = typer.Argument(...),
-    minutes: int = typer.Option(60, min=5, max=7 * 24 * 60, help="how long the token works"),
+    minutes: int = typer.Option(30, min=5, max=24 * 60, help="how long the token works"),
 ) -> None:
-    """Print a single-use password reset token; give it to the user, who sets a new password
-    with it through `POST /v1/auth/password-reset`."""
+    """Print a single-use, short-lived password reset token (no e-mail server needed); give it to
+    the user, who sets a new password with it on the dashboard's /dashboard/reset-password page or
+    through `POST /v1/auth/password-reset`. It is spent once the password changes."""
     from services.platform.auth.service import issue_reset_token
     from shared.settings import get_settings
 

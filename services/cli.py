@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -218,15 +219,29 @@ def _load_spec(spec_path: Path | None):
     return FeatureSpec.load(spec_path) if spec_path else FeatureSpec()
 
 
+class Segmentation(StrEnum):
+    """How media without a transcript is cut (shared.contract.features.pipeline.SEGMENTATIONS)."""
+
+    speech = "speech"
+    windows = "windows"
+
+
 @app.command()
 def features(
     video: Path = typer.Argument(..., exists=True, dir_okay=False, help="video or audio file"),
     transcript: Path | None = typer.Option(
-        None, exists=True, dir_okay=False, help="SRT, WebVTT or JSON segments [default: fixed windows]"
+        None,
+        exists=True,
+        dir_okay=False,
+        help="SRT, WebVTT or JSON segments [default: utterances and speakers from the speech]",
     ),
     out: Path | None = typer.Option(None, help="write the tensor bundle here (.safetensors)"),
+    segmentation: Segmentation | None = typer.Option(
+        None, help="without a transcript [default: MOODREEL_DEFAULT_SEGMENTATION]"
+    ),
+    speakers: int | None = typer.Option(None, min=1, help="how many people speak [default: estimated]"),
     window: float | None = typer.Option(
-        None, min=0.5, help="window length without a transcript [default: MOODREEL_DEFAULT_WINDOW_SECONDS]"
+        None, min=0.5, help="fixed window length [default: MOODREEL_DEFAULT_WINDOW_SECONDS]"
     ),
     spec_path: Path | None = typer.Option(
         None, "--spec", exists=True, dir_okay=False, help="FeatureSpec JSON (e.g. a checkpoint's spec.json)"
@@ -238,7 +253,14 @@ def features(
     from shared.contract.features.transcripts import TranscriptError
 
     try:
-        bundle = extract_features(video, _load_spec(spec_path), transcript, window_seconds=window)
+        bundle = extract_features(
+            video,
+            _load_spec(spec_path),
+            transcript,
+            window_seconds=window,
+            segmentation=segmentation.value if segmentation else None,
+            speakers=speakers,
+        )
     except (MediaError, TranscriptError) as exc:
         typer.echo(f"error [{exc.code}]: {exc}", err=True)
         raise typer.Exit(2) from exc

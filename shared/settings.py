@@ -57,8 +57,29 @@ class Settings(BaseSettings):
     max_video_short_side: int = 2160
     # Most utterances (transcript cues or windows) per video.
     max_utterances: int = 2000
-    # Without a transcript the media is cut into windows of this many seconds.
+    # Fixed windows (segmentation "windows", or media without speech) last this many seconds.
     default_window_seconds: float = 4.0
+    # Without a transcript: "speech" finds utterances with the speech gate's voice detector and
+    # tells speakers apart by voice; "windows" cuts fixed windows (default_window_seconds).
+    # An analysis may choose with options.segmentation.
+    default_segmentation: Literal["speech", "windows"] = "speech"
+    # Speech regions closer than this (seconds) are one region: the gaps between words.
+    segment_join_pause_seconds: float = Field(0.15, ge=0.0, le=5.0)
+    # A pause at least this long (seconds) ends an utterance even when the same voice goes on.
+    segment_split_pause_seconds: float = Field(0.5, ge=0.0, le=30.0)
+    # Utterances found in speech shorter than this are dropped (clicks, breaths) ...
+    segment_min_seconds: float = Field(0.4, ge=0.0, le=10.0)
+    # ... and longer ones are cut at their quietest frames (the audio branch hears 5.12 s of each).
+    segment_max_seconds: float = Field(8.0, ge=1.0, le=60.0)
+    # One voice throughout when all voice clusters are within this cosine distance ...
+    single_speaker_distance_threshold: float = Field(0.45, gt=0.0, lt=2.0)
+    # ... otherwise, after centring on the recording's mean voice, clusters closer than this are
+    # one speaker (estimating the count; bench/diarization.py chose both on dev mixes).
+    speaker_distance_threshold: float = Field(1.1, gt=0.0, lt=2.0)
+    # Speech regions shorter than this (seconds) join the nearest speaker instead of founding one.
+    speaker_min_embed_seconds: float = Field(1.0, ge=0.0, le=10.0)
+    # Most speakers an analysis estimates or may ask for (options.speakers).
+    max_speakers: int = Field(10, ge=1, le=50)
     # Transcript times this far past the media's end are clamped (and reported), not refused.
     transcript_time_tolerance_seconds: float = 0.5
     # Wall-clock limit of one ffmpeg decode.

@@ -80,6 +80,22 @@ class S3Storage:
             HttpMethod="PUT",
         )
 
+    def presign_get(self, key: str, content_type: str, expires_in: int) -> str:
+        """A URL that reads the object (range requests included) until it expires; the response
+        names the stored type and is shown inline."""
+        return (self.presign_client or self.client).generate_presigned_url(
+            "get_object",
+            Params={
+                "Bucket": self.bucket,
+                "Key": _safe_key(key),
+                "ResponseContentType": content_type,
+                "ResponseContentDisposition": "inline",
+                "ResponseCacheControl": "private, no-store",
+            },
+            ExpiresIn=expires_in,
+            HttpMethod="GET",
+        )
+
     def size(self, key: str) -> int | None:
         from botocore.exceptions import ClientError
 

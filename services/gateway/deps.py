@@ -3,6 +3,7 @@ Redis, and the authenticated principal (JWT user or API key) with its rate limit
 
 from __future__ import annotations
 
+import hmac
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from services.gateway.security import (
     decode_access_token,
     hash_api_key,
     is_well_formed_api_key,
+    password_stamp,
 )
 from services.platform.api_keys.cache import verified_keys
 from services.platform.usage.quota import plan_limits
@@ -131,7 +133,12 @@ api_key_scheme = APIKeyHeader(
 )
 
 
-def _principal_from_api_key(session: Session, settings: Settings, key: str) -> Principal:
+def _principal_from_api_key(
+    session: Session, settings: Settings, key: str, *, may_query: bool = True
+) -> Principal | None:
+    """The key's principal, or the 401 that fits. With ``may_query=False`` (on the event loop) it
+    answers only from the verified-key cache and returns None when the database is needed: a key
+    not verified in the last second, or a ``last_used_at`` that is due to be written."""
     if not is_well_formed_api_key(key):
         raise Unauthorized("The API key is malformed.")
     key_hash = hash_api_key(key, settings)
@@ -141,6 +148,8 @@ def _principal_from_api_key(session: Session, settings: Settings, key: str) -> P
     cached = verified_keys.get(session, cache_scope, key_hash, settings.api_key_cache_seconds)
     if cached is not None:
         api_key, user = cached
+    elif not may_query:
+        return None
     else:
         api_key = session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash))
         user = api_key.user if api_key is not None else None
@@ -155,6 +164,8 @@ def _principal_from_api_key(session: Session, settings: Settings, key: str) -> P
         verified_keys.put(cache_scope, key_hash, api_key, user)
     last_used = verified_keys.last_used(api_key.id) or api_key.last_used_at
     if last_used is None or now - last_used > LAST_USED_RESOLUTION:
+        if not may_query:
+            return None
         verified_keys.mark_used(api_key.id, now)
         # Its own short transaction: a row lock on the key must not last as long as the request.
         with session.get_bind().connect() as connection:
@@ -170,12 +181,14 @@ def _principal_from_api_key(session: Session, settings: Settings, key: str) -> P
 
 def _principal_from_jwt(session: Session, settings: Settings, token: str) -> Principal:
     try:
-        user_id = decode_access_token(token, settings)
+        claims = decode_access_token(token, settings)
     except InvalidToken as exc:
         raise Unauthorized("The access token is invalid or expired.") from exc
-    user = session.get(User, user_id)
+    user = session.get(User, claims.user_id)
     if user is None or not user.is_active:
         raise Unauthorized("The access token's account does not exist or is disabled.")
+    if not hmac.compare_digest(claims.password_stamp, password_stamp(user.password_hash, settings)):
+        raise Unauthorized("The password was changed since this access token was issued; sign in again.")
     return Principal(user, None, frozenset(ALL_SCOPES))
 
 
@@ -272,7 +285,11 @@ async def authenticate(
     _header_key: Annotated[str | None, Depends(api_key_scheme)],
 ) -> Principal:
     if credential.kind == "api_key":
-        principal = await run_in_threadpool(_principal_from_api_key, session, settings, credential.value)
+        # A key verified in the last second needs no database: checked here, on the event loop,
+        # without a thread hop; otherwise in a thread, with its queries.
+        principal = _principal_from_api_key(session, settings, credential.value, may_query=False)
+        if principal is None:
+            principal = await run_in_threadpool(_principal_from_api_key, session, settings, credential.value)
     else:
         principal = await run_in_threadpool(_principal_from_jwt, session, settings, credential.value)
     limits = plan_limits(principal.user.plan, settings)

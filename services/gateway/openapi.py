@@ -18,6 +18,7 @@ _DESCRIPTIONS = {
     409: "Conflict",
     413: "Payload too large",
     415: "Unsupported media type",
+    416: "The Range header asks for bytes the media does not have (`Content-Range: bytes */size`)",
     422: "The payload failed validation (`errors` lists each field)",
     429: "Rate limit or monthly quota exhausted; see `Retry-After`",
     503: "A dependency (queue, storage) is unavailable",

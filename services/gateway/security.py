@@ -14,6 +14,7 @@ import secrets
 import string
 import uuid
 import zlib
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from jose import JWTError, jwt
@@ -66,13 +67,28 @@ class InvalidToken(Exception):
     pass
 
 
+def password_stamp(password_hash: str, settings: Settings) -> str:
+    """A short keyed digest of the account's password hash, carried by its access tokens: a
+    password change or reset changes it, so every access token issued before stops working at
+    once (not only when it expires). Reveals nothing of the hash."""
+    digest = hmac.new(derive_key(settings, "password-stamp"), password_hash.encode(), hashlib.sha256)
+    return base64.urlsafe_b64encode(digest.digest()[:12]).decode()
+
+
+@dataclass(frozen=True)
+class AccessClaims:
+    user_id: uuid.UUID
+    password_stamp: str
+
+
 def create_access_token(
-    user_id: uuid.UUID, settings: Settings, *, now: datetime | None = None
+    user_id: uuid.UUID, password_hash: str, settings: Settings, *, now: datetime | None = None
 ) -> tuple[str, int]:
     now = now or datetime.now(UTC)
     lifetime = timedelta(minutes=settings.access_token_minutes)
     claims = {
         "sub": str(user_id),
+        "pws": password_stamp(password_hash, settings),
         "iss": settings.jwt_issuer,
         "aud": settings.jwt_audience,
         "iat": int(now.timestamp()),
@@ -85,9 +101,10 @@ def create_access_token(
     return token, int(lifetime.total_seconds())
 
 
-def decode_access_token(token: str, settings: Settings) -> uuid.UUID:
-    """The user id of a valid access token; :class:`InvalidToken` for anything else (bad
-    signature, other algorithm, ``alg: none``, wrong issuer/audience, expired, wrong type)."""
+def decode_access_token(token: str, settings: Settings) -> AccessClaims:
+    """The user id and password stamp of a valid access token; :class:`InvalidToken` for anything
+    else (bad signature, other algorithm, ``alg: none``, wrong issuer/audience, expired, wrong
+    type, no stamp)."""
     try:
         header = jwt.get_unverified_header(token)
         if header.get("alg") != JWT_ALGORITHM:
@@ -108,7 +125,9 @@ def decode_access_token(token: str, settings: Settings) -> uuid.UUID:
         )
         if claims.get("typ") != "access":
             raise InvalidToken("not an access token")
-        return uuid.UUID(claims["sub"])
+        if not isinstance(claims.get("pws"), str):
+            raise InvalidToken("no password stamp")
+        return AccessClaims(uuid.UUID(claims["sub"]), claims["pws"])
     except (JWTError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise InvalidToken(str(exc)) from exc
 

@@ -127,6 +127,7 @@ def render_model_card(
             "## Training",
             "",
             f"Best epoch {training.get('best_epoch')} of {training.get('epochs_run')}, "
-            f"{training.get('seconds')} s on `{training.get('device')}`.",
+            f"{training.get('seconds')} s on `{training.get('device')}`"
+            + (f" ({training['machine']})." if training.get("machine") else "."),
         ]
     return "\n".join(lines) + "\n"

@@ -160,8 +160,14 @@ class TextEncoder(nn.Module):
         mask = create_bidirectional_mask(
             config=self.backbone.config, inputs_embeds=hidden, attention_mask=attention_mask
         )
+        extra = {}
+        encoder = getattr(self.backbone, "encoder", None)
+        if hasattr(encoder, "compute_position_bias"):
+            # MPNet's encoder adds one relative-position bias, shared by all layers, to each
+            # layer's attention scores; a layer run on its own must get it too.
+            extra["position_bias"] = encoder.compute_position_bias(hidden)
         for layer in self._layers(self.backbone)[self.frozen_depth :]:
-            hidden = layer(hidden, mask)
+            hidden = layer(hidden, mask, **extra)
             if isinstance(hidden, tuple):
                 hidden = hidden[0]
         return hidden

@@ -297,31 +297,89 @@ def data_hash(config: TrainConfig) -> str:
     return digest.hexdigest()[:16]
 
 
+def _text_cache_key(model: MoodreelModel, tensors: dict) -> str:
+    """Names the frozen text layers' output for these tokens: the encoder's frozen weights (all of
+    them, so a different base or a different copy never hits), its frozen depth and the token ids."""
+    digest = hashlib.sha256(f"{model.config.text_encoder}|{model.text.frozen_depth}".encode())
+    for name, parameter in model.text.backbone.named_parameters():
+        if not parameter.requires_grad:
+            digest.update(name.encode())
+            digest.update(parameter.detach().to("cpu", torch.float32).numpy().tobytes())
+    for name in ("input_ids", "attention_mask", "token_type_ids"):
+        digest.update(tensors[name].numpy().tobytes())
+    return digest.hexdigest()[:24]
+
+
 @torch.no_grad()
-def cache_text_hidden(model: MoodreelModel, examples: ExampleSet, batch_size: int, device, progress: bool):
-    """Add ``text_hidden``: the frozen text layers' output, computed once (stored float16)."""
+def cache_text_hidden(
+    model: MoodreelModel,
+    examples: ExampleSet,
+    batch_size: int,
+    device,
+    progress: bool,
+    cache_dir: Path | None = None,
+):
+    """Add ``text_hidden``: the frozen text layers' output, computed once (stored float16).
+
+    With ``cache_dir`` the states are also kept on disk, so later runs on the same tokens (other
+    seeds, other heads) skip the encoder's frozen layers entirely.
+    """
+    from safetensors.torch import load_file, save_file
     from tqdm import tqdm
 
     tensors = examples.tensors
     if "attention_mask" not in tensors:
         return  # a source without text (FER2013's faces)
     length = int(tensors["attention_mask"].sum(1).max())
-    hidden = torch.zeros(len(examples), length, model.text.hidden_size, dtype=torch.float16)
-    order = torch.argsort(tensors["attention_mask"].sum(1))  # similar lengths batch together
-    model.text.eval()
-    for start in tqdm(range(0, len(order), batch_size), desc="cache text", disable=not progress):
-        rows = order[start : start + batch_size]
-        mask = tensors["attention_mask"][rows]
-        cut = max(int(mask.sum(1).max()), 1)
-        out = model.text.frozen_hidden(
-            tensors["input_ids"][rows, :cut].to(device),
-            mask[:, :cut].to(device),
-            tensors["token_type_ids"][rows, :cut].to(device),
-        )
-        hidden[rows, :cut] = out.to("cpu", torch.float16)
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"{_text_cache_key(model, tensors)}.safetensors"
+    if path is not None and path.is_file():
+        hidden = load_file(path)["text_hidden"]
+        log.info("text_hidden_cache_hit", path=str(path), rows=len(examples))
+    else:
+        hidden = torch.zeros(len(examples), length, model.text.hidden_size, dtype=torch.float16)
+        order = torch.argsort(tensors["attention_mask"].sum(1))  # similar lengths batch together
+        model.text.eval()
+        for start in tqdm(range(0, len(order), batch_size), desc="cache text", disable=not progress):
+            rows = order[start : start + batch_size]
+            mask = tensors["attention_mask"][rows]
+            cut = max(int(mask.sum(1).max()), 1)
+            out = model.text.frozen_hidden(
+                tensors["input_ids"][rows, :cut].to(device),
+                mask[:, :cut].to(device),
+                tensors["token_type_ids"][rows, :cut].to(device),
+            )
+            hidden[rows, :cut] = out.to("cpu", torch.float16)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(f".partial-{os.getpid()}")
+            save_file({"text_hidden": hidden}, str(partial))
+            os.replace(partial, path)  # a reader never sees half a cache file
     tensors["text_hidden"] = hidden
     for name in ("input_ids", "attention_mask", "token_type_ids"):
         tensors[name] = tensors[name][:, :length]
+
+
+TEXT_COLUMN = MODALITIES.index("text")
+
+
+def uses_text_cache(model: MoodreelModel, config: TrainConfig) -> bool:
+    """A text branch whose lower layers are frozen: their output can be computed once."""
+    return (
+        config.cache_text_hidden
+        and "text" in model.config.trained_modalities
+        and model.config.text_train_mode in ("frozen", "top_layers")
+    )
+
+
+def text_cache_dir(config: TrainConfig) -> Path:
+    """Beside the tokenised MELD splits (``cache_dir`` is ``<data_dir>/cache/meld`` by default)."""
+    if config.cache_dir is not None:
+        return Path(config.cache_dir).parent / "text-hidden"
+    from shared.settings import get_settings
+
+    return get_settings().data_dir / "cache" / "text-hidden"
 
 
 @torch.no_grad()
@@ -742,7 +800,12 @@ def train(config: TrainConfig) -> Path:
     if use_cache:
         for examples in (train_set, dev_set):
             cache_text_hidden(
-                model, examples, config.eval_batch_size, device, config.progress and distributed.is_main
+                model,
+                examples,
+                config.eval_batch_size,
+                device,
+                config.progress and distributed.is_main,
+                text_cache_dir(config),
             )
     use_audio_cache = config.cache_audio_states and "audio" in trained and model.audio.caches_states
     if use_audio_cache:
@@ -925,6 +988,7 @@ def _finish(config: TrainConfig, best_dir: Path, best_epoch: int, history, start
                 "history": history,
                 "seconds": round(time.monotonic() - started, 1),
                 "device": str(device),
+                "machine": machine_description(device),
                 "hyperparameters": hyperparameters(config),
             },
         }
@@ -951,6 +1015,18 @@ def _finish(config: TrainConfig, best_dir: Path, best_epoch: int, history, start
     log.info("training_done", checkpoint=str(best_dir), best_epoch=best_epoch)
 
 
+def machine_description(device) -> str:
+    """What trained the checkpoint: the accelerator, or the CPU with its core count and load."""
+    import platform
+
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA)"
+    processor = platform.processor() or platform.machine()
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    threads = torch.get_num_threads()
+    return f"CPU {processor}, {os.cpu_count()} cores, {threads} torch threads, load average {load}"
+
+
 def score_sources(model, config: TrainConfig, splits, device, *, prefix: str, epoch: int) -> dict:
     """Reports per source and split. Each source is scored on its own ("test" is the first
     source's, "ravdess_test" another's), so MELD's numbers are never mixed with acted speech;
@@ -965,6 +1041,11 @@ def score_sources(model, config: TrainConfig, splits, device, *, prefix: str, ep
             if examples is None:
                 continue
             key = split if source == config.sources[0] else f"{source}_{split}"
+            if uses_text_cache(model, config) and bool(examples.modality_mask[:, TEXT_COLUMN].any()):
+                # The float16 states the epochs were scored on (computed once, or read from disk).
+                cache_text_hidden(
+                    model, examples, config.eval_batch_size, device, config.progress, text_cache_dir(config)
+                )
             if config.cache_audio_states and model.audio.caches_states:
                 cache_audio_states(
                     model, examples, config.audio_cache_batch_size, device, config.progress, audio_cache_dir()
@@ -1142,6 +1223,31 @@ PRESETS: dict[str, dict[str, str]] = {
     }
 }
 
+# The text branch of the committed default (`make train-text`): all-mpnet-base-v2 (`make models`),
+# its lower 11 layers frozen and run once (their hidden states cached on disk under
+# <data_dir>/cache/text-hidden), the top layer and the heads trained on the utterance alone, with
+# inverse-sqrt-frequency class weights so the rare emotions (fear, disgust, sadness) are predicted.
+# Chosen on dev within the 2-core budget (docs/model.md).
+PRESETS["text-mpnet"] = {
+    "checkpoint_name": "moodreel-text-mpnet",
+    "modalities": "text",
+    # One epoch, the learning rate decayed to zero within it: what 2 shared CPU cores allowed.
+    "epochs": "1",
+    "batch_size": "32",
+    "threads": "2",
+    "weights_dtype": "float16",
+    # The trained top layer is 7.1 M parameters (14.2 MB in float16); the base comes from `make models`.
+    "publish_max_mb": "25",
+    "class_weighting": "sqrt",
+    "model.text_encoder": "models:all-mpnet-base-v2",
+    "model.text_train_mode": "top_layers",
+    "model.text_train_layers": "1",
+    "spec.tokenizer": "models:all-mpnet-base-v2",
+    "spec.context_turns": "0",
+    "spec.max_tokens": "48",
+    "spec.frames_per_utterance": "0",
+}
+
 # The combined default (`make train-default`, docs/audio.md), in two runs: the audio branch learns
 # RAVDESS's eight emotions (training actors, selected on actors 17-20), then it is put beside the
 # committed text branch and fusion, both frozen, and the audio branch learns to speak to that
@@ -1185,6 +1291,7 @@ PRESETS["text-audio-default"] = {
     "max_minutes": "20",
     "threads": "2",
     "weights_dtype": "float16",
+    "publish_max_mb": "25",
     **SPEECH_BRANCH,
 }
 

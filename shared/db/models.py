@@ -150,6 +150,12 @@ class Analysis(Base):
 
     upload: Mapped[Upload | None] = relationship()
 
+    @property
+    def transcript_kind(self) -> str:
+        """Where the words came from: the transcript's format (srt, vtt, json), or "none": no
+        transcript, so the words were not analysed."""
+        return (self.transcript_format or "none") if self.transcript else "none"
+
 
 class UtteranceResult(Base):
     """One scored utterance; unique per (analysis, index) so a re-run job upserts instead of

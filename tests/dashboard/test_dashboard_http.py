@@ -180,6 +180,12 @@ def test_api_problems_are_shown_in_the_form(gateway):
         data={"csrf_token": token, "video_url": "https://example.com/a.mp4", "window_seconds": "soon"},
     )
     assert bad_window.status_code == 422 and "Window seconds must be a number" in bad_window.text
+    bad_segmentation = client.post(
+        "/dashboard/analyses",
+        data={"csrf_token": token, "video_url": "https://example.com/a.mp4", "segmentation": "sentences"},
+    )
+    assert bad_segmentation.status_code == 422 and 'role="alert"' in bad_segmentation.text
+    assert '<option value="speech" selected>' in client.get("/dashboard/analyses/new").text
     listing = client.get("/dashboard/analyses")
     assert "No analyses yet" in listing.text
     client.close()

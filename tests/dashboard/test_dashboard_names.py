@@ -57,9 +57,46 @@ def test_the_form_keeps_its_values_after_an_error(gateway):  # noqa: F811
     token = csrf_from(client.get("/dashboard/analyses/new"))
     refused = client.post(
         "/dashboard/analyses",
-        data={"csrf_token": token, "video_url": "http://127.0.0.1:9/private.mp4", "window_seconds": "3"},
+        data={
+            "csrf_token": token,
+            "video_url": "http://127.0.0.1:9/private.mp4",
+            "window_seconds": "3",
+            "name": 'Call "A" <script>',
+        },
         files={"video_file": ("", b"", "application/octet-stream")},
     )
     assert refused.status_code in (400, 422)
     assert 'value="http://127.0.0.1:9/private.mp4"' in refused.text and 'value="3"' in refused.text
+    assert 'value="Call &#34;A&#34; &lt;script&gt;"' in refused.text  # kept, and escaped
+    client.close()
+
+
+def test_the_form_submits_the_name(gateway):  # noqa: F811
+    from tests.dashboard.helpers import csrf_from
+
+    client, _ = signed_in_client(gateway)
+    token = csrf_from(client.get("/dashboard/analyses/new"))
+    assert 'name="name"' in client.get("/dashboard/analyses/new").text
+    submitted = client.post(
+        "/dashboard/analyses",
+        data={"csrf_token": token, "video_url": "https://93.184.215.14/v.mp4", "name": "  Board <call>  "},
+        files={"video_file": ("", b"", "application/octet-stream")},
+    )
+    assert submitted.status_code == 303, submitted.text[-2000:]
+    page = client.get(submitted.headers["location"])
+    assert "Board &lt;call&gt;" in page.text
+    # A URL source: no player, and the page says why.
+    assert "data-player" not in page.text and "data-media-not-stored" in page.text
+    assert "submitted by URL" in page.text
+    client.close()
+
+
+def test_the_key_form_keeps_its_name_after_an_error(gateway):  # noqa: F811
+    from tests.dashboard.helpers import csrf_from
+
+    client, _ = signed_in_client(gateway)
+    token = csrf_from(client.get("/dashboard/keys"))
+    refused = client.post("/dashboard/keys", data={"csrf_token": token, "name": '<"x">' + "y" * 120})
+    assert refused.status_code == 422
+    assert 'value="&lt;&#34;x&#34;&gt;' in refused.text
     client.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import boto3
 import httpx
@@ -78,6 +79,17 @@ def test_dashboard_upload_goes_to_the_presigned_s3_url(s3_gateway):
     assert s3.get_object(Bucket=bucket, Key=objects[0]["Key"])["Body"].read() == video
     page = client.get(f"/dashboard/analyses/{analysis_id}")
     assert page.status_code == 200 and 'data-status="queued"' in page.text
+    # The player's source: a presigned GET for the public S3 address, which answers ranges itself.
+    media = client.get(f"/dashboard/analyses/{analysis_id}/media", follow_redirects=False)
+    assert media.status_code == 307, media.text
+    presigned = media.headers["location"]
+    public = f"http://moodreel-s3-public:{urlsplit(s3.meta.endpoint_url).port}/"
+    assert presigned.startswith(public) and "X-Amz-Signature=" in presigned
+    # Reached by the internal address with the signed Host, as a browser would reach the public one.
+    internal = s3.meta.endpoint_url + "/" + presigned[len(public) :]
+    part = httpx.get(internal, headers={"Range": "bytes=10-19", "Host": urlsplit(public).netloc}, timeout=30)
+    assert part.status_code == 206 and part.content == video[10:20]
+    assert part.headers["content-type"] == "video/mp4"
     # Deleting the analysis through the dashboard deletes the stored media too (the API's rule).
     deleted = client.post(f"/dashboard/analyses/{analysis_id}/delete", data={"csrf_token": token})
     assert deleted.status_code == 303

@@ -133,6 +133,8 @@ def test_features_command(media, tmp_path):
     bundle = FeatureBundle.load(out, expected_spec_hash=FeatureSpec().hash)
     assert len(bundle) == 4
 
+    refused = CliRunner().invoke(app, ["features", str(clip.video), "--segmentation", "sentences"])
+    assert refused.exit_code == 2 and "sentences" in refused.output
     result = CliRunner().invoke(app, ["features", str(media.random)])
     assert result.exit_code == 2
     assert "not_media" in result.output

@@ -196,3 +196,44 @@ def test_real_meld_rows(settings):
     result = parse_transcript(segments, None, settings)
     assert [u.speaker for u in result.utterances] == [s["speaker"] for s in segments]
     assert all(u.end > u.start for u in result.utterances)
+
+
+@pytest.mark.parametrize(
+    ("body", "speaker", "text"),
+    [
+        ("JOEY: How you doin'?", "JOEY", "How you doin'?"),
+        ("Dr. Green: Sit down.", "Dr. Green", "Sit down."),
+        ("Man 2: Yes.", "Man 2", "Yes."),
+        ("Fireman #1: Fire!", "Fireman #1", "Fire!"),
+        ("Boy in the Cape: Ta-da!", "Boy in the Cape", "Ta-da!"),
+        ("Maitre d': Your table.", "Maitre d'", "Your table."),
+        ("Joey's Hand Twin: Hey.", "Joey's Hand Twin", "Hey."),
+        ("Ross: Look: it's fine.", "Ross", "Look: it's fine."),  # only the first colon is a label
+        ("Listen to this: we won.", None, "Listen to this: we won."),
+        ("I said: no way.", None, "I said: no way."),
+        ("Well, here's the deal: no.", None, "Well, here's the deal: no."),
+        ("Meet me at 10:30 tomorrow.", None, "Meet me at 10:30 tomorrow."),
+        ("10:30: the bus leaves.", None, "10:30: the bus leaves."),
+        ("At 10:30. Then home.", None, "At 10:30. Then home."),
+        ("The One Who Came Back Too Late: hi", None, "The One Who Came Back Too Late: hi"),  # > 4 words
+    ],
+)
+def test_srt_name_labels_become_the_speaker(body, speaker, text):
+    srt = f"1\n00:00:00,000 --> 00:00:01,000\n{body}\n"
+    [utterance] = parse_transcript(srt, None).utterances
+    assert (utterance.speaker, utterance.text) == (speaker, text)
+
+
+def test_lower_case_srt_names_count_when_they_recur():
+    srt = "\n".join(
+        f"{i + 1}\n00:00:0{i},000 --> 00:00:0{i},900\n{body}\n"
+        for i, body in enumerate(["joey: hi", "ross 2: what?", "joey: bye", "ross 2: ok", "note this: once"])
+    )
+    parsed = parse_transcript(srt, None).utterances
+    assert [(u.speaker, u.text) for u in parsed] == [
+        ("joey", "hi"),
+        ("ross 2", "what?"),
+        ("joey", "bye"),
+        ("ross 2", "ok"),
+        (None, "note this: once"),
+    ]

@@ -141,11 +141,15 @@ class FuzzRun:
 # Operations whose acceptance depends on facts no schema can state, with the extra refusal each may
 # give a schema-valid request: user URLs must resolve to public addresses (400 url_not_allowed:
 # the SSRF rules, checked against DNS at request time) and transcripts must parse as SRT/WebVTT
-# with ordered times (422 transcript_invalid).
+# with ordered times (422 transcript_invalid); a password change needs the current password and a
+# reset a token the operator issued (400); a Range header must fall within the media (416).
 SEMANTIC_REFUSALS = {
     "POST /v1/analyses": (400, 422),
     "POST /v1/webhooks/endpoints": (400,),
     "PATCH /v1/webhooks/endpoints/{endpoint_id}": (400,),
+    "POST /v1/auth/password": (400,),
+    "POST /v1/auth/password-reset": (400,),
+    "GET /v1/analyses/{analysis_id}/media": (416,),
 }
 # schemathesis' default statuses for schema-valid requests (accepted) and schema-violating ones
 # (refused); a declared upload size over the limit is refused as 413, as it should be.

@@ -89,22 +89,50 @@ def test_password_change_needs_the_current_password_and_ends_other_sessions(admi
         json={"current_password": PASSWORD, "new_password": NEW_PASSWORD},
         headers=account.headers,
     )
-    assert changed.status_code == 204, changed.text
+    assert changed.status_code == 200, changed.text
+    assert changed.headers["cache-control"] == "no-store"
+    # This session continues with the new tokens; every other one ends at once: access tokens
+    # issued before the change (this request's own included) and every refresh token.
+    mine = {"Authorization": f"Bearer {changed.json()['access_token']}"}
+    assert admin_client.get("/v1/auth/me", headers=mine).status_code == 200
+    stale = admin_client.get("/v1/auth/me", headers=account.headers)
+    assert_problem(stale, 401, "unauthorized")
+    assert "password was changed" in stale.json()["detail"]
     assert_problem(login(admin_client, account.email, PASSWORD), 401, "invalid_credentials")
     assert login(admin_client, account.email, NEW_PASSWORD).status_code == 200
     refreshed = admin_client.post("/v1/auth/refresh", json={"refresh_token": account.refresh_token})
     assert_problem(refreshed, 401, "invalid_refresh_token")
+    rotated = admin_client.post("/v1/auth/refresh", json={"refresh_token": changed.json()["refresh_token"]})
+    assert rotated.status_code == 200
+    # API keys belong to programs: they keep working.
+    assert admin_client.get("/v1/usage", headers={"X-API-Key": key}).status_code == 200
+
+
+def test_password_change_is_throttled_like_sign_in(admin_client, admin_settings):
+    account = sign_up(admin_client)
+    wrong = {"current_password": "not it at all", "new_password": NEW_PASSWORD}
+    for _ in range(admin_settings.login_max_failures):
+        refused = admin_client.post("/v1/auth/password", json=wrong, headers=account.headers)
+        assert_problem(refused, 400, "invalid_current_password")
+    throttled = admin_client.post("/v1/auth/password", json=wrong, headers=account.headers)
+    assert_problem(throttled, 429, "rate_limited")
+    assert int(throttled.headers["retry-after"]) >= 1
+    # The same counter as the sign-in form: the right password is refused too until it resets.
+    right = {"current_password": PASSWORD, "new_password": NEW_PASSWORD}
+    assert admin_client.post("/v1/auth/password", json=right, headers=account.headers).status_code == 429
+    assert_problem(login(admin_client, account.email, PASSWORD), 429, "rate_limited")
 
 
 def test_reset_token_from_the_cli_works_once(admin_client):
     account = sign_up(admin_client)
-    issued = users("reset-token", account.email, "--minutes", "30")
+    issued = users("reset-password", account.email, "--minutes", "30")
     assert issued.exit_code == 0, issued.output
     token = issued.stdout.strip()
     assert token.startswith("mr_reset_")
 
     reset = admin_client.post("/v1/auth/password-reset", json={"token": token, "new_password": NEW_PASSWORD})
     assert reset.status_code == 204, reset.text
+    assert_problem(admin_client.get("/v1/auth/me", headers=account.headers), 401, "unauthorized")
     assert login(admin_client, account.email, NEW_PASSWORD).status_code == 200
     assert_problem(login(admin_client, account.email, PASSWORD), 401, "invalid_credentials")
     again = admin_client.post(

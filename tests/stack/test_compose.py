@@ -18,7 +18,7 @@ import pytest
 import yaml
 from packaging.utils import canonicalize_name
 
-from shared.settings import REPO_ROOT, Settings
+from shared.settings import REPO_ROOT, Settings, models_dir
 from tests.stack.image_imports import image_tree
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
@@ -335,7 +335,14 @@ def run_with_image_packages(
 
 def test_worker_imports_and_featurises_without_torch(tmp_path):
     """The worker module imports, and the feature pipeline runs on a real clip, with exactly the
-    preprocess image's packages (torch and everything else absent)."""
+    preprocess image's packages (torch and everything else absent); without a transcript too,
+    which needs the voice encoder `make models` installs."""
+    from shared.contract.features.voice import VoiceEncoderMissing, voice_encoder
+
+    try:
+        voice_encoder(models_dir())
+    except VoiceEncoderMissing as exc:
+        pytest.skip(f"{exc}")
     code = f"""
 import sys
 import services.preprocess.worker
@@ -349,6 +356,12 @@ clip = make_spoken_clip(__import__('pathlib').Path({str(tmp_path)!r}), size=(160
 bundle = extract_features(clip.video, FeatureSpec(), clip.transcript.read_text())
 assert len(bundle.utterances) == len(clip.segments), bundle.utterances
 assert bundle.modality_mask.all(), bundle.modality_mask
+# without a transcript: speech regions, and voices through the numpy encoder (no torch)
+from shared.settings import Settings
+installed = Settings(models_dir=__import__('pathlib').Path({str(models_dir())!r}))
+found = extract_features(clip.video, FeatureSpec(), settings=installed)
+assert found.media["segmentation"] == "speech" and found.media["speakers"] == "voices", found.media
+assert all(u.speaker for u in found.utterances), found.utterances
 # the face detector (OpenCV's cascade) runs in the worker too; the clip shows no face
 spec = FeatureSpec(face_detector="haar", frames_per_utterance=2, frame_size=48)
 faces = extract_features(clip.video, spec, clip.transcript.read_text())

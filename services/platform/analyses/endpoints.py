@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import PurePath
 from typing import Annotated, Literal
 
 from arq.constants import abort_jobs_ss
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from services.gateway.deps import (
@@ -265,7 +266,38 @@ def export_analysis(
 ) -> Response:
     detail = service.detail(session, principal.user_id, analysis_id)
     content, media_type = service.export(detail, export_format)
-    filename = f"moodreel-{analysis_id}.{export_format}"
-    return Response(
-        content, media_type=media_type, headers={"Content-Disposition": f'attachment; filename="{filename}"'}
+    disposition = service.export_filename(detail, export_format)
+    return Response(content, media_type=media_type, headers={"Content-Disposition": disposition})
+
+
+@router.get(
+    "/{analysis_id}/media",
+    response_class=FileResponse,
+    responses={
+        200: {"description": "The uploaded media as stored (`Accept-Ranges: bytes`)."},
+        206: {"description": "The requested byte range(s), with `Content-Range`."},
+        307: {"description": "S3 storage: a presigned URL of the object (it answers range requests)."},
+        **problem_responses(401, 403, 404, 416, 429, 503),
+    },
+    summary="The analysis' uploaded media, for playing (range requests)",
+)
+def analysis_media(
+    analysis_id: uuid.UUID,
+    principal: ReadPrincipal,
+    session: SessionDep,
+    settings: SettingsDep,
+    byte_range: Annotated[str | None, Header(alias="Range", max_length=1000)] = None,
+) -> Response:
+    media = service.stored_media(session, settings, principal.user_id, analysis_id)
+    headers = {"Cache-Control": "private, no-store", "Content-Security-Policy": "default-src 'none'; sandbox"}
+    if media.url is not None:
+        return RedirectResponse(media.url, status_code=status.HTTP_307_TEMPORARY_REDIRECT, headers=headers)
+    if byte_range is not None:
+        service.check_byte_ranges(byte_range, media.size)
+    return FileResponse(
+        media.path,  # type: ignore[arg-type]
+        media_type=media.content_type,
+        headers=headers,
+        content_disposition_type="inline",
+        filename=f"moodreel-{analysis_id}{PurePath(media.path).suffix}",  # type: ignore[arg-type]
     )

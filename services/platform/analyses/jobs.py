@@ -220,8 +220,14 @@ class AnalysisRun:
             await self.ensure_active()
             with self.timer.stage("features"):
                 bundle = await asyncio.to_thread(self.features, analysis, media_path, spec)
-        predictions, model = await self.score(bundle)
-        summary = summarise(predictions, duration, bundle.media.get("language"))
+        predictions, model = await self.score(bundle, analysis.transcript_kind)
+        summary = summarise(
+            predictions,
+            duration,
+            transcript=analysis.transcript_kind,
+            segmentation=bundle.media.get("segmentation"),
+            language=bundle.media.get("language"),
+        )
         await self.succeed(analysis, predictions, summary, model, duration)
         log.info(
             "analysis_succeeded",
@@ -307,8 +313,15 @@ class AnalysisRun:
         # SRT, WebVTT or JSON segments: the parser tells them apart by their first characters.
         transcript = analysis.transcript or None
         options = analysis.options or {}
-        window = options.get("window_seconds") or self.settings.default_window_seconds
-        bundle = extract_features(media_path, spec, transcript, window_seconds=window, settings=self.settings)
+        bundle = extract_features(
+            media_path,
+            spec,
+            transcript,
+            window_seconds=options.get("window_seconds") or self.settings.default_window_seconds,
+            segmentation=options.get("segmentation"),
+            speakers=options.get("speakers"),
+            settings=self.settings,
+        )
         # What the model must know to mask evidence with a reason (services.model.inference): the
         # modalities the client asked for, and the transcript's language, read once per analysis.
         bundle.media["modalities_requested"] = list(options.get("modalities") or MODALITIES)
@@ -317,7 +330,7 @@ class AnalysisRun:
         return bundle
 
     async def score(
-        self, bundle: FeatureBundle
+        self, bundle: FeatureBundle, transcript: str
     ) -> tuple[list[UtterancePrediction], InvocationResponse | None]:
         """Predict chunk by chunk; each chunk's rows are stored and announced before the next."""
         predictions: list[UtterancePrediction] = []
@@ -341,7 +354,7 @@ class AnalysisRun:
             with self.timer.stage("persist"):
                 await self.db(lambda s, rows=rows: repository.upsert_utterances(s, rows))
                 for row in rows:
-                    await self.publish("utterance", utterance_event(row))
+                    await self.publish("utterance", utterance_event(row, transcript))
             predictions.extend(response.utterances)
         return predictions, first
 
@@ -412,10 +425,10 @@ class AnalysisRun:
             await enqueue_delivery(self.r.redis, delivery_id, self.settings)
 
 
-def utterance_event(row: dict[str, Any]) -> dict[str, Any]:
+def utterance_event(row: dict[str, Any], transcript: str) -> dict[str, Any]:
     """A freshly stored utterance row as ``GET /v1/analyses/{id}`` returns it: a new row has no
     correction (a re-run keeps a stored one in the database, and the API shows that)."""
-    return utterance_public(UtteranceResult(**row)).model_dump(mode="json")
+    return utterance_public(UtteranceResult(**row), transcript).model_dump(mode="json")
 
 
 def webhook_payload(analysis: Analysis, event_type: str) -> dict[str, Any]:

@@ -13,6 +13,12 @@ from shared.db.types import STORABLE_TEXT_PATTERN
 
 AnalysisStatusName = Literal["queued", "processing", "succeeded", "failed", "canceled"]
 ModalityName = Literal["text", "audio", "visual"]
+# Where an analysis' words came from; "none": no transcript, so the words were not analysed.
+TranscriptKind = Literal["none", "srt", "vtt", "json"]
+TRANSCRIPT_DESCRIPTION = (
+    "The transcript the words came from: `srt`, `vtt` or `json`; `none`: there was no transcript, "
+    "so the words were not analysed (add a transcript for text)."
+)
 
 # Validation work is bounded by the schema, not by the body: pydantic refuses a longer list
 # before validating its items (more cues than the media's utterance limit fail in the worker).
@@ -44,12 +50,26 @@ class AnalysisOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    segmentation: Literal["speech", "windows"] | None = Field(
+        default=None,
+        description="Without a transcript: `speech` makes the utterances from the speech found in "
+        "the audio and tells the speakers apart by voice (S1, S2, ... in order of first "
+        "appearance); `windows` cuts fixed windows of `window_seconds`. Default from the "
+        "server's settings (`speech`).",
+    )
+    speakers: int | None = Field(
+        default=None,
+        ge=1,
+        le=10,
+        description="How many people speak, when known; otherwise the number is estimated. A "
+        "transcript's speaker names win: voices only name the utterances it leaves without one.",
+    )
     window_seconds: float | None = Field(
         default=None,
         ge=0.5,
         le=60,
-        description="Without a transcript the media is cut into windows of this length "
-        "(default from the server's settings).",
+        description="The window length for `segmentation: windows` (and for media without "
+        "speech); default from the server's settings.",
     )
     modalities: list[ModalityName] | None = Field(
         default=None,
@@ -168,6 +188,11 @@ class UtteranceResultPublic(BaseModel):
     start: float
     end: float
     text: str
+    speaker: str | None = Field(
+        description="The transcript's speaker, or S1, S2, ... told apart by voice (in order of "
+        "first appearance); null when unknown."
+    )
+    transcript: TranscriptKind = Field(description=TRANSCRIPT_DESCRIPTION)
     speaker: str | None
     emotion: LabelScores | None = Field(description="null when there is no evidence (see reason)")
     sentiment: LabelScores | None = Field(description="null when there is no evidence (see reason)")
@@ -223,13 +248,15 @@ class AnalysisPublic(BaseModel):
     status: AnalysisStatusName
     source: AnalysisSource
     options: dict[str, Any]
+    transcript: TranscriptKind = Field(description=TRANSCRIPT_DESCRIPTION)
     callback_url: str | None
     duration_seconds: float | None
     utterance_count: int
     model_version: str | None
     error: AnalysisError | None
     summary: dict[str, Any] | None = Field(
-        description="Dominant emotion and sentiment, their shares, and emotion share over time."
+        description="Dominant emotion and sentiment, their shares, emotion share over time, and "
+        "per speaker (`speakers`: speaking time and their own shares, in order of first appearance)."
     )
     created_at: datetime
     updated_at: datetime
@@ -253,15 +280,17 @@ def _scores(label: str | None, scores: dict[str, float] | None) -> LabelScores |
     return LabelScores(label=label, confidence=float(scores.get(label, 0.0)), scores=scores)
 
 
-def utterance_public(row: UtteranceResult) -> UtteranceResultPublic:
+def utterance_public(row: UtteranceResult, transcript: str) -> UtteranceResultPublic:
     """The public shape of one utterance, built only here: the API's results, the SSE
-    ``utterance`` events and the exports all come from it."""
+    ``utterance`` events and the exports all come from it. ``transcript`` is the analysis'
+    ``transcript_kind``, which all its utterances' words share."""
     return UtteranceResultPublic(
         index=row.index,
         start=row.start,
         end=row.end,
         text=row.text,
         speaker=row.speaker,
+        transcript=transcript,  # type: ignore[arg-type]
         emotion=_scores(row.emotion, row.emotion_scores),
         sentiment=_scores(row.sentiment, row.sentiment_scores),
         reason=row.reason,

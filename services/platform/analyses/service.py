@@ -10,8 +10,9 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -47,7 +48,7 @@ from shared.problems import (
     UnprocessableContent,
 )
 from shared.settings import Settings
-from shared.storage import StorageError, get_storage
+from shared.storage import LocalStorage, StorageError, get_storage
 
 
 class AnalysisNotFound(NotFound):
@@ -88,6 +89,20 @@ class UtteranceNotFound(NotFound):
 
 class AnalysisNotFinished(Conflict):
     code, title = "analysis_not_finished", "The analysis has no results yet"
+
+
+class MediaNotStored(NotFound):
+    """The analysis has no stored media to play: it was submitted by URL (the worker fetches a
+    URL's media into a temporary workspace and keeps no copy), or its upload was deleted."""
+
+    code, title = "media_not_stored", "The media is not stored"
+
+
+class RangeNotSatisfiable(Problem):
+    """The `Range` header asks for bytes the media does not have (or is not a `bytes=` range).
+    `Content-Range: bytes */<size>` gives the media's size; ask again within it."""
+
+    status, code, title = 416, "range_not_satisfiable", "Range not satisfiable"
 
 
 @dataclass
@@ -305,6 +320,7 @@ def to_public(analysis: Analysis) -> AnalysisPublic:
         status=analysis.status,  # type: ignore[arg-type]
         source=AnalysisSource(video_url=analysis.source_url, upload_id=analysis.upload_id),
         options=analysis.options or {},
+        transcript=analysis.transcript_kind,  # type: ignore[arg-type]
         callback_url=analysis.callback_url,
         duration_seconds=analysis.duration_seconds,
         utterance_count=analysis.utterance_count or 0,
@@ -334,8 +350,71 @@ def detail(session: Session, user_id: uuid.UUID, analysis_id: uuid.UUID) -> Anal
     failed = analysis.status == AnalysisStatus.failed.value
     rows = [] if failed else repository.utterances(session, analysis.id)
     return AnalysisDetail(
-        **to_public(analysis).model_dump(), utterances=[utterance_public(row) for row in rows]
+        **to_public(analysis).model_dump(),
+        utterances=[utterance_public(row, analysis.transcript_kind) for row in rows],
     )
+
+
+# --- stored media ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StoredMedia:
+    """Where an analysis' upload is: a local file (``path``) or an S3 object (``url``, presigned)."""
+
+    content_type: str
+    size: int
+    path: Path | None = None
+    url: str | None = None
+
+
+# Long enough to watch a long video: a browser re-reads ranges from the URL it was redirected to.
+MEDIA_URL_TTL_SECONDS = 4 * 3600
+_BYTE_RANGE = re.compile(r"\s*(?:(\d+)-(\d*)|-(\d+))\s*")
+
+
+def stored_media(
+    session: Session, settings: Settings, user_id: uuid.UUID, analysis_id: uuid.UUID
+) -> StoredMedia:
+    """The owner's upload of an analysis, to play; :class:`MediaNotStored` when there is none."""
+    analysis = get(session, user_id, analysis_id)
+    upload = analysis.upload
+    if upload is None or upload.completed_at is None:
+        raise MediaNotStored(
+            "This analysis was submitted by URL; its media was fetched for the analysis and not stored."
+            if analysis.source_url
+            else "The uploaded media of this analysis is no longer stored."
+        )
+    storage = get_storage(settings)
+    if isinstance(storage, LocalStorage):
+        path = storage.path(upload.storage_key)
+        if not path.is_file():
+            raise MediaNotStored("The uploaded media of this analysis is no longer stored.")
+        return StoredMedia(upload.content_type, path.stat().st_size, path=path)
+    try:
+        url = storage.presign_get(upload.storage_key, upload.content_type, MEDIA_URL_TTL_SECONDS)
+    except StorageError as exc:
+        raise ServiceUnavailable("The media store is unavailable; try again shortly.") from exc
+    return StoredMedia(upload.content_type, upload.size_bytes, url=url)
+
+
+def check_byte_ranges(header: str, size: int) -> None:
+    """Refuse a ``Range`` header that is not ``bytes=`` ranges or that no byte of the media
+    satisfies (RFC 9110 §14); satisfiable ones are served by the file response."""
+    unit, _, ranges = header.partition("=")
+    parts = ranges.split(",")
+    matches = [_BYTE_RANGE.fullmatch(part) for part in parts]
+    refusal = RangeNotSatisfiable(
+        f"The media has {size} bytes; ask for ranges within bytes=0-{max(size - 1, 0)}.",
+        headers={"Content-Range": f"bytes */{size}"},
+    )
+    if unit.strip().lower() != "bytes" or not ranges or len(parts) > 100 or not all(matches):
+        raise refusal
+    for match in matches:
+        first, last, suffix = match.groups()  # type: ignore[union-attr]
+        if suffix is not None:
+            if int(suffix) == 0 or size == 0:
+                raise refusal
+        elif int(first) >= size or (last and int(last) < int(first)):
+            raise refusal
 
 
 # --- corrections ----------------------------------------------------------------------------
@@ -353,7 +432,7 @@ def correct_utterance(
         row.corrected_emotion, row.corrected_sentiment = body.emotion, body.sentiment
         row.corrected_by, row.corrected_at = user_id, utcnow()
     session.flush()
-    return utterance_public(row)
+    return utterance_public(row, analysis.transcript_kind)
 
 
 # --- cancelling and deleting ----------------------------------------------------------------
@@ -424,7 +503,7 @@ def export(analysis: AnalysisDetail, export_format: str) -> tuple[str, str]:
             ]
             + [_csv_safe(f"emotion_{label}") for label in emotion_labels]
             + [_csv_safe(f"sentiment_{label}") for label in sentiment_labels]
-            + ["corrected_emotion", "corrected_sentiment", "corrected_at"]
+            + ["corrected_emotion", "corrected_sentiment", "corrected_at", "analysis_name"]
         )
         for u in analysis.utterances:
             writer.writerow(
@@ -444,6 +523,7 @@ def export(analysis: AnalysisDetail, export_format: str) -> tuple[str, str]:
                 + _score_cells(u.emotion, emotion_labels)
                 + _score_cells(u.sentiment, sentiment_labels)
                 + _correction_cells(u.correction)
+                + [_csv_safe(analysis.name or "")]
             )
         return buffer.getvalue(), "text/csv; charset=utf-8"
     cues = []
@@ -466,6 +546,22 @@ def _label_cells(scores: LabelScores | None) -> list[str]:
 
 def _score_cells(scores: LabelScores | None, labels: list[str]) -> list[str]:
     return ["" if scores is None else f"{scores.scores.get(label, 0.0):.4f}" for label in labels]
+
+
+def export_filename(analysis: AnalysisDetail, export_format: str) -> str:
+    """``Content-Disposition`` of an export: the analysis' name as the file name (RFC 6266
+    ``filename*``; SRT has no header of its own, so this is where an SRT file carries it), with
+    the id as the plain-ASCII fallback."""
+    fallback = f"moodreel-{analysis.id}.{export_format}"
+    if not analysis.name:
+        return f'attachment; filename="{fallback}"'
+    # No path separators, control or format characters: the name is only ever a file name.
+    stem = "".join(c if c.isprintable() and c not in '/\\:*?"<>|' else "_" for c in analysis.name).strip(" .")
+    if not stem:
+        return f'attachment; filename="{fallback}"'
+    return (
+        f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(f'{stem}.{export_format}', safe='')}"
+    )
 
 
 def _face_cells(faces: list[FrameFaces]) -> list[str]:

@@ -133,12 +133,30 @@ def update_me(body: AccountUpdate, principal: CurrentPrincipal, session: Session
 
 @router.post(
     "/password",
-    status_code=status.HTTP_204_NO_CONTENT,
-    responses=problem_responses(400, 401, 403, 422),
-    summary="Change the password (signed in); other sessions' refresh tokens are revoked",
+    response_model=TokenPair,
+    responses=problem_responses(400, 401, 403, 422, 429),
+    summary="Change the password (signed in): every other session ends; this one continues with "
+    "the returned tokens",
 )
-def change_password(body: PasswordChange, principal: UserPrincipal, session: SessionDep) -> None:
-    service.change_password(session, principal.user, body.current_password, body.new_password)
+async def change_password(
+    body: PasswordChange,
+    request: Request,
+    response: Response,
+    principal: UserPrincipal,
+    session: SessionDep,
+    settings: SettingsDep,
+    redis_client: RedisDep,
+) -> TokenPair:
+    email, client_ip = principal.user.email, request.client.host if request.client else "unknown"
+    # A wrong current password counts as a failed sign-in: a stolen access token cannot be used
+    # to guess the password faster than the sign-in form allows.
+    await ratelimit.admit_login_attempt(redis_client, settings, email, client_ip)
+    tokens = await run_in_threadpool(
+        service.change_password, session, settings, principal.user, body.current_password, body.new_password
+    )
+    await ratelimit.forget_successful_login(redis_client, settings, email, client_ip)
+    response.headers.update(NO_STORE)
+    return tokens
 
 
 @router.post(
@@ -155,4 +173,6 @@ async def reset_password(
         redis_client, settings, client_ip, limit=20, window=3600, policy="password-resets"
     )
     ratelimit.enforce(state, request.scope.setdefault("state", {}))
-    await run_in_threadpool(service.reset_password, session, settings, body.token, body.new_password)
+    user = await run_in_threadpool(service.reset_password, session, settings, body.token, body.new_password)
+    # The account's sign-in lockout (the reason a reset was asked for, often) ends with it.
+    await ratelimit.forget_successful_login(redis_client, settings, user.email, client_ip)

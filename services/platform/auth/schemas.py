@@ -61,5 +61,7 @@ class PasswordChange(BaseModel):
 
 
 class PasswordReset(BaseModel):
-    token: str = Field(min_length=10, max_length=300, description="From `moodreel users reset-token`.")
+    token: str = Field(
+        min_length=10, max_length=300, description="From `moodreel users reset-password EMAIL`."
+    )
     new_password: str = Field(min_length=10, max_length=128)

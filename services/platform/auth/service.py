@@ -41,7 +41,7 @@ class InvalidCurrentPassword(BadRequest):
 
 class InvalidResetToken(BadRequest):
     """The token is malformed, expired, for another server, or spent: it works once, until the
-    password changes. Ask the operator for a new one (``moodreel users reset-token EMAIL``)."""
+    password changes. Ask the operator for a new one (``moodreel users reset-password EMAIL``)."""
 
     code, title = "invalid_reset_token", "The password reset token is invalid, expired or already used"
 
@@ -73,7 +73,7 @@ def authenticate(session: Session, email: str, password: str) -> User:
 def issue_tokens(
     session: Session, settings: Settings, user: User, family_id: uuid.UUID | None = None
 ) -> TokenPair:
-    access_token, expires_in = create_access_token(user.id, settings)
+    access_token, expires_in = create_access_token(user.id, user.password_hash, settings)
     refresh_token = new_refresh_token()
     session.add(
         RefreshToken(
@@ -126,8 +126,9 @@ def update_account(session: Session, user: User, body: AccountUpdate) -> User:
 
 
 def _set_password(session: Session, user: User, new_password: str) -> None:
-    """New hash; every refresh token of the account is revoked, so other sessions end when their
-    access token (minutes) expires."""
+    """New hash; every refresh token of the account is revoked and every access token issued
+    before stops working (its password stamp no longer matches), so all sessions end at once.
+    API keys are kept: they belong to programs and are revoked on their own."""
     user.password_hash = hash_password(new_password)
     session.execute(
         update(RefreshToken)
@@ -138,21 +139,25 @@ def _set_password(session: Session, user: User, new_password: str) -> None:
     session.flush()
 
 
-def change_password(session: Session, user: User, current_password: str, new_password: str) -> None:
+def change_password(
+    session: Session, settings: Settings, user: User, current_password: str, new_password: str
+) -> TokenPair:
+    """Every session ends but the caller's, which continues with the returned tokens."""
     if not verify_password(current_password, user.password_hash):
         raise InvalidCurrentPassword()
     _set_password(session, user, new_password)
+    return issue_tokens(session, settings, user)
 
 
-def issue_reset_token(session: Session, settings: Settings, email: str, *, minutes: int = 60) -> str:
-    """For the operator (``moodreel users reset-token``): no e-mail server is needed."""
+def issue_reset_token(session: Session, settings: Settings, email: str, *, minutes: int = 30) -> str:
+    """For the operator (``moodreel users reset-password``): no e-mail server is needed."""
     user = repository.get_user_by_email(session, email.strip().lower())
     if user is None:
         raise LookupError(f"no account has the e-mail {email}")
     return create_password_reset_token(user.id, user.password_hash, settings, minutes=minutes)
 
 
-def reset_password(session: Session, settings: Settings, token: str, new_password: str) -> None:
+def reset_password(session: Session, settings: Settings, token: str, new_password: str) -> User:
     parsed = password_reset_user_id(token)
     user = session.get(User, parsed[0]) if parsed else None
     if parsed is None or user is None or not user.is_active:
@@ -160,3 +165,4 @@ def reset_password(session: Session, settings: Settings, token: str, new_passwor
     if not verify_password_reset(user.id, parsed[1], parsed[2], user.password_hash, settings):
         raise InvalidResetToken()
     _set_password(session, user, new_password)
+    return user

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
 
 from services.gateway.deps import CurrentPrincipal, SessionDep, SettingsDep
 from services.gateway.openapi import problem_responses
@@ -18,10 +19,18 @@ def _meter(used: float, limit: float) -> Meter:
 @router.get(
     "", response_model=UsagePublic, responses=problem_responses(401, 429), summary="This month's usage"
 )
-def get_usage(
+async def get_usage(
     request: Request, principal: CurrentPrincipal, session: SessionDep, settings: SettingsDep
 ) -> UsagePublic:
-    snapshot = quota.snapshot(session, principal.user_id, principal.user.plan, settings=settings)
+    def read() -> quota.UsageSnapshot:
+        # A read: the request's transaction ends here (no commit after the endpoint), and the
+        # counters are read outside any transaction, one round trip instead of BEGIN/SELECT/COMMIT.
+        session.commit()
+        with session.get_bind().connect() as connection:
+            autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
+            return quota.snapshot(autocommit, principal.user_id, principal.user.plan, settings=settings)
+
+    snapshot = await run_in_threadpool(read)
     remember_quota_headers(snapshot, request.scope.setdefault("state", {}))
     return UsagePublic(
         period=snapshot.period,

@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import Connection, select, update
 from sqlalchemy.orm import Session
 
 from shared.db.models import UsageEntry, UsagePeriod, User
@@ -168,11 +168,17 @@ def refund(session: Session, analysis_id: uuid.UUID, kind: str | None = None) ->
 
 
 def snapshot(
-    session: Session, user_id: uuid.UUID, plan: str, *, settings: Settings | None = None, now=None
+    db: Session | Connection, user_id: uuid.UUID, plan: str, *, settings: Settings | None = None, now=None
 ) -> UsageSnapshot:
+    """This month's counters, read with a session or (one round trip, no transaction) with an
+    autocommit connection."""
     period = current_period(now)
     limits = plan_limits(plan, settings)
-    row = session.get(UsagePeriod, (user_id, period))
+    row = db.execute(
+        select(UsagePeriod.analyses_used, UsagePeriod.seconds_used).where(
+            UsagePeriod.user_id == user_id, UsagePeriod.period == period
+        )
+    ).first()
     return UsageSnapshot(
         period=period,
         plan=plan,

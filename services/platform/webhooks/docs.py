@@ -32,6 +32,17 @@ class WebhookEvent(BaseModel):
     data: WebhookAnalysis = Field(description="The analysis without its utterances; GET it for those.")
 
 
+class WebhookTestData(BaseModel):
+    endpoint_id: str
+    message: str
+
+
+class WebhookTestEvent(BaseModel):
+    type: Literal["webhook.test"]
+    timestamp: datetime
+    data: WebhookTestData = Field(description="Which endpoint was tested; nothing else happened.")
+
+
 SIGNATURE_HELP = (
     "Standard Webhooks: `webhook-signature` is `v1,` + base64 HMAC-SHA256 with the endpoint's "
     "`whsec_` secret over `{webhook-id}.{webhook-timestamp}.{body}`. Reject timestamps older "
@@ -60,3 +71,17 @@ def document_webhooks(app: FastAPI) -> None:
             summary=f"`{event_type}` — sent to your webhook endpoints and the analysis' callback_url",
             description=SIGNATURE_HELP,
         )(receiver)
+
+    def test_receiver(
+        body: WebhookTestEvent,
+        webhook_id: str = Header(alias="webhook-id"),
+        webhook_timestamp: str = Header(alias="webhook-timestamp"),
+        webhook_signature: str = Header(alias="webhook-signature"),
+    ) -> None:
+        """Documentation only."""
+
+    app.webhooks.post(
+        "webhook.test",
+        summary="`webhook.test` — sent to one endpoint by `POST /v1/webhooks/endpoints/{id}/test`",
+        description=SIGNATURE_HELP,
+    )(test_receiver)

@@ -151,6 +151,29 @@ def resend_delivery(
 ) -> WebhookDeliveryDetail:
     previous_status = service.get_delivery(session, principal.user_id, delivery_id).status
     delivery = service.resend_delivery(session, principal.user_id, delivery_id)
+    after_commit(session, _enqueue_delivery(request, delivery_id, restore_to=previous_status))
+    return WebhookDeliveryDetail.model_validate(delivery)
+
+
+@router.post(
+    "/endpoints/{endpoint_id}/test",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=WebhookDeliveryDetail,
+    responses=problem_responses(401, 403, 404, 409, 429, 503),
+    summary="Send a `webhook.test` event to the endpoint (signed and logged like every delivery)",
+)
+def send_test_event(
+    endpoint_id: uuid.UUID, request: Request, principal: WritePrincipal, session: SessionDep
+) -> WebhookDeliveryDetail:
+    delivery = service.test_delivery(session, principal.user_id, endpoint_id)
+    after_commit(session, _enqueue_delivery(request, delivery.id, restore_to=None))
+    return WebhookDeliveryDetail.model_validate(delivery)
+
+
+def _enqueue_delivery(request: Request, delivery_id: uuid.UUID, *, restore_to: str | None):
+    """After the commit: queue one attempt of the delivery. Should the queue refuse it, the
+    delivery is not left pending with no job behind it: a resent one gets its status back, a new
+    test event is marked failed, and the user can try again later."""
     app_state = request.app.state
 
     async def enqueue() -> None:
@@ -160,13 +183,12 @@ def resend_delivery(
                 "deliver_webhook", str(delivery_id), _queue_name=app_state.settings.queue_name
             )
         except Exception as exc:
-            # Not left "pending" with no job behind it: the user can resend again later.
+
             def restore() -> None:
                 with session_scope(app_state.session_factory) as fresh:
-                    service.restore_status(fresh, delivery_id, previous_status)
+                    service.restore_status(fresh, delivery_id, restore_to or "failed")
 
             await run_in_threadpool(restore)
             raise ServiceUnavailable("The job queue is unavailable; try again shortly.") from exc
 
-    after_commit(session, enqueue)
-    return WebhookDeliveryDetail.model_validate(delivery)
+    return enqueue

@@ -134,6 +134,41 @@ def resend_delivery(session: Session, user_id: uuid.UUID, delivery_id: uuid.UUID
     return delivery
 
 
+class WebhookEndpointDisabled(Conflict):
+    code, title = "webhook_endpoint_disabled", "The webhook endpoint is disabled"
+
+
+TEST_EVENT = "webhook.test"
+
+
+def test_delivery(session: Session, user_id: uuid.UUID, endpoint_id: uuid.UUID) -> WebhookDelivery:
+    """A ``webhook.test`` event to one endpoint, signed and logged like every delivery, so a
+    receiver can be checked before a real event reaches it."""
+    endpoint = get_endpoint(session, user_id, endpoint_id)
+    if not endpoint.is_active:
+        raise WebhookEndpointDisabled("Enable the endpoint to send it a test event.")
+    now = utcnow()
+    delivery = WebhookDelivery(
+        user_id=user_id,
+        endpoint_id=endpoint.id,
+        analysis_id=None,
+        url=endpoint.url,
+        message_id="msg_" + uuid.uuid4().hex,
+        event_type=TEST_EVENT,
+        payload={
+            "type": TEST_EVENT,
+            "timestamp": now.isoformat(),
+            "data": {"endpoint_id": str(endpoint.id), "message": "A test event from Moodreel."},
+        },
+        status="pending",
+        attempts=0,
+        created_at=now,
+    )
+    session.add(delivery)
+    session.flush()
+    return delivery
+
+
 def restore_status(session: Session, delivery_id: uuid.UUID, status: str) -> None:
     delivery = session.get(WebhookDelivery, delivery_id)
     if delivery is not None and delivery.status == "pending":

@@ -40,29 +40,64 @@ class SpeechGate:
         return self.reason is None
 
 
-def speech_fraction(samples: np.ndarray, spec: FeatureSpec) -> float:
-    """Fraction of ``spec.vad_frame_ms`` frames that are speech: WebRTC's detector says so and the
-    frame is not tonal; 0 for a span whose level stays steady (``spec.min_level_spread_db``)."""
+def frame_levels_db(samples: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """Level (dB) of each ``spec.vad_frame_ms`` frame of ``samples``."""
+    frames = _frames(samples, spec)
+    return 10.0 * np.log10(np.mean(frames.astype(np.float64) ** 2, axis=1) + 1e-10)
+
+
+def is_steady(levels_db: np.ndarray, spec: FeatureSpec) -> bool:
+    """Speech rises and falls with its syllables; a steady level is a tone, a hum or noise."""
+    return len(levels_db) > 1 and float(levels_db.std()) < spec.min_level_spread_db
+
+
+def detected_frames(samples: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """Per ``spec.vad_frame_ms`` frame: WebRTC's detector (mode ``spec.vad_mode``) says speech."""
     import webrtcvad
 
+    pcm = (_frames(samples, spec) * 32767.0).astype("<i2")
+    detector = webrtcvad.Vad(spec.vad_mode)
+    return np.array([detector.is_speech(row.tobytes(), spec.sample_rate) for row in pcm], dtype=bool)
+
+
+def tonal_frames(samples: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """Per frame: its three strongest spectral bins hold more than ``spec.max_tonal_share`` of
+    its energy (a tone or a note, which WebRTC's detector calls speech)."""
+    frames = _frames(samples, spec)
+    if len(frames) == 0:
+        return np.zeros(0, dtype=bool)
+    power = np.abs(np.fft.rfft(frames * np.hanning(frames.shape[1]).astype(np.float32), axis=1)) ** 2 + 1e-12
+    return np.sort(power, axis=1)[:, -3:].sum(axis=1) / power.sum(axis=1) > spec.max_tonal_share
+
+
+def voiced_frames(samples: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """Per frame: WebRTC's detector says speech and the frame is not tonal."""
+    return detected_frames(samples, spec) & ~tonal_frames(samples, spec)
+
+
+def is_speech(samples: np.ndarray, spec: FeatureSpec) -> bool:
+    """The gate's verdict on a span with sound: speech fills ``spec.min_speech_fraction`` of it."""
+    fraction = speech_fraction(samples, spec)
+    return fraction > 0.0 and fraction >= spec.min_speech_fraction
+
+
+def _frames(samples: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     if spec.sample_rate not in VAD_SAMPLE_RATES:
         raise ValueError(f"the speech gate needs a sample rate in {VAD_SAMPLE_RATES}, not {spec.sample_rate}")
     size = spec.sample_rate * spec.vad_frame_ms // 1000
     count = len(samples) // size
-    if count == 0:
+    return np.clip(np.asarray(samples[: count * size], dtype=np.float32), -1.0, 1.0).reshape(count, size)
+
+
+def speech_fraction(samples: np.ndarray, spec: FeatureSpec) -> float:
+    """Fraction of ``spec.vad_frame_ms`` frames that are speech (``voiced_frames``); 0 for a span
+    whose level stays steady (``spec.min_level_spread_db``)."""
+    if len(_frames(samples, spec)) == 0:
         return 0.0
-    frames = np.clip(np.asarray(samples[: count * size], dtype=np.float32), -1.0, 1.0).reshape(count, size)
-    levels = 10.0 * np.log10(np.mean(frames.astype(np.float64) ** 2, axis=1) + 1e-10)
-    if count > 1 and float(levels.std()) < spec.min_level_spread_db:
+    if is_steady(frame_levels_db(samples, spec), spec):
         return 0.0
-    power = np.abs(np.fft.rfft(frames * np.hanning(size).astype(np.float32), axis=1)) ** 2 + 1e-12
-    tonal = np.sort(power, axis=1)[:, -3:].sum(axis=1) / power.sum(axis=1) > spec.max_tonal_share
-    pcm = (frames * 32767.0).astype("<i2")
-    detector = webrtcvad.Vad(spec.vad_mode)
-    voiced = sum(
-        1 for i in range(count) if not tonal[i] and detector.is_speech(pcm[i].tobytes(), spec.sample_rate)
-    )
-    return voiced / count
+    voiced = voiced_frames(samples, spec)
+    return float(voiced.sum()) / len(voiced)
 
 
 def gate_utterances(

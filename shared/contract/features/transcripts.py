@@ -8,6 +8,10 @@ Validation: every cue ends after it starts, cues are in time order, none starts 
 ends; an end up to ``transcript_time_tolerance_seconds`` past the media's end is clamped to it and
 reported in ``TranscriptResult.clamped``. Empty texts are kept (audio/visual-only utterances).
 Errors name the line (SRT/WebVTT) or the segment (JSON).
+
+Speakers: WebVTT's ``<v NAME>``, JSON's ``speaker``, and an SRT cue written ``NAME: text`` (see
+``split_speaker``): the name becomes the utterance's speaker and leaves its text, so the model
+reads the same words and the same dialogue context it was trained on.
 """
 
 from __future__ import annotations
@@ -27,6 +31,14 @@ _TIME = re.compile(r"^\s*(?:(\d{1,3}):)?(\d{1,2}):(\d{1,2})(?:[,.](\d{1,9}))?\s*
 _ARROW = re.compile(r"^\s*(\S+)\s+-->\s+(\S+)(?:\s+.*)?$")
 _VOICE = re.compile(r"<v(?:\.[^\s>]*)?\s+([^>]+)>")
 _TAG = re.compile(r"</?[a-zA-Z][^>]*>|<\d[\d:.]*>")
+# "NAME: text" at the start of an SRT cue: the colon is followed by white space (so "10:30" is no
+# label), and the label holds no sentence punctuation and at most four words of 32 characters.
+_SPEAKER_LABEL = re.compile(
+    r"^(?P<name>[^\s:,;!?\"()\[\]{}…][^:,;!?\"()\[\]{}…]{0,31}?)\s*:(?:\s+|$)(?P<text>.*)$", re.S
+)
+# Lower-case words a name may hold ("Boy in the Cape", "Maitre d'") without being a sentence.
+_NAME_JOINERS = frozenset({"and", "in", "the", "of", "on", "at", "de", "d'", "von", "van", "&", "with"})
+_MAX_NAME_WORDS = 4
 
 
 class TranscriptError(CodedError, ValueError):
@@ -95,6 +107,47 @@ def _blocks(text: str) -> list[list[tuple[int, str]]]:
     return blocks
 
 
+def _speaker_label(body: str) -> tuple[str, str] | None:
+    """``(name, text)`` when ``body`` starts with a name-shaped ``NAME:`` label, else None."""
+    match = _SPEAKER_LABEL.match(body)
+    if not match:
+        return None
+    name = match.group("name").strip()
+    words = name.split()
+    if not words or len(words) > _MAX_NAME_WORDS or not any(c.isalpha() for c in name):
+        return None
+    return name, match.group("text").strip()
+
+
+def _looks_like_a_name(name: str) -> bool:
+    """Every word starts like a proper name (capital, digit, '#') or is a joiner ("and", "the")."""
+    return all(w[0].isupper() or w[0].isdigit() or w[0] == "#" or w in _NAME_JOINERS for w in name.split())
+
+
+def split_speaker(bodies: list[str]) -> list[tuple[str | None, str]]:
+    """``(speaker, text)`` for each SRT cue body of one transcript.
+
+    A cue opening with ``NAME: text`` names its speaker when the label looks like a name (every
+    word capitalised, a digit or '#', or a joiner such as "and"/"the": "JOEY", "Dr. Green",
+    "Man 2", "Boy in the Cape"), or when the same label (in any case) opens another cue of the
+    transcript, which is how lower-case names ("joey: hi" ... "joey: bye") are told from a colon
+    inside a sentence ("listen to this: we won"). A colon without white space after it ("10:30")
+    is never a label.
+    """
+    labels = [_speaker_label(body) for body in bodies]
+    counts: dict[str, int] = {}
+    for label in labels:
+        if label is not None:
+            counts[label[0].casefold()] = counts.get(label[0].casefold(), 0) + 1
+    result: list[tuple[str | None, str]] = []
+    for body, label in zip(bodies, labels, strict=True):
+        if label is not None and (_looks_like_a_name(label[0]) or counts[label[0].casefold()] > 1):
+            result.append(label)
+        else:
+            result.append((None, body))
+    return result
+
+
 def _parse_srt(text: str) -> list[_Cue]:
     cues = []
     for block in _blocks(text):
@@ -113,6 +166,8 @@ def _parse_srt(text: str) -> list[_Cue]:
         cues.append(
             _Cue(start, end, html.unescape(_TAG.sub("", body)).strip(), None, f"line {number}", number)
         )
+    for cue, (speaker, body) in zip(cues, split_speaker([cue.text for cue in cues]), strict=True):
+        cue.speaker, cue.text = speaker, body
     return cues
 
 

@@ -108,6 +108,10 @@ def test_invalid_transcript_is_422_with_line(client, api_key):
         {"video_url": PUBLIC_URL, "unexpected": 1},
         # dialogue context follows the model's FeatureSpec; a per-request switch would be ignored
         {"video_url": PUBLIC_URL, "options": {"context": False}},
+        {"video_url": PUBLIC_URL, "options": {"segmentation": "sentences"}},
+        {"video_url": PUBLIC_URL, "options": {"speakers": 0}},
+        {"video_url": PUBLIC_URL, "options": {"speakers": 11}},
+        {"video_url": PUBLIC_URL, "options": {"speakers": "two"}},
     ],
 )
 def test_payload_validation(client, api_key, payload):
@@ -232,6 +236,35 @@ def store_results(database_url: str, analysis_id: str, count: int = 3) -> None:
         analysis.status, analysis.utterance_count, analysis.duration_seconds = "succeeded", count, 6.0
         analysis.summary = {"dominant_emotion": "joy", "dominant_sentiment": "positive"}
         analysis.finished_at = utcnow()
+
+
+def test_segmentation_and_speaker_options_are_kept_and_the_transcript_kind_is_told(client, api_key):
+    options = {"segmentation": "windows", "speakers": 2, "window_seconds": 2}
+    without = submit(client, api_key, {"video_url": PUBLIC_URL, "options": options})
+    assert without.status_code == 202, without.text
+    assert without.json()["options"] == {"segmentation": "windows", "speakers": 2, "window_seconds": 2.0}
+    assert without.json()["transcript"] == "none"
+    with_srt = submit(client, api_key, {"video_url": PUBLIC_URL, "transcript": SRT}).json()
+    assert with_srt["transcript"] == "srt"
+    segments = [{"start": 0, "end": 1, "text": "hi"}]
+    assert (
+        submit(client, api_key, {"video_url": PUBLIC_URL, "transcript": segments}).json()["transcript"]
+        == "json"
+    )
+    listed = client.get("/v1/analyses", headers={"X-API-Key": api_key}).json()["items"]
+    assert sorted(item["transcript"] for item in listed) == ["json", "none", "srt"]
+
+
+def test_utterances_without_a_transcript_say_so(client, api_key, database_url):
+    analysis_id = submit(client, api_key).json()["id"]
+    store_results(database_url, analysis_id)
+    detail = client.get(f"/v1/analyses/{analysis_id}", headers={"X-API-Key": api_key}).json()
+    assert detail["transcript"] == "none"
+    assert {u["transcript"] for u in detail["utterances"]} == {"none"}
+    exported = client.get(f"/v1/analyses/{analysis_id}/export?format=json", headers={"X-API-Key": api_key})
+    assert [u["speaker"] for u in json.loads(exported.text)["utterances"]] == [
+        u["speaker"] for u in detail["utterances"]
+    ]
 
 
 def test_results_and_exports(client, api_key, database_url):

@@ -116,7 +116,8 @@ def test_the_workers_utterance_event_has_the_public_result_shape():
         sentiment=LabelScores.from_probabilities(SENTIMENTS, [1 / 3] * 3),
         modalities_used=["text"],
     )
-    event = utterance_event(utterance_row(uuid.uuid4(), 3, prediction))
+    event = utterance_event(utterance_row(uuid.uuid4(), 3, prediction), "none")
     assert set(event) == set(UtteranceResultPublic.model_fields)
     assert event["index"] == 3 and event["emotion"] == prediction.emotion.model_dump(mode="json")
     assert UtteranceResultPublic.model_validate(event).correction is None
+    assert event["transcript"] == "none"

@@ -67,3 +67,34 @@ def test_metadata_must_be_a_small_object(client, api_key):
         "validation_error",
     )
     assert_problem(submit(client, api_key, {"video_url": url, "name": "x" * 201}), 422, "validation_error")
+
+
+def test_exports_carry_the_name_neutralised(client, api_key, database_url):
+    """CSV rows name their analysis (spreadsheet formulas neutralised like every cell); every
+    export's file name is the analysis' name, without path or header tricks."""
+    import csv
+    import io
+    from urllib.parse import unquote
+
+    from tests.platform.analyses.test_analyses import store_results
+
+    hostile = '=HYPERLINK("http://x")/../"q"\r\n'
+    created = submit(client, api_key, {"video_url": "https://93.184.215.14/v.mp4", "name": hostile.strip()})
+    assert created.status_code == 202, created.text
+    analysis_id = created.json()["id"]
+    store_results(database_url, analysis_id, count=2)
+    headers = {"X-API-Key": api_key}
+    as_csv = client.get(f"/v1/analyses/{analysis_id}/export?format=csv", headers=headers)
+    rows = list(csv.DictReader(io.StringIO(as_csv.text)))
+    assert [row["analysis_name"] for row in rows] == ["'" + hostile.strip()] * 2
+    disposition = as_csv.headers["content-disposition"]
+    assert disposition.startswith(f"attachment; filename=\"moodreel-{analysis_id}.csv\"; filename*=UTF-8''")
+    assert unquote(disposition.split("''", 1)[1]) == "=HYPERLINK(_http___x_)_..__q_.csv"
+    srt = client.get(f"/v1/analyses/{analysis_id}/export?format=srt", headers=headers)
+    assert unquote(srt.headers["content-disposition"].split("''", 1)[1]).endswith("_q_.srt")
+
+    plain = submit(client, api_key, {"video_url": "https://93.184.215.14/Board%20call.mp4"}).json()
+    store_results(database_url, plain["id"], count=1)
+    as_json = client.get(f"/v1/analyses/{plain['id']}/export?format=json", headers=headers)
+    assert json.loads(as_json.text)["name"] == "Board call.mp4"
+    assert as_json.headers["content-disposition"].endswith("filename*=UTF-8''Board%20call.mp4.json")

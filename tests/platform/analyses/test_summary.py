@@ -9,7 +9,9 @@ from shared.contract.labels import EMOTIONS, SENTIMENTS
 from shared.contract.predictions import LabelScores, UtterancePrediction
 
 
-def prediction(start: float, end: float, emotion: str, sentiment: str) -> UtterancePrediction:
+def prediction(
+    start: float, end: float, emotion: str, sentiment: str, speaker: str | None = None
+) -> UtterancePrediction:
     def scores(labels, label):
         probabilities = [0.9 if name == label else 0.1 / (len(labels) - 1) for name in labels]
         return LabelScores.from_probabilities(labels, probabilities)
@@ -20,6 +22,7 @@ def prediction(start: float, end: float, emotion: str, sentiment: str) -> Uttera
         emotion=scores(EMOTIONS, emotion),
         sentiment=scores(SENTIMENTS, sentiment),
         modalities_used=["text"],
+        speaker=speaker,
     )
 
 
@@ -55,3 +58,25 @@ def test_no_utterances_has_no_dominant_label():
     summary = summarise([], duration=5.0)
     assert summary["dominant_emotion"] is None and summary["utterances"] == 0
     assert summary["timeline"][0]["dominant_emotion"] is None
+
+
+def test_per_speaker_shares_and_speaking_time_in_order_of_first_appearance():
+    predictions = [
+        prediction(4, 5, "joy", "positive", "S2"),
+        prediction(0, 3, "anger", "negative", "S1"),
+        prediction(5, 6, "anger", "negative", "S1"),
+        prediction(6, 7, "joy", "positive", "S1"),
+        prediction(7, 8, "fear", "negative"),  # no speaker: in the totals only
+    ]
+    summary = summarise(predictions, duration=8.0, transcript="none", segmentation="speech")
+    assert (summary["transcript"], summary["segmentation"]) == ("none", "speech")
+    first, second = summary["speakers"]
+    assert (first["speaker"], first["utterances"], first["speaking_seconds"]) == ("S1", 3, 5.0)
+    assert first["emotion_share"]["anger"] == pytest.approx(0.8) and first["dominant_emotion"] == "anger"
+    assert first["sentiment_share"]["positive"] == pytest.approx(0.2)
+    assert (second["speaker"], second["speaking_seconds"], second["dominant_sentiment"]) == (
+        "S2",
+        1.0,
+        "positive",
+    )
+    assert summarise(predictions[-1:], duration=8.0)["speakers"] == []

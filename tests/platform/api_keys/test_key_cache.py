@@ -89,3 +89,22 @@ def test_last_used_is_written_once_a_minute(client, account, database_url):
     assert len([s for s in seen if s.startswith("update api_keys")]) == 1
     listed = client.get("/v1/api-keys", headers=account.headers).json()["items"]
     assert listed[0]["last_used_at"] is not None
+
+
+def test_a_cached_keys_usage_is_one_read_and_never_stale(client, account):
+    """With a verified key, GET /v1/usage sends one statement (the month's counters, read outside
+    a transaction) and shows a charge made the moment before."""
+    key = new_api_key(client, account)["key"]
+    headers = {"X-API-Key": key}
+    assert client.get("/v1/usage", headers=headers).json()["analyses"]["used"] == 0
+    with statements(client) as seen:
+        usage = client.get("/v1/usage", headers=headers)
+    assert usage.status_code == 200
+    assert len(seen) == 1 and "from usage_periods" in seen[0], seen
+    assert '"requests";r=' in usage.headers["ratelimit"] and '"analyses";r=5' in usage.headers["ratelimit"]
+    submitted = client.post(
+        "/v1/analyses", json={"video_url": "https://93.184.215.14/v.mp4"}, headers=headers
+    )
+    assert submitted.status_code == 202, submitted.text
+    after = client.get("/v1/usage", headers=headers)
+    assert after.json()["analyses"]["used"] == 1 and '"analyses";r=4' in after.headers["ratelimit"]

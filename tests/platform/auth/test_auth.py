@@ -88,9 +88,20 @@ def test_missing_and_malformed_credentials(client):
     )
 
 
-def test_expired_token_rejected(client, settings, account):
+def test_expired_token_rejected(client, settings, account, database_url):
+    from sqlalchemy import select
+
+    from shared.db.models import User
+    from tests.fixtures.db import engine_for
+
     me = client.get("/v1/auth/me", headers=account.headers).json()
-    token, _ = create_access_token(uuid.UUID(me["id"]), settings, now=datetime.now(UTC) - timedelta(hours=2))
+    with engine_for(database_url).connect() as connection:
+        password_hash = connection.scalar(select(User.password_hash).where(User.id == uuid.UUID(me["id"])))
+    fresh, _ = create_access_token(uuid.UUID(me["id"]), password_hash, settings)
+    assert client.get("/v1/usage", headers={"Authorization": f"Bearer {fresh}"}).status_code == 200
+    token, _ = create_access_token(
+        uuid.UUID(me["id"]), password_hash, settings, now=datetime.now(UTC) - timedelta(hours=2)
+    )
     assert_problem(client.get("/v1/usage", headers={"Authorization": f"Bearer {token}"}), 401, "unauthorized")
 
 
@@ -130,6 +141,7 @@ def test_other_algorithm_audience_issuer_and_secret_rejected(client, settings, a
         "iat": now,
         "exp": now + 600,
         "typ": "access",
+        "pws": jwt.get_unverified_claims(account.access_token)["pws"],
     }
     key = derive_key(settings, "jwt-access").hex()
     variants = [
@@ -139,6 +151,8 @@ def test_other_algorithm_audience_issuer_and_secret_rejected(client, settings, a
         jwt.encode({**good, "typ": "refresh"}, key, algorithm="HS256"),
         jwt.encode(good, "another-secret", algorithm="HS256"),
         jwt.encode({k: v for k, v in good.items() if k != "exp"}, key, algorithm="HS256"),
+        jwt.encode({k: v for k, v in good.items() if k != "pws"}, key, algorithm="HS256"),
+        jwt.encode({**good, "pws": "another-password"}, key, algorithm="HS256"),
     ]
     assert (
         client.get("/v1/usage", headers={"Authorization": f"Bearer {jwt.encode(good, key)}"}).status_code

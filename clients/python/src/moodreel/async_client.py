@@ -121,6 +121,25 @@ class Auth:
         )
         return cast(Tokens, response.json())
 
+    async def change_password(self, current_password: str, new_password: str) -> Tokens:
+        """Change the signed-in account's password (a user access token, not an API key). Every
+        other session ends; this client goes on with the returned tokens."""
+        response = await self._client.request(
+            "POST",
+            "/v1/auth/password",
+            json={"current_password": current_password, "new_password": new_password},
+        )
+        tokens = cast(Tokens, response.json())
+        self._client._http.headers["Authorization"] = f"Bearer {tokens['access_token']}"
+        return tokens
+
+    async def reset_password(self, token: str, new_password: str) -> None:
+        """Set a new password with a reset token from the operator (``moodreel users
+        reset-password EMAIL``); needs no credentials. The token works once."""
+        await self._client.request(
+            "POST", "/v1/auth/password-reset", json={"token": token, "new_password": new_password}
+        )
+
     async def me(self) -> dict[str, Any]:
         return (await self._client.request("GET", "/v1/auth/me")).json()
 
@@ -362,6 +381,22 @@ class Webhooks:
 
     async def delete_endpoint(self, endpoint_id: str) -> None:
         await self._client.request("DELETE", f"/v1/webhooks/endpoints/{endpoint_id}")
+
+    async def set_endpoint_active(self, endpoint_id: str, active: bool) -> dict:
+        """Disable (``False``) or enable an endpoint: a disabled one receives nothing."""
+        return (
+            await self._client.request(
+                "PATCH", f"/v1/webhooks/endpoints/{endpoint_id}", json={"is_active": active}
+            )
+        ).json()
+
+    async def send_test(self, endpoint_id: str) -> dict:
+        """Queue a signed ``webhook.test`` event to the endpoint; returns its delivery."""
+        return (await self._client.request("POST", f"/v1/webhooks/endpoints/{endpoint_id}/test")).json()
+
+    async def resend(self, delivery_id: str) -> dict:
+        """Send a finished delivery once more (same body and ``webhook-id``)."""
+        return (await self._client.request("POST", f"/v1/webhooks/deliveries/{delivery_id}/resend")).json()
 
     async def deliveries(self, **params: Any) -> dict:
         return (

@@ -121,6 +121,25 @@ class Auth:
         )
         return cast(Tokens, response.json())
 
+    def change_password(self, current_password: str, new_password: str) -> Tokens:
+        """Change the signed-in account's password (a user access token, not an API key). Every
+        other session ends; this client goes on with the returned tokens."""
+        response = self._client.request(
+            "POST",
+            "/v1/auth/password",
+            json={"current_password": current_password, "new_password": new_password},
+        )
+        tokens = cast(Tokens, response.json())
+        self._client._http.headers["Authorization"] = f"Bearer {tokens['access_token']}"
+        return tokens
+
+    def reset_password(self, token: str, new_password: str) -> None:
+        """Set a new password with a reset token from the operator (``moodreel users
+        reset-password EMAIL``); needs no credentials. The token works once."""
+        self._client.request(
+            "POST", "/v1/auth/password-reset", json={"token": token, "new_password": new_password}
+        )
+
     def me(self) -> dict[str, Any]:
         return self._client.request("GET", "/v1/auth/me").json()
 
@@ -355,6 +374,20 @@ class Webhooks:
 
     def delete_endpoint(self, endpoint_id: str) -> None:
         self._client.request("DELETE", f"/v1/webhooks/endpoints/{endpoint_id}")
+
+    def set_endpoint_active(self, endpoint_id: str, active: bool) -> dict:
+        """Disable (``False``) or enable an endpoint: a disabled one receives nothing."""
+        return (
+            self._client.request("PATCH", f"/v1/webhooks/endpoints/{endpoint_id}", json={"is_active": active})
+        ).json()
+
+    def send_test(self, endpoint_id: str) -> dict:
+        """Queue a signed ``webhook.test`` event to the endpoint; returns its delivery."""
+        return (self._client.request("POST", f"/v1/webhooks/endpoints/{endpoint_id}/test")).json()
+
+    def resend(self, delivery_id: str) -> dict:
+        """Send a finished delivery once more (same body and ``webhook-id``)."""
+        return (self._client.request("POST", f"/v1/webhooks/deliveries/{delivery_id}/resend")).json()
 
     def deliveries(self, **params: Any) -> dict:
         return self._client.request("GET", "/v1/webhooks/deliveries", params=_base.drop_none(params)).json()

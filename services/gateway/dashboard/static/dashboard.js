@@ -79,3 +79,45 @@ const humanSize = (size) => {
   }
   return `${size} bytes`;
 };
+
+// The player on the result page: clicking an utterance card or the timeline plays from there, and
+// the utterance under the playhead is highlighted (aria-current) while it plays. Cards and the
+// timeline are looked up on every event because the live fragment replaces them.
+document.addEventListener("DOMContentLoaded", () => {
+  const player = document.querySelector("[data-player]");
+  if (!player) return;
+  const playFrom = (seconds) => {
+    player.currentTime = Math.max(0, seconds);
+    player.play().catch(() => {}); // refused autoplay leaves the player paused at that time
+  };
+  document.addEventListener("click", (event) => {
+    if (event.target.closest("form, a, button, select, input")) return; // the label picker
+    const card = event.target.closest("[data-utterance]");
+    if (card) {
+      playFrom(Number(card.dataset.start));
+      return;
+    }
+    const timeline = event.target.closest("[data-seek-timeline]");
+    if (timeline) {
+      const box = timeline.getBoundingClientRect();
+      playFrom(((event.clientX - box.left) / box.width) * Number(timeline.dataset.end));
+    }
+  });
+  const follow = () => {
+    const now = player.currentTime;
+    for (const card of document.querySelectorAll("[data-utterance]")) {
+      const playing = now >= Number(card.dataset.start) && now < Number(card.dataset.end);
+      if (playing) card.setAttribute("aria-current", "true");
+      else card.removeAttribute("aria-current");
+    }
+    const timeline = document.querySelector("[data-seek-timeline]");
+    const playhead = timeline?.querySelector("[data-playhead]");
+    if (playhead) {
+      const x = (100 * now) / Number(timeline.dataset.end);
+      playhead.setAttribute("x1", x);
+      playhead.setAttribute("x2", x);
+      playhead.setAttribute("visibility", "visible");
+    }
+  };
+  for (const name of ["timeupdate", "seeked", "play"]) player.addEventListener(name, follow);
+});
