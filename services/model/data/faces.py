@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from services.model.data.speech import MELD_EMOTION_TO_SENTIMENT
 from shared.contract.features.spec import FeatureSpec
 from shared.contract.labels import EMOTIONS, MODALITIES, SENTIMENTS
 from shared.logging import get_logger
@@ -41,16 +42,6 @@ FER_SPLITS = {
     "train": ("train", "Training_"),
     "dev": ("test", "PublicTest_"),
     "test": ("test", "PrivateTest_"),
-}
-# MELD's own pairing of emotion and sentiment (services/model/data/speech.py has the reasoning).
-EMOTION_SENTIMENT = {
-    "anger": "negative",
-    "disgust": "negative",
-    "fear": "negative",
-    "sadness": "negative",
-    "joy": "positive",
-    "neutral": "neutral",
-    "surprise": None,
 }
 
 
@@ -132,7 +123,7 @@ def face_examples(split: str, spec: FeatureSpec, settings: Settings | None = Non
     faces, emotion = load_split_arrays(split, settings)
     modality_mask = torch.zeros(len(faces), len(MODALITIES), dtype=torch.bool)
     modality_mask[:, MODALITIES.index("visual")] = True
-    sentiment = [EMOTION_SENTIMENT[EMOTIONS[e]] for e in emotion]
+    sentiment = [MELD_EMOTION_TO_SENTIMENT[EMOTIONS[e]] for e in emotion]
     return ExampleSet(
         tensors={"frames": torch.from_numpy(as_frames(faces, spec.frame_size))},
         modality_mask=modality_mask,
