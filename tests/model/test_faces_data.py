@@ -16,6 +16,20 @@ needs_fer = pytest.mark.skipif(
 )
 
 
+def tiny_face_model(**overrides) -> MoodreelModel:
+    """A random-weight model with a tiny text encoder and the face CNN as its visual branch."""
+    tiny_text = {"model_type": "bert", "vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 1}
+    config = ModelConfig(
+        text_encoder_config=tiny_text | {"num_attention_heads": 2, "intermediate_size": 32},
+        visual_backbone="face_cnn",
+        visual_channels=(8, 16),
+        embed_dim=16,
+        fusion_hidden=16,
+        **overrides,
+    )
+    return MoodreelModel(config)
+
+
 @needs_fer
 def test_fer_splits_and_real_faces():
     dev, test = fer_files("dev"), fer_files("test")
@@ -51,15 +65,7 @@ def test_augment_keeps_shape_and_flips():
 def test_face_cnn_reads_frames_and_frozen_norms_stay():
     from services.model.train import frozen_parameters, keep_frozen_statistics
 
-    tiny_text = {"model_type": "bert", "vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 1}
-    config = ModelConfig(
-        text_encoder_config=tiny_text | {"num_attention_heads": 2, "intermediate_size": 32},
-        visual_backbone="face_cnn",
-        visual_channels=(8, 16),
-        embed_dim=16,
-        fusion_hidden=16,
-    )
-    model = MoodreelModel(config)
+    model = tiny_face_model()
     frames = torch.randint(0, 256, (3, 4, 3, 48, 48), dtype=torch.uint8)
     embedding = model.visual(frames)
     assert embedding.shape == (3, 16)
@@ -76,16 +82,7 @@ def test_cached_visual_embedding_gives_the_frames_output():
     from services.model.data.examples import ExampleSet
     from services.model.train import cache_visual_embedding
 
-    tiny_text = {"model_type": "bert", "vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 1}
-    config = ModelConfig(
-        text_encoder_config=tiny_text | {"num_attention_heads": 2, "intermediate_size": 32},
-        visual_backbone="face_cnn",
-        visual_channels=(8, 16),
-        embed_dim=16,
-        fusion_hidden=16,
-        trained_modalities=("visual",),
-    )
-    model = MoodreelModel(config).eval()
+    model = tiny_face_model(trained_modalities=("visual",)).eval()
     frames = torch.randint(0, 256, (5, 1, 3, 48, 48), dtype=torch.uint8)
     mask = torch.zeros(5, 3, dtype=torch.bool)
     mask[:4, 2] = True  # the last row has no face
