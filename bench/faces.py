@@ -89,6 +89,18 @@ def faces_video(faces: np.ndarray, directory: Path, rng: np.random.Generator) ->
     return clip, placements
 
 
+def measured_on(load_before: tuple[float, float, float]) -> dict:
+    """The machine, its load average before and after the run, and when it was measured."""
+    return {
+        "machine": {
+            "cpus": os.cpu_count(), "python": platform.python_version(), "note": "shared dev VM",
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        },
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }  # fmt: skip
+
+
 def detector_only(faces: np.ndarray, args, load_before) -> None:
     """Found rate and pipeline time of the sampled faces' clips with the visual-fer2013 preset's
     face spec: the detector's share of the targets, without a model."""
@@ -114,12 +126,7 @@ def detector_only(faces: np.ndarray, args, load_before) -> None:
         "target_found_rate": 0.95,
         "video": {"width": WIDTH, "height": HEIGHT, "fps": FPS, "face_px": [120, 220], "seconds_per_face": 1},
         "pipeline_s": round(pipeline_seconds, 2),
-        "machine": {
-            "cpus": os.cpu_count(), "python": platform.python_version(), "note": "shared dev VM",
-            "load_average_before": [round(x, 2) for x in load_before],
-            "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        },
-        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        **measured_on(load_before),
     }  # fmt: skip
     path = RESULTS.with_name("faces-detector.json")
     path.write_text(json.dumps(result, indent=2) + "\n")
@@ -189,12 +196,7 @@ def main() -> None:
         "video": {"width": WIDTH, "height": HEIGHT, "fps": FPS, "face_px": [120, 220], "seconds_per_face": 1},
         "generate_s": round(generated, 2),
         "pipeline_s": round(pipeline_seconds, 2),
-        "machine": {
-            "cpus": os.cpu_count(), "python": platform.python_version(), "note": "shared dev VM",
-            "load_average_before": [round(x, 2) for x in load_before],
-            "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        },
-        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        **measured_on(load_before),
     }  # fmt: skip
     result["split"] = {"test": "PrivateTest", "dev": "PublicTest"}[args.split]
     if args.split == "test":
