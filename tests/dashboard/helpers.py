@@ -1,12 +1,40 @@
-"""Signing in through the dashboard's forms, as a browser would (CSRF token from the page)."""
+"""A live gateway for the dashboard tests, and signing in through the dashboard's forms as a
+browser would (CSRF token from the page)."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 
+from tests.fixtures.db import migrate
+from tests.worker import stack
+
 PASSWORD = "correct horse battery staple"
+
+
+@contextmanager
+def local_gateway(directory: Path, **extra_env: str) -> Iterator[tuple[str, str]]:
+    """The gateway under uvicorn on a loopback port over a migrated SQLite database in directory,
+    with its own Redis key prefix; yields its base URL and database URL."""
+    tag = uuid.uuid4().hex[:10]
+    env = {
+        "MOODREEL_DATABASE_URL": f"sqlite:///{directory / 'moodreel.db'}",
+        "MOODREEL_DATA_DIR": str(directory / "data"),
+        "MOODREEL_REDIS_KEY_PREFIX": f"moodreel-dash-{tag}:",
+        "MOODREEL_QUEUE_NAME": f"moodreel-dash-{tag}:queue",
+        "MOODREEL_STORAGE_BACKEND": "local",
+    } | extra_env
+    migrate(env["MOODREEL_DATABASE_URL"])
+    process = stack.gateway(env, directory)
+    process.start(timeout=90)
+    try:
+        yield f"http://127.0.0.1:{process.port}", env["MOODREEL_DATABASE_URL"]
+    finally:
+        process.stop()
 
 
 def csrf_from(page: httpx.Response) -> str:

@@ -12,31 +12,15 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.dashboard.helpers import PASSWORD, csrf_from, signed_in_client
-from tests.fixtures.db import migrate
-from tests.worker import stack
+from tests.dashboard.helpers import PASSWORD, csrf_from, local_gateway, signed_in_client
 
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory) -> Iterator[str]:
-    directory = tmp_path_factory.mktemp("dashboard-gateway")
-    tag = uuid.uuid4().hex[:10]
-    env = {
-        "MOODREEL_DATABASE_URL": f"sqlite:///{directory / 'moodreel.db'}",
-        "MOODREEL_DATA_DIR": str(directory / "data"),
-        "MOODREEL_REDIS_KEY_PREFIX": f"moodreel-dash-{tag}:",
-        "MOODREEL_QUEUE_NAME": f"moodreel-dash-{tag}:queue",
-        "MOODREEL_STORAGE_BACKEND": "local",
-        # Above the gateway's 10 MB request-body limit, so the upload form's own bound is exercised.
-        "MOODREEL_MAX_MEDIA_BYTES": "20000000",
-    }
-    migrate(env["MOODREEL_DATABASE_URL"])
-    process = stack.gateway(env, directory)
-    process.start(timeout=90)
-    try:
-        yield f"http://127.0.0.1:{process.port}"
-    finally:
-        process.stop()
+    # Above the gateway's 10 MB request-body limit, so the upload form's own bound is exercised.
+    media_limit = {"MOODREEL_MAX_MEDIA_BYTES": "20000000"}
+    with local_gateway(tmp_path_factory.mktemp("dashboard-gateway"), **media_limit) as (base_url, _):
+        yield base_url
 
 
 def test_pages_redirect_to_sign_in(gateway):

@@ -12,29 +12,13 @@ from sqlalchemy import create_engine, select
 from shared.contract.labels import EMOTIONS, SENTIMENTS
 from shared.db.models import Analysis, User, UtteranceResult
 from shared.db.session import make_session_factory, session_scope
-from tests.dashboard.helpers import csrf_from, signed_in_client
-from tests.fixtures.db import migrate
-from tests.worker import stack
+from tests.dashboard.helpers import csrf_from, local_gateway, signed_in_client
 
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory) -> Iterator[tuple[str, str]]:
-    directory = tmp_path_factory.mktemp("dashboard-labels")
-    tag = uuid.uuid4().hex[:10]
-    env = {
-        "MOODREEL_DATABASE_URL": f"sqlite:///{directory / 'moodreel.db'}",
-        "MOODREEL_DATA_DIR": str(directory / "data"),
-        "MOODREEL_REDIS_KEY_PREFIX": f"moodreel-dash-{tag}:",
-        "MOODREEL_QUEUE_NAME": f"moodreel-dash-{tag}:queue",
-        "MOODREEL_STORAGE_BACKEND": "local",
-    }
-    migrate(env["MOODREEL_DATABASE_URL"])
-    process = stack.gateway(env, directory)
-    process.start(timeout=90)
-    try:
-        yield f"http://127.0.0.1:{process.port}", env["MOODREEL_DATABASE_URL"]
-    finally:
-        process.stop()
+    with local_gateway(tmp_path_factory.mktemp("dashboard-labels")) as running:
+        yield running
 
 
 def scored_analysis(database_url: str, email: str) -> uuid.UUID:

@@ -16,31 +16,15 @@ from shared.contract.labels import EMOTIONS, SENTIMENTS
 from shared.contract.predictions import LabelScores, UtterancePrediction
 from shared.db.models import Analysis, User, UtteranceResult
 from shared.db.session import make_session_factory, session_scope
-from tests.dashboard.helpers import signed_in_client
-from tests.fixtures.db import migrate
-from tests.worker import stack
+from tests.dashboard.helpers import local_gateway, signed_in_client
 
 SPOKEN = [(0.0, 2.0, "S1", "joy"), (2.5, 3.5, "S2", "anger"), (4.0, 7.0, "S1", "sadness")]
 
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory) -> Iterator[tuple[str, str]]:
-    directory = tmp_path_factory.mktemp("dashboard-speakers")
-    tag = uuid.uuid4().hex[:10]
-    env = {
-        "MOODREEL_DATABASE_URL": f"sqlite:///{directory / 'moodreel.db'}",
-        "MOODREEL_DATA_DIR": str(directory / "data"),
-        "MOODREEL_REDIS_KEY_PREFIX": f"moodreel-dash-{tag}:",
-        "MOODREEL_QUEUE_NAME": f"moodreel-dash-{tag}:queue",
-        "MOODREEL_STORAGE_BACKEND": "local",
-    }
-    migrate(env["MOODREEL_DATABASE_URL"])
-    process = stack.gateway(env, directory)
-    process.start(timeout=90)
-    try:
-        yield f"http://127.0.0.1:{process.port}", env["MOODREEL_DATABASE_URL"]
-    finally:
-        process.stop()
+    with local_gateway(tmp_path_factory.mktemp("dashboard-speakers")) as running:
+        yield running
 
 
 def scores(labels, top):
