@@ -42,8 +42,15 @@ def stream_key(analysis_id: uuid.UUID | str, settings: Settings | None = None) -
     return f"{prefix}analysis:{analysis_id}:events"
 
 
-def _fields(event_type: str, data: dict[str, Any]) -> dict[str, str]:
-    return {"type": event_type, "data": json.dumps(data, separators=(",", ":"), default=str)}
+def _queue_event(pipe, key: str, event_type: str, data: dict[str, Any], settings: Settings) -> None:
+    """Queue the append and the stream's renewed expiry on a transaction pipeline (sync or asyncio)."""
+    fields = {"type": event_type, "data": json.dumps(data, separators=(",", ":"), default=str)}
+    pipe.xadd(key, fields, maxlen=MAX_STREAM_LENGTH, approximate=True)
+    pipe.expire(key, settings.event_stream_ttl_seconds)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def publish_event(
@@ -57,10 +64,9 @@ def publish_event(
     settings = settings or get_settings()
     key = stream_key(analysis_id, settings)
     with client.pipeline(transaction=True) as pipe:
-        pipe.xadd(key, _fields(event_type, data), maxlen=MAX_STREAM_LENGTH, approximate=True)
-        pipe.expire(key, settings.event_stream_ttl_seconds)
+        _queue_event(pipe, key, event_type, data, settings)
         event_id, _ = pipe.execute()
-    return event_id.decode() if isinstance(event_id, bytes) else event_id
+    return _text(event_id)
 
 
 async def apublish_event(
@@ -74,20 +80,16 @@ async def apublish_event(
     settings = settings or get_settings()
     key = stream_key(analysis_id, settings)
     async with client.pipeline(transaction=True) as pipe:
-        pipe.xadd(key, _fields(event_type, data), maxlen=MAX_STREAM_LENGTH, approximate=True)
-        pipe.expire(key, settings.event_stream_ttl_seconds)
+        _queue_event(pipe, key, event_type, data, settings)
         event_id, _ = await pipe.execute()
-    return event_id.decode() if isinstance(event_id, bytes) else event_id
+    return _text(event_id)
 
 
 def decode_entries(entries) -> list[AnalysisEvent]:
     events = []
     for raw_id, fields in entries:
-        decoded = {
-            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-            for k, v in fields.items()
-        }
-        event_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
+        decoded = {_text(k): _text(v) for k, v in fields.items()}
+        event_id = _text(raw_id)
         events.append(
             AnalysisEvent(event_id, decoded.get("type", "message"), json.loads(decoded.get("data", "{}")))
         )
