@@ -116,15 +116,8 @@ def list_deliveries(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: CursorQuery = None,
 ) -> WebhookDeliveryPage:
-    return service.page_deliveries(
-        session,
-        principal.user_id,
-        endpoint_id=endpoint_id,
-        analysis_id=analysis_id,
-        status=status,
-        limit=limit,
-        cursor=cursor,
-    )
+    only = repository.DeliveryFilter(endpoint_id=endpoint_id, analysis_id=analysis_id, status=status)
+    return service.page_deliveries(session, principal.user_id, only, limit=limit, cursor=cursor)
 
 
 @router.get(

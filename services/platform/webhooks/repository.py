@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
@@ -38,24 +39,26 @@ def get_delivery(session: Session, user_id: uuid.UUID, delivery_id: uuid.UUID) -
     )
 
 
+@dataclass(frozen=True)
+class DeliveryFilter:
+    """Which of an account's deliveries the log lists; a field left None keeps every value."""
+
+    endpoint_id: uuid.UUID | None = None
+    analysis_id: uuid.UUID | None = None
+    status: str | None = None
+
+
 def page_deliveries(
-    session: Session,
-    user_id: uuid.UUID,
-    *,
-    endpoint_id: uuid.UUID | None,
-    analysis_id: uuid.UUID | None,
-    status: str | None,
-    limit: int,
-    cursor: Cursor | None,
+    session: Session, user_id: uuid.UUID, only: DeliveryFilter, *, limit: int, cursor: Cursor | None
 ) -> list[WebhookDelivery]:
     """Newest first, keyset-paginated on (created_at, id); fetches one extra row to detect more."""
     statement = select(WebhookDelivery).where(WebhookDelivery.user_id == user_id)
-    if endpoint_id is not None:
-        statement = statement.where(WebhookDelivery.endpoint_id == endpoint_id)
-    if analysis_id is not None:
-        statement = statement.where(WebhookDelivery.analysis_id == analysis_id)
-    if status is not None:
-        statement = statement.where(WebhookDelivery.status == status)
+    if only.endpoint_id is not None:
+        statement = statement.where(WebhookDelivery.endpoint_id == only.endpoint_id)
+    if only.analysis_id is not None:
+        statement = statement.where(WebhookDelivery.analysis_id == only.analysis_id)
+    if only.status is not None:
+        statement = statement.where(WebhookDelivery.status == only.status)
     return list(session.scalars(newest_first(statement, WebhookDelivery, limit=limit, cursor=cursor)))
 
 

@@ -179,22 +179,14 @@ def restore_status(session: Session, delivery_id: uuid.UUID, status: str) -> Non
 def page_deliveries(
     session: Session,
     user_id: uuid.UUID,
+    only: repository.DeliveryFilter,
     *,
-    endpoint_id: uuid.UUID | None,
-    analysis_id: uuid.UUID | None,
-    status: str | None,
     limit: int,
     cursor: str | None,
 ) -> WebhookDeliveryPage:
     position = decode_cursor(cursor) if cursor is not None else None
     rows: Sequence[WebhookDelivery] = repository.page_deliveries(
-        session,
-        user_id,
-        endpoint_id=endpoint_id,
-        analysis_id=analysis_id,
-        status=status,
-        limit=limit,
-        cursor=position,
+        session, user_id, only, limit=limit, cursor=position
     )
     more = len(rows) > limit
     rows = rows[:limit]
