@@ -391,12 +391,18 @@ async def logout(request: Request, csrf_token: Annotated[str, Form()] = "") -> R
 # --- password change and reset ------------------------------------------------------------
 
 
+async def _account_page(
+    request: Request, session: BrowserSession, api: GatewayApi, status_code: int = 200, **context: Any
+) -> Response:
+    account = await api.json("GET", "/v1/auth/me")
+    return render(request, session, "account.html", status_code=status_code, account=account, **context)
+
+
 @router.get("/account")
 async def account_page(request: Request, changed: bool = False) -> Response:
     async def handler(session: BrowserSession, api: GatewayApi) -> Response:
-        account = await api.json("GET", "/v1/auth/me")
         notice = "Password changed. Every other session was signed out." if changed else None
-        return render(request, session, "account.html", account=account, notice=notice)
+        return await _account_page(request, session, api, notice=notice)
 
     return await _page(request, handler)
 
@@ -417,10 +423,7 @@ async def change_password(
                 json={"current_password": current_password, "new_password": new_password},
             )
         except ApiError as exc:
-            account = await api.json("GET", "/v1/auth/me")
-            return render(
-                request, session, "account.html", status_code=exc.status, account=account, error=exc.message
-            )
+            return await _account_page(request, session, api, exc.status, error=exc.message)
         # The API ended every session of the account but answers this one with new tokens.
         session.store_tokens(tokens)
         return redirect(session, f"{PREFIX}/account?changed=true")
@@ -492,13 +495,20 @@ def shown_once(request: Request, cookie: str) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
+async def _keys_page(
+    request: Request, session: BrowserSession, api: GatewayApi, status_code: int = 200, **context: Any
+) -> Response:
+    keys = items_of(await api.json("GET", "/v1/api-keys"))
+    account = await api.json("GET", "/v1/auth/me")
+    return render(
+        request, session, "keys.html", status_code=status_code, keys=keys, account=account, **context
+    )
+
+
 @router.get("/keys")
 async def keys_page(request: Request) -> Response:
     async def handler(session: BrowserSession, api: GatewayApi) -> Response:
-        keys = items_of(await api.json("GET", "/v1/api-keys"))
-        created = shown_once(request, NEW_KEY_COOKIE)
-        account = await api.json("GET", "/v1/auth/me")
-        response = render(request, session, "keys.html", keys=keys, created=created, account=account)
+        response = await _keys_page(request, session, api, created=shown_once(request, NEW_KEY_COOKIE))
         response.delete_cookie(NEW_KEY_COOKIE, path=f"{PREFIX}/keys", httponly=True, samesite="strict")
         return response
 
@@ -519,7 +529,9 @@ async def create_key(
         try:
             created = await api.json("POST", "/v1/api-keys", json={"name": name, "scopes": scopes})
         except ApiError as exc:
-            return await _keys_page_with_error(request, session, api, exc, key_name=name)
+            return await _keys_page(
+                request, session, api, exc.status, created=None, error=exc.message, key_name=name
+            )
         response = redirect(session, f"{PREFIX}/keys")
         show_once(
             session,
@@ -533,24 +545,6 @@ async def create_key(
     return await _page(request, handler)
 
 
-async def _keys_page_with_error(
-    request: Request, session: BrowserSession, api: GatewayApi, error: ApiError, key_name: str = ""
-) -> Response:
-    keys = items_of(await api.json("GET", "/v1/api-keys"))
-    account = await api.json("GET", "/v1/auth/me")
-    return render(
-        request,
-        session,
-        "keys.html",
-        status_code=error.status,
-        keys=keys,
-        created=None,
-        error=error.message,
-        account=account,
-        key_name=key_name,
-    )
-
-
 @router.post("/keys/{key_id}/revoke")
 async def revoke_key(
     request: Request, key_id: uuid.UUID, csrf_token: Annotated[str, Form()] = ""
@@ -560,7 +554,9 @@ async def revoke_key(
         try:
             await api.json("DELETE", f"/v1/api-keys/{key_id}")
         except ApiError as exc:
-            return await _keys_page_with_error(request, session, api, exc)
+            return await _keys_page(
+                request, session, api, exc.status, created=None, error=exc.message, key_name=""
+            )
         return redirect(session, f"{PREFIX}/keys")
 
     return await _page(request, handler)
