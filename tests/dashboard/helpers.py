@@ -9,7 +9,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+from sqlalchemy import create_engine, select
+from sqlalchemy.orm import Session
 
+from shared.db.models import User
+from shared.db.session import make_session_factory, session_scope
 from tests.fixtures.db import migrate
 from tests.worker import stack
 
@@ -35,6 +39,18 @@ def local_gateway(directory: Path, **extra_env: str) -> Iterator[tuple[str, str]
         yield f"http://127.0.0.1:{process.port}", env["MOODREEL_DATABASE_URL"]
     finally:
         process.stop()
+
+
+@contextmanager
+def stored_for(database_url: str, email: str) -> Iterator[tuple[Session, uuid.UUID]]:
+    """A transaction on the gateway's database, committed on leaving, and the id of the account
+    that signed up as ``email``: for putting rows the test needs straight into the database."""
+    engine = create_engine(database_url)
+    try:
+        with session_scope(make_session_factory(engine)) as session:
+            yield session, session.scalar(select(User.id).where(User.email == email))
+    finally:
+        engine.dispose()
 
 
 def csrf_from(page: httpx.Response) -> str:

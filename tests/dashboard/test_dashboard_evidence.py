@@ -8,9 +8,8 @@ import uuid
 from sqlalchemy import create_engine, select
 
 from shared.contract.labels import EMOTIONS, MODALITIES, SENTIMENTS
-from shared.db.models import Analysis, User, UtteranceResult
-from shared.db.session import make_session_factory, session_scope
-from tests.dashboard.helpers import csrf_from, signed_in_client
+from shared.db.models import Analysis, UtteranceResult
+from tests.dashboard.helpers import csrf_from, signed_in_client, stored_for
 from tests.dashboard.test_dashboard_labels import gateway  # noqa: F401  (the module's live gateway)
 
 NO_EVIDENCE_SUMMARY = {
@@ -35,42 +34,37 @@ PARTIAL_SUMMARY = NO_EVIDENCE_SUMMARY | {
 
 
 def stored_analysis(database_url: str, email: str, *, labelled: bool) -> uuid.UUID:
-    engine = create_engine(database_url)
-    try:
-        with session_scope(make_session_factory(engine)) as session:
-            user_id = session.scalar(select(User.id).where(User.email == email))
-            analysis = Analysis(
-                user_id=user_id,
-                status="succeeded",
-                source_url="https://93.184.215.14/v.mp4",
-                summary=PARTIAL_SUMMARY if labelled else NO_EVIDENCE_SUMMARY,
+    with stored_for(database_url, email) as (session, user_id):
+        analysis = Analysis(
+            user_id=user_id,
+            status="succeeded",
+            source_url="https://93.184.215.14/v.mp4",
+            summary=PARTIAL_SUMMARY if labelled else NO_EVIDENCE_SUMMARY,
+        )
+        session.add(analysis)
+        session.flush()
+        rows = [dict(emotion=None, emotion_scores=None, sentiment=None, sentiment_scores=None)]
+        rows[0] |= {
+            "reason": "no_evidence",
+            "modalities_masked": {"audio": "no_speech", "visual": "not_requested"},
+        }
+        if labelled:
+            rows.append(
+                dict(
+                    emotion="joy",
+                    emotion_scores={label: 0.5 if label == "joy" else 0.08 for label in EMOTIONS},
+                    sentiment="positive",
+                    sentiment_scores={label: 0.6 if label == "positive" else 0.2 for label in SENTIMENTS},
+                    modalities=["audio"],
+                )
             )
-            session.add(analysis)
-            session.flush()
-            rows = [dict(emotion=None, emotion_scores=None, sentiment=None, sentiment_scores=None)]
-            rows[0] |= {
-                "reason": "no_evidence",
-                "modalities_masked": {"audio": "no_speech", "visual": "not_requested"},
-            }
-            if labelled:
-                rows.append(
-                    dict(
-                        emotion="joy",
-                        emotion_scores={label: 0.5 if label == "joy" else 0.08 for label in EMOTIONS},
-                        sentiment="positive",
-                        sentiment_scores={label: 0.6 if label == "positive" else 0.2 for label in SENTIMENTS},
-                        modalities=["audio"],
-                    )
+        for index, row in enumerate(rows):
+            session.add(
+                UtteranceResult(
+                    analysis_id=analysis.id, index=index, start=float(index), end=index + 0.9, **row
                 )
-            for index, row in enumerate(rows):
-                session.add(
-                    UtteranceResult(
-                        analysis_id=analysis.id, index=index, start=float(index), end=index + 0.9, **row
-                    )
-                )
-            return analysis.id
-    finally:
-        engine.dispose()
+            )
+        return analysis.id
 
 
 def test_an_utterance_without_evidence_is_greyed_with_its_reason(gateway):  # noqa: F811

@@ -10,9 +10,8 @@ import pytest
 from sqlalchemy import create_engine, select
 
 from shared.contract.labels import EMOTIONS, SENTIMENTS
-from shared.db.models import Analysis, User, UtteranceResult
-from shared.db.session import make_session_factory, session_scope
-from tests.dashboard.helpers import csrf_from, local_gateway, signed_in_client
+from shared.db.models import Analysis, UtteranceResult
+from tests.dashboard.helpers import csrf_from, local_gateway, signed_in_client, stored_for
 
 
 @pytest.fixture(scope="module")
@@ -22,31 +21,26 @@ def gateway(tmp_path_factory) -> Iterator[tuple[str, str]]:
 
 
 def scored_analysis(database_url: str, email: str) -> uuid.UUID:
-    engine = create_engine(database_url)
-    try:
-        with session_scope(make_session_factory(engine)) as session:
-            user_id = session.scalar(select(User.id).where(User.email == email))
-            analysis = Analysis(user_id=user_id, status="succeeded", source_url="https://93.184.215.14/v.mp4")
-            session.add(analysis)
-            session.flush()
-            for index in range(2):
-                session.add(
-                    UtteranceResult(
-                        analysis_id=analysis.id,
-                        index=index,
-                        start=float(index),
-                        end=index + 0.9,
-                        text=f"line {index}",
-                        emotion="joy",
-                        emotion_scores={label: 0.5 if label == "joy" else 0.08 for label in EMOTIONS},
-                        sentiment="positive",
-                        sentiment_scores={label: 0.6 if label == "positive" else 0.2 for label in SENTIMENTS},
-                        modalities=["text"],
-                    )
+    with stored_for(database_url, email) as (session, user_id):
+        analysis = Analysis(user_id=user_id, status="succeeded", source_url="https://93.184.215.14/v.mp4")
+        session.add(analysis)
+        session.flush()
+        for index in range(2):
+            session.add(
+                UtteranceResult(
+                    analysis_id=analysis.id,
+                    index=index,
+                    start=float(index),
+                    end=index + 0.9,
+                    text=f"line {index}",
+                    emotion="joy",
+                    emotion_scores={label: 0.5 if label == "joy" else 0.08 for label in EMOTIONS},
+                    sentiment="positive",
+                    sentiment_scores={label: 0.6 if label == "positive" else 0.2 for label in SENTIMENTS},
+                    modalities=["text"],
                 )
-            return analysis.id
-    finally:
-        engine.dispose()
+            )
+        return analysis.id
 
 
 def test_label_picker_corrects_a_card(gateway):

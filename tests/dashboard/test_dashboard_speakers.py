@@ -9,14 +9,12 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import create_engine, select
 
 from services.platform.analyses.summary import summarise
 from shared.contract.labels import EMOTIONS, SENTIMENTS
 from shared.contract.predictions import LabelScores, UtterancePrediction
-from shared.db.models import Analysis, User, UtteranceResult
-from shared.db.session import make_session_factory, session_scope
-from tests.dashboard.helpers import local_gateway, signed_in_client
+from shared.db.models import Analysis, UtteranceResult
+from tests.dashboard.helpers import local_gateway, signed_in_client, stored_for
 
 SPOKEN = [(0.0, 2.0, "S1", "joy"), (2.5, 3.5, "S2", "anger"), (4.0, 7.0, "S1", "sadness")]
 
@@ -45,40 +43,35 @@ def stored(database_url: str, email: str, transcript: str | None) -> uuid.UUID:
         for i, (start, end, speaker, emotion) in enumerate(SPOKEN)
     ]
     kind = "none" if transcript is None else "srt"
-    engine = create_engine(database_url)
-    try:
-        with session_scope(make_session_factory(engine)) as session:
-            user_id = session.scalar(select(User.id).where(User.email == email))
-            analysis = Analysis(
-                user_id=user_id,
-                status="succeeded",
-                source_url="https://93.184.215.14/v.mp4",
-                transcript=transcript,
-                transcript_format=None if transcript is None else "srt",
-                duration_seconds=8.0,
-                summary=summarise(predictions, 8.0, transcript=kind, segmentation="speech"),
-            )
-            session.add(analysis)
-            session.flush()
-            for index, p in enumerate(predictions):
-                session.add(
-                    UtteranceResult(
-                        analysis_id=analysis.id,
-                        index=index,
-                        start=p.start,
-                        end=p.end,
-                        text=p.text,
-                        speaker=p.speaker,
-                        emotion=p.emotion.label,
-                        emotion_scores=p.emotion.scores,
-                        sentiment=p.sentiment.label,
-                        sentiment_scores=p.sentiment.scores,
-                        modalities=p.modalities_used,
-                    )
+    with stored_for(database_url, email) as (session, user_id):
+        analysis = Analysis(
+            user_id=user_id,
+            status="succeeded",
+            source_url="https://93.184.215.14/v.mp4",
+            transcript=transcript,
+            transcript_format=None if transcript is None else "srt",
+            duration_seconds=8.0,
+            summary=summarise(predictions, 8.0, transcript=kind, segmentation="speech"),
+        )
+        session.add(analysis)
+        session.flush()
+        for index, p in enumerate(predictions):
+            session.add(
+                UtteranceResult(
+                    analysis_id=analysis.id,
+                    index=index,
+                    start=p.start,
+                    end=p.end,
+                    text=p.text,
+                    speaker=p.speaker,
+                    emotion=p.emotion.label,
+                    emotion_scores=p.emotion.scores,
+                    sentiment=p.sentiment.label,
+                    sentiment_scores=p.sentiment.scores,
+                    modalities=p.modalities_used,
                 )
-            return analysis.id
-    finally:
-        engine.dispose()
+            )
+        return analysis.id
 
 
 def test_without_a_transcript_the_page_says_words_were_not_analysed(gateway):
