@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.settings import Settings
+from shared.contract.features.voice import VoiceEncoderMissing, voice_encoder
+from shared.settings import Settings, models_dir
 from tests import mediagen
 
 
@@ -86,3 +87,12 @@ def media(tmp_path_factory) -> MediaSet:
 @pytest.fixture
 def settings() -> Settings:
     return Settings(_env_file=None)
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    """The installed voice encoder (`make models`); the test is skipped with the reason without it."""
+    try:
+        return voice_encoder(models_dir(Settings(_env_file=None)))
+    except VoiceEncoderMissing as exc:
+        pytest.skip(f"{exc}")

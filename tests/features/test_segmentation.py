@@ -27,8 +27,7 @@ from shared.contract.features.segmentation import (
     speech_utterances,
 )
 from shared.contract.features.spec import FeatureSpec
-from shared.contract.features.voice import VoiceEncoderMissing, voice_encoder
-from shared.settings import Settings, models_dir
+from shared.settings import Settings
 
 SPEC = FeatureSpec()
 RATE = SPEC.sample_rate
@@ -47,14 +46,6 @@ class Line:
     start: float
     end: float
     voice: str
-
-
-@pytest.fixture(scope="module")
-def encoder():
-    try:
-        return voice_encoder(models_dir(Settings(_env_file=None)))
-    except VoiceEncoderMissing as exc:
-        pytest.skip(f"{exc}")
 
 
 @pytest.fixture

@@ -17,21 +17,10 @@ from shared.contract.features.voice import (
     N_FFT,
     N_MELS,
     PARTIAL_FRAMES,
-    VoiceEncoderMissing,
     mel_spectrogram,
     normalize_volume,
     partial_slices,
-    voice_encoder,
 )
-from shared.settings import Settings, models_dir
-
-
-@pytest.fixture(scope="module")
-def encoder():
-    try:
-        return voice_encoder(models_dir(Settings(_env_file=None)))
-    except VoiceEncoderMissing as exc:
-        pytest.skip(f"{exc}")
 
 
 @pytest.fixture(scope="module")
