@@ -23,7 +23,8 @@ PASSWORD = "correct horse battery staple"
 @contextmanager
 def local_gateway(directory: Path, **extra_env: str) -> Iterator[tuple[str, str]]:
     """The gateway under uvicorn on a loopback port over a migrated SQLite database in directory,
-    with its own Redis key prefix; yields its base URL and database URL."""
+    with its own Redis key prefix and local storage (``extra_env`` adds or overrides settings);
+    yields its base URL and database URL."""
     tag = uuid.uuid4().hex[:10]
     env = {
         "MOODREEL_DATABASE_URL": f"sqlite:///{directory / 'moodreel.db'}",

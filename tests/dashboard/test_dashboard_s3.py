@@ -14,9 +14,7 @@ import httpx
 import pytest
 from moto.server import ThreadedMotoServer
 
-from tests.dashboard.helpers import csrf_from, signed_in_client
-from tests.fixtures.db import migrate
-from tests.worker import stack
+from tests.dashboard.helpers import csrf_from, local_gateway, signed_in_client
 
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -37,27 +35,18 @@ def s3_gateway(tmp_path_factory) -> Iterator[tuple[str, object, str]]:
         aws_access_key_id="testing", aws_secret_access_key="testing",
     )  # fmt: skip
     s3.create_bucket(Bucket=bucket)
-    directory = tmp_path_factory.mktemp("dashboard-s3")
-    tag = uuid.uuid4().hex[:10]
     env = {
         **AWS_ENV,
-        "MOODREEL_DATABASE_URL": f"sqlite:///{directory / 'moodreel.db'}",
-        "MOODREEL_DATA_DIR": str(directory / "data"),
-        "MOODREEL_REDIS_KEY_PREFIX": f"moodreel-dash-s3-{tag}:",
-        "MOODREEL_QUEUE_NAME": f"moodreel-dash-s3-{tag}:queue",
         "MOODREEL_STORAGE_BACKEND": "s3",
         "MOODREEL_S3_BUCKET": bucket,
         "MOODREEL_S3_ENDPOINT_URL": endpoint,
         # As under compose: presigned URLs name an address the gateway itself cannot resolve.
         "MOODREEL_S3_PUBLIC_ENDPOINT_URL": f"http://moodreel-s3-public:{port}",
     }
-    migrate(env["MOODREEL_DATABASE_URL"])
-    process = stack.gateway(env, directory)
-    process.start(timeout=90)
     try:
-        yield f"http://127.0.0.1:{process.port}", s3, bucket
+        with local_gateway(tmp_path_factory.mktemp("dashboard-s3"), **env) as (base_url, _):
+            yield base_url, s3, bucket
     finally:
-        process.stop()
         server.stop()
 
 
