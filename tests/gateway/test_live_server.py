@@ -121,7 +121,8 @@ def test_sse_streams_and_resumes_with_last_event_id(settings, redis_client):
                     redis_client, analysis_id, "utterance", {"index": index, "emotion": "joy"}, settings
                 )
 
-        threading.Thread(target=worker).start()
+        publisher = threading.Thread(target=worker)
+        publisher.start()
         with client.stream(
             "GET", f"/v1/analyses/{analysis_id}/events", headers={"X-API-Key": key}
         ) as response:
@@ -131,6 +132,7 @@ def test_sse_streams_and_resumes_with_last_event_id(settings, redis_client):
         assert [e["event"] for e in first] == ["status", "utterance", "utterance"]
         assert json.loads(first[1]["data"]) == {"index": 0, "emotion": "joy"}
 
+        publisher.join(10)  # its third utterance comes before the final status, as a worker's would
         publish_event(redis_client, analysis_id, "status", {"status": "succeeded"}, settings)
         resumed_headers = {"X-API-Key": key, "Last-Event-ID": first[-1]["id"]}
         with client.stream("GET", f"/v1/analyses/{analysis_id}/events", headers=resumed_headers) as response:

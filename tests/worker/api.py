@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import time
 import uuid
 from dataclasses import dataclass
@@ -79,7 +80,11 @@ def new_user(base_url: str) -> ApiUser:
     """Sign up, sign in, and mint an API key with both scopes: the path a real integration takes."""
     email = f"e2e-{uuid.uuid4().hex[:12]}@example.com"
     password = "correct horse battery staple"
-    with httpx.Client(base_url=base_url, timeout=30.0) as http:
+    # Each user signs up from an address of its own (the stack's gateway trusts loopback as its
+    # proxy), so the per-address sign-up limit holds for a client while the suite signs up many.
+    client_address = f"198.18.{random.randrange(256)}.{random.randrange(1, 255)}"
+    headers = {"X-Forwarded-For": client_address}
+    with httpx.Client(base_url=base_url, timeout=30.0, headers=headers) as http:
         signup = http.post("/v1/auth/signup", json={"email": email, "password": password})
         assert signup.status_code == 201, signup.text
         login = http.post("/v1/auth/login", data={"username": email, "password": password})

@@ -142,7 +142,9 @@ def worker(worker_env, e2e_dir, model_server) -> Iterator[stack.Process]:
 @pytest.fixture(scope="session")
 def gateway(base_env, e2e_dir, redis_client) -> Iterator[stack.Process]:
     # Loopback video URLs must get past submission so the worker's own re-check is what decides.
-    process = stack.gateway(base_env | {"MOODREEL_ALLOW_PRIVATE_URLS": "true"}, e2e_dir).start()
+    # Loopback is the proxy in front of it: each test user's X-Forwarded-For is its own address.
+    gateway_env = base_env | {"MOODREEL_ALLOW_PRIVATE_URLS": "true", "MOODREEL_TRUSTED_PROXIES": "127.0.0.1"}
+    process = stack.gateway(gateway_env, e2e_dir).start()
     yield process
     process.stop()
 

@@ -54,8 +54,8 @@ class AnalysisOptions(BaseModel):
         default=None,
         description="Without a transcript: `speech` makes the utterances from the speech found in "
         "the audio and tells the speakers apart by voice (S1, S2, ... in order of first "
-        "appearance); `windows` cuts fixed windows of `window_seconds`. Default from the "
-        "server's settings (`speech`).",
+        "appearance); `windows` cuts fixed windows of `window_seconds`. Default: `windows` "
+        "when `window_seconds` is given, else the server's settings (`speech`).",
     )
     speakers: int | None = Field(
         default=None,
@@ -79,6 +79,13 @@ class AnalysisOptions(BaseModel):
         "with the reason 'not_requested'; an utterance left with none has no label ('no_evidence').",
         examples=[["text", "audio"]],
     )
+
+    @model_validator(mode="after")
+    def windows_when_a_window_is_given(self) -> AnalysisOptions:
+        # A client that names a window length without a segmentation asks for fixed windows.
+        if self.segmentation is None and self.window_seconds is not None:
+            self.segmentation = "windows"
+        return self
 
     @field_validator("modalities")
     @classmethod

@@ -255,6 +255,15 @@ def test_segmentation_and_speaker_options_are_kept_and_the_transcript_kind_is_to
     assert sorted(item["transcript"] for item in listed) == ["json", "none", "srt"]
 
 
+def test_a_window_length_without_a_segmentation_asks_for_fixed_windows(client, api_key):
+    windowed = submit(client, api_key, {"video_url": PUBLIC_URL, "options": {"window_seconds": 1}})
+    assert windowed.status_code == 202, windowed.text
+    assert windowed.json()["options"] == {"segmentation": "windows", "window_seconds": 1.0}
+    spoken = {"segmentation": "speech", "window_seconds": 3}
+    kept = submit(client, api_key, {"video_url": PUBLIC_URL, "options": spoken}).json()["options"]
+    assert kept == {"segmentation": "speech", "window_seconds": 3.0}
+
+
 def test_utterances_without_a_transcript_say_so(client, api_key, database_url):
     analysis_id = submit(client, api_key).json()["id"]
     store_results(database_url, analysis_id)
