@@ -48,7 +48,7 @@ def test_submit_is_accepted_and_queued_after_commit(client, api_key, settings, r
     body = response.json()
     assert response.headers["location"] == f"/v1/analyses/{body['id']}"
     assert body["status"] == "queued" and body["source"]["video_url"] == PUBLIC_URL
-    assert body["options"] == {"window_seconds": 3.0}
+    assert body["options"] == {"segmentation": "windows", "window_seconds": 3.0}
     job = queued_job(redis_client, settings, body["id"])
     assert job is not None and job["f"] == "analyse_video" and job["a"] == (body["id"],)
     with engine_for(database_url).connect() as connection:
