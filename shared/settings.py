@@ -212,9 +212,19 @@ class Settings(BaseSettings):
     # strings included): parsing costs per value, and 10 MB of `[],` is three million of them,
     # seconds on the event loop. A 5,000-segment transcript needs about 25,000 plus its text's commas.
     max_request_json_values: int = Field(200_000, ge=1000)
+    # Parsing and validating a large JSON or form body holds the event loop for milliseconds, so
+    # one credential may have only this many large bodies in flight per gateway process; more are
+    # refused with 429 before a byte is read.
+    max_concurrent_large_bodies: int = Field(2, ge=1)
+    # A JSON or form body over this many bytes (or of unknown length) is a large body.
+    large_body_bytes: int = Field(65_536, ge=1024)
     # Verified API keys are remembered this long per process (0: always query); at most 1 s so
     # that a revoked key stops working within a second everywhere.
     api_key_cache_seconds: float = Field(1.0, ge=0, le=1)
+    # Usage reads are served from memory while the user's usage stamp in Redis is unchanged (no
+    # charge or refund committed since); an entry lives at most this long (0: always query), which
+    # bounds how stale a read can be were Redis unreachable when a change committed.
+    usage_cache_seconds: float = Field(10.0, ge=0, le=3600)
 
     # --- preprocess worker: fetching, jobs, webhooks ---------------------------------
     worker_max_jobs: int = Field(2, ge=1)

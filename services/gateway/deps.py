@@ -14,7 +14,7 @@ import anyio
 import redis.asyncio as aioredis
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import or_, select, update
+from sqlalchemy import event, or_, select, update
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
@@ -30,6 +30,8 @@ from services.gateway.security import (
 )
 from services.platform.api_keys.cache import verified_keys
 from services.platform.usage.quota import plan_limits
+from services.platform.usage.snapshots import remember_usage_stamp
+from services.platform.usage.stamps import stamp_key
 from shared.db.models import ApiKey, User
 from shared.problems import Forbidden, Unauthorized
 from shared.settings import Settings
@@ -79,14 +81,16 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
         try:
             yield session
         except BaseException:
-            if session.in_transaction():
+            if _holds_connection(session):
                 await anyio.to_thread.run_sync(session.close, limiter=limiter)  # close() rolls back
             raise
-        if session.in_transaction():
+        if _holds_connection(session) or session.new or session.dirty or session.deleted:
             await anyio.to_thread.run_sync(commit_and_close, limiter=limiter)
     finally:
-        # A session that never touched the database has nothing to commit or return to the pool.
-        if not session.in_transaction():
+        # A session that never reached the database (a cached principal merged into it opens a
+        # transaction but no connection) has nothing to commit or return to the pool: closing it
+        # does no I/O, so it needs no thread.
+        if not _holds_connection(session):
             session.close()
         slots.release()
     for hook in session.info.pop("after_commit", []):
@@ -94,6 +98,24 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+_CONNECTED = "holds_connection"
+
+
+@event.listens_for(Session, "after_begin")
+def _note_connection(session: Session, transaction, connection) -> None:
+    # Fired when a transaction first takes a connection; a session's info outlives its transactions.
+    session.info[_CONNECTED] = True
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _note_connection_returned(session: Session, transaction) -> None:
+    if transaction.parent is None:
+        session.info.pop(_CONNECTED, None)
+
+
+def _holds_connection(session: Session) -> bool:
+    return session.info.get(_CONNECTED, False)
 
 
 def after_commit(session: Session, hook: AfterCommit) -> None:
@@ -293,15 +315,20 @@ async def authenticate(
     else:
         principal = await run_in_threadpool(_principal_from_jwt, session, settings, credential.value)
     limits = plan_limits(principal.user.plan, settings)
-    state = await ratelimit.hit(
+    # The usage stamp rides along with the request count: usage reads then need no round trip of
+    # their own while the counters are unchanged (usage/snapshots.py).
+    state, usage_stamp = await ratelimit.hit_and_read(
         redis_client,
         settings,
         principal.rate_limit_identity,
         limit=limits.requests_per_minute,
         window=60,
         policy="requests",
+        read_key=stamp_key(settings, principal.user_id),
     )
-    ratelimit.enforce(state, request.scope.setdefault("state", {}))
+    scope_state = request.scope.setdefault("state", {})
+    remember_usage_stamp(scope_state, usage_stamp)
+    ratelimit.enforce(state, scope_state)
     return principal
 
 

@@ -1,8 +1,8 @@
 """Fixed-window request counters in Redis and the IETF ``RateLimit-Policy``/``RateLimit`` headers.
 
-One INCR+EXPIRE pipeline per request: cheap, atomic, and shared by every gateway process. The
-headers follow draft-ietf-httpapi-ratelimit-headers (structured fields: ``q`` quota, ``w`` window,
-``r`` remaining, ``t`` seconds until reset).
+One INCR+EXPIRE pipeline per request (which may read one more key on the way): cheap, atomic,
+and shared by every gateway process. The headers follow draft-ietf-httpapi-ratelimit-headers
+(structured fields: ``q`` quota, ``w`` window, ``r`` remaining, ``t`` seconds until reset).
 """
 
 from __future__ import annotations
@@ -47,15 +47,34 @@ class WindowState:
 async def hit(
     client: aioredis.Redis, settings: Settings, identity: str, *, limit: int, window: int, policy: str
 ) -> WindowState:
+    state, _ = await hit_and_read(client, settings, identity, limit=limit, window=window, policy=policy)
+    return state
+
+
+async def hit_and_read(
+    client: aioredis.Redis,
+    settings: Settings,
+    identity: str,
+    *,
+    limit: int,
+    window: int,
+    policy: str,
+    read_key: str | None = None,
+) -> tuple[WindowState, bytes | None]:
+    """Count the request and, in the same round trip, read ``read_key`` (another per-caller value
+    the request needs, such as the usage stamp)."""
     now = time.time()
     window_start = int(now // window) * window
     key = f"{settings.redis_key_prefix}rl:{policy}:{identity}:{window_start}"
     async with client.pipeline(transaction=True) as pipe:
         pipe.incr(key)
         pipe.expire(key, window + 1)
-        count, _ = await pipe.execute()
+        if read_key is not None:
+            pipe.get(read_key)
+        replies = await pipe.execute()
     reset_in = max(1, math.ceil(window_start + window - now))
-    return WindowState(policy, limit, window, int(count), reset_in)
+    read = replies[2] if read_key is not None else None
+    return WindowState(policy, limit, window, int(replies[0]), reset_in), read
 
 
 def remember(state: WindowState, scope_state: dict) -> None:

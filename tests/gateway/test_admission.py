@@ -5,16 +5,18 @@ dependency gives; every other request is routed as before; and refusals take no 
 from __future__ import annotations
 
 import socket
+import time
 import uuid
 from urllib.parse import urlsplit
 
 import anyio
+import httpx
 import pytest
 
 from services.gateway.admission import needs_credentials, route_rules
 from services.gateway.main import create_app
 from services.gateway.security import generate_api_key
-from tests.gateway.conftest import running_server
+from tests.gateway.conftest import new_api_key, running_server
 
 GARBAGE_JWT = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0."
 
@@ -141,3 +143,46 @@ async def _give_back_threads(borrowers: list[object]) -> None:
     limiter = anyio.to_thread.current_default_thread_limiter()
     for borrower in borrowers:
         limiter.release_on_behalf_of(borrower)
+
+
+@pytest.mark.timeout(120)
+def test_a_credential_has_a_bounded_number_of_large_bodies_in_flight(settings, client, account):
+    """Two large JSON bodies of one key are admitted and wait for their bytes; a third is refused
+    with 429 at once, before its body is read, while the key's small requests and another key's
+    large bodies go on; once one finishes, the key may send a large body again."""
+    assert settings.max_concurrent_large_bodies == 2
+    key, other_key = new_api_key(client, account)["key"], new_api_key(client, account)["key"]
+    length = settings.large_body_bytes + 1
+
+    def head(api_key: str) -> str:
+        return (
+            "POST /v1/analyses HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            f"X-API-Key: {api_key}\r\nContent-Length: {length}\r\n\r\n"
+        )
+
+    with running_server(create_app(settings)) as base_url:
+        parts = urlsplit(base_url)
+        waiting = [socket.create_connection((parts.hostname, parts.port), timeout=10) for _ in range(2)]
+        try:
+            for sock in waiting:
+                sock.sendall(head(key).encode())
+            time.sleep(0.5)  # both are admitted and reading their bodies
+            refused = raw_exchange(base_url, head(key))
+            assert refused.startswith(b"HTTP/1.1 429 "), refused[:300]
+            assert b"retry-after: 1" in refused.lower() and b"application/problem+json" in refused
+            assert raw_exchange(base_url, head(other_key), timeout=1) == b""  # admitted: waits for its body
+            with httpx.Client(base_url=base_url, headers={"X-API-Key": key}) as http:
+                assert http.get("/v1/usage").status_code == 200
+                # A full large body of the third kind: still refused while two are in flight.
+                transcript = [{"start": 0, "end": 1, "text": "x" * 200}] * (length // 200)
+                body = {"video_url": "https://93.184.215.14/v.mp4", "transcript": transcript}
+                assert http.post("/v1/analyses", json=body).status_code == 429
+                waiting.pop().close()
+                deadline = time.monotonic() + 10
+                while (answer := http.post("/v1/analyses", json=body)).status_code == 429:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.1)
+                assert answer.status_code in (202, 422), answer.text
+        finally:
+            for sock in waiting:
+                sock.close()

@@ -92,7 +92,7 @@ def _enqueue_hook(request: Request, analysis_id: uuid.UUID):
 
             def fail() -> None:
                 with session_scope(app_state.session_factory) as session:
-                    service.mark_enqueue_failed(session, analysis_id)
+                    service.mark_enqueue_failed(session, settings, analysis_id)
 
             await run_in_threadpool(fail)
             raise ServiceUnavailable("The job queue is unavailable; the analysis was not started.") from exc

@@ -188,7 +188,7 @@ class AnalysisRun:
             async with asyncio.timeout(self.settings.worker_job_timeout_seconds):
                 return await self.pipeline(analysis)
         except AnalysisCanceled:
-            await self.db(lambda s: quota.refund(s, self.analysis_id))
+            await self.db(lambda s: quota.refund(s, self.analysis_id, settings=self.settings))
             log.info("analysis_canceled", analysis_id=str(self.analysis_id))
             return {"outcome": "canceled"}
         except TimeoutError as exc:
@@ -406,7 +406,7 @@ class AnalysisRun:
                 return None
             # A refunded analysis keeps no results: the utterances scored before the failure go.
             repository.delete_utterances_from(session, self.analysis_id, 0)
-            quota.refund(session, self.analysis_id)
+            quota.refund(session, self.analysis_id, settings=self.settings)
             current = repository.get_analysis(session, self.analysis_id)
             return webhook_repository.create_deliveries(
                 session, current, EVENT_FAILED, webhook_payload(current, EVENT_FAILED)

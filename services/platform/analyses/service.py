@@ -287,7 +287,7 @@ def _quota_problem(kind: str, limit: float, used: float, resets_at) -> Problem:
     )
 
 
-def mark_enqueue_failed(session: Session, analysis_id: uuid.UUID) -> None:
+def mark_enqueue_failed(session: Session, settings: Settings, analysis_id: uuid.UUID) -> None:
     """The queue refused the job after the row was committed: fail it and give the quota back."""
     analysis = session.get(Analysis, analysis_id)
     if analysis is None or analysis.status != AnalysisStatus.queued.value:
@@ -296,7 +296,7 @@ def mark_enqueue_failed(session: Session, analysis_id: uuid.UUID) -> None:
     analysis.error_code = "queue_unavailable"
     analysis.error_message = "The job queue was unavailable; submit the analysis again."
     analysis.finished_at = utcnow()
-    quota.refund(session, analysis_id)
+    quota.refund(session, analysis_id, settings=settings)
 
 
 # --- reading --------------------------------------------------------------------------------
@@ -457,7 +457,7 @@ def delete(session: Session, settings: Settings, user_id: uuid.UUID, analysis_id
         analysis.finished_at = utcnow()
         analysis.summary = None
         analysis.utterance_count = 0
-        quota.refund(session, analysis.id)
+        quota.refund(session, analysis.id, settings=settings)
     else:
         session.delete(analysis)
     session.flush()

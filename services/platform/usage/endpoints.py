@@ -1,13 +1,13 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from starlette.concurrency import run_in_threadpool
 
 from services.gateway.deps import CurrentPrincipal, SessionDep, SettingsDep
 from services.gateway.openapi import problem_responses
 from services.platform.usage import quota
 from services.platform.usage.schemas import Meter, UsagePublic
 from services.platform.usage.service import remember_quota_headers
+from services.platform.usage.snapshots import current_snapshot
 
 router = APIRouter(prefix="/v1/usage", tags=["usage"])
 
@@ -20,7 +20,10 @@ def _meter(used: float, limit: float) -> Meter:
     "", response_model=UsagePublic, responses=problem_responses(401, 429), summary="This month's usage"
 )
 async def get_usage(
-    request: Request, principal: CurrentPrincipal, session: SessionDep, settings: SettingsDep
+    request: Request,
+    principal: CurrentPrincipal,
+    session: SessionDep,
+    settings: SettingsDep,
 ) -> UsagePublic:
     def read() -> quota.UsageSnapshot:
         # A read: the request's transaction ends here (no commit after the endpoint), and the
@@ -30,8 +33,9 @@ async def get_usage(
             autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
             return quota.snapshot(autocommit, principal.user_id, principal.user.plan, settings=settings)
 
-    snapshot = await run_in_threadpool(read)
-    remember_quota_headers(snapshot, request.scope.setdefault("state", {}))
+    scope_state = request.scope.setdefault("state", {})
+    snapshot = await current_snapshot(scope_state, principal.user_id, principal.user.plan, settings, read)
+    remember_quota_headers(snapshot, scope_state)
     return UsagePublic(
         period=snapshot.period,
         plan=snapshot.plan,

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Connection, select, update
 from sqlalchemy.orm import Session
 
+from services.platform.usage.stamps import usage_changed
 from shared.db.models import UsageEntry, UsagePeriod, User
 from shared.db.session import dialect_insert
 from shared.db.types import utcnow
@@ -117,6 +118,7 @@ def reserve(
     )
     if existing is not None and existing.refunded_at is None:
         return existing
+    settings = settings or get_settings()
     if plan is None:
         plan = session.scalar(select(User.plan).where(User.id == user_id)) or ""
     limits = plan_limits(plan, settings)
@@ -127,6 +129,7 @@ def reserve(
             select(column).where(UsagePeriod.user_id == user_id, UsagePeriod.period == period)
         )
         raise QuotaExceeded(kind, limit, float(used or 0), period_end(period))
+    usage_changed(session, user_id, settings)
     if existing is not None:
         # A refunded charge charged again (a job retried after a failure): reuse the ledger row.
         existing.period, existing.amount = period, amount
@@ -139,9 +142,12 @@ def reserve(
     return entry
 
 
-def refund(session: Session, analysis_id: uuid.UUID, kind: str | None = None) -> float:
+def refund(
+    session: Session, analysis_id: uuid.UUID, kind: str | None = None, *, settings: Settings | None = None
+) -> float:
     """Give back the charges of ``analysis_id`` (one kind or all); each charge once. Returns the
     total refunded (0 when there was nothing left to refund)."""
+    settings = settings or get_settings()
     kinds = [kind] if kind else [ANALYSIS, SECONDS]
     total = 0.0
     for each in kinds:
@@ -162,6 +168,7 @@ def refund(session: Session, analysis_id: uuid.UUID, kind: str | None = None) ->
             .values({column: column - claimed.amount})
             .execution_options(synchronize_session=False)
         )
+        usage_changed(session, claimed.user_id, settings)
         total += claimed.amount
     session.flush()
     return total

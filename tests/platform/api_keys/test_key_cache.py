@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
+import pytest
 from sqlalchemy import event, update
 
 from shared.db.models import ApiKey, User
@@ -33,14 +34,21 @@ def statements(client) -> Iterator[list[str]]:
         event.remove(engine, "before_cursor_execute", record)
 
 
-def test_a_verified_key_is_not_queried_again_within_the_cache_time(client, account):
+def test_a_verified_key_is_not_queried_again_within_the_cache_time(client, account, settings):
     key = new_api_key(client, account)["key"]
     headers = {"X-API-Key": key}
-    assert client.get("/v1/usage", headers=headers).status_code == 200
-    with statements(client) as seen:
-        for _ in range(5):
-            response = client.get("/v1/usage", headers=headers)
-            assert response.status_code == 200 and response.json()["plan"] == "free"
+    # On a loaded machine the requests may outlast the cache time; only a run within it counts.
+    for _ in range(5):
+        assert client.get("/v1/usage", headers=headers).status_code == 200
+        verified_at = time.monotonic()
+        with statements(client) as seen:
+            for _ in range(5):
+                response = client.get("/v1/usage", headers=headers)
+                assert response.status_code == 200 and response.json()["plan"] == "free"
+        if time.monotonic() - verified_at < settings.api_key_cache_seconds:
+            break
+    else:
+        pytest.skip("five requests never fitted in the key cache's time on this machine")
     assert not [s for s in seen if "from api_keys" in s], seen
     assert not [s for s in seen if s.startswith("update api_keys")], seen
 
@@ -91,16 +99,16 @@ def test_last_used_is_written_once_a_minute(client, account, database_url):
     assert listed[0]["last_used_at"] is not None
 
 
-def test_a_cached_keys_usage_is_one_read_and_never_stale(client, account):
-    """With a verified key, GET /v1/usage sends one statement (the month's counters, read outside
-    a transaction) and shows a charge made the moment before."""
+def test_a_cached_keys_usage_reads_no_database_and_is_never_stale(client, account):
+    """With a verified key and unchanged counters, GET /v1/usage sends no statement at all (the
+    key and the counters both come from caches) and still shows a charge made the moment before."""
     key = new_api_key(client, account)["key"]
     headers = {"X-API-Key": key}
     assert client.get("/v1/usage", headers=headers).json()["analyses"]["used"] == 0
     with statements(client) as seen:
         usage = client.get("/v1/usage", headers=headers)
     assert usage.status_code == 200
-    assert len(seen) == 1 and "from usage_periods" in seen[0], seen
+    assert seen == [], seen
     assert '"requests";r=' in usage.headers["ratelimit"] and '"analyses";r=5' in usage.headers["ratelimit"]
     submitted = client.post(
         "/v1/analyses", json={"video_url": "https://93.184.215.14/v.mp4"}, headers=headers

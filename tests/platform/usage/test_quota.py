@@ -7,16 +7,28 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
+import redis
 
 from services.platform.usage import quota
 from shared.db.models import User
 from shared.db.session import make_session_factory, session_scope
 from shared.settings import PlanLimits, Settings
+from tests.gateway.conftest import REDIS_URL, delete_prefixed_keys
 
 SETTINGS = Settings(
     plans={"tiny": PlanLimits(analyses_per_month=3, video_seconds_per_month=100, requests_per_minute=10)},
     default_plan="tiny",
+    # Charges bump usage stamps in Redis under this prefix; they are deleted after the module.
+    redis_key_prefix=f"moodreel-test-{uuid.uuid4().hex[:8]}:",
 )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _delete_usage_stamps():
+    yield
+    client = redis.Redis.from_url(REDIS_URL)
+    delete_prefixed_keys(client, SETTINGS.redis_key_prefix)
+    client.close()
 
 
 def make_user(session, plan="tiny") -> uuid.UUID:
