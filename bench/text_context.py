@@ -35,10 +35,9 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from services.model.data.meld import read_split  # noqa: E402
-from services.model.metrics import classification_report  # noqa: E402
-from services.model.network import MoodreelModel  # noqa: E402
-from services.model.train import (  # noqa: E402
+from services.model.core.network import MoodreelModel  # noqa: E402
+from services.model.training.data.meld import read_split  # noqa: E402
+from services.model.training.loop import (  # noqa: E402
     PRESETS,
     cache_text_hidden,
     class_weights,
@@ -46,6 +45,7 @@ from services.model.train import (  # noqa: E402
     load_split,
     text_cache_dir,
 )
+from services.model.training.metrics import classification_report  # noqa: E402
 from shared.contract.labels import EMOTIONS, SENTIMENTS  # noqa: E402
 from shared.settings import get_settings  # noqa: E402
 
