@@ -106,8 +106,9 @@ def sagemaker_deploy(
     import tempfile
     from dataclasses import asdict
 
-    from services.model.core.checkpoint import package_model_tar, read_checkpoint_document
+    from services.model.core.checkpoint import read_checkpoint_document
     from services.model.serving.deploy import DeployConfig, SageMakerDeployer
+    from services.model.serving.packaging import package_model_tar
     from shared.contract.features.spec import FeatureSpec
     from shared.settings import get_settings
 
@@ -298,7 +299,7 @@ def demo(
 )
 def train(ctx: typer.Context) -> None:
     """Train a checkpoint (`moodreel train --help` lists every option; `--preset text-default`)."""
-    from services.model.training.loop import main
+    from services.model.training.cli import main
 
     typer.echo(f"checkpoint: {main(list(ctx.args))}")
 
@@ -386,7 +387,7 @@ def sagemaker_train(
         [], "--hp", help="trainer option as name=value (e.g. --hp epochs=8); repeatable"
     ),
 ) -> None:
-    """Launch `services/model/training/loop.py` as a SageMaker training job (prints the job name and ARN)."""
+    """Launch `services/model/training/cli.py` as a SageMaker training job (prints the job name and ARN)."""
     import boto3
 
     from services.model.training.sagemaker import TrainingJobConfig, launch
@@ -503,7 +504,7 @@ def retrain(
     and publish the new model only when it is not worse (prints the decision)."""
     import json
 
-    from services.model.training.loop import config_from_args
+    from services.model.training.cli import config_from_args
     from services.retrain.loop import retrain as run_retrain
     from shared.db.session import create_db_engine, make_session_factory
     from shared.logging import configure_logging

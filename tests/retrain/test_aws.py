@@ -157,7 +157,7 @@ def test_the_request_is_sagemaker_trains_with_corrections_and_the_baseline():
     hyperparameters = request["HyperParameters"]
     assert hyperparameters["preset"] == "text-default" and hyperparameters["sources"] == "meld,corrections"
     assert hyperparameters["compare-with"] == "/opt/ml/input/data/baseline"
-    assert hyperparameters["sagemaker_program"] == "services/model/training/loop.py"
+    assert hyperparameters["sagemaker_program"] == "services/model/training/cli.py"
     assert request["AlgorithmSpecification"]["TrainingImage"] == TRAINING_IMAGE
 
 

@@ -171,8 +171,8 @@ def test_the_baseline_can_be_a_channel_holding_model_tar_gz(mini_meld, tmp_path)
     """What SageMaker's "baseline" channel holds: the deployed model.tar.gz."""
     import torch
 
-    from services.model.core.checkpoint import package_model_tar
-    from services.model.training.loop import score_baseline
+    from services.model.serving.packaging import package_model_tar
+    from services.model.training.evaluation import score_baseline
 
     channel = tmp_path / "baseline"
     package_model_tar(build_tiny_checkpoint(tmp_path / "deployed"), channel / "model.tar.gz")

@@ -75,12 +75,15 @@ def apply(model: torch.nn.Module, calibration: Mapping[str, Any] | None) -> None
 @torch.no_grad()
 def collect_logits(model, examples: ExampleSet, batch_size: int = 64) -> dict[str, np.ndarray]:
     """Raw fused and per-modality logits of every row, the modalities used and the labels."""
-    model.eval()
+    from services.model.core.forward import forward_batches
+
     parts: dict[str, list[torch.Tensor]] = {}
-    order = torch.arange(len(examples))
-    for start in range(0, len(examples), batch_size):
-        batch = examples.batch(order[start : start + batch_size])
-        output = model(batch.inputs)
+    device = next(model.parameters()).device
+
+    def inputs_for(rows: slice):
+        return examples.batch(torch.arange(rows.start, rows.stop)).inputs
+
+    for _, output in forward_batches(model, len(examples), batch_size, inputs_for, device):
         for name, value in (
             ("emotion", output.emotion_logits),
             ("sentiment", output.sentiment_logits),

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import tarfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,9 +20,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from services.model.core import calibration
-from services.model.core.config import ModelConfig
+from services.model.core.config import ModelConfig, check_tokenizer
 from services.model.core.network import MoodreelModel
-from shared.contract.features.spec import MODELS_PREFIX, FeatureSpec, resolve_pretrained
+from shared.contract.features.spec import FeatureSpec
 from shared.contract.labels import EMOTIONS, MODALITIES, SENTIMENTS
 from shared.logging import get_logger
 from shared.settings import REPO_ROOT
@@ -31,12 +30,6 @@ from shared.settings import REPO_ROOT
 CHECKPOINT_FORMAT = 1
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "checkpoint.json"
-# The folder of a model.tar.gz holding the pretrained encoders its checkpoint rebuilds (a
-# SageMaker framework container has no `make models`); inference's model_fn reads them there.
-BUNDLED_MODELS_DIR = "models"
-# The modules of ``shared`` the model side imports besides the ML contract (settings, logging,
-# coded errors, HTTP problems); the model images copy the same ones (services/model/Dockerfile*).
-MODEL_SHARED_MODULES = ("__init__.py", "errors.py", "logging.py", "problems.py", "settings.py")
 log = get_logger(__name__)
 
 
@@ -148,6 +141,10 @@ def load_checkpoint(directory: Path, device: torch.device | str = "cpu") -> Load
     document = read_checkpoint_document(directory)
     config = ModelConfig.from_dict(document["model_config"])
     spec = FeatureSpec.model_validate(document["feature_spec"])
+    try:
+        check_tokenizer(config, spec)
+    except ValueError as exc:
+        raise CheckpointError(f"{directory}: {exc}") from exc
     weights_path = directory / document["weights"]["file"]
     if not weights_path.is_file():
         raise CheckpointError(f"{directory} has no {weights_path.name}")
@@ -163,49 +160,3 @@ def load_checkpoint(directory: Path, device: torch.device | str = "cpu") -> Load
     calibration.apply(model, document["meta"].get("calibration"))
     model.to(device).eval()
     return LoadedModel(model=model, config=config, spec=spec, meta=document["meta"])
-
-
-def package_model_tar(
-    checkpoint_dir: Path,
-    out_path: Path,
-    *,
-    inference_script: Path | None = None,
-    requirements: Path | None = None,
-) -> Path:
-    """``model.tar.gz`` in SageMaker's layout: weights + JSON at the top, the pretrained encoders
-    the checkpoint rebuilds under ``models/``, ``code/inference.py`` and ``code/requirements.txt``,
-    plus the sources inference imports — the ML contract (``shared.contract``), the
-    ``MODEL_SHARED_MODULES`` and ``services.model`` — and nothing of the platform (a framework
-    container has only what the archive carries)."""
-    checkpoint_dir = Path(checkpoint_dir)
-    document = read_checkpoint_document(checkpoint_dir)
-    inference_script = inference_script or REPO_ROOT / "services" / "model" / "serving" / "inference.py"
-    requirements = requirements or REPO_ROOT / "services" / "model" / "requirements-inference.txt"
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(out_path, "w:gz") as archive:
-        for name in (META_FILE, document["weights"]["file"]):
-            archive.add(checkpoint_dir / name, arcname=name)
-        for name in sorted(
-            {name for name in document["weights"].get("base_rebuilt_from", {}).values() if name}
-        ):
-            if name.startswith(MODELS_PREFIX):
-                arcname = f"{BUNDLED_MODELS_DIR}/{name.removeprefix(MODELS_PREFIX)}"
-                archive.add(resolve_pretrained(name), arcname=arcname)
-        for source, arcname in (
-            (inference_script, "code/inference.py"),
-            (requirements, "code/requirements.txt"),
-        ):
-            if source.is_file():
-                archive.add(source, arcname=arcname)
-            else:
-                log.warning("model_tar_missing_file", path=str(source), arcname=arcname)
-        sources = [REPO_ROOT / "services" / "__init__.py"]
-        sources += [REPO_ROOT / "shared" / name for name in MODEL_SHARED_MODULES]
-        for package in ("shared/contract", "services/model"):
-            sources += sorted((REPO_ROOT / package).rglob("*.py"))
-        for source in sources:
-            relative = source.relative_to(REPO_ROOT)
-            if "checkpoints" not in relative.parts:
-                archive.add(source, arcname=f"code/{relative.as_posix()}")
-    return out_path

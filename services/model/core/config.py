@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
-from shared.contract.features.spec import MINILM_PACKAGE
+from shared.contract.features.spec import MINILM_PACKAGE, FeatureSpec, resolve_pretrained
 from shared.contract.labels import MODALITIES
 
 TextTrainMode = Literal["frozen", "top_layers", "lora", "full"]
@@ -137,3 +138,24 @@ class ModelConfig:
 
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _same_model(first: str, second: str) -> bool:
+    if first == second:
+        return True
+    try:
+        return Path(resolve_pretrained(first)).resolve() == Path(resolve_pretrained(second)).resolve()
+    except (OSError, ImportError, AttributeError):
+        return False
+
+
+def check_tokenizer(config: ModelConfig, spec: FeatureSpec) -> None:
+    """The spec's tokenizer must be the pretrained text encoder's own: token ids from another
+    vocabulary would be read as other words. An inline (randomly initialised) text encoder has no
+    vocabulary of its own; it is sized to the spec's tokenizer, so there is nothing to compare."""
+    if config.text_is_pretrained and not _same_model(spec.tokenizer, config.text_encoder):
+        raise ValueError(
+            f"the feature spec's tokenizer {spec.tokenizer!r} is not the text encoder "
+            f"{config.text_encoder!r}: set --spec-tokenizer to the encoder (or --model-text-encoder "
+            f"to the tokenizer's model)"
+        )

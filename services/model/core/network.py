@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from services.model.core.config import ModelConfig
+from services.model.core.parts import LEARNING_RATES, part_of
 from shared.contract.bundle import FeatureBundle
 from shared.contract.features.spec import resolve_pretrained
 from shared.contract.labels import EMOTIONS, MODALITIES, SENTIMENTS
@@ -558,39 +559,30 @@ class MoodreelModel(nn.Module):
         return self.fusion[1:](hidden)
 
     def base_state_names(self) -> set[str]:
-        """State entries that come unchanged from a pretrained base: rebuilt, not stored."""
-        names: set[str] = set()
-        state = self.state_dict()
+        """State entries that come unchanged from a pretrained base: rebuilt, not stored
+        (the parts table, ``services.model.core.parts``, says which parts are a base)."""
+        pretrained = {
+            "text": self.config.text_is_pretrained,
+            "audio": self.config.audio_is_pretrained,
+            "visual": self.config.visual_is_pretrained,
+        }
         parameters = dict(self.named_parameters())
-        for prefix, pretrained, modality in (
-            ("text.backbone.", self.config.text_is_pretrained, "text"),
-            ("audio.backbone.", self.config.audio_is_pretrained, "audio"),
-            ("visual.backbone.", self.config.visual_is_pretrained, "visual"),
-        ):
-            if not pretrained:
+        names: set[str] = set()
+        for name in self.state_dict():
+            part = part_of(name)
+            if not (part.pretrained_base and pretrained[part.modality]):
                 continue
             # A branch this checkpoint never trained is its base, whatever requires_grad says.
-            untrained = modality not in self.config.trained_modalities
-            for name in state:
-                if not name.startswith(prefix):
-                    continue
-                parameter = parameters.get(name)
-                if untrained or parameter is None or not parameter.requires_grad:
-                    names.add(name)
+            untrained = part.modality not in self.config.trained_modalities
+            parameter = parameters.get(name)
+            if untrained or parameter is None or not parameter.requires_grad:
+                names.add(name)
         return names
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Trainable parameters by part, for per-part learning rates."""
-        groups: dict[str, list[nn.Parameter]] = {"text_encoder": [], "audio": [], "visual": [], "fusion": []}
+        """Trainable parameters by learning-rate field (``lr_fusion``, ...) of their part."""
+        groups: dict[str, list[nn.Parameter]] = {rate: [] for rate in LEARNING_RATES}
         for name, parameter in self.named_parameters():
-            if not parameter.requires_grad:
-                continue
-            if name.startswith("text.backbone."):
-                groups["text_encoder"].append(parameter)
-            elif name.startswith(("audio.", "speech_head.")):
-                groups["audio"].append(parameter)
-            elif name.startswith("visual."):
-                groups["visual"].append(parameter)
-            else:
-                groups["fusion"].append(parameter)
+            if parameter.requires_grad:
+                groups[part_of(name).learning_rate].append(parameter)
         return groups

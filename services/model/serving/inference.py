@@ -20,8 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from services.model.core.checkpoint import BUNDLED_MODELS_DIR, LoadedModel, load_checkpoint
-from services.model.core.network import inputs_from_bundle
+from services.model.core.checkpoint import LoadedModel, load_checkpoint
+from services.model.core.forward import forward_batches
+from services.model.core.network import ModelInputs, inputs_from_bundle
+from services.model.serving.packaging import BUNDLED_MODELS_DIR
 from shared.contract.bundle import CONTENT_TYPE as BUNDLE_CONTENT_TYPE
 from shared.contract.bundle import BundleError, FeatureBundle, UtteranceMeta
 from shared.contract.features.spec import FeatureSpec
@@ -258,7 +260,8 @@ def _check_shapes(bundle: FeatureBundle, spec: FeatureSpec) -> None:
 
 
 def predict_fn(data: FeatureBundle, model: ServedModel, deadline: float | None = None) -> Prediction:
-    """Score every utterance, ``model.batch_size`` at a time.
+    """Score every utterance, ``model.batch_size`` at a time, through the forward path evaluation
+    uses (``services.model.core.forward``: the same batching and precision).
 
     ``deadline`` (a ``time.monotonic()`` value) is checked between batches, so a request whose
     caller has given up stops using the device.
@@ -282,25 +285,28 @@ def predict_fn(data: FeatureBundle, model: ServedModel, deadline: float | None =
     mask, masked = evidence_mask(data, model.loaded.config.text_languages)
     data = dataclasses.replace(data, modality_mask=mask)
     parts: list[dict[str, torch.Tensor]] = []
-    autocast = model.device.type == "cuda"
-    network = model.loaded.model
-    with torch.inference_mode(), torch.autocast(model.device.type, dtype=torch.float16, enabled=autocast):
-        for start in range(0, count, model.batch_size):
-            if deadline is not None and time.monotonic() > deadline:
-                raise InferenceError(
-                    503, "deadline_exceeded", f"request deadline passed after {start} of {count} utterances"
-                )
-            inputs = inputs_from_bundle(data.select(slice(start, start + model.batch_size)), model.device)
-            output = network(inputs)
-            parts.append(
-                {
-                    "emotion": output.emotion_logits.float().softmax(-1).cpu(),
-                    "sentiment": output.sentiment_logits.float().softmax(-1).cpu(),
-                    "modality_emotion": output.modality_emotion_logits.float().softmax(-1).cpu(),
-                    "modality_sentiment": output.modality_sentiment_logits.float().softmax(-1).cpu(),
-                    "modalities_used": output.modalities_used.bool().cpu(),
-                }
+
+    def check_deadline(start: int) -> None:
+        if deadline is not None and time.monotonic() > deadline:
+            raise InferenceError(
+                503, "deadline_exceeded", f"request deadline passed after {start} of {count} utterances"
             )
+
+    def inputs_for(rows: slice) -> ModelInputs:
+        return inputs_from_bundle(data.select(rows), model.device)
+
+    for _, output in forward_batches(
+        model.loaded.model, count, model.batch_size, inputs_for, model.device, check_deadline
+    ):
+        parts.append(
+            {
+                "emotion": output.emotion_logits.float().softmax(-1).cpu(),
+                "sentiment": output.sentiment_logits.float().softmax(-1).cpu(),
+                "modality_emotion": output.modality_emotion_logits.float().softmax(-1).cpu(),
+                "modality_sentiment": output.modality_sentiment_logits.float().softmax(-1).cpu(),
+                "modalities_used": output.modalities_used.bool().cpu(),
+            }
+        )
     empty = {
         "emotion": torch.zeros(0, len(EMOTIONS)),
         "sentiment": torch.zeros(0, len(SENTIMENTS)),

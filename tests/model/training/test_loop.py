@@ -11,18 +11,12 @@ import torch
 from services.model.core.checkpoint import load_checkpoint
 from services.model.core.network import MoodreelModel
 from services.model.testing import TINY_SPEC, tiny_model_config
+from services.model.training.cli import config_from_args
+from services.model.training.config import TrainConfig
 from services.model.training.data.meld import clip_examples
-from services.model.training.loop import (
-    Criterion,
-    TrainConfig,
-    WarmupCosine,
-    build_optimizer,
-    class_weights,
-    classification_loss,
-    config_from_args,
-    planned_epochs,
-    train,
-)
+from services.model.training.loop import train
+from services.model.training.losses import Criterion, class_weights, classification_loss
+from services.model.training.optimizer import WarmupCosine, build_optimizer, planned_epochs
 from services.model.training.sagemaker import metric_definitions
 from shared.settings import REPO_ROOT
 
@@ -138,7 +132,7 @@ def test_distributed_training_with_two_gloo_processes(mini_meld, tmp_path):
     spec_args = [f"--spec-{k.replace('_', '-')}={v}" for k, v in TINY_SPEC.model_dump().items()]
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "services.model.training.loop",
+        "-m", "services.model.training.cli",
         "--output-dir", str(tmp_path / "run"), "--meld-dir", str(mini_meld),
         "--cache-dir", str(tmp_path / "cache"), "--epochs", "2", "--batch-size", "2",
         "--progress", "false", "--threads", "1", "--evaluate-test", "false",
@@ -172,8 +166,8 @@ def test_time_budget_plans_epochs_and_the_schedule_decays_to_zero():
 
 
 def test_frozen_text_states_are_cached_on_disk_and_reused(mini_meld, tmp_path):
+    from services.model.training.caches import cache_text_hidden
     from services.model.training.data.meld import read_split, text_examples
-    from services.model.training.loop import cache_text_hidden
 
     torch.manual_seed(0)
     model = MoodreelModel(tiny_model_config(TINY_SPEC, text_train_mode="top_layers", text_train_layers=1))

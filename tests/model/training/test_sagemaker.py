@@ -68,7 +68,7 @@ def test_create_training_job_request(aws):
     assert hyperparameters["preset"] == "text-default" and hyperparameters["epochs"] == "8"
     assert hyperparameters["tensorboard-dir"] == request["TensorBoardOutputConfig"]["LocalPath"]
     assert hyperparameters["output-dir"] == request["CheckpointConfig"]["LocalPath"]
-    assert hyperparameters["sagemaker_program"] == "services/model/training/loop.py"
+    assert hyperparameters["sagemaker_program"] == "services/model/training/cli.py"
     assert request["TensorBoardOutputConfig"]["S3OutputPath"] == (
         "s3://moodreel-ml/moodreel/training/moodreel-test-job/tensorboard/"
     )
@@ -86,7 +86,7 @@ def test_create_training_job_request(aws):
         names = set(archive.getnames())
         requirements = archive.extractfile("requirements.txt").read().decode()
     assert {
-        "services/model/training/loop.py",
+        "services/model/training/cli.py",
         "services/model/core/network.py",
         "shared/contract/features/spec.py",
     } <= names

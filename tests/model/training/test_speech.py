@@ -14,6 +14,7 @@ from services.model.core.checkpoint import load_checkpoint
 from services.model.core.config import ModelConfig
 from services.model.core.network import MoodreelModel
 from services.model.testing import TINY_SPEC, tiny_model_config, tiny_speech_encoder_config
+from services.model.training.config import TrainConfig
 from services.model.training.data.examples import ExampleSet
 from services.model.training.data.meld import load_text_examples
 from services.model.training.data.speech import (
@@ -31,7 +32,9 @@ from services.model.training.data.speech import (
     speech_examples,
     split_ravdess,
 )
-from services.model.training.loop import Criterion, TrainConfig, build_optimizer, train
+from services.model.training.loop import train
+from services.model.training.losses import Criterion
+from services.model.training.optimizer import build_optimizer
 from shared.contract.labels import EMOTIONS, MODALITIES, SENTIMENTS
 from shared.settings import Settings, get_settings
 

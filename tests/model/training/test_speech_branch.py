@@ -18,8 +18,8 @@ from services.model.testing import (
     tiny_model_config,
     tiny_speech_encoder_config,
 )
+from services.model.training.caches import cache_audio_states
 from services.model.training.data.examples import ExampleSet
-from services.model.training.loop import cache_audio_states
 from shared.settings import get_settings
 
 # A Whisper window four times the spec's: the branch must cut it to the spec's 64 frames.
@@ -187,8 +187,8 @@ def test_model_tar_carries_the_encoders_the_checkpoint_rebuilds(tmp_path, monkey
     """SageMaker's framework container has no `make models`: the archive brings the encoder."""
     import tarfile
 
-    from services.model.core.checkpoint import package_model_tar
     from services.model.serving.inference import model_fn
+    from services.model.serving.packaging import package_model_tar
 
     save_tiny_pretrained(LONG_WINDOW, tmp_path / "models" / "tiny-whisper", seed=3)
     monkeypatch.setenv("MOODREEL_MODELS_DIR", str(tmp_path / "models"))

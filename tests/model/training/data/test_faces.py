@@ -63,7 +63,7 @@ def test_augment_keeps_shape_and_flips():
 
 
 def test_face_cnn_reads_frames_and_frozen_norms_stay():
-    from services.model.training.loop import frozen_parameters, keep_frozen_statistics
+    from services.model.training.optimizer import frozen_parameters, keep_frozen_statistics
 
     model = tiny_face_model()
     frames = torch.randint(0, 256, (3, 4, 3, 48, 48), dtype=torch.uint8)
@@ -79,8 +79,8 @@ def test_face_cnn_reads_frames_and_frozen_norms_stay():
 
 
 def test_cached_visual_embedding_gives_the_frames_output():
+    from services.model.training.caches import cache_visual_embedding
     from services.model.training.data.examples import ExampleSet
-    from services.model.training.loop import cache_visual_embedding
 
     model = tiny_face_model(trained_modalities=("visual",)).eval()
     frames = torch.randint(0, 256, (5, 1, 3, 48, 48), dtype=torch.uint8)
