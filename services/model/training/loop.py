@@ -26,7 +26,7 @@ from services.model.core.checkpoint import META_FILE, PUBLISHED_FILE_MODE, load_
 from services.model.core.config import check_tokenizer
 from services.model.core.forward import autocast
 from services.model.core.network import MoodreelModel
-from services.model.core.parts import PARTS_BY_NAME, group_modality, part_of
+from services.model.core.parts import group_modality, part_of
 from services.model.training.caches import (
     audio_cache_dir,
     cache_audio_states,
@@ -146,6 +146,8 @@ def setup(config: TrainConfig) -> Run:
         # Features must be the ones the initial weights were trained on; the fields this run
         # sets itself apply on top where the weights allow it.
         config.spec = initial_spec(config, initial)
+    # Refused before any data is read: token ids of another vocabulary would be read as other words.
+    check_tokenizer(model_config(config, initial), config.spec)
 
     train_set, dev_set = load_split("train", config), load_split("dev", config)
     if train_set is None or dev_set is None:
@@ -163,7 +165,6 @@ def setup(config: TrainConfig) -> Run:
     network_config = model_config(config, initial).replace(trained_modalities=trained)
     if train_set.speech is not None:
         network_config = network_config.replace(speech_labels=RAVDESS_EMOTIONS)
-    check_tokenizer(network_config, config.spec)
     model, frozen, loaded_names = build_model(config, network_config, initial)
     model.to(device)
     prepare_features(config, model, train_set, dev_set, loaded_names, device, distributed, started)
@@ -229,7 +230,7 @@ def build_model(config: TrainConfig, network_config, initial) -> tuple[MoodreelM
         # Frozen weights need no gradient, except a pretrained base's: they keep the flag, which is
         # how the checkpoint tells weights it must store (trained at some point) from the base it
         # rebuilds from the package. The optimiser never sees any of them.
-        if id(parameter) in frozen and not PARTS_BY_NAME[part_of(name).name].pretrained_base:
+        if id(parameter) in frozen and not part_of(name).pretrained_base:
             parameter.requires_grad_(False)
     for modality in MODALITIES:
         if modality not in network_config.trained_modalities:

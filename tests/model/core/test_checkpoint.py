@@ -88,7 +88,7 @@ def test_pretrained_base_is_rebuilt_not_stored(tmp_path, local_base_encoder, mod
     torch.manual_seed(0)
     model = MoodreelModel(config)
     pretend_trained(model.text.backbone)
-    save_checkpoint(tmp_path, model, TINY_SPEC, {})
+    save_checkpoint(tmp_path, model, TINY_SPEC.model_copy(update={"tokenizer": str(local_base_encoder)}), {})
     stored = set(load_file(tmp_path / WEIGHTS_FILE))
     text_stored = {name for name in stored if name.startswith("text.backbone.")}
     if mode == "top_layers":
@@ -177,3 +177,14 @@ def test_saved_and_published_files_are_readable_by_other_users(tmp_path):
         for path in files:
             mode = stat.S_IMODE(path.stat().st_mode)
             assert mode & 0o044 == 0o044, f"{path.name} is {oct(mode)}"
+
+
+def test_a_checkpoint_whose_tokenizer_is_not_its_text_encoder_is_refused(tmp_path, local_base_encoder):
+    config = tiny_model_config(TINY_SPEC, text_encoder=str(local_base_encoder), text_encoder_config=None)
+    own_tokenizer = TINY_SPEC.model_copy(update={"tokenizer": str(local_base_encoder)})
+    save_checkpoint(tmp_path / "agrees", MoodreelModel(config), own_tokenizer, {})
+    assert load_checkpoint(tmp_path / "agrees").spec.tokenizer == str(local_base_encoder)
+    save_checkpoint(tmp_path / "disagrees", MoodreelModel(config), TINY_SPEC, {})
+    with pytest.raises(ValueError, match="tokenizer") as refused:
+        load_checkpoint(tmp_path / "disagrees")
+    assert TINY_SPEC.tokenizer in str(refused.value) and str(local_base_encoder) in str(refused.value)
