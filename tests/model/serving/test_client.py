@@ -154,6 +154,7 @@ def servers() -> Iterator[list[subprocess.Popen]]:
         process.wait(10)
 
 
+@pytest.mark.slow
 def test_the_client_survives_a_server_killed_and_restarted_mid_video(
     tiny_checkpoint: Path, served_model: ServedModel, servers: list[subprocess.Popen]
 ):
@@ -374,6 +375,7 @@ def test_a_model_swapped_between_chunks_rescores_the_video_from_the_start(
         assert info.value.code == "model_changed"
 
 
+@pytest.mark.slow
 def test_the_invoke_command_scores_a_media_file_or_a_bundle(
     server_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):

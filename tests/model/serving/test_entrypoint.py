@@ -79,6 +79,7 @@ def wait_for_in_flight(url: str, timeout: float = 30.0) -> None:
     raise AssertionError("no invocation was ever in flight")
 
 
+@pytest.mark.slow
 def test_serve_runs_under_sagemakers_environment_and_stops_on_sigterm(opt_ml_model: Path):
     port = free_port()
     env = {
@@ -163,6 +164,7 @@ sys.stdout.buffer.write(inference.output_fn(prediction, "application/json"))
 """
 
 
+@pytest.mark.slow
 def test_the_archives_code_serves_on_its_own(opt_ml_model: Path, tmp_path: Path):
     bundle = make_bundle(count=2, seed=8)
     bundle.save(tmp_path / "bundle.safetensors")
@@ -210,6 +212,7 @@ assert count == 2, count
 """
 
 
+@pytest.mark.slow
 def test_the_images_packages_are_enough_to_load_and_score(tiny_checkpoint: Path, tmp_path: Path):
     # The images install torch, then requirements-inference.txt; nothing else may be needed.
     requirements = tmp_path / "image-requirements.txt"

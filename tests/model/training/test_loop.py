@@ -37,6 +37,7 @@ def tiny_train_config(tmp_path: Path, meld_dir: Path, **changes) -> TrainConfig:
     return TrainConfig(**(values | changes))
 
 
+@pytest.mark.slow
 def test_loss_falls_when_overfitting_generated_clips(mini_meld, tmp_path):
     examples, _ = clip_examples(mini_meld, "train", TINY_SPEC, tmp_path)
     torch.manual_seed(0)
@@ -117,6 +118,7 @@ def test_text_training_caches_frozen_layers_and_keeps_the_best_checkpoint(mini_m
     assert "emotion_confusion/dev" in tags["images"]
 
 
+@pytest.mark.slow
 def test_multimodal_training_from_clips_trains_every_modality(mini_meld, tmp_path):
     config = tiny_train_config(
         tmp_path, mini_meld, modalities=("text", "audio", "visual"), epochs=1, evaluate_test=False
@@ -126,6 +128,7 @@ def test_multimodal_training_from_clips_trains_every_modality(mini_meld, tmp_pat
     assert set(loaded.meta["metrics"]) == {"dev"}
 
 
+@pytest.mark.slow
 def test_distributed_training_with_two_gloo_processes(mini_meld, tmp_path):
     model_config = json.dumps(tiny_model_config(TINY_SPEC).text_encoder_config)
     visual_config = json.dumps(tiny_model_config(TINY_SPEC).visual_encoder_config)

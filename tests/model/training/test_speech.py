@@ -234,6 +234,7 @@ AUDIO_BACKBONES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", sorted(AUDIO_BACKBONES))
 def test_loss_falls_on_a_handful_of_speech_clips(speech_settings, backbone):
     examples = speech_examples("ravdess", "train", TINY_SPEC)
@@ -318,6 +319,7 @@ def branch_checkpoints(speech_settings, tmp_path) -> tuple[Path, Path]:
     return build_tiny_checkpoint(tmp_path / "text", spec=TINY_SPEC), audio_run(tmp_path / "audio")
 
 
+@pytest.mark.slow
 def test_combined_training_keeps_frozen_branches_and_learns_fusion(branch_checkpoints, mini_meld, tmp_path):
     """The other way to combine branches: a text checkpoint's text branch + fusion and an audio
     run's audio branch, both encoders frozen, the whole fusion retrained on MELD text rows +
@@ -401,6 +403,7 @@ def test_frequency_warp_and_tempo_move_a_band_and_stretch_the_speech():
     assert torch.equal(same_mask, mask) and torch.allclose(unchanged, mel)
 
 
+@pytest.mark.slow
 def test_fusion_adapter_recipe_keeps_text_only_outputs_exactly(branch_checkpoints, mini_meld, tmp_path):
     """The default's recipe in miniature: the text checkpoint's text branch and fusion frozen, the
     audio run's encoder frozen, only the audio branch's heads and its fusion adapter learn. A
@@ -443,6 +446,7 @@ def test_fusion_adapter_recipe_keeps_text_only_outputs_exactly(branch_checkpoint
     assert not torch.allclose(with_adapter, without_adapter)
 
 
+@pytest.mark.slow
 def test_a_fine_tuned_speech_encoder_travels_frozen_into_the_combined_run(
     speech_settings, mini_meld, tmp_path
 ):
@@ -492,6 +496,7 @@ def test_a_frozen_part_no_checkpoint_supplies_is_refused(speech_settings, tmp_pa
         )
 
 
+@pytest.mark.slow
 def test_whisper_branch_recipe_caches_states_once_and_keeps_text_outputs(
     speech_settings, mini_meld, tmp_path, monkeypatch
 ):
