@@ -1,4 +1,7 @@
-"""Evaluation: ``moodreel evaluate CHECKPOINT --split test [--out report.json]``.
+"""Evaluation: ``moodreel evaluate CHECKPOINT --split test [--out report.json]``, and the scores a
+training run reports (``score_sources``: per source and split; ``score_baseline``: the checkpoint
+the retraining guard compares against). Every score runs through the one forward path
+(``services.model.core.forward``).
 
 Scores a checkpoint on a MELD split (text-only from the label CSVs; the split's clips are used when
 a feature cache of them exists): accuracy, weighted F1 (MELD's headline metric), macro F1,
