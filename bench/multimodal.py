@@ -41,8 +41,8 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-from services.model.core.calibration import collect_logits, joint_sets
 from services.model.core.checkpoint import load_checkpoint
+from services.model.training.calibration import collect_logits, joint_sets
 from services.model.training.data.examples import ExampleSet
 from services.model.training.metrics import expected_calibration_error
 from shared.contract.labels import MODALITIES

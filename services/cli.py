@@ -356,7 +356,7 @@ def calibrate(
     in its checkpoint.json; serving applies them."""
     import json
 
-    from services.model.core.calibration import calibrate_checkpoint
+    from services.model.training.calibration import calibrate_checkpoint
     from shared.logging import configure_logging
 
     configure_logging()

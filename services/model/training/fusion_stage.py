@@ -119,8 +119,8 @@ def train_fusion(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Train the fusion of ``checkpoint_dir`` on the joint rows; write the result to ``output_dir``."""
-    from services.model.core.calibration import joint_sets
     from services.model.core.checkpoint import load_checkpoint, save_checkpoint
+    from services.model.training.calibration import joint_sets
 
     started = time.perf_counter()
     torch.manual_seed(seed)

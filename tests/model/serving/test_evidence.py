@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from services.model.core import calibration
 from services.model.core.checkpoint import META_FILE, load_checkpoint
 from services.model.core.network import inputs_from_bundle
 from services.model.serving.inference import ServedModel, build_response, predict_fn
+from services.model.training import calibration
 from services.model.training.data.examples import ExampleSet
 from shared.contract.bundle import CONTENT_TYPE
 from shared.contract.labels import MODALITIES

@@ -49,3 +49,30 @@ def test_model_tar_defaults_carry_the_model_service_code(tmp_path):
         requirements = archive.extractfile("code/requirements.txt").read()
     assert inference == (REPO_ROOT / "services/model/serving/inference.py").read_bytes()
     assert requirements == (REPO_ROOT / "services/model/requirements-inference.txt").read_bytes()
+
+
+def test_serving_loads_no_training_code(tmp_path):
+    """Serving imports the model's core only: the training side (its data sources, sklearn and
+    scipy) never loads in the model server."""
+    import subprocess
+    import sys
+
+    from shared.settings import REPO_ROOT
+
+    script = (
+        "import sys\n"
+        "import services.model.serving.inference, services.model.serving.server\n"
+        "from services.model.core.checkpoint import load_checkpoint\n"
+        "load_checkpoint(sys.argv[1])\n"
+        "print(sorted(m for m in sys.modules if m.startswith('services.model.training')))\n"
+    )
+    checkpoint = build_tiny_checkpoint(tmp_path / "checkpoint")
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(checkpoint)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
