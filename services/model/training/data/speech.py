@@ -89,7 +89,7 @@ MELD_EMOTION_TO_SENTIMENT: dict[str, str | None] = {
 }
 
 # Speaker-independent split of RAVDESS's 24 actors (odd male, even female): actors 21-24 are the
-# held-out test set the issue fixes; 17-20 (two male, two female) select checkpoints.
+# held-out test set; 17-20 (two male, two female) select checkpoints.
 RAVDESS_TEST_ACTORS = frozenset({21, 22, 23, 24})
 RAVDESS_DEV_ACTORS = frozenset({17, 18, 19, 20})
 
