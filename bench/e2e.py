@@ -98,9 +98,9 @@ def checkpoint_dir() -> tuple[Path, str]:
         return default, f"default ({default.name})"
     directory = WORK / "e2e-model-default-random"
     if not any(directory.glob("*.safetensors")):
-        from services.model.checkpoint import save_checkpoint
-        from services.model.config import ModelConfig
-        from services.model.network import MoodreelModel
+        from services.model.core.checkpoint import save_checkpoint
+        from services.model.core.config import ModelConfig
+        from services.model.core.network import MoodreelModel
         from shared.contract.features.spec import FeatureSpec
 
         meta = {"name": "moodreel-bench-random", "version": "bench", "metrics": {}}

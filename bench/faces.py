@@ -29,9 +29,9 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from services.model.checkpoint import load_checkpoint  # noqa: E402
-from services.model.data.faces import as_frames, load_split_arrays  # noqa: E402
-from services.model.network import VISUAL, ModelInputs  # noqa: E402
+from services.model.core.checkpoint import load_checkpoint  # noqa: E402
+from services.model.core.network import VISUAL, ModelInputs  # noqa: E402
+from services.model.training.data.faces import as_frames, load_split_arrays  # noqa: E402
 from shared.contract.features.demo_media import ffmpeg_args, run_tool  # noqa: E402
 from shared.contract.features.pipeline import extract_features  # noqa: E402
 from shared.contract.labels import EMOTIONS, MODALITIES  # noqa: E402
@@ -104,11 +104,15 @@ def measured_on(load_before: tuple[float, float, float]) -> dict:
 def detector_only(faces: np.ndarray, args, load_before) -> None:
     """Found rate and pipeline time of the sampled faces' clips with the visual-fer2013 preset's
     face spec: the detector's share of the targets, without a model."""
-    from services.model.train import PRESETS
+    from services.model.training.cli import load_preset
     from shared.contract.features.spec import FeatureSpec
 
     spec = FeatureSpec.model_validate(
-        {k.removeprefix("spec."): v for k, v in PRESETS["visual-fer2013"].items() if k.startswith("spec.")}
+        {
+            k.removeprefix("spec."): v
+            for k, v in load_preset("visual-fer2013").items()
+            if k.startswith("spec.")
+        }
     )
     rng = np.random.default_rng(args.seed)
     picked = np.sort(rng.choice(len(faces), size=min(args.clips, len(faces)), replace=False))

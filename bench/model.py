@@ -38,11 +38,11 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from services.model.checkpoint import save_checkpoint  # noqa: E402
-from services.model.config import ModelConfig  # noqa: E402
-from services.model.inference import ServedModel, model_fn  # noqa: E402
-from services.model.network import MoodreelModel, inputs_from_bundle  # noqa: E402
-from services.model.server import create_app, serve_in_background  # noqa: E402
+from services.model.core.checkpoint import save_checkpoint  # noqa: E402
+from services.model.core.config import ModelConfig  # noqa: E402
+from services.model.core.network import MoodreelModel, inputs_from_bundle  # noqa: E402
+from services.model.serving.inference import ServedModel, model_fn  # noqa: E402
+from services.model.serving.server import create_app, serve_in_background  # noqa: E402
 from shared.contract.bundle import CONTENT_TYPE, FeatureBundle, UtteranceMeta  # noqa: E402
 from shared.contract.features.spec import FeatureSpec  # noqa: E402
 from shared.contract.features.text import tokenize_utterances  # noqa: E402

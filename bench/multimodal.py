@@ -1,6 +1,6 @@
 """Fusion you can trust: each modality alone and fused, on composed test sets (test splits only).
 
-Sets (``services.model.data.joint``, drawn with a fixed seed; sizes fit two shared CPU cores, a
+Sets (``services.model.training.data.joint``, drawn with a fixed seed; sizes fit two shared CPU cores, a
 Whisper pass per speech row being the cost):
 
 - ``meld_spoken``: MELD test utterances read by espeak-ng voices (label: MELD's, from the text).
@@ -41,10 +41,10 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-from services.model.calibration import collect_logits, joint_sets
-from services.model.checkpoint import load_checkpoint
-from services.model.data.examples import ExampleSet
-from services.model.metrics import expected_calibration_error
+from services.model.core.checkpoint import load_checkpoint
+from services.model.training.calibration import collect_logits, joint_sets
+from services.model.training.data.examples import ExampleSet
+from services.model.training.metrics import expected_calibration_error
 from shared.contract.labels import MODALITIES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,7 +121,7 @@ def bed_change_rate(model, bedded: ExampleSet) -> dict:
 
 def no_evidence_labels(served_dir: Path) -> dict:
     """Media without a transcript and without speech, through the served path: labels given."""
-    from services.model.inference import build_response, model_fn, predict_fn
+    from services.model.serving.inference import build_response, model_fn, predict_fn
     from shared.contract.features.pipeline import extract_features
 
     served = model_fn(served_dir)
@@ -147,7 +147,7 @@ def no_evidence_labels(served_dir: Path) -> dict:
 
 
 def language_false_alarms() -> dict:
-    from services.model.data.meld import read_split
+    from services.model.training.data.meld import read_split
     from shared.contract.features.language import detect_language
     from shared.settings import get_settings
 

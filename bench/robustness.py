@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from services.model.checkpoint import load_checkpoint
-from services.model.network import inputs_from_bundle
+from services.model.core.checkpoint import load_checkpoint
+from services.model.core.network import inputs_from_bundle
 from shared.contract.features.pipeline import extract_features
 from shared.contract.labels import EMOTIONS, MODALITIES
 

@@ -2,7 +2,7 @@
 (test, held out), 8 classes, audio only, and EmoDB (German, cross-language, not tuned on).
 
 A frozen speech encoder's per-layer statistics come from the training cache
-(``services.model.train.cache_audio_states``), so the same clips are not encoded twice. Writes
+(``services.model.training.caches.cache_audio_states``), so the same clips are not encoded twice. Writes
 ``bench/results/speech.json``.
 
     .venv/bin/python bench/speech.py CHECKPOINT_DIR [--out bench/results/speech.json]
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from services.model.checkpoint import load_checkpoint
-from services.model.data.speech import corpus_available, speech_examples
-from services.model.speech_eval import speech_scores
-from services.model.train import audio_cache_dir, cache_audio_states
+from services.model.core.checkpoint import load_checkpoint
+from services.model.training.caches import audio_cache_dir, cache_audio_states
+from services.model.training.data.speech import corpus_available, speech_examples
+from services.model.training.speech_eval import speech_scores
 
 RESULTS = Path(__file__).parent / "results" / "speech.json"
 

@@ -31,13 +31,13 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from services.model.checkpoint import read_checkpoint_document  # noqa: E402
-from services.model.server import create_app, serve_in_background  # noqa: E402
+from services.model.core.checkpoint import read_checkpoint_document  # noqa: E402
+from services.model.serving.server import create_app, serve_in_background  # noqa: E402
 from services.retrain.loop import publish  # noqa: E402
 from shared.contract.bundle import CONTENT_TYPE  # noqa: E402
 from shared.contract.features.spec import FeatureSpec  # noqa: E402
 from shared.settings import Settings  # noqa: E402
-from tests.model_service.conftest import make_bundle  # noqa: E402
+from tests.model.serving.conftest import make_bundle  # noqa: E402
 
 WORK = ROOT / "bench" / "media" / "swap"
 RESULTS = ROOT / "bench" / "results" / "swap.json"

@@ -35,17 +35,13 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from services.model.data.meld import read_split  # noqa: E402
-from services.model.metrics import classification_report  # noqa: E402
-from services.model.network import MoodreelModel  # noqa: E402
-from services.model.train import (  # noqa: E402
-    PRESETS,
-    cache_text_hidden,
-    class_weights,
-    config_from_strings,
-    load_split,
-    text_cache_dir,
-)
+from services.model.core.network import MoodreelModel  # noqa: E402
+from services.model.training.caches import cache_text_hidden, text_cache_dir  # noqa: E402
+from services.model.training.cli import config_from_strings, load_preset  # noqa: E402
+from services.model.training.data.meld import read_split  # noqa: E402
+from services.model.training.data.sources import load_split  # noqa: E402
+from services.model.training.losses import class_weights  # noqa: E402
+from services.model.training.metrics import classification_report  # noqa: E402
 from shared.contract.labels import EMOTIONS, SENTIMENTS  # noqa: E402
 from shared.settings import get_settings  # noqa: E402
 
@@ -153,7 +149,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     started = time.monotonic()
     config = config_from_strings(
-        PRESETS["text-mpnet"] | {"output_dir": str(ROOT / "var" / "train" / "probe")}
+        load_preset("text-mpnet") | {"output_dir": str(ROOT / "var" / "train" / "probe")}
     )
     model = MoodreelModel(config.model.replace(trained_modalities=("text",))).eval()
     meld_dir = Path(config.meld_dir or get_settings().meld_dir)

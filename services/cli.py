@@ -81,7 +81,7 @@ def serve(
     workers: int | None = typer.Option(None, help="[default: SAGEMAKER_MODEL_SERVER_WORKERS or 1]"),
 ) -> None:
     """Run the model server: GET /ping, POST /invocations, GET /spec, GET /metrics."""
-    from services.model.server import serve as run_server
+    from services.model.serving.server import serve as run_server
 
     run_server(model_dir, host=host, port=port, workers=workers)
 
@@ -106,8 +106,9 @@ def sagemaker_deploy(
     import tempfile
     from dataclasses import asdict
 
-    from services.model.checkpoint import package_model_tar, read_checkpoint_document
-    from services.model.deploy import DeployConfig, SageMakerDeployer
+    from services.model.core.checkpoint import read_checkpoint_document
+    from services.model.serving.deploy import DeployConfig, SageMakerDeployer
+    from services.model.serving.packaging import package_model_tar
     from shared.contract.features.spec import FeatureSpec
     from shared.settings import get_settings
 
@@ -181,7 +182,7 @@ def sagemaker_delete(
     yes: bool = typer.Option(False, "--yes", help="do not ask for confirmation"),
 ) -> None:
     """Delete the endpoint, its config, model and autoscaling target (S3 artifacts stay)."""
-    from services.model.deploy import SageMakerDeployer
+    from services.model.serving.deploy import SageMakerDeployer
     from shared.settings import get_settings
 
     settings = get_settings()
@@ -298,7 +299,7 @@ def demo(
 )
 def train(ctx: typer.Context) -> None:
     """Train a checkpoint (`moodreel train --help` lists every option; `--preset text-default`)."""
-    from services.model.train import main
+    from services.model.training.cli import main
 
     typer.echo(f"checkpoint: {main(list(ctx.args))}")
 
@@ -313,7 +314,7 @@ def evaluate(
     """Score a checkpoint on MELD: accuracy, weighted/macro F1, per class, confusion, calibration."""
     import json
 
-    from services.model.evaluate import evaluate_checkpoint
+    from services.model.training.evaluation import evaluate_checkpoint
     from shared.logging import configure_logging
 
     configure_logging()
@@ -336,7 +337,7 @@ def fuse(
     beds, RAVDESS with its sentence) over the checkpoint's frozen branches; then calibrate."""
     import json
 
-    from services.model.fusion_stage import train_fusion
+    from services.model.training.fusion_stage import train_fusion
     from shared.logging import configure_logging
 
     configure_logging()
@@ -355,7 +356,7 @@ def calibrate(
     in its checkpoint.json; serving applies them."""
     import json
 
-    from services.model.calibration import calibrate_checkpoint
+    from services.model.training.calibration import calibrate_checkpoint
     from shared.logging import configure_logging
 
     configure_logging()
@@ -386,10 +387,10 @@ def sagemaker_train(
         [], "--hp", help="trainer option as name=value (e.g. --hp epochs=8); repeatable"
     ),
 ) -> None:
-    """Launch `services/model/train.py` as a SageMaker training job (prints the job name and ARN)."""
+    """Launch `services/model/training/cli.py` as a SageMaker training job (prints the job name and ARN)."""
     import boto3
 
-    from services.model.sagemaker_train import TrainingJobConfig, launch
+    from services.model.training.sagemaker import TrainingJobConfig, launch
     from shared.settings import get_settings
 
     settings = get_settings()
@@ -429,7 +430,7 @@ def audio_baseline(
     logistic regression (docs/audio.md)."""
     import json
 
-    from services.model.audio_baseline import run_baseline
+    from services.model.training.audio_baseline import run_baseline
     from shared.logging import configure_logging
 
     configure_logging()
@@ -503,7 +504,7 @@ def retrain(
     and publish the new model only when it is not worse (prints the decision)."""
     import json
 
-    from services.model.train import config_from_args
+    from services.model.training.cli import config_from_args
     from services.retrain.loop import retrain as run_retrain
     from shared.db.session import create_db_engine, make_session_factory
     from shared.logging import configure_logging

@@ -102,7 +102,7 @@ class Settings(BaseSettings):
         default=REPO_ROOT.parent / "shared" / "emotion-speech",
         validation_alias=AliasChoices("EMOTION_SPEECH_DIR", "MOODREEL_EMOTION_SPEECH_DIR"),
     )
-    # FER2013 faces (fer2013/), for the visual branch (services/model/data/faces.py).
+    # FER2013 faces (fer2013/), for the visual branch (services/model/training/data/faces.py).
     face_expression_dir: Path = Field(
         default=REPO_ROOT.parent / "shared" / "face-expression",
         validation_alias=AliasChoices("FACE_EXPRESSION_DIR", "MOODREEL_FACE_EXPRESSION_DIR"),

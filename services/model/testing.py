@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from services.model.checkpoint import save_checkpoint
-from services.model.config import ModelConfig
-from services.model.network import MoodreelModel
+from services.model.core.checkpoint import save_checkpoint
+from services.model.core.config import ModelConfig
+from services.model.core.network import MoodreelModel
 from shared.contract.features.spec import FeatureSpec
 from shared.contract.features.text import load_tokenizer
 

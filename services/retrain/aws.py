@@ -3,7 +3,7 @@
 ``trigger_handler`` runs on S3 ``ObjectCreated`` of an export's ``manifest.json`` under
 ``retrain_corrections_prefix`` (an export uploads its manifest last) and on an hourly schedule.
 It counts the new exports' utterances and starts a SageMaker training job, built by
-``services.model.sagemaker_train`` exactly as ``moodreel sagemaker train`` builds it, on MELD plus
+``services.model.training.sagemaker`` exactly as ``moodreel sagemaker train`` builds it, on MELD plus
 every export, with the deployed model's artifact as the "baseline" channel, once there are at
 least ``retrain_min_new_items`` new utterances and ``retrain_min_interval_seconds`` have passed
 since the last start, and no retraining job is running. Its state is one JSON object in S3
@@ -30,8 +30,8 @@ from urllib.parse import unquote_plus
 
 from botocore.exceptions import ClientError
 
-from services.model.deploy import DeployConfig, DeployError, SageMakerDeployer, _is_missing
-from services.model.sagemaker_train import TrainingJobConfig, job_name, launch
+from services.model.serving.deploy import DeployConfig, DeployError, SageMakerDeployer, _is_missing
+from services.model.training.sagemaker import TrainingJobConfig, job_name, launch
 from services.retrain.guard import Decision, decide, refuse, start_check
 from shared.contract.features.spec import FeatureSpec
 from shared.logging import get_logger
@@ -41,7 +41,7 @@ log = get_logger(__name__)
 
 JOB_PREFIX = "moodreel-retrain"
 MANIFEST = "manifest.json"
-# The checkpoint document's name inside model.tar.gz (services.model.checkpoint.META_FILE; not
+# The checkpoint document's name inside model.tar.gz (services.model.core.checkpoint.META_FILE; not
 # imported, so the function's image needs no torch).
 CHECKPOINT_DOCUMENT = "checkpoint.json"
 BASELINE_DIR = "/opt/ml/input/data/baseline"

@@ -2,7 +2,7 @@
 
 Only utterances whose owner consented to training and whose both labels (emotion and sentiment)
 the owner set are exported; an utterance with one corrected head has no evidence for the other.
-The directory is what ``services.model.data.meld`` reads unchanged::
+The directory is what ``services.model.training.data.meld`` reads unchanged::
 
     train_sent_emo.csv  dev_sent_emo.csv  test_sent_emo.csv   (MELD's columns and time format)
     train_splits/dia<D>_utt<U>.mp4  dev_splits_complete/...  (clips cut from the stored media)
@@ -33,7 +33,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.model.data.meld import CLIP_DIRS, CSV_FILES
+from services.model.training.data.meld import CLIP_DIRS, CSV_FILES
 from shared.contract.features.media import input_args
 from shared.db.models import Analysis, Upload, User, UtteranceResult
 from shared.logging import get_logger

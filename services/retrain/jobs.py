@@ -17,7 +17,7 @@ log = get_logger(__name__)
 
 
 def retrain_once() -> dict[str, Any]:
-    from services.model.train import config_from_args
+    from services.model.training.cli import config_from_args
     from services.retrain.loop import retrain
     from shared.db.session import create_db_engine, make_session_factory
 

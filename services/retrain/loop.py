@@ -100,7 +100,7 @@ def retrain(
 ) -> RetrainOutcome:
     """One pass of the loop; ``train_config`` is a ``TrainConfig`` (e.g. a preset's) that this
     run points at MELD plus every export, scoring the deployed model beside it."""
-    from services.model.train import train
+    from services.model.training.loop import train
 
     now = now or datetime.now(UTC)
     root = Path(root)

@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from services.model.data.meld import read_split, text_examples
+from services.model.training.data.meld import read_split, text_examples
 from shared.contract.features.pipeline import extract_features
 from shared.contract.features.spec import MINILM_PACKAGE, FeatureSpec, resolve_pretrained
 from shared.contract.features.text import token_arrays
@@ -114,7 +114,7 @@ def settings_module():
 
 
 def _training_tokens(dialogue, spec: FeatureSpec) -> dict[str, np.ndarray]:
-    from services.model.data.meld import MeldSplit
+    from services.model.training.data.meld import MeldSplit
 
     examples = text_examples(MeldSplit(split="test", utterances=list(dialogue)), spec)
     return {name: examples.tensors[name].numpy() for name in TEXT_TENSORS}

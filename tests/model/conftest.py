@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from services.model.data.meld import CLIP_DIRS, CSV_FILES
 from services.model.testing import TINY_SPEC
+from services.model.training.data.meld import CLIP_DIRS, CSV_FILES
 from tests import mediagen
 
 COLUMNS = [

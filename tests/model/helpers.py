@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from services.model.network import ModelInputs
+from services.model.core.network import ModelInputs
 from shared.contract.features.spec import FeatureSpec
 
 

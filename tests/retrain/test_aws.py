@@ -15,9 +15,9 @@ import pytest
 from botocore.stub import ANY, Stubber
 from moto import mock_aws
 
-from services.model.deploy import version_name
-from services.model.sagemaker_train import build_request, job_name
+from services.model.serving.deploy import version_name
 from services.model.testing import TINY_SPEC
+from services.model.training.sagemaker import build_request, job_name
 from services.retrain.aws import (
     AwsClients,
     decision_key,
@@ -157,7 +157,7 @@ def test_the_request_is_sagemaker_trains_with_corrections_and_the_baseline():
     hyperparameters = request["HyperParameters"]
     assert hyperparameters["preset"] == "text-default" and hyperparameters["sources"] == "meld,corrections"
     assert hyperparameters["compare-with"] == "/opt/ml/input/data/baseline"
-    assert hyperparameters["sagemaker_program"] == "services/model/train.py"
+    assert hyperparameters["sagemaker_program"] == "services/model/training/cli.py"
     assert request["AlgorithmSpecification"]["TrainingImage"] == TRAINING_IMAGE
 
 

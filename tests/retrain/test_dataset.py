@@ -7,8 +7,8 @@ from datetime import timedelta
 
 import boto3
 
-from services.model.data.meld import clip_examples, clip_path, clip_status, read_split
 from services.model.testing import TINY_SPEC
+from services.model.training.data.meld import clip_examples, clip_path, clip_status, read_split
 from services.retrain.dataset import MANIFEST, dialogue_id, export, meld_time
 from shared.contract.labels import EMOTIONS, SENTIMENTS
 from shared.db.session import make_session_factory, session_scope

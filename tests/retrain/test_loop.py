@@ -12,8 +12,8 @@ from pathlib import Path
 
 import httpx
 
-from services.model.checkpoint import load_checkpoint
-from services.model.server import create_app, serve_in_background
+from services.model.core.checkpoint import load_checkpoint
+from services.model.serving.server import create_app, serve_in_background
 from services.model.testing import TINY_SPEC, build_tiny_checkpoint
 from services.retrain.guard import decide
 from services.retrain.loop import publish, retrain
@@ -22,8 +22,8 @@ from shared.contract.predictions import InvocationResponse
 from shared.db.session import make_session_factory
 from tests.fixtures.db import engine_for
 from tests.model.conftest import mini_meld  # noqa: F401  (the fixture)
-from tests.model.test_train import tiny_train_config
-from tests.model_service.conftest import make_bundle
+from tests.model.serving.conftest import make_bundle
+from tests.model.training.test_loop import tiny_train_config
 from tests.retrain.conftest import UNTIL
 
 BUNDLE_HEADERS = {"Content-Type": BUNDLE_CONTENT_TYPE, "Accept": "application/json"}
@@ -171,8 +171,8 @@ def test_the_baseline_can_be_a_channel_holding_model_tar_gz(mini_meld, tmp_path)
     """What SageMaker's "baseline" channel holds: the deployed model.tar.gz."""
     import torch
 
-    from services.model.checkpoint import package_model_tar
-    from services.model.train import score_baseline
+    from services.model.serving.packaging import package_model_tar
+    from services.model.training.evaluation import score_baseline
 
     channel = tmp_path / "baseline"
     package_model_tar(build_tiny_checkpoint(tmp_path / "deployed"), channel / "model.tar.gz")

@@ -112,7 +112,7 @@ def model_server(checkpoint: Path, env: dict[str, str], log_dir: Path, port: int
     argv = [
         str(BIN / "uvicorn"),
         "--factory",
-        "services.model.server:app_from_environment",
+        "services.model.serving.server:app_from_environment",
         "--host",
         "127.0.0.1",
         "--port",

@@ -322,7 +322,7 @@ class AnalysisRun:
             speakers=options.get("speakers"),
             settings=self.settings,
         )
-        # What the model must know to mask evidence with a reason (services.model.inference): the
+        # What the model must know to mask evidence with a reason (services.model.serving.inference): the
         # modalities the client asked for, and the transcript's language, read once per analysis.
         bundle.media["modalities_requested"] = list(options.get("modalities") or MODALITIES)
         if transcript is not None:

@@ -11,7 +11,7 @@ Per utterance the face followed is the most prominent one (largest area times sc
 frames, tracked to its neighbouring frames by overlap; the other faces' boxes are kept. Its crop
 is square, widened by ``spec.face_margin`` on each side, padded by edge replication where it leaves
 the frame and resized to ``frame_size`` (area when shrinking, cubic when enlarging: the resize
-``services.model.data.faces`` applies to FER2013's faces).
+``services.model.training.data.faces`` applies to FER2013's faces).
 """
 
 from __future__ import annotations

@@ -1,0 +1,53 @@
+"""The one forward path of a trained model: evaluation, the fusion stage's scoring and serving all
+run batches through ``forward_batches``, in the precision ``autocast`` chooses.
+
+Precision: float32 on CPU. On a GPU, bfloat16 autocast where the GPU computes in bfloat16
+(Ampere and later: A10G, A100, H100, L4), float16 autocast on older ones (T4, V100). Training runs
+under the same autocast, so the dev scores that choose a checkpoint are computed the way the
+deployed model computes its answers on the same device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+
+from services.model.core.network import ModelInputs, ModelOutput
+
+
+def compute_dtype(device: torch.device | str) -> torch.dtype:
+    """The dtype matrix products run in on ``device``."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+
+
+def autocast(device: torch.device | str) -> torch.autocast:
+    """Mixed precision for ``device`` (none on CPU)."""
+    device = torch.device(device)
+    dtype = compute_dtype(device)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
+def forward_batches(
+    model: torch.nn.Module,
+    count: int,
+    batch_size: int,
+    inputs_for: Callable[[slice], ModelInputs],
+    device: torch.device | str,
+    before_batch: Callable[[int], None] | None = None,
+) -> Iterator[tuple[slice, ModelOutput]]:
+    """``(rows, output)`` for ``count`` rows, ``batch_size`` at a time, in eval mode without
+    gradients. ``inputs_for(rows)`` builds a batch; ``before_batch(start)`` runs before each one
+    (a deadline check may raise there)."""
+    device = torch.device(device)
+    model.eval()
+    for start in range(0, count, batch_size):
+        if before_batch is not None:
+            before_batch(start)
+        rows = slice(start, min(start + batch_size, count))
+        with torch.inference_mode(), autocast(device):
+            output = model(inputs_for(rows).to(device))
+        yield rows, output

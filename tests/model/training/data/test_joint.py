@@ -1,0 +1,53 @@
+"""Joint rows (espeak-ng speech, beds) through the served feature code, and the fusion stage's
+fast path (cached embeddings) giving exactly the network's own fused logits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from services.model.core.checkpoint import load_checkpoint
+from services.model.testing import TINY_SPEC, build_tiny_checkpoint
+from services.model.training.data.joint import BEDS, JointRow, Voice, bed, rows_to_examples, synthesize
+from services.model.training.fusion_stage import _fused_logits, embed
+from shared.contract.labels import MODALITIES
+
+GATED = TINY_SPEC.model_copy(update={"speech_gate": True})
+TEXT, AUDIO = MODALITIES.index("text"), MODALITIES.index("audio")
+
+
+def test_synthetic_speech_passes_the_speech_gate_and_beds_do_not():
+    rng = np.random.default_rng(0)
+    speech = synthesize("I can't believe you did that, this is wonderful!", Voice("en-us", 150, 50), 16_000)
+    assert 1.0 < len(speech) / 16_000 < 6.0
+    rows = [JointRow("I can't believe it!", speech, 3, 2)]
+    rows += [JointRow("Okay.", 0.1 * bed(kind, 48_000, 16_000, rng), 4, 1) for kind in BEDS]
+    rows.append(JointRow("", None, -1, -1))
+    examples = rows_to_examples(rows, GATED)
+    assert examples.modality_mask[:, AUDIO].tolist() == [True, False, False, False, False, False]
+    assert examples.modality_mask[:, TEXT].tolist() == [True] * 5 + [False]
+    assert examples.emotion.tolist() == [3, 4, 4, 4, 4, -1]
+
+
+def test_an_unknown_bed_is_refused():
+    with pytest.raises(ValueError, match="unknown bed"):
+        bed("applause", 100, 16_000, np.random.default_rng(0))
+
+
+def test_the_fusion_stage_reads_the_networks_own_fused_logits(tmp_path):
+    model = load_checkpoint(build_tiny_checkpoint(tmp_path / "tiny")).model
+    rng = np.random.default_rng(1)
+    rows = [
+        JointRow(f"line {i} is here", rng.standard_normal(16_000).astype(np.float32) * 0.1, i % 7, i % 3)
+        for i in range(6)
+    ]
+    examples = rows_to_examples(rows, TINY_SPEC)
+    examples.modality_mask[::2, AUDIO] = False
+    embeddings, used = embed(model, examples)
+    with torch.no_grad():
+        emotion, sentiment = _fused_logits(model, embeddings, used)
+        output = model(examples.batch(torch.arange(len(examples))).inputs)
+    torch.testing.assert_close(emotion, output.emotion_logits, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(sentiment, output.sentiment_logits, atol=1e-5, rtol=1e-4)
+    assert torch.equal(used, output.modalities_used)
