@@ -213,11 +213,16 @@ class Settings(BaseSettings):
     # seconds on the event loop. A 5,000-segment transcript needs about 25,000 plus its text's commas.
     max_request_json_values: int = Field(200_000, ge=1000)
     # Parsing and validating a large JSON or form body holds the event loop for milliseconds, so
-    # one credential may have only this many large bodies in flight per gateway process; more are
-    # refused with 429 before a byte is read.
+    # one client (a JWT's account, a verified key, else an address) may have only this many large
+    # bodies in flight per gateway process; more are refused with 429 before a byte is read ...
     max_concurrent_large_bodies: int = Field(2, ge=1)
+    # ... and the whole process only this many, whoever sends them.
+    max_concurrent_large_bodies_total: int = Field(8, ge=1)
     # A JSON or form body over this many bytes (or of unknown length) is a large body.
     large_body_bytes: int = Field(65_536, ge=1024)
+    # A large body must have arrived this long after its request's head (408 otherwise), so that
+    # stalled connections do not hold the slots above.
+    large_body_read_seconds: float = Field(30.0, gt=0)
     # Verified API keys are remembered this long per process (0: always query); at most 1 s so
     # that a revoked key stops working within a second everywhere.
     api_key_cache_seconds: float = Field(1.0, ge=0, le=1)

@@ -13,11 +13,13 @@ dependencies include ``refuse_hopeless_credentials``), matched as the router mat
 route whose path and method fit decides. Other requests pass through untouched, so 404, 405 and
 public operations behave as before.
 
-An admitted credential may also have only ``max_concurrent_large_bodies`` large JSON or form
-bodies in flight in this process: parsing one holds the event loop, and a signed-in client
-sending hundreds at once would otherwise stall every other client behind them. The rest get a 429
-with ``Retry-After`` before their bodies are read. Streamed uploads are not parsed and not bounded
-here.
+Large JSON or form bodies are bounded too, since parsing one holds the event loop: each client
+may have ``max_concurrent_large_bodies`` in flight in this process, and the process
+``max_concurrent_large_bodies_total``; the rest get a 429 with ``Retry-After`` before their bodies
+are read. A client is the account of a JWT, a key verified in the last second, or else the TCP
+peer's address (a well-formed key proves nothing before the database has seen it). A large body
+must arrive within ``large_body_read_seconds`` (408 otherwise), so stalled connections cannot hold
+the slots. Streamed uploads are not parsed and not bounded here.
 """
 
 from __future__ import annotations
@@ -25,13 +27,21 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import anyio
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import iter_route_contexts
 from starlette.datastructures import Headers
 from starlette.requests import Request
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.gateway.deps import ADMITTED_CREDENTIAL, admissible_credential, refuse_hopeless_credentials
+from services.gateway.deps import (
+    ADMITTED_CREDENTIAL,
+    PresentedCredential,
+    admissible_credential,
+    refuse_hopeless_credentials,
+)
+from services.gateway.security import decode_access_token, hash_api_key
+from services.platform.api_keys.cache import verified_keys
 from shared.problems import Problem, TooManyRequests, problem_response
 from shared.settings import Settings
 
@@ -69,6 +79,19 @@ def route_rules(routes) -> list[RouteRule]:
     return rules
 
 
+class TooManyLargeBodies(TooManyRequests):
+    """More large JSON or form bodies are in flight for this client (or for the whole server
+    process) than are parsed at once; retry after ``Retry-After`` seconds."""
+
+    code, title = "too_many_large_bodies", "Too many large request bodies in flight"
+
+
+class BodyTooSlow(Problem):
+    """A large request body did not arrive within the server's deadline (``large_body_read_seconds``)."""
+
+    status, code, title = 408, "body_too_slow", "The request body arrived too slowly"
+
+
 # Bodies the framework reads whole and parses on the event loop.
 PARSED_MEDIA_TYPES = ("application/json", "application/x-www-form-urlencoded")
 
@@ -96,6 +119,7 @@ class AdmissionMiddleware:
         self.settings = settings
         self.rules: list[RouteRule] | None = None
         self.large_bodies_in_flight: dict[str, int] = {}
+        self.large_bodies_total = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -120,20 +144,73 @@ class AdmissionMiddleware:
         if not is_large_parsed_body(headers, self.settings):
             await self.app(scope, receive, send)
             return
-        # The event loop is this counter's only writer, so a plain dict needs no lock.
-        holder = credential.value
-        if self.large_bodies_in_flight.get(holder, 0) >= self.settings.max_concurrent_large_bodies:
-            problem = TooManyRequests(
-                f"At most {self.settings.max_concurrent_large_bodies} requests with bodies over "
-                f"{self.settings.large_body_bytes} bytes may be in flight per credential; retry.",
+        await self._large_body(scope, receive, send, self._holder(scope, credential))
+
+    def _holder(self, scope: Scope, credential: PresentedCredential) -> str:
+        """Whose large bodies these are, as far as the headers prove it: the account of a JWT
+        (its signature was checked), a key verified in the last second, or else the client's
+        address (a well-formed key anyone can make up proves nothing)."""
+        if credential.kind == "jwt":
+            return f"user:{decode_access_token(credential.value, self.settings).user_id}"
+        key_hash = hash_api_key(credential.value, self.settings)
+        if verified_keys.verified_recently(
+            self.settings.database_url, key_hash, self.settings.api_key_cache_seconds
+        ):
+            return f"key:{key_hash}"
+        client = scope.get("client")
+        return f"address:{client[0] if client else ''}"
+
+    async def _large_body(self, scope: Scope, receive: Receive, send: Send, holder: str) -> None:
+        settings = self.settings
+        # The event loop is these counters' only writer, so plain ints and a dict need no lock.
+        if (
+            self.large_bodies_total >= settings.max_concurrent_large_bodies_total
+            or self.large_bodies_in_flight.get(holder, 0) >= settings.max_concurrent_large_bodies
+        ):
+            problem = TooManyLargeBodies(
+                f"At most {settings.max_concurrent_large_bodies} requests with bodies over "
+                f"{settings.large_body_bytes} bytes may be in flight per client; retry.",
                 retry_after=1,
             )
             await problem_response(problem, Request(scope))(scope, receive, send)
             return
         self.large_bodies_in_flight[holder] = self.large_bodies_in_flight.get(holder, 0) + 1
+        self.large_bodies_total += 1
+        body_arrived = anyio.Event()
+        response_started = timed_out = False
+
+        async def receive_noting_body() -> Message:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_arrived.set()
+            return message
+
+        async def send_noting_start(message: Message) -> None:
+            nonlocal response_started
+            response_started = response_started or message["type"] == "http.response.start"
+            await send(message)
+
+        async def stop_at_deadline(app_scope: anyio.CancelScope) -> None:
+            # Only the body has a deadline; afterwards the app may take as long as it needs.
+            nonlocal timed_out
+            with anyio.move_on_after(settings.large_body_read_seconds):
+                await body_arrived.wait()
+            if not body_arrived.is_set() and not response_started:
+                timed_out = True
+                app_scope.cancel()
+
         try:
-            await self.app(scope, receive, send)
+            async with anyio.create_task_group() as group:
+                group.start_soon(stop_at_deadline, group.cancel_scope)
+                await self.app(scope, receive_noting_body, send_noting_start)
+                group.cancel_scope.cancel()  # the app is done: so is the deadline
+            if timed_out:
+                problem = BodyTooSlow(
+                    f"The request body did not arrive within {settings.large_body_read_seconds:g} s."
+                )
+                await problem_response(problem, Request(scope))(scope, receive, send)
         finally:
+            self.large_bodies_total -= 1
             remaining = self.large_bodies_in_flight.pop(holder) - 1
             if remaining:
                 self.large_bodies_in_flight[holder] = remaining

@@ -3,6 +3,7 @@ Redis, and the authenticated principal (JWT user or API key) with its rate limit
 
 from __future__ import annotations
 
+import functools
 import hmac
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -31,7 +32,7 @@ from services.gateway.security import (
 from services.platform.api_keys.cache import verified_keys
 from services.platform.usage.quota import plan_limits
 from services.platform.usage.snapshots import remember_usage_stamp
-from services.platform.usage.stamps import stamp_key
+from services.platform.usage.stamps import read_stamp
 from shared.db.models import ApiKey, User
 from shared.problems import Forbidden, Unauthorized
 from shared.settings import Settings
@@ -317,17 +318,17 @@ async def authenticate(
     limits = plan_limits(principal.user.plan, settings)
     # The usage stamp rides along with the request count: usage reads then need no round trip of
     # their own while the counters are unchanged (usage/snapshots.py).
-    state, usage_stamp = await ratelimit.hit_and_read(
+    state, replies = await ratelimit.hit_and_read(
         redis_client,
         settings,
         principal.rate_limit_identity,
         limit=limits.requests_per_minute,
         window=60,
         policy="requests",
-        read_key=stamp_key(settings, principal.user_id),
+        also=functools.partial(read_stamp, settings=settings, user_id=principal.user_id),
     )
     scope_state = request.scope.setdefault("state", {})
-    remember_usage_stamp(scope_state, usage_stamp)
+    remember_usage_stamp(scope_state, replies[-1])
     ratelimit.enforce(state, scope_state)
     return principal
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.problems import TooManyRequests
@@ -59,22 +61,21 @@ async def hit_and_read(
     limit: int,
     window: int,
     policy: str,
-    read_key: str | None = None,
-) -> tuple[WindowState, bytes | None]:
-    """Count the request and, in the same round trip, read ``read_key`` (another per-caller value
-    the request needs, such as the usage stamp)."""
+    also: Callable[[Pipeline], None] | None = None,
+) -> tuple[WindowState, list]:
+    """Count the request and, in the same round trip, run the commands ``also`` queues (reading
+    another per-caller value the request needs, such as the usage stamp); their replies follow."""
     now = time.time()
     window_start = int(now // window) * window
     key = f"{settings.redis_key_prefix}rl:{policy}:{identity}:{window_start}"
     async with client.pipeline(transaction=True) as pipe:
         pipe.incr(key)
         pipe.expire(key, window + 1)
-        if read_key is not None:
-            pipe.get(read_key)
+        if also is not None:
+            also(pipe)
         replies = await pipe.execute()
     reset_in = max(1, math.ceil(window_start + window - now))
-    read = replies[2] if read_key is not None else None
-    return WindowState(policy, limit, window, int(replies[0]), reset_in), read
+    return WindowState(policy, limit, window, int(replies[0]), reset_in), replies[2:]
 
 
 def remember(state: WindowState, scope_state: dict) -> None:

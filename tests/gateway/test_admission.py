@@ -7,6 +7,8 @@ from __future__ import annotations
 import socket
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 import anyio
@@ -16,7 +18,7 @@ import pytest
 from services.gateway.admission import needs_credentials, route_rules
 from services.gateway.main import create_app
 from services.gateway.security import generate_api_key
-from tests.gateway.conftest import new_api_key, running_server
+from tests.gateway.conftest import running_server, sign_up
 
 GARBAGE_JWT = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0."
 
@@ -145,44 +147,81 @@ async def _give_back_threads(borrowers: list[object]) -> None:
         limiter.release_on_behalf_of(borrower)
 
 
+def _large_body_head(credential_header: str, length: int) -> str:
+    return (
+        "POST /v1/analyses HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        f"{credential_header}\r\nContent-Length: {length}\r\n\r\n"
+    )
+
+
+@contextmanager
+def _waiting_bodies(base_url: str, heads: list[str]) -> Iterator[list[socket.socket]]:
+    """Connections that sent a large body's head and none of the body: admitted, they wait."""
+    parts = urlsplit(base_url)
+    sockets = [socket.create_connection((parts.hostname, parts.port), timeout=10) for _ in heads]
+    try:
+        for sock, head in zip(sockets, heads, strict=True):
+            sock.sendall(head.encode())
+        time.sleep(0.5)
+        for sock in sockets:  # no answer yet: admitted and reading
+            sock.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                sock.recv(1)
+            sock.setblocking(True)
+        yield sockets
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 @pytest.mark.timeout(120)
-def test_a_credential_has_a_bounded_number_of_large_bodies_in_flight(settings, client, account):
-    """Two large JSON bodies of one key are admitted and wait for their bytes; a third is refused
-    with 429 at once, before its body is read, while the key's small requests and another key's
-    large bodies go on; once one finishes, the key may send a large body again."""
-    assert settings.max_concurrent_large_bodies == 2
-    key, other_key = new_api_key(client, account)["key"], new_api_key(client, account)["key"]
+def test_large_bodies_in_flight_are_bounded_per_client_and_per_process(settings, client, account):
+    """Two large JSON bodies of one account wait for their bytes; its third is refused with 429
+    at once, before its body is read, while its small requests and another account's large body
+    go on; made-up keys share their address's slots; the process has a cap of its own; and once a
+    body finishes, the account may send a large body again."""
+    settings.max_concurrent_large_bodies_total = 5
     length = settings.large_body_bytes + 1
+    mine = f"Authorization: Bearer {account.access_token}"
+    theirs = f"Authorization: Bearer {sign_up(client).access_token}"
+    made_up = [f"X-API-Key: {generate_api_key()}" for _ in range(3)]
 
-    def head(api_key: str) -> str:
-        return (
-            "POST /v1/analyses HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-            f"X-API-Key: {api_key}\r\nContent-Length: {length}\r\n\r\n"
-        )
+    def refused(head: str) -> bool:
+        answer = raw_exchange(base_url, head)
+        assert b"application/problem+json" in answer and b"retry-after: 1" in answer.lower(), answer[:300]
+        return answer.startswith(b"HTTP/1.1 429 ") and b"too_many_large_bodies" in answer
 
+    with (
+        running_server(create_app(settings)) as base_url,
+        _waiting_bodies(base_url, [_large_body_head(mine, length)] * 2) as waiting,
+    ):
+        assert refused(_large_body_head(mine, length))  # the account's two slots are taken
+        made_up_heads = [_large_body_head(header, length) for header in made_up]
+        with _waiting_bodies(base_url, made_up_heads[:2]):
+            assert refused(made_up_heads[2])  # made-up keys: one address, two slots
+            with _waiting_bodies(base_url, [_large_body_head(theirs, length)]):
+                assert refused(_large_body_head(theirs, length))  # five in flight: the process is full
+        with httpx.Client(base_url=base_url, headers={"Authorization": mine.split(": ", 1)[1]}) as http:
+            assert http.get("/v1/usage").status_code == 200
+            transcript = [{"start": 0, "end": 1, "text": "x" * 200}] * (length // 200)
+            body = {"video_url": "https://93.184.215.14/v.mp4", "transcript": transcript}
+            assert http.post("/v1/analyses", json=body).status_code == 429
+            waiting.pop().close()
+            deadline = time.monotonic() + 10
+            while (answer := http.post("/v1/analyses", json=body)).status_code == 429:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            assert answer.status_code in (202, 422), answer.text
+
+
+@pytest.mark.timeout(60)
+def test_a_large_body_that_does_not_arrive_in_time_is_refused_and_frees_its_slot(settings, account):
+    settings.large_body_read_seconds = 1.0
+    head = _large_body_head(f"Authorization: Bearer {account.access_token}", settings.large_body_bytes + 1)
     with running_server(create_app(settings)) as base_url:
-        parts = urlsplit(base_url)
-        waiting = [socket.create_connection((parts.hostname, parts.port), timeout=10) for _ in range(2)]
-        try:
-            for sock in waiting:
-                sock.sendall(head(key).encode())
-            time.sleep(0.5)  # both are admitted and reading their bodies
-            refused = raw_exchange(base_url, head(key))
-            assert refused.startswith(b"HTTP/1.1 429 "), refused[:300]
-            assert b"retry-after: 1" in refused.lower() and b"application/problem+json" in refused
-            assert raw_exchange(base_url, head(other_key), timeout=1) == b""  # admitted: waits for its body
-            with httpx.Client(base_url=base_url, headers={"X-API-Key": key}) as http:
-                assert http.get("/v1/usage").status_code == 200
-                # A full large body of the third kind: still refused while two are in flight.
-                transcript = [{"start": 0, "end": 1, "text": "x" * 200}] * (length // 200)
-                body = {"video_url": "https://93.184.215.14/v.mp4", "transcript": transcript}
-                assert http.post("/v1/analyses", json=body).status_code == 429
-                waiting.pop().close()
-                deadline = time.monotonic() + 10
-                while (answer := http.post("/v1/analyses", json=body)).status_code == 429:
-                    assert time.monotonic() < deadline
-                    time.sleep(0.1)
-                assert answer.status_code in (202, 422), answer.text
-        finally:
-            for sock in waiting:
-                sock.close()
+        for _ in range(settings.max_concurrent_large_bodies + 1):
+            started = time.monotonic()
+            answer = raw_exchange(base_url, head, timeout=10)
+            assert answer.startswith(b"HTTP/1.1 408 "), answer[:300]
+            assert b"body_too_slow" in answer
+            assert 0.9 <= time.monotonic() - started < 5

@@ -57,6 +57,11 @@ class VerifiedKeyCache:
             return None
         return session.merge(entry.api_key, load=False), session.merge(entry.user, load=False)
 
+    def verified_recently(self, scope: str, key_hash: str, ttl: float) -> bool:
+        """Whether the key was verified less than ``ttl`` s ago (no session needed)."""
+        entry = self._entries.get((scope, key_hash))
+        return entry is not None and ttl > 0 and time.monotonic() - entry.loaded_at < ttl
+
     def put(self, scope: str, key_hash: str, api_key: ApiKey, user: User) -> None:
         entry = _Entry(detached_copy(api_key), detached_copy(user), time.monotonic())
         with self._lock:

@@ -6,8 +6,9 @@ authenticated request reads the stamp in the same round trip that counts it agai
 limit (``authenticate``), so a usage read costs no query and no extra round trip while the stamp
 is the one its cached counters were read under. The stamp is read *before* the counters are
 queried: a change committed during that query leaves the cached entry behind the new stamp, and
-the next read queries again. Were a stamp lost (Redis unreachable when a change committed), a
-cached entry still lives at most ``usage_cache_seconds``.
+the next read queries again. Stamps are random, so an expired stamp or an emptied Redis never
+brings back a value an entry was tagged with. Were a new stamp lost (Redis unreachable when a
+change committed), a cached entry still lives at most ``usage_cache_seconds``.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ _STATE_KEY = "usage_stamp"
 
 
 def remember_usage_stamp(scope_state: dict, stamp: bytes | None) -> None:
-    """Keep the stamp ``authenticate`` read for this request (no stamp yet reads as ``0``)."""
-    scope_state[_STATE_KEY] = (stamp or b"0").decode()
+    """Keep the stamp ``authenticate`` read for this request (None: read the database)."""
+    if stamp is not None:
+        scope_state[_STATE_KEY] = stamp.decode()
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,12 @@ import asyncio
 import time
 import uuid
 
+import pytest
 from sqlalchemy import update
 
 from services.platform.usage import quota
 from services.platform.usage.snapshots import current_snapshot, remember_usage_stamp
-from services.platform.usage.stamps import stamp_key
+from services.platform.usage.stamps import read_stamp, stamp_key
 from shared.db.models import UsagePeriod, User
 from shared.db.session import make_session_factory, session_scope
 from tests.fixtures.db import engine_for
@@ -25,6 +26,13 @@ def _used(client, headers) -> int:
     response = client.get("/v1/usage", headers=headers)
     assert response.status_code == 200, response.text
     return response.json()["analyses"]["used"]
+
+
+def _read_stamp(redis_client, settings, user_id) -> bytes:
+    """The stamp as ``authenticate`` reads it: created when there is none."""
+    with redis_client.pipeline(transaction=True) as pipe:
+        read_stamp(pipe, settings, user_id)
+        return pipe.execute()[-1]
 
 
 def _user_id(database_url) -> uuid.UUID:
@@ -67,7 +75,7 @@ def test_a_rolled_back_charge_does_not_bump_the_stamp(client, account, database_
     assert redis_client.get(key) == before
     with session_scope(make_session_factory(engine_for(database_url))) as session:
         quota.reserve(session, user_id, uuid.uuid4(), quota.SECONDS, 5, settings=settings)
-    assert int(redis_client.get(key)) == int(before or 0) + 1
+    assert redis_client.get(key) not in (None, before)
     assert client.get("/v1/usage", headers=account.headers).json()["video_seconds"]["used"] == 5
 
 
@@ -89,7 +97,7 @@ def test_a_change_committed_during_a_read_is_not_hidden_by_it(account, database_
     def request_state() -> dict:
         # What authenticate leaves for the request: the stamp read before the endpoint runs.
         state: dict = {}
-        remember_usage_stamp(state, redis_client.get(stamp_key(settings, user_id)))
+        remember_usage_stamp(state, _read_stamp(redis_client, settings, user_id))
         return state
 
     async def scenario() -> list[int]:
@@ -123,3 +131,56 @@ def test_the_cache_can_be_switched_off(client, account, settings):
     with statements(client) as seen:
         _used(client, account.headers)
     assert [s for s in seen if "from usage_periods" in s], seen
+
+
+def test_savepoints_leave_the_stamp_to_the_outer_transaction(
+    client, account, database_url, settings, redis_client
+):
+    if database_url.startswith("sqlite"):
+        pytest.skip("pysqlite commits when the outermost SAVEPOINT is released: no outer rollback")
+    assert _used(client, account.headers) == 0
+    user_id = _user_id(database_url)
+    key = stamp_key(settings, user_id)
+    factory = make_session_factory(engine_for(database_url))
+    before = _read_stamp(redis_client, settings, user_id)
+
+    # A charge in a released savepoint of a transaction that then rolls back: nothing committed.
+    session = factory()
+    try:
+        with session.begin_nested():
+            quota.reserve(session, user_id, uuid.uuid4(), quota.ANALYSIS, 1, settings=settings)
+        assert redis_client.get(key) == before
+        session.rollback()
+    finally:
+        session.close()
+    assert redis_client.get(key) == before
+
+    # A charge in the outer transaction survives a savepoint that rolls back: the commit restamps.
+    session = factory()
+    try:
+        quota.reserve(session, user_id, uuid.uuid4(), quota.ANALYSIS, 1, settings=settings)
+        savepoint = session.begin_nested()
+        savepoint.rollback()
+        session.commit()
+    finally:
+        session.close()
+    assert redis_client.get(key) != before
+    assert _used(client, account.headers) == 1
+
+
+def test_a_lost_stamp_never_brings_back_a_cached_read(client, account, database_url, settings, redis_client):
+    """The stamp expires or Redis restarts empty: the next read gets a new stamp, never one a
+    cached entry was tagged with, so a change committed meanwhile shows."""
+    headers = {"X-API-Key": new_api_key(client, account)["key"]}
+    assert _used(client, headers) == 0  # cached under the current stamp
+    user_id = _user_id(database_url)
+    key = stamp_key(settings, user_id)
+    redis_client.delete(key)
+    with engine_for(database_url).begin() as connection:  # a change whose stamp was lost
+        connection.execute(
+            UsagePeriod.__table__.insert().values(
+                user_id=user_id, period=quota.current_period(), analyses_used=2, seconds_used=0.0
+            )
+        )
+    assert _used(client, headers) == 2
+    assert redis_client.get(key) is not None
