@@ -31,6 +31,16 @@ def autocast(device: torch.device | str) -> torch.autocast:
     return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
 
+def loss_scaler(device: torch.device | str) -> torch.amp.GradScaler:
+    """Loss scaling for training on ``device``: enabled under float16 autocast only. Small
+    gradients underflow float16's five exponent bits, so the loss is scaled up before backward
+    and the gradients unscaled before clipping and the step (a step whose gradients overflowed
+    is skipped and the scale lowered). bfloat16 has float32's exponent range and float32 needs
+    none: there the scaler passes everything through unchanged."""
+    device = torch.device(device)
+    return torch.amp.GradScaler(device.type, enabled=compute_dtype(device) == torch.float16)
+
+
 def forward_batches(
     model: torch.nn.Module,
     count: int,
