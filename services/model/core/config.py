@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from shared.contract.features.spec import MINILM_PACKAGE, FeatureSpec, resolve_pretrained
 from shared.contract.labels import MODALITIES
@@ -96,6 +96,17 @@ class ModelConfig:
     fusion_adapters: bool = False
     # Modalities whose encoder was trained; an untrained one is treated as absent at inference.
     trained_modalities: tuple[str, ...] = MODALITIES
+    # The fields a run gave explicitly (``given``: a ``--model-*`` flag or a preset's ``[model]``),
+    # as a pydantic model's ``model_fields_set``: they win over an initial checkpoint's values even
+    # where they equal the defaults. Not a dataclass field, so never stored in a checkpoint.
+    fields_set: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def given(cls, values: dict[str, Any]) -> ModelConfig:
+        """A ModelConfig of ``values`` that remembers them as explicitly set."""
+        config = cls(**values)
+        config.fields_set = frozenset(values)
+        return config
 
     def __post_init__(self) -> None:
         self.audio_channels = tuple(self.audio_channels)

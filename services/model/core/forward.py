@@ -2,9 +2,13 @@
 run batches through ``forward_batches``, in the precision ``autocast`` chooses.
 
 Precision: float32 on CPU. On a GPU, bfloat16 autocast where the GPU computes in bfloat16
-(Ampere and later: A10G, A100, H100, L4), float16 autocast on older ones (T4, V100). Training runs
-under the same autocast, so the dev scores that choose a checkpoint are computed the way the
-deployed model computes its answers on the same device.
+(Ampere and later: A10G, A100, H100, L4), float16 autocast on older ones (T4, V100); training
+under float16 scales its loss (``loss_scaler``). Training's forward passes and its dev and test
+scoring run the trained layers under the same autocast as serving. What frozen encoders compute,
+where it is cached (``services.model.training.caches``: frozen text layers, speech-encoder
+statistics, a frozen visual encoder's embedding), is computed once without autocast, in float32,
+and text and speech states are stored as float16; the scores read those caches, so they match the
+served model's arithmetic only up to that difference (on CPU: the float16 storage alone).
 """
 
 from __future__ import annotations
@@ -29,6 +33,16 @@ def autocast(device: torch.device | str) -> torch.autocast:
     device = torch.device(device)
     dtype = compute_dtype(device)
     return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
+def loss_scaler(device: torch.device | str) -> torch.amp.GradScaler:
+    """Loss scaling for training on ``device``: enabled under float16 autocast only. Small
+    gradients underflow float16's five exponent bits, so the loss is scaled up before backward
+    and the gradients unscaled before clipping and the step (a step whose gradients overflowed
+    is skipped and the scale lowered). bfloat16 has float32's exponent range and float32 needs
+    none: there the scaler passes everything through unchanged."""
+    device = torch.device(device)
+    return torch.amp.GradScaler(device.type, enabled=compute_dtype(device) == torch.float16)
 
 
 def forward_batches(

@@ -125,7 +125,7 @@ def config_from_strings(values: dict[str, str]) -> TrainConfig:
             raise ValueError(f"unknown hyperparameter {key!r}")
     config = TrainConfig(
         **train_values,
-        model=ModelConfig(**model_values),
+        model=ModelConfig.given(model_values),
         spec=FeatureSpec.model_validate(spec_values),
     )
     settings = get_settings()

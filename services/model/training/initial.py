@@ -34,6 +34,12 @@ AUDIO_SPEC_FIELDS = ("sample_rate", "n_fft", "hop_length", "n_mels", "max_audio_
 VISUAL_SPEC_FIELDS = ("frames_per_utterance", "frame_size", "face_margin")
 
 
+def _supplies(parts: tuple[str, ...], loaded, modality: str) -> bool:
+    """Whether an init_from entry supplies a branch its checkpoint trained."""
+    named = not parts or modality in {group_modality(part) for part in parts}
+    return named and modality in loaded.config.trained_modalities
+
+
 def _checkpoints_spec(initial_checkpoints) -> FeatureSpec:
     """The first initial checkpoint's FeatureSpec, with the log-mel settings of the checkpoint
     that supplies the audio branch and the frame and face settings of the one that supplies the
@@ -42,27 +48,19 @@ def _checkpoints_spec(initial_checkpoints) -> FeatureSpec:
     visual_specs = [
         loaded.spec
         for parts, loaded in initial_checkpoints[1:]
-        if parts and "visual" in {group_modality(part) for part in parts}
+        if parts and _supplies(parts, loaded, "visual")
     ]
     if visual_specs:
         spec = spec.model_copy(update={f: getattr(visual_specs[-1], f) for f in VISUAL_SPEC_FIELDS})
-    audio_specs = [
-        loaded.spec
-        for parts, loaded in initial_checkpoints
-        if not parts or "audio" in {group_modality(part) for part in parts}
-    ]
+    # Only entries whose checkpoint trained audio bind the log-mel settings: a text-only
+    # checkpoint's spec says nothing its weights read.
+    audio_specs = [loaded.spec for parts, loaded in initial_checkpoints if _supplies(parts, loaded, "audio")]
     audio = {tuple(getattr(s, f) for f in AUDIO_SPEC_FIELDS) for s in audio_specs}
     if len(audio) > 1:
         raise ValueError("init_from checkpoints that supply the audio branch use different log-mel settings")
     if audio_specs:
         spec = spec.model_copy(update={f: getattr(audio_specs[-1], f) for f in AUDIO_SPEC_FIELDS})
     return spec
-
-
-def _supplies(parts: tuple[str, ...], loaded, modality: str) -> bool:
-    """Whether an init_from entry supplies a branch its checkpoint trained."""
-    named = not parts or modality in {group_modality(part) for part in parts}
-    return named and modality in loaded.config.trained_modalities
 
 
 def initial_spec(config: TrainConfig, initial_checkpoints) -> FeatureSpec:
@@ -110,8 +108,8 @@ _BRANCH_FIELDS = {"text": ("text_",), "audio": ("audio_", "speech_labels"), "vis
 
 def model_config(config: TrainConfig, initial_checkpoints) -> ModelConfig:
     """The first initial checkpoint's ModelConfig, each later entry's branch fields for the parts
-    it supplies, then the fields this run sets explicitly (those that differ from the defaults);
-    without initial checkpoints, the run's own."""
+    it supplies, then every field the run sets itself (a ``--model-*`` flag, a preset's
+    ``[model]``, or a value other than the default); without initial checkpoints, the run's own."""
     if not initial_checkpoints:
         return config.model
     values = initial_checkpoints[0][1].config.to_dict()
@@ -120,7 +118,9 @@ def model_config(config: TrainConfig, initial_checkpoints) -> ModelConfig:
         prefixes = tuple(prefix for modality in modalities for prefix in _BRANCH_FIELDS[modality])
         values |= {k: v for k, v in loaded.config.to_dict().items() if prefixes and k.startswith(prefixes)}
     defaults = ModelConfig().to_dict()
-    explicit = {k: v for k, v in config.model.to_dict().items() if v != defaults[k]}
+    explicit = {
+        k: v for k, v in config.model.to_dict().items() if k in config.model.fields_set or v != defaults[k]
+    }
     return ModelConfig.from_dict(values | explicit)
 
 

@@ -4,9 +4,9 @@
 One loop for every source and modality mix: sources become ExampleSets (modality masks, -1 for
 labels a source lacks), AdamW with per-part learning rates, label smoothing, class weights or focal
 loss, gradient clipping, early stopping and best-checkpoint selection on dev emotion weighted F1,
-autocast on GPU (``services.model.core.forward``), DistributedDataParallel under torchrun. With a
-text encoder whose lower layers are frozen, their hidden states are computed once and cached, so
-epochs only run the trained layers.
+autocast on GPU (``services.model.core.forward``) with loss scaling under float16,
+DistributedDataParallel under torchrun. With a text encoder whose lower layers are frozen, their
+hidden states are computed once and cached, so epochs only run the trained layers.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 
 from services.model.core.checkpoint import META_FILE, PUBLISHED_FILE_MODE, load_checkpoint, save_checkpoint
 from services.model.core.config import check_tokenizer
-from services.model.core.forward import autocast
+from services.model.core.forward import autocast, loss_scaler
 from services.model.core.network import MoodreelModel
 from services.model.core.parts import group_modality, part_of
 from services.model.training.caches import (
@@ -80,6 +80,7 @@ class Run:
     optimized: list[torch.nn.Parameter]
     plan: WarmupCosine
     scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler  # loss scaling under float16 autocast, a pass-through otherwise
     steps_per_epoch: int
     writer: object | None
     speech_augment: SpeechAugment | None
@@ -205,6 +206,7 @@ def setup(config: TrainConfig) -> Run:
         optimized=[p for group in optimizer.param_groups for p in group["params"]],
         plan=plan,
         scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, plan),
+        scaler=loss_scaler(device),
         steps_per_epoch=steps_per_epoch,
         writer=_summary_writer(
             config.tensorboard_dir or Path(config.output_dir) / "tensorboard", distributed
@@ -351,10 +353,7 @@ def train_epoch(run: Run, epoch: int) -> dict[str, float]:
             output = run.network(batch.inputs.to(device))
         speech = batch.speech.to(device) if batch.speech is not None else None
         terms = run.criterion(output, batch.emotion.to(device), batch.sentiment.to(device), speech)
-        run.optimizer.zero_grad(set_to_none=True)
-        terms.total.backward()
-        torch.nn.utils.clip_grad_norm_(run.optimized, config.grad_clip)
-        run.optimizer.step()
+        optimizer_step(terms.total, run.optimizer, run.optimized, config.grad_clip, run.scaler)
         run.scheduler.step()
         run.step += 1
         losses = {
@@ -367,6 +366,23 @@ def train_epoch(run: Run, epoch: int) -> dict[str, float]:
                 run.writer.add_scalar(f"train_step/loss_{name}", value, run.step)
         bar.set_postfix(loss=f"{losses['total']:.3f}")
     return {f"loss_{k}": v / max(1, run.steps_per_epoch) for k, v in running.items()}
+
+
+def optimizer_step(
+    loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    optimized: list[torch.nn.Parameter],
+    grad_clip: float,
+    scaler: torch.amp.GradScaler,
+) -> None:
+    """Backward and one optimiser step through ``scaler``: the gradients are unscaled before they
+    are clipped, so the clipping threshold applies to the true gradients."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(optimized, grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
 
 
 def evaluate_epoch(run: Run, epoch: int, train_losses: dict[str, float]) -> bool:

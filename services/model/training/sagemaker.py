@@ -16,6 +16,7 @@ import tarfile
 import tomllib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from services.model.training.metrics import metric_regex
 from shared.logging import get_logger
@@ -104,15 +105,28 @@ def requirements_text() -> str:
     return "\n".join(pins[name] for name in TRAINING_PACKAGES) + "\n"
 
 
+def package_data_files() -> list[Path]:
+    """The non-python files the code reads at run time (the presets ``--preset`` offers): those
+    pyproject.toml's ``[tool.setuptools.package-data]`` installs beside the packages."""
+    package_data = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    files: set[Path] = set()
+    for package, patterns in package_data["package-data"].items():
+        directory = REPO_ROOT.joinpath(*package.split("."))
+        for pattern in patterns:
+            files |= {path for path in directory.glob(pattern) if path.is_file()}
+    return sorted(files)
+
+
 def source_archive() -> bytes:
-    """sourcedir.tar.gz: the python sources of ``services`` and ``shared`` plus requirements.txt."""
+    """sourcedir.tar.gz: the python sources and package data of ``services`` and ``shared`` plus
+    requirements.txt."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for package in ("services", "shared"):
-            for path in sorted((REPO_ROOT / package).rglob("*.py")):
-                relative = path.relative_to(REPO_ROOT)
-                if "checkpoints" not in relative.parts:
-                    archive.add(path, arcname=relative.as_posix())
+        sources = [path for package in ("services", "shared") for path in (REPO_ROOT / package).rglob("*.py")]
+        for path in sorted({*sources, *package_data_files()}):
+            relative = path.relative_to(REPO_ROOT)
+            if "checkpoints" not in relative.parts:
+                archive.add(path, arcname=relative.as_posix())
         requirements = requirements_text().encode()
         info = tarfile.TarInfo("requirements.txt")
         info.size = len(requirements)

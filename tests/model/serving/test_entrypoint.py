@@ -4,6 +4,7 @@ archive's code/inference.py used on its own, as SageMaker's PyTorch framework co
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -67,6 +68,63 @@ def test_the_model_images_copy_the_contract_and_the_archives_shared_modules(dock
     sources = [source for line in copies for source in line.split()[:-1] if source.startswith("shared/")]
     expected = ["shared/contract/", *(f"shared/{name}" for name in MODEL_SHARED_MODULES)]
     assert sorted(sources) == sorted(expected)
+
+
+FIRST_PARTY = ("services", "shared")
+
+
+def _module_file(module: str) -> Path | None:
+    """The repository file of a first-party module (``a.b`` -> a/b.py or a/b/__init__.py)."""
+    base = Path(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if (REPO_ROOT / candidate).is_file():
+            return candidate
+    return None
+
+
+def module_level_imports(path: Path) -> set[str]:
+    """First-party modules a file imports when it is imported (its module body, not its functions)."""
+    modules: set[str] = set()
+    for node in ast.parse((REPO_ROOT / path).read_text()).body:
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            # ``from package import name``: name is a submodule or an attribute of the package.
+            names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            if parts[0] in FIRST_PARTY:
+                # Importing a.b.c runs a/__init__.py and a/b/__init__.py first.
+                modules |= {".".join(parts[: i + 1]) for i in range(len(parts))}
+    return {module for module in modules if _module_file(module) is not None}
+
+
+def cli_import_closure() -> set[Path]:
+    """Every first-party file that ``import services.cli`` (the ``moodreel`` script) loads."""
+    seen: set[Path] = set()
+    pending = [Path("services/__init__.py"), Path("services/cli.py")]
+    while pending:
+        path = pending.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        pending.extend(_module_file(module) for module in module_level_imports(path))
+    return seen
+
+
+def test_the_cli_import_closure_is_derived_from_the_code():
+    closure = cli_import_closure()
+    assert {Path("services/cli.py"), Path("services/admin_commands.py")} <= closure
+    assert Path("services/model/__init__.py") not in closure  # the commands import it lazily
+
+
+@pytest.mark.parametrize("dockerfile", ["services/model/Dockerfile", "services/model/Dockerfile.gpu"])
+def test_the_model_images_copy_what_the_moodreel_entry_point_imports(dockerfile: str, tmp_path: Path):
+    tree = image_tree(REPO_ROOT / dockerfile, REPO_ROOT, tmp_path / "image")
+    missing = sorted(str(path) for path in cli_import_closure() if not (tree / path).is_file())
+    assert not missing, f"{dockerfile} lacks what `moodreel` imports at start: {missing}"
 
 
 def wait_for_in_flight(url: str, timeout: float = 30.0) -> None:

@@ -24,6 +24,18 @@ def test_the_precision_policy(monkeypatch):
     assert forward.compute_dtype("cuda") == torch.float16
 
 
+def test_loss_scaling_is_enabled_exactly_under_float16(monkeypatch):
+    created: list[tuple[str, bool]] = []
+    # Without a CUDA device a real "cuda" scaler turns itself off, so its arguments are recorded.
+    monkeypatch.setattr(torch.amp, "GradScaler", lambda device, enabled: created.append((device, enabled)))
+    forward.loss_scaler("cpu")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    forward.loss_scaler("cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    forward.loss_scaler("cuda")
+    assert created == [("cpu", False), ("cuda", False), ("cuda", True)]
+
+
 def test_evaluation_and_serving_run_the_same_forward_path(served_model: ServedModel, monkeypatch):
     devices: list[tuple[str, torch.device]] = []
 

@@ -4,10 +4,14 @@ them and refused where they do not, never dropped; the tokenizer must be the tex
 from __future__ import annotations
 
 import pytest
+import torch
 
+from services.model.core.checkpoint import save_checkpoint
+from services.model.core.config import ModelConfig
+from services.model.core.network import MoodreelModel
 from services.model.testing import TINY_SPEC, build_tiny_checkpoint, save_tiny_pretrained, tiny_model_config
-from services.model.training.cli import config_from_args
-from services.model.training.initial import initial_checkpoints, initial_spec
+from services.model.training.cli import config_from_args, config_from_strings
+from services.model.training.initial import initial_checkpoints, initial_spec, model_config
 from services.model.training.loop import train
 from shared.contract.features.spec import FeatureSpec
 
@@ -61,3 +65,30 @@ def test_training_refuses_a_tokenizer_that_is_not_the_text_encoder(tmp_path):
         train(config)
     assert str(encoder) in str(refused.value) and TINY_SPEC.tokenizer in str(refused.value)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_checkpoint_that_never_trained_audio_does_not_bind_the_log_mel_settings(tmp_path, checkpoint):
+    # A text-only checkpoint written with other log-mel settings than the audio checkpoint's.
+    other_log_mel = TINY_SPEC.model_copy(update={"n_mels": 16, "max_audio_frames": 32})
+    text_only = MoodreelModel(tiny_model_config(other_log_mel, trained_modalities=("text",)))
+    meta = {"name": "text-only", "version": "test", "metrics": {}, "data_hash": None}
+    save_checkpoint(tmp_path / "text-only", text_only, other_log_mel, meta, weights_dtype=torch.float16)
+    spec = run_spec(f"{tmp_path / 'text-only'},audio={checkpoint}")
+    assert (spec.n_mels, spec.max_audio_frames) == (TINY_SPEC.n_mels, TINY_SPEC.max_audio_frames)
+    # Named as the visual source, it binds no frame settings either: the first entry's stay.
+    other_frames = TINY_SPEC.model_copy(update={"frame_size": 48})
+    save_checkpoint(tmp_path / "text-frames", text_only, other_frames, meta, weights_dtype=torch.float16)
+    spec = run_spec(f"{checkpoint},visual={tmp_path / 'text-frames'}")
+    assert spec.frame_size == TINY_SPEC.frame_size
+
+
+def test_a_model_flag_at_its_default_wins_over_the_initial_checkpoint(checkpoint):
+    default = ModelConfig().dropout
+    config = config_from_args(["--init-from", str(checkpoint)])
+    trained = model_config(config, initial_checkpoints(config)).dropout
+    assert trained != default  # the checkpoint's own value, kept when the run sets none
+    config = config_from_args(["--init-from", str(checkpoint), "--model-dropout", str(default)])
+    assert model_config(config, initial_checkpoints(config)).dropout == default
+    # A preset's [model] table is set the same way (its values reach config_from_strings).
+    preset = config_from_strings({"init_from": str(checkpoint), "model.dropout": str(default)})
+    assert model_config(preset, initial_checkpoints(preset)).dropout == default

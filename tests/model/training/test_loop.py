@@ -11,10 +11,11 @@ import torch
 from services.model.core.checkpoint import load_checkpoint
 from services.model.core.network import MoodreelModel
 from services.model.testing import TINY_SPEC, tiny_model_config
+from services.model.training import loop
 from services.model.training.cli import config_from_args
 from services.model.training.config import TrainConfig
 from services.model.training.data.meld import clip_examples
-from services.model.training.loop import train
+from services.model.training.loop import optimizer_step, train
 from services.model.training.losses import Criterion, class_weights, classification_loss
 from services.model.training.optimizer import WarmupCosine, build_optimizer, planned_epochs
 from services.model.training.sagemaker import metric_definitions
@@ -200,3 +201,77 @@ def test_the_text_mpnet_preset_names_its_encoder_portably():
     assert (config.model.text_train_mode, config.model.text_train_layers) == ("top_layers", 1)
     assert config.class_weighting == "sqrt" and config.weights_dtype == "float16"
     assert config.publish_max_mb == 25.0 and config.spec.frames_per_utterance == 0
+
+
+def _scaled_step(scaler: torch.amp.GradScaler, gradient: float) -> tuple[torch.nn.Parameter, torch.Tensor]:
+    """One optimizer_step of plain SGD (lr 1, clip 1) on a 3-vector whose gradient is ``gradient``
+    in each element; the parameter and its value before the step."""
+    weight = torch.nn.Parameter(torch.zeros(3))
+    before = weight.detach().clone()
+    optimizer = torch.optim.SGD([weight], lr=1.0)
+    optimizer_step((weight * gradient).sum(), optimizer, [weight], 1.0, scaler)
+    return weight, before
+
+
+def test_the_step_unscales_gradients_before_clipping_them():
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, enabled=True)
+    weight, before = _scaled_step(scaler, 5.0)
+    # Clipped to norm 1 after unscaling: an update of norm lr * clip. Clipping the scaled gradient
+    # first would leave an update 1024 times smaller.
+    assert torch.linalg.vector_norm(weight.detach() - before) == pytest.approx(1.0, rel=1e-5)
+    assert scaler.get_scale() == 2.0**10  # nothing overflowed; grows only after many clean steps
+
+
+def test_a_step_whose_scaled_gradients_overflow_is_skipped():
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, enabled=True)
+    weight, before = _scaled_step(scaler, float("inf"))
+    assert torch.equal(weight.detach(), before)
+    assert scaler.get_scale() == 2.0**9
+
+
+def test_a_disabled_scaler_is_a_plain_clipped_step():
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    weight, before = _scaled_step(scaler, 5.0)
+    step = torch.full((3,), -5.0) / torch.linalg.vector_norm(torch.full((3,), 5.0))
+    assert torch.allclose(weight.detach() - before, step)
+
+
+class RecordingScaler(torch.amp.GradScaler):
+    """A CPU scaler that counts the calls the training loop makes."""
+
+    def __init__(self) -> None:
+        super().__init__("cpu", enabled=True)
+        self.calls: list[str] = []
+
+    def scale(self, outputs):
+        self.calls.append("scale")
+        return super().scale(outputs)
+
+    def unscale_(self, optimizer):
+        self.calls.append("unscale_")
+        super().unscale_(optimizer)
+
+    def step(self, optimizer, *args, **kwargs):
+        self.calls.append("step")
+        return super().step(optimizer, *args, **kwargs)
+
+    def update(self, new_scale=None):
+        self.calls.append("update")
+        super().update(new_scale)
+
+
+def test_the_training_loop_steps_through_the_devices_loss_scaler(mini_meld, tmp_path, monkeypatch):
+    scalers: list[RecordingScaler] = []
+    devices: list[torch.device] = []
+
+    def recording(device):
+        devices.append(torch.device(device))
+        scalers.append(RecordingScaler())
+        return scalers[-1]
+
+    monkeypatch.setattr(loop, "loss_scaler", recording)
+    run = loop.setup(tiny_train_config(tmp_path, mini_meld, epochs=1))
+    loop.train_epoch(run, 1)
+    assert devices == [run.device] and run.scaler is scalers[0]
+    assert run.steps_per_epoch > 0
+    assert scalers[0].calls == ["scale", "unscale_", "step", "update"] * run.steps_per_epoch

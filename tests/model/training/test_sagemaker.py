@@ -1,12 +1,23 @@
 import io
+import os
+import subprocess
+import sys
 import tarfile
+from pathlib import Path
 
 import boto3
 import pytest
 from botocore.stub import Stubber
 from moto import mock_aws
 
-from services.model.training.sagemaker import TrainingJobConfig, launch, metric_definitions
+from services.model.training.cli import PRESETS_DIR
+from services.model.training.sagemaker import (
+    TrainingJobConfig,
+    launch,
+    metric_definitions,
+    source_archive,
+)
+from shared.settings import REPO_ROOT, Settings
 
 ROLE = "arn:aws:iam::123456789012:role/moodreel-training"
 ARN = "arn:aws:sagemaker:us-east-1:123456789012:training-job/moodreel-test-job"
@@ -155,3 +166,37 @@ def test_sagemaker_train_command_passes_options_and_hyperparameters(monkeypatch)
         cli.app, ["sagemaker", "train", "--role", ROLE, "--bucket", "b", "--hp", "epochs"]
     )
     assert bad.exit_code != 0
+
+
+ARCHIVE_CLI_SCRIPT = """
+import sys
+from pathlib import Path
+import services.model.training.cli as cli
+assert Path(cli.__file__).is_relative_to(Path.cwd()), cli.__file__
+config = cli.config_from_args(sys.argv[1:])
+print(config.checkpoint_name)
+"""
+
+
+def test_the_source_archive_carries_the_presets_and_its_cli_accepts_the_default_preset(tmp_path: Path):
+    with tarfile.open(fileobj=io.BytesIO(source_archive())) as archive:
+        names = set(archive.getnames())
+        archive.extractall(tmp_path, filter="data")
+    presets = sorted(PRESETS_DIR.glob("*.toml"))
+    assert presets
+    assert {path.relative_to(REPO_ROOT).as_posix() for path in presets} <= names
+    # The job's hyperparameters, as `moodreel sagemaker train` and the retraining Lambda send them.
+    defaults = [TrainingJobConfig(role_arn=ROLE, bucket="b").hyperparameters]
+    defaults.append(Settings().retrain_hyperparameters)
+    for hyperparameters in defaults:
+        argv = [item for key, value in hyperparameters.items() for item in (f"--{key}", value)]
+        done = subprocess.run(
+            [sys.executable, "-c", ARCHIVE_CLI_SCRIPT, *argv],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(tmp_path)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.split()[-1] == "moodreel-text-minilm"  # the preset's values applied
