@@ -94,6 +94,36 @@ def test_bundle_keeps_the_faces(astronaut, tmp_path):
     loaded = FeatureBundle.load(path, expected_spec_hash=FACE_SPEC.hash)
     assert [u.faces for u in loaded.utterances] == [u.faces for u in bundle.utterances]
     assert [u.visual_reason for u in loaded.utterances] == ["no_face", None, "no_face"]
+    # Thumbnails are the worker's to store: never serialised for the model.
+    assert loaded.thumbnails is None
+
+
+def test_thumbnail_is_the_middle_face_records_frame(astronaut):
+    import io
+
+    from PIL import Image
+
+    clip, shown = astronaut
+    bundle = extract_features(clip, FACE_SPEC, window_seconds=2.0)
+    assert bundle.thumbnails is not None and len(bundle.thumbnails) == 3
+    images = [np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB")) for jpeg in bundle.thumbnails]
+    # the 640x360 frame at 320x180: the frame itself, not a crop
+    assert all(image.shape == (180, 320, 3) for image in images)
+    # The photograph is in the middle utterance's thumbnail where the clip shows it, halved; the
+    # others show the background there.
+    half = np.asarray(Image.fromarray(shown).resize((SIDE // 2, SIDE // 2), Image.Resampling.BOX)).astype(
+        float
+    )
+    region = (slice(TOP // 2, (TOP + SIDE) // 2), slice(LEFT // 2, (LEFT + SIDE) // 2))
+    assert np.abs(images[1][region].astype(float) - half).mean() < 12
+    assert np.abs(images[0][region].astype(float) - half).mean() > 30
+    frame = bundle.utterances[1].faces[len(bundle.utterances[1].faces) // 2]
+    assert frame["used"] == 0 and 2.0 <= frame["time"] <= 4.0
+
+
+def test_no_thumbnails_without_a_detector(astronaut):
+    spec = FACE_SPEC.model_copy(update={"face_detector": "none"})
+    assert extract_features(astronaut[0], spec, window_seconds=2.0).thumbnails is None
 
 
 def _faces(*boxes: tuple[float, float, float, float], score: float = 0.9) -> FrameFaces:
