@@ -10,7 +10,7 @@ import uuid
 import pytest
 from PIL import Image
 
-from services.platform.analyses.thumbnails import store_thumbnails, thumbnail_key
+from services.platform.analyses.thumbnails import store_thumbnails, thumbnail_key, thumbnail_prefix
 from shared.contract.features.demo_media import make_face_clip
 from shared.contract.features.pipeline import extract_features
 from shared.contract.features.spec import FeatureSpec
@@ -18,6 +18,7 @@ from shared.storage import get_storage
 from tests.gateway.conftest import new_api_key, sign_up
 from tests.platform.analyses.test_media import uploaded_analysis
 from tests.platform.auth.test_auth import assert_problem
+from tests.platform.uploads.test_uploads import s3_gateway, s3_server  # noqa: F401
 
 FACE_SPEC = FeatureSpec(frames_per_utterance=4, frame_size=48, face_detector="haar")
 
@@ -65,3 +66,20 @@ def test_owner_gets_the_stored_thumbnail_and_deleting_removes_it(client, api_key
     assert client.delete(f"/v1/analyses/{analysis_id}", headers=auth).status_code in (200, 202, 204)
     assert storage.read(thumbnail_key(uuid.UUID(analysis_id), 0)) is None
     assert not (settings.data_dir / "uploads" / "thumbnails" / analysis_id).exists()
+
+
+def test_s3_storage_keeps_and_deletes_thumbnails(s3_gateway):  # noqa: F811
+    settings, s3, bucket = s3_gateway
+    storage = get_storage(settings)
+    analysis_id = uuid.uuid4()
+    assert store_thumbnails(storage, analysis_id, [b"\xff\xd8first", None, b"\xff\xd8third"]) == 2
+    assert storage.read(thumbnail_key(analysis_id, 2)) == b"\xff\xd8third"
+    assert storage.read(thumbnail_key(analysis_id, 1)) is None
+    head = s3.head_object(Bucket=bucket, Key=thumbnail_key(analysis_id, 0))
+    assert head["ContentType"] == "image/jpeg"
+    # another analysis' thumbnails are under another prefix and stay
+    other = uuid.uuid4()
+    store_thumbnails(storage, other, [b"\xff\xd8other"])
+    storage.delete_prefix(thumbnail_prefix(analysis_id))
+    assert s3.list_objects_v2(Bucket=bucket, Prefix=thumbnail_prefix(analysis_id)).get("KeyCount") == 0
+    assert storage.read(thumbnail_key(other, 0)) == b"\xff\xd8other"
