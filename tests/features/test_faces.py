@@ -158,3 +158,37 @@ def test_spec_hash_without_detector_is_unchanged():
     """The face fields shape nothing without a detector: older specs keep their hashes."""
     assert FeatureSpec().hash == "f6ca285a22a4a9bf"
     assert FACE_SPEC.hash != FACE_SPEC.model_copy(update={"face_margin": 0.1}).hash
+
+
+def test_fallback_cascades_find_a_turned_face_and_no_cat():
+    """scikit-image's cameraman (head turned, Haar's frontal default misses him) is found by the
+    fallback cascades, at mirrored places in the mirrored photograph; its cat and coffee cup are
+    no faces either way."""
+    from skimage import data
+
+    def rgb(image: np.ndarray) -> np.ndarray:
+        return np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image
+
+    fallback = FACE_SPEC.model_copy(update={"face_fallback": True})
+    camera = rgb(data.camera())
+    assert len(detect_faces(camera, FACE_SPEC)) == 0
+    found = detect_faces(camera, fallback)
+    mirrored = detect_faces(np.ascontiguousarray(camera[:, ::-1]), fallback)
+    assert len(found) == 1 and len(mirrored) == 1
+    x, y, w, h = found.boxes[0]
+    assert 0.25 < x < 0.45 and 0.1 < y < 0.3 and 0.15 < w < 0.3  # his head, upper middle of the picture
+    np.testing.assert_allclose(mirrored.boxes[0], [1 - x - w, y, w, h], atol=0.01)
+    assert found.crops.shape == (1, 3, 48, 48)
+    for picture in (data.chelsea(), data.coffee()):
+        assert len(detect_faces(rgb(picture), fallback)) == 0
+
+
+def test_fallback_spec_hash_only_changes_when_on():
+    assert FACE_SPEC.model_copy(update={"face_fallback": False}).hash == FACE_SPEC.hash
+    assert FACE_SPEC.model_copy(update={"face_fallback": True}).hash != FACE_SPEC.hash
+
+
+def test_faceless_video_masks_visual_with_fallback(media, settings):
+    spec = FACE_SPEC.model_copy(update={"face_fallback": True})
+    bundle = extract_features(media.mp4, spec, window_seconds=1.0, settings=settings)
+    assert {u.visual_reason for u in bundle.utterances} == {"no_face"}
