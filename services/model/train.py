@@ -112,6 +112,9 @@ class TrainConfig:
     init_from: tuple[str, ...] = ()
     # Parts kept as they are (FREEZABLE_PARTS): e.g. "text" keeps MELD's text scores unchanged.
     freeze: tuple[str, ...] = ()
+    # A composition scoring only its new branch's source keeps the first init_from checkpoint's
+    # figures (carried_metrics).
+    carry_metrics: bool = False
     # Users' corrections (`moodreel dataset export`) for the "corrections" source; on SageMaker
     # the "corrections" channel.
     corrections_dir: Path | None = None
@@ -973,6 +976,8 @@ def _finish(config: TrainConfig, best_dir: Path, best_epoch: int, history, start
     splits = ["dev", "test"] if config.evaluate_test else ["dev"]
     metrics = score_sources(loaded.model, config, splits, device, prefix="best", epoch=best_epoch)
     document = json.loads((best_dir / META_FILE).read_text())
+    if config.carry_metrics and config.init_from:
+        metrics = carried_metrics(config, metrics, document["meta"])
     if config.compare_with is not None:
         document["meta"]["baseline"] = score_baseline(Path(config.compare_with), config, device)
     document["meta"].update(
@@ -1013,6 +1018,31 @@ def _finish(config: TrainConfig, best_dir: Path, best_epoch: int, history, start
         writer.add_hparams(hparams, final, run_name="hparams")
         writer.close()
     log.info("training_done", checkpoint=str(best_dir), best_epoch=best_epoch)
+
+
+def carried_metrics(config: TrainConfig, metrics: dict, meta: dict) -> dict:
+    """A composition that freezes every branch but a new one (visual-default) scores only the new
+    branch's source; the first init_from checkpoint's figures still hold, since an input without
+    the new modality gives exactly its outputs. They are kept, this run's are named by their source
+    (``fer2013_dev``), and the initial checkpoints' training records go into ``meta``."""
+    initial = _initial_checkpoints(config)
+    base = initial[0][1].meta
+    source = config.sources[0]
+    own = {(f"{source}_{key}" if key in ("dev", "test") else key): report for key, report in metrics.items()}
+    meta["metrics_carried"] = {
+        "from": f"{base.get('name')}@{base.get('version')}",
+        "splits": sorted(base.get("metrics", {})),
+    }
+    meta["initial_training"] = {
+        "+".join(parts) or "all": {  # e.g. the visual encoder's FER2013 run: its time, machine, dev
+            "name": loaded.meta.get("name"),
+            "version": loaded.meta.get("version"),
+            **{k: v for k, v in loaded.meta.get("training", {}).items() if k != "history"},
+            "dev": summary(loaded.meta["metrics"]["dev"]) if "dev" in loaded.meta.get("metrics", {}) else {},
+        }
+        for parts, loaded in initial
+    }
+    return base.get("metrics", {}) | own
 
 
 def machine_description(device) -> str:
@@ -1302,20 +1332,22 @@ PRESETS["visual-fer2013"] = {
     "checkpoint_name": "moodreel-visual-fer2013",
     "sources": FER2013,
     "modalities": "visual",
-    "epochs": "30",
-    "patience": "30",
+    "epochs": "18",
+    "patience": "18",
     "max_minutes": "45",
     "threads": "2",
-    "batch_size": "64",
+    "batch_size": "128",
     "lr_visual": "2e-3",
     "lr_fusion": "2e-3",
     "evaluate_test": "false",
     "weights_dtype": "float16",
     "model.visual_backbone": "face_cnn",
-    "model.visual_channels": "32,64,128,256",
+    "model.visual_channels": "16,32,64,128",
+    "model.visual_convs_per_stage": "2",
     "spec.frames_per_utterance": "4",
     "spec.frame_size": "48",
     "spec.face_detector": "haar",
+    "spec.face_fallback": "true",
 }
 
 # The expression network put into the default: the committed checkpoint's text and speech branches
@@ -1327,6 +1359,7 @@ PRESETS["visual-default"] = {
     "sources": FER2013,
     "modalities": "text,audio,visual",
     "freeze": "text,audio,fusion,visual_encoder",
+    "carry_metrics": "true",
     "model.fusion_adapters": "true",
     # The frozen encoder's embeddings are computed once; 4000 faces per split keep that step short
     # enough to rerun whenever the text or speech branch is rebuilt.
@@ -1340,7 +1373,9 @@ PRESETS["visual-default"] = {
     "lr_fusion": "1e-3",
     "evaluate_test": "false",
     "weights_dtype": "float16",
+    "model.visual_flip_average": "true",
     "spec.face_detector": "haar",
+    "spec.face_fallback": "true",
 }
 
 
