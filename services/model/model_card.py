@@ -137,4 +137,26 @@ def render_model_card(
             f"{training.get('seconds')} s on `{training.get('device')}`"
             + (f" ({training['machine']})." if training.get("machine") else "."),
         ]
+    initial = meta.get("initial_training") or {}
+    if initial:
+        lines += ["", "Composed from (their own training):", ""]
+        for parts, run in initial.items():
+            lines.append(
+                f"- {parts}: `{run.get('name')}` ({run.get('version')}), best epoch {run.get('best_epoch')} "
+                f"of {run.get('epochs_run')}, {run.get('seconds')} s on `{run.get('device')}`"
+                + (f" ({run['machine']})" if run.get("machine") else "")
+                + (
+                    f"; dev emotion accuracy {run['dev']['emotion_accuracy']:.3f}"
+                    if (run.get("dev") or {}).get("emotion_accuracy") is not None
+                    else ""
+                )
+            )
+    carried = meta.get("metrics_carried")
+    if carried:
+        lines += [
+            "",
+            f"The figures of {', '.join(carried['splits'])} are `{carried['from']}`'s: this checkpoint "
+            "keeps its branches and fusion frozen, and an input without the new modality gets exactly "
+            "its outputs (bench/default_parity.py).",
+        ]
     return "\n".join(lines) + "\n"

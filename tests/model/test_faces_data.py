@@ -137,3 +137,8 @@ def test_composition_keeps_the_default_figures_and_names_its_own(tmp_path):
     visual_run = published["initial_training"]["visual"]
     assert visual_run["name"] == "fer" and visual_run["seconds"] == 120.0 and "history" not in visual_run
     assert visual_run["dev"]["emotion_accuracy"] == 0.5
+    from services.model.model_card import render_model_card
+
+    card = render_model_card(published | {"metrics": {}}, loaded.config, TINY_SPEC)
+    assert "- visual: `fer` (test), best epoch None of None, 120.0 s" in card
+    assert "The figures of dev, ravdess_test are `default@test`'s" in card
