@@ -1,7 +1,8 @@
 """Where uploaded media lives: a local directory (embedded default) or an S3 bucket.
 
 The gateway hands out upload targets (a presigned S3 PUT, or a signed PUT to itself); the worker
-reads objects with :meth:`MediaStorage.download_to`; deleting an analysis deletes its media.
+reads objects with :meth:`MediaStorage.download_to` and writes the small objects it derives (face
+thumbnails) with :meth:`MediaStorage.put`; deleting an analysis deletes its media and those.
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ class MediaStorage(Protocol):
     def download_to(self, key: str, destination: Path) -> int: ...
 
     def delete(self, key: str) -> None: ...
+
+    def put(self, key: str, data: bytes, content_type: str) -> None: ...
+
+    def read(self, key: str) -> bytes | None: ...
+
+    def delete_prefix(self, prefix: str) -> None: ...
 
 
 def _safe_key(key: str) -> str:
@@ -56,6 +63,21 @@ class LocalStorage:
 
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        partial.write_bytes(data)
+        partial.replace(path)  # readers never see half an object
+
+    def read(self, key: str) -> bytes | None:
+        path = self.path(key)
+        return path.read_bytes() if path.is_file() else None
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Every object under ``prefix`` (a folder of keys, e.g. ``thumbnails/<analysis>/``)."""
+        shutil.rmtree(self.path(prefix.rstrip("/")), ignore_errors=True)
 
 
 @dataclass
@@ -121,6 +143,42 @@ class S3Storage:
 
         try:
             self.client.delete_object(Bucket=self.bucket, Key=_safe_key(key))
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageError(str(exc)) from exc
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.put_object(
+                Bucket=self.bucket, Key=_safe_key(key), Body=data, ContentType=content_type
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageError(str(exc)) from exc
+
+    def read(self, key: str) -> bytes | None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=_safe_key(key))["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise StorageError(str(exc)) from exc
+        except BotoCoreError as exc:
+            raise StorageError(str(exc)) from exc
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Every object whose key starts with ``prefix`` (listed, then deleted 1000 at a time)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        prefix = _safe_key(prefix.rstrip("/")) + "/"
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+            for page in pages:
+                keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+                if keys:
+                    self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
         except (BotoCoreError, ClientError) as exc:
             raise StorageError(str(exc)) from exc
 

@@ -86,6 +86,9 @@ class FeatureBundle:
     spec_hash: str
     media: dict[str, Any] = field(default_factory=dict)
     schema_version: int = BUNDLE_SCHEMA_VERSION
+    # With a face detector, per utterance a JPEG of its middle face record's frame (None without a
+    # sampled frame): for the worker to store, never serialised nor sent to the model.
+    thumbnails: list[bytes | None] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         count = len(self.utterances)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,10 +45,17 @@ class DevStack:
 
 @pytest.fixture(scope="session")
 def dev_stack(tmp_path_factory) -> Iterator[DevStack]:
+    with running_dev_stack(tmp_path_factory) as stack:
+        yield stack
+
+
+@contextmanager
+def running_dev_stack(tmp_path_factory, spec=None) -> Iterator[DevStack]:
+    """The dev stack serving a tiny checkpoint built with ``spec`` (the tiny default without)."""
     from services.model.testing import build_tiny_checkpoint
 
     state_dir = tmp_path_factory.mktemp("devstack")
-    checkpoint = build_tiny_checkpoint(state_dir / "tiny-checkpoint")
+    checkpoint = build_tiny_checkpoint(state_dir / "tiny-checkpoint", spec)
     database_url = create_postgres_database()
     tag = uuid.uuid4().hex[:10]
     gateway_port, model_port = free_port(), free_port()

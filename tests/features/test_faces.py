@@ -94,6 +94,36 @@ def test_bundle_keeps_the_faces(astronaut, tmp_path):
     loaded = FeatureBundle.load(path, expected_spec_hash=FACE_SPEC.hash)
     assert [u.faces for u in loaded.utterances] == [u.faces for u in bundle.utterances]
     assert [u.visual_reason for u in loaded.utterances] == ["no_face", None, "no_face"]
+    # Thumbnails are the worker's to store: never serialised for the model.
+    assert loaded.thumbnails is None
+
+
+def test_thumbnail_is_the_middle_face_records_frame(astronaut):
+    import io
+
+    from PIL import Image
+
+    clip, shown = astronaut
+    bundle = extract_features(clip, FACE_SPEC, window_seconds=2.0)
+    assert bundle.thumbnails is not None and len(bundle.thumbnails) == 3
+    images = [np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB")) for jpeg in bundle.thumbnails]
+    # the 640x360 frame at 320x180: the frame itself, not a crop
+    assert all(image.shape == (180, 320, 3) for image in images)
+    # The photograph is in the middle utterance's thumbnail where the clip shows it, halved; the
+    # others show the background there.
+    half = np.asarray(Image.fromarray(shown).resize((SIDE // 2, SIDE // 2), Image.Resampling.BOX)).astype(
+        float
+    )
+    region = (slice(TOP // 2, (TOP + SIDE) // 2), slice(LEFT // 2, (LEFT + SIDE) // 2))
+    assert np.abs(images[1][region].astype(float) - half).mean() < 12
+    assert np.abs(images[0][region].astype(float) - half).mean() > 30
+    frame = bundle.utterances[1].faces[len(bundle.utterances[1].faces) // 2]
+    assert frame["used"] == 0 and 2.0 <= frame["time"] <= 4.0
+
+
+def test_no_thumbnails_without_a_detector(astronaut):
+    spec = FACE_SPEC.model_copy(update={"face_detector": "none"})
+    assert extract_features(astronaut[0], spec, window_seconds=2.0).thumbnails is None
 
 
 def _faces(*boxes: tuple[float, float, float, float], score: float = 0.9) -> FrameFaces:
@@ -128,3 +158,37 @@ def test_spec_hash_without_detector_is_unchanged():
     """The face fields shape nothing without a detector: older specs keep their hashes."""
     assert FeatureSpec().hash == "f6ca285a22a4a9bf"
     assert FACE_SPEC.hash != FACE_SPEC.model_copy(update={"face_margin": 0.1}).hash
+
+
+def test_fallback_cascades_find_a_turned_face_and_no_cat():
+    """scikit-image's cameraman (head turned, Haar's frontal default misses him) is found by the
+    fallback cascades, at mirrored places in the mirrored photograph; its cat and coffee cup are
+    no faces either way."""
+    from skimage import data
+
+    def rgb(image: np.ndarray) -> np.ndarray:
+        return np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image
+
+    fallback = FACE_SPEC.model_copy(update={"face_fallback": True})
+    camera = rgb(data.camera())
+    assert len(detect_faces(camera, FACE_SPEC)) == 0
+    found = detect_faces(camera, fallback)
+    mirrored = detect_faces(np.ascontiguousarray(camera[:, ::-1]), fallback)
+    assert len(found) == 1 and len(mirrored) == 1
+    x, y, w, h = found.boxes[0]
+    assert 0.25 < x < 0.45 and 0.1 < y < 0.3 and 0.15 < w < 0.3  # his head, upper middle of the picture
+    np.testing.assert_allclose(mirrored.boxes[0], [1 - x - w, y, w, h], atol=0.01)
+    assert found.crops.shape == (1, 3, 48, 48)
+    for picture in (data.chelsea(), data.coffee()):
+        assert len(detect_faces(rgb(picture), fallback)) == 0
+
+
+def test_fallback_spec_hash_only_changes_when_on():
+    assert FACE_SPEC.model_copy(update={"face_fallback": False}).hash == FACE_SPEC.hash
+    assert FACE_SPEC.model_copy(update={"face_fallback": True}).hash != FACE_SPEC.hash
+
+
+def test_faceless_video_masks_visual_with_fallback(media, settings):
+    spec = FACE_SPEC.model_copy(update={"face_fallback": True})
+    bundle = extract_features(media.mp4, spec, window_seconds=1.0, settings=settings)
+    assert {u.visual_reason for u in bundle.utterances} == {"no_face"}

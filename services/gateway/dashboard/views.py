@@ -1012,6 +1012,17 @@ async def analysis_media(request: Request, analysis_id: uuid.UUID) -> Response:
     return await _page(request, handler)
 
 
+@router.get("/analyses/{analysis_id}/utterances/{index}/thumbnail")
+async def utterance_thumbnail(request: Request, analysis_id: uuid.UUID, index: int) -> Response:
+    """An utterance's face thumbnail (the frame its boxes are drawn on), relayed from the API."""
+
+    async def handler(session: BrowserSession, api: GatewayApi) -> Response:
+        await api.ensure_access()
+        return ForwardToApi(f"/v1/analyses/{analysis_id}/utterances/{index}/thumbnail", "", session)
+
+    return await _page(request, handler)
+
+
 @router.get("/analyses/{analysis_id}/export")
 async def analysis_export(request: Request, analysis_id: uuid.UUID, format: str = "json") -> Response:
     async def handler(session: BrowserSession, api: GatewayApi) -> Response:

@@ -82,6 +82,9 @@ class ModelConfig:
     visual_channels: tuple[int, ...] = (32, 64, 128)
     # face_cnn: 3x3 convolutions per stage before its pooling.
     visual_convs_per_stage: int = 1
+    # At inference, average each frame's features with its mirror image's (test-time flip; the
+    # training augmentations flip faces, so both read alike). Twice the visual encoder's cost.
+    visual_flip_average: bool = False
 
     # --- fusion ----------------------------------------------------------------------------------
     embed_dim: int = 256

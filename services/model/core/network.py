@@ -375,6 +375,7 @@ class VisualEncoder(nn.Module):
         self.register_buffer("luma", torch.tensor(BT601_LUMA).view(1, 3, 1, 1), persistent=False)
         self.is_transformers = config.visual_backbone == "transformers"
         self.is_face = config.visual_backbone == "face_cnn"
+        self.flip_average = config.visual_flip_average
         if self.is_transformers:
             self.backbone = _transformers_model(config.visual_encoder, config.visual_encoder_config)
             backbone_config = self.backbone.config
@@ -438,7 +439,10 @@ class VisualEncoder(nn.Module):
         batch, count = frames.shape[:2]
         images = frames.flatten(0, 1).float() / 255.0
         images = self._normalise(images).to(self.project[1].weight.dtype)
-        per_frame = self._frame_features(images).view(batch, count, -1)
+        per_frame = self._frame_features(images)
+        if self.flip_average and not self.training:
+            per_frame = (per_frame + self._frame_features(images.flip(-1))) / 2
+        per_frame = per_frame.view(batch, count, -1)
         return self.project(torch.cat([per_frame.mean(1), per_frame.amax(1)], dim=-1))
 
 

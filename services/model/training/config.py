@@ -73,6 +73,9 @@ class TrainConfig:
     # Groups of parts kept as they are (services.model.core.parts.GROUPS): e.g. "text" keeps
     # MELD's text scores unchanged.
     freeze: tuple[str, ...] = ()
+    # A composition scoring only its new branch's source keeps the first init_from checkpoint's
+    # figures (carried_metrics).
+    carry_metrics: bool = False
     # Users' corrections (`moodreel dataset export`) for the "corrections" source; on SageMaker
     # the "corrections" channel.
     corrections_dir: Path | None = None

@@ -425,6 +425,8 @@ def finish(run: Run) -> None:
     splits = ["dev", "test"] if config.evaluate_test else ["dev"]
     metrics = score_sources(loaded.model, config, splits, device, prefix="best", epoch=run.best_epoch)
     document = json.loads((best_dir / META_FILE).read_text())
+    if config.carry_metrics and config.init_from:
+        metrics = carried_metrics(config, metrics, document["meta"])
     if config.compare_with is not None:
         document["meta"]["baseline"] = score_baseline(Path(config.compare_with), config, device)
     document["meta"].update(
@@ -465,6 +467,31 @@ def finish(run: Run) -> None:
         writer.add_hparams(hparams, final, run_name="hparams")
         writer.close()
     log.info("training_done", checkpoint=str(best_dir), best_epoch=run.best_epoch)
+
+
+def carried_metrics(config: TrainConfig, metrics: dict, meta: dict) -> dict:
+    """A composition that freezes every branch but a new one (visual-default) scores only the new
+    branch's source; the first init_from checkpoint's figures still hold, since an input without
+    the new modality gives exactly its outputs. They are kept, this run's are named by their source
+    (``fer2013_dev``), and the initial checkpoints' training records go into ``meta``."""
+    initial = initial_checkpoints(config)
+    base = initial[0][1].meta
+    source = config.sources[0]
+    own = {(f"{source}_{key}" if key in ("dev", "test") else key): report for key, report in metrics.items()}
+    meta["metrics_carried"] = {
+        "from": f"{base.get('name')}@{base.get('version')}",
+        "splits": sorted(base.get("metrics", {})),
+    }
+    meta["initial_training"] = {
+        "+".join(parts) or "all": {  # e.g. the visual encoder's FER2013 run: its time, machine, dev
+            "name": loaded.meta.get("name"),
+            "version": loaded.meta.get("version"),
+            **{k: v for k, v in loaded.meta.get("training", {}).items() if k != "history"},
+            "dev": summary(loaded.meta["metrics"]["dev"]) if "dev" in loaded.meta.get("metrics", {}) else {},
+        }
+        for parts, loaded in initial
+    }
+    return base.get("metrics", {}) | own
 
 
 def machine_description(device) -> str:

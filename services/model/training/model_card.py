@@ -74,10 +74,17 @@ def render_model_card(
             else f"- audio: CNN over {spec.n_mels}-bin log-mel at {spec.sample_rate} Hz (masked pooling)"
         ),
         (
-            f"- visual: {config.visual_backbone} backbone per frame ({spec.frames_per_utterance} frames of "
-            f"{spec.frame_size}x{spec.frame_size} RGB, ImageNet normalisation), mean+max over time"
-            if spec.frames_per_utterance
-            else "- visual: none read (the feature spec asks for 0 frames, so no video is decoded)"
+            "- visual: none read (the feature spec asks for 0 frames, so no video is decoded)"
+            if not spec.frames_per_utterance
+            else f"- visual: expression CNN (`face_cnn`, stages of {config.visual_convs_per_stage} 3x3 "
+            f"convolutions with {'-'.join(map(str, config.visual_channels))} channels) over the face "
+            f"followed in {spec.frames_per_utterance} sampled frames ({spec.face_detector} detector; "
+            f"{spec.frame_size}x{spec.frame_size} crops read as luma, standardised per face"
+            + (", averaged with their mirror image" if config.visual_flip_average else "")
+            + "), mean+max over time; no face: the visual modality is masked"
+            if config.visual_backbone == "face_cnn"
+            else f"- visual: {config.visual_backbone} backbone per frame ({spec.frames_per_utterance} "
+            f"frames of {spec.frame_size}x{spec.frame_size} RGB, ImageNet normalisation), mean+max over time"
         ),
         f"- late fusion: concatenated {config.embed_dim}-d modality embeddings (learned 'absent' "
         f"embedding for a missing modality) -> 2 dense layers of {config.fusion_hidden} -> emotion "
@@ -129,5 +136,27 @@ def render_model_card(
             f"Best epoch {training.get('best_epoch')} of {training.get('epochs_run')}, "
             f"{training.get('seconds')} s on `{training.get('device')}`"
             + (f" ({training['machine']})." if training.get("machine") else "."),
+        ]
+    initial = meta.get("initial_training") or {}
+    if initial:
+        lines += ["", "Composed from (their own training):", ""]
+        for parts, run in initial.items():
+            lines.append(
+                f"- {parts}: `{run.get('name')}` ({run.get('version')}), best epoch {run.get('best_epoch')} "
+                f"of {run.get('epochs_run')}, {run.get('seconds')} s on `{run.get('device')}`"
+                + (f" ({run['machine']})" if run.get("machine") else "")
+                + (
+                    f"; dev emotion accuracy {run['dev']['emotion_accuracy']:.3f}"
+                    if (run.get("dev") or {}).get("emotion_accuracy") is not None
+                    else ""
+                )
+            )
+    carried = meta.get("metrics_carried")
+    if carried:
+        lines += [
+            "",
+            f"The figures of {', '.join(carried['splits'])} are `{carried['from']}`'s: this checkpoint "
+            "keeps its branches and fusion frozen, and an input without the new modality gets exactly "
+            "its outputs (bench/default_parity.py).",
         ]
     return "\n".join(lines) + "\n"

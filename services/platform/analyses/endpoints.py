@@ -271,6 +271,35 @@ def export_analysis(
 
 
 @router.get(
+    "/{analysis_id}/utterances/{index}/thumbnail",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "A JPEG (long side at most 320 px) of the frame of the utterance's middle "
+            "face record, `faces[len(faces) // 2]`: draw that record's boxes over it (they are "
+            "normalised to the frame). Stored for each utterance with a non-empty `faces`.",
+            "content": {"image/jpeg": {}},
+        },
+        **problem_responses(401, 403, 404, 429, 503),
+    },
+    summary="An utterance's face thumbnail",
+)
+def utterance_thumbnail(
+    analysis_id: uuid.UUID,
+    index: Annotated[int, Path(ge=0, le=1_000_000)],
+    principal: ReadPrincipal,
+    session: SessionDep,
+    settings: SettingsDep,
+) -> Response:
+    image = service.thumbnail(session, settings, principal.user_id, analysis_id, index)
+    headers = {
+        "Cache-Control": "private, max-age=3600",
+        "Content-Security-Policy": "default-src 'none'; sandbox",
+    }
+    return Response(image, media_type="image/jpeg", headers=headers)
+
+
+@router.get(
     "/{analysis_id}/media",
     response_class=FileResponse,
     responses={

@@ -32,6 +32,7 @@ from services.platform.analyses import repository
 from services.platform.analyses.events import apublish_event
 from services.platform.analyses.schemas import utterance_public
 from services.platform.analyses.summary import summarise
+from services.platform.analyses.thumbnails import store_thumbnails
 from services.platform.resources import Resources
 from services.platform.uploads.download import fetch_upload
 from services.platform.usage import quota
@@ -51,6 +52,7 @@ from shared.db.session import session_scope
 from shared.errors import CodedError
 from shared.logging import get_logger
 from shared.net.fetch import FetchError, download_url, job_workspace, redact_workspace_paths
+from shared.storage import StorageError, get_storage
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -220,6 +222,9 @@ class AnalysisRun:
             await self.ensure_active()
             with self.timer.stage("features"):
                 bundle = await asyncio.to_thread(self.features, analysis, media_path, spec)
+        if bundle.thumbnails is not None:
+            with self.timer.stage("thumbnails"):
+                await self.store_thumbnails(bundle.thumbnails)
         predictions, model = await self.score(bundle, analysis.transcript_kind)
         summary = summarise(
             predictions,
@@ -245,6 +250,18 @@ class AnalysisRun:
             raise JobFailed("download_failed", "the analysis has neither a video URL nor an upload")
         download = await download_url(analysis.source_url, workspace / "media", settings=self.settings)
         return download.path
+
+    async def store_thumbnails(self, thumbnails: list[bytes | None]) -> None:
+        """The face thumbnails go to the media storage; a store that fails loses only them (the
+        results do not depend on them), so it is logged and the analysis goes on."""
+        try:
+            stored = await asyncio.to_thread(
+                store_thumbnails, get_storage(self.settings), self.analysis_id, thumbnails
+            )
+        except StorageError as exc:
+            log.warning("thumbnails_not_stored", analysis_id=str(self.analysis_id), error=str(exc))
+            return
+        log.info("thumbnails_stored", analysis_id=str(self.analysis_id), thumbnails=stored)
 
     async def call_model(self, call: Callable[..., T], *args: Any) -> T:
         """One model-service call (with the client's own quick retries). While the service stays

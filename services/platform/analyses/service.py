@@ -33,6 +33,7 @@ from services.platform.analyses.schemas import (
     UtteranceResultPublic,
     utterance_public,
 )
+from services.platform.analyses.thumbnails import thumbnail_key, thumbnail_prefix
 from services.platform.usage import quota
 from shared.contract.predictions import NO_EVIDENCE, FrameFaces
 from shared.db.models import Analysis, AnalysisStatus, IdempotencyRecord, Upload
@@ -89,6 +90,12 @@ class UtteranceNotFound(NotFound):
 
 class AnalysisNotFinished(Conflict):
     code, title = "analysis_not_finished", "The analysis has no results yet"
+
+
+class ThumbnailNotStored(NotFound):
+    """No thumbnail for this utterance: its frames were not read for faces, or it was not stored."""
+
+    code, title = "thumbnail_not_stored", "The thumbnail is not stored"
 
 
 class MediaNotStored(NotFound):
@@ -396,6 +403,20 @@ def stored_media(
     return StoredMedia(upload.content_type, upload.size_bytes, url=url)
 
 
+def thumbnail(
+    session: Session, settings: Settings, user_id: uuid.UUID, analysis_id: uuid.UUID, index: int
+) -> bytes:
+    """The owner's JPEG of an utterance's middle face frame (services.platform.analyses.thumbnails)."""
+    analysis = get(session, user_id, analysis_id)
+    try:
+        image = get_storage(settings).read(thumbnail_key(analysis.id, index))
+    except StorageError as exc:
+        raise ServiceUnavailable("The media store is unavailable; try again shortly.") from exc
+    if image is None:
+        raise ThumbnailNotStored(f"Utterance {index} of this analysis has no stored thumbnail.")
+    return image
+
+
 def check_byte_ranges(header: str, size: int) -> None:
     """Refuse a ``Range`` header that is not ``bytes=`` ranges or that no byte of the media
     satisfies (RFC 9110 §14); satisfiable ones are served by the file response."""
@@ -441,6 +462,10 @@ def delete(session: Session, settings: Settings, user_id: uuid.UUID, analysis_id
     results and stored media go in both cases. Returns whether the job was cancelled."""
     analysis = get(session, user_id, analysis_id)
     repository.delete_utterances(session, analysis.id)
+    try:
+        get_storage(settings).delete_prefix(thumbnail_prefix(analysis.id))
+    except StorageError as exc:
+        raise ServiceUnavailable("The media store is unavailable; retry the deletion.") from exc
     upload = analysis.upload
     if upload is not None and repository.upload_used_elsewhere(session, upload.id, analysis.id):
         analysis.upload_id = None  # another analysis of the same upload still needs the media

@@ -26,9 +26,17 @@ import numpy as np
 from shared.contract.features.spec import FeatureSpec
 
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
-# The file opencv-python-headless 4.14.0.94 ships: a different cascade would find different faces
+# With ``face_fallback``, a frame where the default cascade finds nothing is scanned by these in
+# turn: another frontal cascade (other training faces: tilted heads, tight crops) and the profile
+# cascade, on the frame and on its mirror image (it is trained on faces turned one way).
+FALLBACK_CASCADES = ("haarcascade_frontalface_alt2.xml", "haarcascade_profileface.xml")
+# The files opencv-python-headless 4.14.0.94 ships: a different cascade would find different faces
 # than the ones the benchmarks measured.
-HAAR_CASCADE_SHA256 = "0f7d4527844eb514d4a4948e822da90fbb16a34a0bbbbc6adc6498747a5aafb0"
+CASCADE_SHA256 = {
+    HAAR_CASCADE: "0f7d4527844eb514d4a4948e822da90fbb16a34a0bbbbc6adc6498747a5aafb0",
+    "haarcascade_frontalface_alt2.xml": "7b0c967d9abbdfbde025eb9c786947d151b6426040d07a8f9562ed8fd90724b4",
+    "haarcascade_profileface.xml": "b39a4a3be45539db146a7fc1d3e761a292c196eb88421185e6a615b3055e612d",
+}
 # A face in the next frame continues the track when its box overlaps the previous one this much.
 TRACK_MIN_IOU = 0.2
 
@@ -45,20 +53,45 @@ class FrameFaces:
         return len(self.scores)
 
 
-@lru_cache(maxsize=1)
-def _cascade():
+@lru_cache(maxsize=len(CASCADE_SHA256))
+def _cascade(name: str = HAAR_CASCADE):
     import hashlib
 
     import cv2
 
-    path = Path(cv2.data.haarcascades) / HAAR_CASCADE
+    path = Path(cv2.data.haarcascades) / name
     digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
-    if digest != HAAR_CASCADE_SHA256:
-        raise RuntimeError(f"{path} has sha256 {digest}, expected {HAAR_CASCADE_SHA256}")
+    if digest != CASCADE_SHA256[name]:
+        raise RuntimeError(f"{path} has sha256 {digest}, expected {CASCADE_SHA256[name]}")
     cascade = cv2.CascadeClassifier(str(path))
     if cascade.empty():
-        raise RuntimeError(f"OpenCV's {HAAR_CASCADE} cannot be loaded from {cv2.data.haarcascades}")
+        raise RuntimeError(f"OpenCV's {name} cannot be loaded from {cv2.data.haarcascades}")
     return cascade
+
+
+def _scan(gray: np.ndarray, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
+    """``(rects [K, 4] in gray's pixels, last-stage weights [K])``: the default cascade, then
+    (``face_fallback``, only while nothing is found) the fallback cascades."""
+    smallest = max(1, round(spec.face_min_size * min(gray.shape)))
+    options = {
+        "scaleFactor": spec.face_scale_factor,
+        "minNeighbors": spec.face_min_neighbors,
+        "minSize": (smallest, smallest),
+        "outputRejectLevels": True,
+    }
+    scans = [(HAAR_CASCADE, False)]
+    if spec.face_fallback:
+        scans += [(FALLBACK_CASCADES[0], False), (FALLBACK_CASCADES[1], False), (FALLBACK_CASCADES[1], True)]
+    width = gray.shape[1]
+    for name, mirrored in scans:
+        image = np.ascontiguousarray(gray[:, ::-1]) if mirrored else gray
+        rects, _, weights = _cascade(name).detectMultiScale3(image, **options)
+        if len(rects):
+            rects = np.asarray(rects, dtype=np.float64).reshape(-1, 4)
+            if mirrored:
+                rects[:, 0] = width - rects[:, 0] - rects[:, 2]
+            return rects, np.asarray(weights, dtype=np.float64).reshape(-1)
+    return np.zeros((0, 4)), np.zeros(0)
 
 
 def detect_faces(frame: np.ndarray, spec: FeatureSpec) -> FrameFaces:
@@ -71,23 +104,15 @@ def detect_faces(frame: np.ndarray, spec: FeatureSpec) -> FrameFaces:
     if scale < 1.0:
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
-    smallest = max(1, round(spec.face_min_size * min(gray.shape)))
-    rects, _, weights = _cascade().detectMultiScale3(
-        gray,
-        scaleFactor=spec.face_scale_factor,
-        minNeighbors=spec.face_min_neighbors,
-        minSize=(smallest, smallest),
-        outputRejectLevels=True,
-    )
+    rects, weights = _scan(gray, spec)
     size = spec.frame_size
     if len(rects) == 0:
         return FrameFaces(
             np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 3, size, size), np.uint8)
         )
-    rects = np.asarray(rects, dtype=np.float64)
     order = np.argsort(-(rects[:, 2] * rects[:, 3]), kind="stable")[: spec.face_max_faces]
     rects = rects[order]
-    weights = np.asarray(weights, dtype=np.float64).reshape(-1)[order]
+    weights = weights[order]
     gray_height, gray_width = gray.shape
     boxes = rects / np.array([gray_width, gray_height, gray_width, gray_height])
     scores = 1.0 / (1.0 + np.exp(-weights))

@@ -10,6 +10,10 @@ and keeps, for each target, the nearest frame inside its utterance.
 
 ffmpeg applies the display matrix (autorotate) before the filter graph, so a rotated phone video
 is cropped in the orientation a player shows. Resizing: short side to S, centre crop to S x S.
+
+With a face detector each utterance also gets a thumbnail: a small JPEG of the frame of its middle
+face record (``faces[len(faces) // 2]``), encoded from the frame already decoded for detection, so
+its boxes can be drawn over it.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ from shared.settings import Settings, get_settings
 NO_FRAME = -1.0
 _PTS_TIME = re.compile(rb"Parsed_showinfo.*? pts_time:\s*(-?[0-9.eE+-]+|nan)")
 _INSIDE_SLACK = 1e-3
+# Thumbnails: long side in pixels (never enlarged) and JPEG quality; about 10 kB each.
+THUMBNAIL_SIDE = 320
+THUMBNAIL_QUALITY = 80
 
 
 @dataclass
@@ -49,6 +56,9 @@ class VisualFeatures:
     # masked ("no_video": no frame at all, "no_face": frames but no face), None where it is used.
     faces: list[list[dict]] | None = None
     reasons: list[str | None] | None = None
+    # With a face detector: per utterance, the JPEG of its middle face record's frame (None
+    # without a sampled frame).
+    thumbnails: list[bytes | None] | None = None
 
 
 def decode_size(info: MediaInfo, spec: FeatureSpec) -> tuple[int, int]:
@@ -57,6 +67,23 @@ def decode_size(info: MediaInfo, spec: FeatureSpec) -> tuple[int, int]:
     width, height = info.video.display_size
     scale = min(1.0, spec.face_decode_side / max(width, height))
     return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
+
+
+def encode_thumbnail(pixels: np.ndarray) -> bytes:
+    """An RGB frame as a JPEG whose long side is at most ``THUMBNAIL_SIDE``."""
+    import cv2
+
+    height, width = pixels.shape[:2]
+    scale = min(1.0, THUMBNAIL_SIDE / max(height, width))
+    if scale < 1.0:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+    ok, encoded = cv2.imencode(
+        ".jpg", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, THUMBNAIL_QUALITY]
+    )
+    if not ok:
+        raise MediaError("corrupt", "a sampled frame cannot be encoded as a thumbnail")
+    return encoded.tobytes()
 
 
 def target_times(utterances: Sequence[UtteranceMeta], frames_per_utterance: int) -> np.ndarray:
@@ -136,7 +163,7 @@ def extract_frames(
     if info.video is None or count == 0 or per == 0:
         if with_faces:
             return VisualFeatures(
-                frames, frame_times, present, [[] for _ in range(count)], ["no_video"] * count
+                frames, frame_times, present, [[] for _ in range(count)], ["no_video"] * count, [None] * count
             )
         return VisualFeatures(frames, frame_times, present)
 
@@ -157,6 +184,9 @@ def extract_frames(
     # second thread (OpenCV releases the GIL) while ffmpeg goes on decoding.
     target_faces: list[Future | None] = [None] * targets.size
     scanned: dict[float, Future] = {}
+    # Each scanned frame's thumbnail, encoded in the same thread (the frame is decoded once).
+    target_thumbnails: list[Future | None] = [None] * targets.size
+    thumbnailed: dict[float, Future] = {}
     detector = ThreadPoolExecutor(max_workers=1) if with_faces else None
     if with_faces:
         out_width, out_height = decode_size(info, spec)
@@ -186,7 +216,9 @@ def extract_frames(
                 if with_faces:
                     if time not in scanned:
                         scanned[time] = detector.submit(detect_faces, pixels, spec)
+                        thumbnailed[time] = detector.submit(encode_thumbnail, pixels)
                     target_faces[target] = scanned[time]
+                    target_thumbnails[target] = thumbnailed[time]
                 else:
                     flat_frames[target] = pixels.transpose(2, 0, 1)
 
@@ -250,22 +282,30 @@ def extract_frames(
 
     if with_faces:
         found = [job.result() if job is not None else None for job in target_faces]
-        return _face_features(frames, frame_times, found)
+        thumbnails = [job.result() if job is not None else None for job in target_thumbnails]
+        return _face_features(frames, frame_times, found, thumbnails)
     _fill_missing(flat_frames, flat_times, count, per)
     present = (frame_times != NO_FRAME).any(axis=1)
     return VisualFeatures(frames, frame_times, present)
 
 
 def _face_features(
-    frames: np.ndarray, frame_times: np.ndarray, target_faces: list[FrameFaces | None]
+    frames: np.ndarray,
+    frame_times: np.ndarray,
+    target_faces: list[FrameFaces | None],
+    target_thumbnails: list[bytes | None],
 ) -> VisualFeatures:
     """The tracked face's crop in every sampled frame of each utterance; a frame where the face is
-    not seen borrows the nearest frame's crop, and an utterance without any face stays zeros."""
+    not seen borrows the nearest frame's crop, and an utterance without any face stays zeros.
+    The thumbnail is the frame of the middle face record (the records are the sampled frames)."""
     count, per = frame_times.shape
     faces: list[list[dict]] = []
     reasons: list[str | None] = []
+    thumbnails: list[bytes | None] = []
     for row in range(count):
         found = target_faces[row * per : (row + 1) * per]
+        sampled = [k for k in range(per) if found[k] is not None]
+        thumbnails.append(target_thumbnails[row * per + sampled[len(sampled) // 2]] if sampled else None)
         chosen = track_face(found)
         seen = [k for k in range(per) if chosen[k] is not None]
         for k in range(per):
@@ -291,7 +331,7 @@ def _face_features(
         else:
             reasons.append("no_video")
     present = np.array([reason is None for reason in reasons], dtype=bool)
-    return VisualFeatures(frames, frame_times, present, faces, reasons)
+    return VisualFeatures(frames, frame_times, present, faces, reasons, thumbnails)
 
 
 def _fill_missing(flat_frames: np.ndarray, flat_times: np.ndarray, count: int, per: int) -> None:

@@ -153,6 +153,7 @@ def extract_features(
         modality_mask=modality_mask,
         spec_hash=spec.hash,
         media=media,
+        thumbnails=visual.thumbnails,
         **tokens,
     )
 

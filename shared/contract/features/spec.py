@@ -44,6 +44,9 @@ class FeatureSpec(BaseModel):
     # the face image, offset under 2 %), so no margin reproduces the faces the network learned on.
     face_margin: float = Field(0.0, ge=0.0, le=1.0, description="crop margin each side, fraction of the box")
     face_max_faces: int = Field(4, ge=1, le=16, description="faces kept per frame, largest first")
+    # A frame where the default cascade finds no face is scanned again by OpenCV's alt2 frontal
+    # cascade and its profile cascade (both ways): docs/faces.md measures what it finds and costs.
+    face_fallback: bool = False
     # audio
     sample_rate: int = Field(16_000, ge=8_000, le=48_000)
     n_fft: int = Field(400, ge=64)
@@ -86,6 +89,9 @@ class FeatureSpec(BaseModel):
             # Without a detector the face settings shape nothing: a spec from before they existed
             # keeps its hash.
             values = {k: v for k, v in values.items() if not k.startswith("face_")}
+        elif not self.face_fallback:
+            # Off, it shapes nothing: haar specs from before it existed keep their hashes.
+            del values["face_fallback"]
         return json.dumps(values, sort_keys=True, separators=(",", ":"))
 
     @property

@@ -78,6 +78,21 @@ def test_face_cnn_reads_frames_and_frozen_norms_stay():
     assert torch.equal(before, norms[0].running_mean)
 
 
+def test_flip_average_reads_a_face_and_its_mirror_alike_at_inference_only():
+    frames = torch.randint(0, 256, (2, 3, 3, 48, 48), dtype=torch.uint8)
+    mirrored = frames.flip(-1)
+    averaged = tiny_face_model(visual_flip_average=True).eval()
+    torch.testing.assert_close(averaged.visual(frames), averaged.visual(mirrored))
+    plain = tiny_face_model().eval()
+    assert not torch.allclose(plain.visual(frames), plain.visual(mirrored))
+    # the same weights without the average: in training mode it reads the frames as given
+    plain.load_state_dict(averaged.state_dict())
+    torch.manual_seed(0)
+    trained = averaged.train().visual(frames)
+    torch.manual_seed(0)
+    torch.testing.assert_close(trained, plain.train().visual(frames))
+
+
 def test_cached_visual_embedding_gives_the_frames_output():
     from services.model.training.caches import cache_visual_embedding
     from services.model.training.data.examples import ExampleSet
@@ -97,3 +112,34 @@ def test_cached_visual_embedding_gives_the_frames_output():
     cached = model(batch)
     torch.testing.assert_close(cached.emotion_logits, direct.emotion_logits)
     assert cached.modalities_used[:, 2].tolist() == [True] * 4 + [False]
+
+
+def test_composition_keeps_the_default_figures_and_names_its_own(tmp_path):
+    from services.model.core.checkpoint import load_checkpoint, save_checkpoint
+    from services.model.testing import TINY_SPEC, build_tiny_checkpoint
+    from services.model.training.config import TrainConfig
+    from services.model.training.loop import carried_metrics
+
+    report = {"emotion": {"accuracy": 0.5, "weighted_f1": 0.4, "macro_f1": 0.3, "ece": 0.1}, "losses": {}}
+    default = build_tiny_checkpoint(tmp_path / "default")
+
+    loaded = load_checkpoint(default)
+    meta = loaded.meta | {"name": "default", "metrics": {"dev": report, "ravdess_test": report}}
+    save_checkpoint(default, loaded.model, TINY_SPEC, meta)
+    visual = tmp_path / "visual"
+    training = {"seconds": 120.0, "machine": "CPU x86_64, 2 cores", "history": [{"epoch": 1}]}
+    save_checkpoint(visual, loaded.model, TINY_SPEC, meta | {"name": "fer", "training": training})
+    config = TrainConfig(sources=("fer2013",), init_from=(f"text+audio+fusion={default}", f"visual={visual}"))
+    own = dict(report, emotion=dict(report["emotion"], accuracy=0.7))
+    published: dict = {}
+    metrics = carried_metrics(config, {"dev": own}, published)
+    assert metrics == {"dev": report, "ravdess_test": report, "fer2013_dev": own}
+    assert published["metrics_carried"]["splits"] == ["dev", "ravdess_test"]
+    visual_run = published["initial_training"]["visual"]
+    assert visual_run["name"] == "fer" and visual_run["seconds"] == 120.0 and "history" not in visual_run
+    assert visual_run["dev"]["emotion_accuracy"] == 0.5
+    from services.model.training.model_card import render_model_card
+
+    card = render_model_card(published | {"metrics": {}}, loaded.config, TINY_SPEC)
+    assert "- visual: `fer` (test), best epoch None of None, 120.0 s" in card
+    assert "The figures of dev, ravdess_test are `default@test`'s" in card
