@@ -120,6 +120,16 @@ train-fusion: install
 	set -o pipefail; nice -n 5 $(VENV)/bin/moodreel fuse $(FUSION_FROM) --output-dir $(FUSION_DIR) 2>&1 | tee var/logs/train-fusion.log
 	set -o pipefail; nice -n 5 $(VENV)/bin/moodreel calibrate $(FUSION_DIR) 2>&1 | tee -a var/logs/train-fusion.log
 
+# The fusion gate (docs/fusion.md): fitted on GATE_FROM's dev rows over its frozen network (the
+# joint rows and speech states cached under var/cache/ as for calibration), written to GATE_DIR;
+# publish it by copying GATE_DIR over the default.
+GATE_FROM ?= services/model/checkpoints/default
+GATE_DIR ?= var/train/gate
+.PHONY: fusion-gate
+fusion-gate: install
+	mkdir -p var/logs
+	set -o pipefail; nice -n 5 $(VENV)/bin/moodreel gate $(GATE_FROM) --output-dir $(GATE_DIR) 2>&1 | tee var/logs/fusion-gate.log
+
 # Temperatures only (no training): refit on CHECKPOINT's dev rows and store them in it.
 CHECKPOINT ?= services/model/checkpoints/default
 calibrate: install

@@ -348,6 +348,25 @@ def fuse(
 
 
 @app.command()
+def gate(
+    checkpoint: Path = typer.Argument(..., exists=True, file_okay=False, help="checkpoint directory"),
+    output_dir: Path = typer.Option(..., help="where the checkpoint with the fitted fusion gate goes"),
+    seed: int = typer.Option(0, help="which dev rows and voices are drawn"),
+) -> None:
+    """Fit the fusion gate (reliability-weighted pooling of each modality's reading, for rows with
+    two or more modalities) on dev rows over the checkpoint's frozen network; every other weight
+    and every single-modality output stay as they are."""
+    import json
+
+    from services.model.training.fusion_gate import fit_checkpoint_gate
+    from shared.logging import configure_logging
+
+    configure_logging()
+    report = fit_checkpoint_gate(checkpoint, output_dir, seed=seed)
+    typer.echo(json.dumps({k: report[k] for k in ("design", "fitted_on_all_dev", "seconds")}, indent=1))
+
+
+@app.command()
 def calibrate(
     checkpoint: Path = typer.Argument(..., exists=True, file_okay=False, help="checkpoint directory"),
     seed: int = typer.Option(0, help="which dev rows and voices are drawn"),

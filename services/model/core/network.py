@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from services.model.core.config import ModelConfig
+from services.model.core.gate import FusionGate, gated_logits
 from services.model.core.parts import LEARNING_RATES, part_of
 from shared.contract.bundle import FeatureBundle
 from shared.contract.features.spec import resolve_pretrained
@@ -476,6 +477,16 @@ class MoodreelModel(nn.Module):
         self.modality_emotion_heads = nn.ModuleList(nn.Linear(dim, len(EMOTIONS)) for _ in MODALITIES)
         self.modality_sentiment_heads = nn.ModuleList(nn.Linear(dim, len(SENTIMENTS)) for _ in MODALITIES)
         self.speech_head = nn.Linear(dim, len(config.speech_labels)) if config.speech_labels else None
+        self.fusion_gate = (
+            FusionGate(
+                config.fusion_gate,
+                config.fusion_gate_experts,
+                config.fusion_gate_joint,
+                config.fusion_gate_hidden,
+            )
+            if config.fusion_gate
+            else None
+        )
         trained = torch.tensor([m in config.trained_modalities for m in MODALITIES])
         self.register_buffer("trained", trained, persistent=False)
         # Calibration temperatures (services.model.core.calibration), row 0 emotion, row 1 sentiment:
@@ -540,9 +551,14 @@ class MoodreelModel(nn.Module):
         )
         fused_t = self.fused_temperature[:, (used.long() * self.pattern_bits).sum(-1)]  # [2, B]
         modality_t = self.modality_temperature[:, :, None]  # [2, 3, 1]
+        emotion_logits, sentiment_logits = self.emotion_head(fused), self.sentiment_head(fused)
+        if self.fusion_gate is not None:
+            emotion_logits, sentiment_logits = gated_logits(
+                self, embeddings, used, fused, emotion_logits, sentiment_logits
+            )
         return ModelOutput(
-            emotion_logits=self.emotion_head(fused) / fused_t[0, :, None],
-            sentiment_logits=self.sentiment_head(fused) / fused_t[1, :, None],
+            emotion_logits=emotion_logits / fused_t[0, :, None],
+            sentiment_logits=sentiment_logits / fused_t[1, :, None],
             modality_emotion_logits=modality_emotion * weights / modality_t[0],
             modality_sentiment_logits=modality_sentiment * weights / modality_t[1],
             modalities_used=used,

@@ -46,7 +46,12 @@ PARTS: tuple[Part, ...] = (
     Part("visual_backbone", "visual", ("visual.backbone.",), "lr_visual", pretrained_base=True),
     Part("visual_layers", "visual", ("visual.",), "lr_visual"),
     Part("visual_heads", "visual", _modality_heads(2), "lr_fusion"),
-    Part("fusion", None, ("fusion.", "absent", "emotion_head.", "sentiment_head."), "lr_fusion"),
+    Part(
+        "fusion",
+        None,
+        ("fusion.", "absent", "emotion_head.", "sentiment_head.", "fusion_gate."),
+        "lr_fusion",
+    ),
 )
 PARTS_BY_NAME = {part.name: part for part in PARTS}
 
