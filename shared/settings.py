@@ -223,6 +223,14 @@ class Settings(BaseSettings):
     # A large body must have arrived this long after its request's head (408 otherwise), so that
     # stalled connections do not hold the slots above.
     large_body_read_seconds: float = Field(30.0, gt=0)
+    # Requests one gateway process runs at once (until their responses start); more wait, and a
+    # freed slot goes to the next client in turn (a JWT's account, a verified key, else an
+    # address), so a burst from one client delays that client, not the probes or anyone else.
+    max_active_requests: int = Field(32, ge=1)
+    # Requests one client may have waiting for a slot (429 beyond) ...
+    max_waiting_requests_per_client: int = Field(256, ge=1)
+    # ... and the whole process (503 beyond).
+    max_waiting_requests: int = Field(4096, ge=1)
     # Verified API keys are remembered this long per process (0: always query); at most 1 s so
     # that a revoked key stops working within a second everywhere.
     api_key_cache_seconds: float = Field(1.0, ge=0, le=1)

@@ -36,11 +36,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.gateway.deps import (
     ADMITTED_CREDENTIAL,
-    PresentedCredential,
     admissible_credential,
+    presented_credential,
     refuse_hopeless_credentials,
 )
-from services.gateway.security import decode_access_token, hash_api_key
+from services.gateway.security import InvalidToken, decode_access_token, hash_api_key
 from services.platform.api_keys.cache import verified_keys
 from shared.problems import Problem, TooManyRequests, problem_response
 from shared.settings import Settings
@@ -106,6 +106,37 @@ def is_large_parsed_body(headers: Headers, settings: Settings) -> bool:
     return not length.isdigit() or int(length) > settings.large_body_bytes
 
 
+def routed_path(scope: Scope) -> str:
+    """The path the router matches: without the root path a proxy mounts the gateway under."""
+    path, root_path = scope["path"], scope.get("root_path", "")
+    if root_path and path.startswith(root_path):
+        path = path[len(root_path) :]
+    return path
+
+
+def requester(scope: Scope, settings: Settings) -> str:
+    """Who sends a request, as far as its headers prove it without the database: the account of
+    a JWT (its signature checked), an API key verified in the last second, or else the client's
+    address (a well-formed key anyone can make up proves nothing)."""
+    client = scope.get("client")
+    address = f"address:{client[0] if client else ''}"
+    try:
+        credential = presented_credential(Headers(scope=scope))
+    except Problem:
+        return address
+    if credential is None:
+        return address
+    if credential.kind == "jwt":
+        try:
+            return f"user:{decode_access_token(credential.value, settings).user_id}"
+        except InvalidToken:
+            return address
+    key_hash = hash_api_key(credential.value, settings)
+    if verified_keys.verified_recently(settings.database_url, key_hash, settings.api_key_cache_seconds):
+        return f"key:{key_hash}"
+    return address
+
+
 def needs_credentials(rules: list[RouteRule], method: str, path: str) -> bool:
     for rule in rules:
         if (rule.methods is None or method in rule.methods) and rule.path.match(path):
@@ -127,11 +158,7 @@ class AdmissionMiddleware:
             return
         if self.rules is None:  # the routes are complete once the app serves
             self.rules = route_rules(scope["app"].routes)
-        # The path the router matches: without the root path a proxy mounts the gateway under.
-        path, root_path = scope["path"], scope.get("root_path", "")
-        if root_path and path.startswith(root_path):
-            path = path[len(root_path) :]
-        if not needs_credentials(self.rules, scope["method"], path):
+        if not needs_credentials(self.rules, scope["method"], routed_path(scope)):
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
@@ -144,21 +171,7 @@ class AdmissionMiddleware:
         if not is_large_parsed_body(headers, self.settings):
             await self.app(scope, receive, send)
             return
-        await self._large_body(scope, receive, send, self._holder(scope, credential))
-
-    def _holder(self, scope: Scope, credential: PresentedCredential) -> str:
-        """Whose large bodies these are, as far as the headers prove it: the account of a JWT
-        (its signature was checked), a key verified in the last second, or else the client's
-        address (a well-formed key anyone can make up proves nothing)."""
-        if credential.kind == "jwt":
-            return f"user:{decode_access_token(credential.value, self.settings).user_id}"
-        key_hash = hash_api_key(credential.value, self.settings)
-        if verified_keys.verified_recently(
-            self.settings.database_url, key_hash, self.settings.api_key_cache_seconds
-        ):
-            return f"key:{key_hash}"
-        client = scope.get("client")
-        return f"address:{client[0] if client else ''}"
+        await self._large_body(scope, receive, send, requester(scope, self.settings))
 
     async def _large_body(self, scope: Scope, receive: Receive, send: Send, holder: str) -> None:
         settings = self.settings

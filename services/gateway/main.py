@@ -24,6 +24,7 @@ from services.gateway.dashboard import router as dashboard_router
 from services.gateway.limits import BodySizeLimitMiddleware
 from services.gateway.openapi import install_problem_openapi
 from services.gateway.ratelimit import RateLimitHeadersMiddleware
+from services.gateway.scheduling import RequestScheduler
 from services.gateway.security import DEFAULT_SECRET
 from services.platform.analyses.endpoints import router as analyses_router
 from services.platform.analyses.sse import EventHub, StreamSlots
@@ -190,6 +191,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
             expose_headers=["Location", "RateLimit", "RateLimit-Policy", "Retry-After"],
         )
+    # Outside everything but the proxy handling: a waiting request has cost nothing yet.
+    app.add_middleware(RequestScheduler, settings=settings)
     if settings.trusted_proxies:
         # Outermost: every limit keyed by the client's address sees the forwarded one, and only
         # when the TCP peer is a trusted proxy (servers run with --no-proxy-headers).
