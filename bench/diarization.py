@@ -15,7 +15,9 @@ Reported per speaker count and corpus:
 - **DER** (diarization error rate): missed speech + false alarm + speaker confusion over the
   reference speech time, in 10 ms frames, with the best one-to-one mapping of found to reference
   speakers; with the usual 0.25 s collar around reference boundaries (``der``) and without one
-  (``der_no_collar``).
+  (``der_no_collar``), and split into its three parts (``missed_speech``, ``false_alarm``,
+  ``speaker_confusion``, collared, each over the reference speech time) next to the boundaries
+  missed and spurious (``boundaries_missed``, ``boundaries_spurious``), so the dominant error shows.
 
 Tuning: the segmentation parameters (join pause, split pause, the two speaker distances) are
 chosen on a **dev** set (RAVDESS actors 1-12, EmoDB speakers 03-10, seeds 1000+) and reported
@@ -157,8 +159,9 @@ def boundary_f1(found: list[tuple[float, float]], reference: list[Turn]) -> tupl
     return matched, len(hyp), len(ref)
 
 
-def der(found, reference: list[Turn], duration: float, collar: float) -> tuple[float, float]:
-    """(error frames, scored reference speech frames) with the best speaker mapping."""
+def der(found, reference: list[Turn], duration: float, collar: float) -> tuple[float, float, float, float]:
+    """(missed, false alarm, confusion, scored reference speech) frames with the best speaker
+    mapping."""
     from scipy.optimize import linear_sum_assignment
 
     n = int(np.ceil(duration / FRAME)) + 1
@@ -184,7 +187,7 @@ def der(found, reference: list[Turn], duration: float, collar: float) -> tuple[f
     false_alarm = np.sum((ref < 0) & (hyp >= 0))
     missed = np.sum((ref >= 0) & (hyp < 0))
     confusion = np.sum((ref >= 0) & (hyp >= 0)) - correct
-    return float(missed + false_alarm + confusion), float(speech)
+    return float(missed), float(false_alarm), float(confusion), float(speech)
 
 
 def build_mixes(split: str, count: int, clips: Clips, settings, joins=JOIN_PAUSES) -> list[dict]:
@@ -233,20 +236,29 @@ def score(
         found = utterances_from_regions(mix["audio"], regions, embeddings, spec, params, speakers)
         matched, n_hyp, n_ref = boundary_f1([(u.start, u.end) for u in found], mix["turns"])
         duration = len(mix["audio"]) / RATE
-        err, speech = der(found, mix["turns"], duration, COLLAR)
-        err0, speech0 = der(found, mix["turns"], duration, 0.0)
+        missed, false_alarm, confusion, speech = der(found, mix["turns"], duration, COLLAR)
+        *errors0, speech0 = der(found, mix["turns"], duration, 0.0)
+        err0 = sum(errors0)
         for key in ((mix["corpus"], mix["speakers"]), ("all", mix["speakers"])):
             g = groups.setdefault(
-                key, dict.fromkeys(("m", "h", "r", "e", "s", "e0", "s0", "ok", "n", "cpu", "dur"), 0.0)
+                key,
+                dict.fromkeys(
+                    ("m", "h", "r", "miss", "fa", "conf", "s", "e0", "s0", "ok", "n", "cpu", "dur"), 0.0
+                ),
             )
             g["m"] += matched
             g["h"] += n_hyp
             g["r"] += n_ref
-            g["e"] += err
+            g["miss"] += missed
+            g["fa"] += false_alarm
+            g["conf"] += confusion
             g["s"] += speech
             g["e0"] += err0
             g["s0"] += speech0
-            g["ok"] += len({u.speaker for u in found}) == mix["speakers"]
+            estimated = len({u.speaker for u in found})
+            g["ok"] += estimated == mix["speakers"]
+            counts = g.setdefault("counts", {})
+            counts[estimated] = counts.get(estimated, 0) + 1
             g["n"] += 1
             g["cpu"] += cpu
             g["dur"] += duration
@@ -262,8 +274,14 @@ def score(
             "boundary_precision": round(precision, 4),
             "boundary_recall": round(recall, 4),
             "speaker_count_accuracy": round(g["ok"] / g["n"], 4),
-            "der": round(g["e"] / g["s"], 4),
+            "estimated_speakers": {str(k): v for k, v in sorted(g["counts"].items())},
+            "der": round((g["miss"] + g["fa"] + g["conf"]) / g["s"], 4),
             "der_no_collar": round(g["e0"] / g["s0"], 4),
+            "missed_speech": round(g["miss"] / g["s"], 4),
+            "false_alarm": round(g["fa"] / g["s"], 4),
+            "speaker_confusion": round(g["conf"] / g["s"], 4),
+            "boundaries_missed": int(g["r"] - g["m"]),
+            "boundaries_spurious": int(g["h"] - g["m"]),
             "cpu_s_per_audio_s": round(g["cpu"] / g["dur"], 4),
         }
     return report
@@ -320,6 +338,9 @@ def main() -> int:
         single_speaker_distance=best["single_speaker_distance"],
         split_pause_seconds=best["split_pause_seconds"],
     )
+    # Where the chosen settings still err on dev (the error's parts), and with the count given.
+    dev_chosen = score(dev, spec, chosen)
+    dev_given = score(dev, spec, chosen, given_count=True)
     joins = sorted({chosen.join_pause_seconds, base.join_pause_seconds})
     test = build_mixes("test", args.mixes, clips, settings, joins)
     held_out = score(test, spec, chosen)
@@ -358,6 +379,8 @@ def main() -> int:
             "min_seconds": base.min_seconds,
             "max_seconds": base.max_seconds,
         },
+        "dev_chosen": dev_chosen,
+        "dev_speaker_count_given": dev_given,
         "test": held_out,
         "test_speaker_count_given": held_out_given,
         "test_with_settings_defaults": settings_default,
