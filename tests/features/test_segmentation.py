@@ -213,3 +213,28 @@ def test_a_transcript_without_speakers_is_named_by_voice(talk, encoder):
 def test_an_unknown_segmentation_is_refused(talk):
     with pytest.raises(ValueError, match="segmentation"):
         extract_features(talk[2], SPEC, segmentation="sentences", settings=Settings(_env_file=None))
+
+
+def test_voices_apart_only_along_the_emotion_directions_are_one_speaker(params):
+    from shared.contract.features.voice import nuisance_basis
+
+    basis = nuisance_basis()[:4].astype(np.float64)
+    rng = np.random.default_rng(5)
+    voice = rng.standard_normal(basis.shape[1])
+    voice -= basis.T @ (basis @ voice)
+    voice /= np.linalg.norm(voice)
+    # one voice, calm and shouting: apart along the first nuisance direction only
+    prints = np.stack(
+        [
+            voice + sign * 0.8 * basis[0] + rng.normal(0, 0.02, voice.shape)
+            for sign in (1, -1)
+            for _ in range(5)
+        ]
+    )
+    prints = (prints / np.linalg.norm(prints, axis=1, keepdims=True)).astype(np.float32)
+    durations = [2.0] * len(prints)
+    assert params.speaker_nuisance_dims >= 1
+    assert set(cluster_voices(prints, durations, params).tolist()) == {0}
+    apart = cluster_voices(prints, durations, replace(params, speaker_nuisance_dims=0))
+    assert apart[:5].tolist() == [apart[0]] * 5 and apart[5:].tolist() == [apart[5]] * 5
+    assert apart[0] != apart[5]

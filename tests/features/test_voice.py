@@ -8,6 +8,8 @@ torch; the project's development environment has both).
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -16,10 +18,13 @@ from shared.contract.features.voice import (
     HOP,
     N_FFT,
     N_MELS,
+    NUISANCE_FILE,
     PARTIAL_FRAMES,
     mel_spectrogram,
     normalize_volume,
+    nuisance_basis,
     partial_slices,
+    remove_nuisance,
 )
 
 
@@ -97,3 +102,33 @@ def test_embeddings_are_unit_norm_and_batched(encoder):
     assert together.shape == (3, EMBEDDING_SIZE)
     np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(encoder.embed(wavs[1:2])[0], together[1], atol=1e-5)
+
+
+def test_nuisance_directions_are_projected_out(tmp_path):
+    rng = np.random.default_rng(4)
+    basis, _ = np.linalg.qr(rng.standard_normal((EMBEDDING_SIZE, 3)))
+    path = tmp_path / "nuisance.json"
+    path.write_text(json.dumps({"basis": basis.T.tolist()}))
+    prints = rng.standard_normal((5, EMBEDDING_SIZE)).astype(np.float32)
+    prints /= np.linalg.norm(prints, axis=1, keepdims=True)
+    kept = remove_nuisance(prints, 2, path)
+    np.testing.assert_allclose(np.linalg.norm(kept, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(kept @ basis[:, :2], 0.0, atol=1e-5)
+    assert np.abs(kept @ basis[:, 2]).min() > 1e-4, "only the first two directions go"
+    # what is left is the print's own direction off the nuisance plane
+    rest = prints - (prints @ basis[:, :2]) @ basis[:, :2].T
+    np.testing.assert_allclose(kept, rest / np.linalg.norm(rest, axis=1, keepdims=True), atol=1e-5)
+    assert remove_nuisance(prints, 0, path) is prints
+    with pytest.raises(ValueError, match="3 nuisance directions"):
+        remove_nuisance(prints, 4, path)
+
+
+def test_the_stored_nuisance_basis_is_orthonormal_and_from_dev_speakers_only():
+    basis = nuisance_basis()
+    assert basis.shape[1] == EMBEDDING_SIZE and len(basis) >= 8
+    np.testing.assert_allclose(basis @ basis.T, np.eye(len(basis)), atol=1e-5)
+    fitted = json.loads(NUISANCE_FILE.read_text())
+    from bench.diarization import SPLITS
+
+    test = {f"{corpus}/{s}" for corpus in ("ravdess", "emodb") for s in SPLITS["test"][corpus]}
+    assert fitted["speakers"] and not test & set(fitted["speakers"]), "fitted on held-out speakers"

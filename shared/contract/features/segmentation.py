@@ -6,10 +6,12 @@
    (``speech.is_speech``: tonal frames not counted, steady sound refused), so music, tones and
    noise that the detector alone would take for speech are not utterances.
 2. **Voices**: each region's voice embedding (``shared.contract.features.voice``, Resemblyzer in numpy),
-   clustered by average-linkage agglomeration on cosine distance (``cluster_voices``): the number
-   of speakers is where the closest remaining clusters are further apart than ``speaker_distance``
-   (or the number asked for). Regions shorter than ``speaker_min_embed_seconds`` carry too little
-   voice to decide a cluster; they join the nearest cluster found from the longer ones.
+   without its first ``speaker_nuisance_dims`` within-speaker (emotion) directions
+   (``voice.remove_nuisance``), clustered by average-linkage agglomeration on cosine distance
+   (``cluster_voices``): the number of speakers is where the closest remaining clusters are
+   further apart than ``speaker_distance`` (or the number asked for). Regions shorter than
+   ``speaker_min_embed_seconds`` carry too little voice to decide a cluster; they join the nearest
+   cluster found from the longer ones.
 3. **Utterances**: neighbouring regions of the same speaker separated by less than
    ``split_pause_seconds`` are one utterance, up to ``max_seconds``; a longer pause or a change of
    speaker ends it. An utterance longer than ``max_seconds`` is cut at its quietest frames, one
@@ -27,7 +29,7 @@ import numpy as np
 from shared.contract.bundle import UtteranceMeta
 from shared.contract.features.spec import FeatureSpec
 from shared.contract.features.speech import detected_frames, frame_levels_db, is_speech
-from shared.contract.features.voice import VoiceEncoder
+from shared.contract.features.voice import VoiceEncoder, remove_nuisance
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -47,6 +49,7 @@ class SegmentationParams:
     single_speaker_distance: float
     speaker_min_embed_seconds: float
     max_speakers: int
+    speaker_nuisance_dims: int = 0
 
     @classmethod
     def from_settings(cls, settings) -> SegmentationParams:
@@ -59,6 +62,7 @@ class SegmentationParams:
             single_speaker_distance=settings.single_speaker_distance_threshold,
             speaker_min_embed_seconds=settings.speaker_min_embed_seconds,
             max_speakers=settings.max_speakers,
+            speaker_nuisance_dims=settings.speaker_nuisance_dims,
         )
 
 
@@ -104,6 +108,7 @@ def cluster_voices(
     count = len(embeddings)
     if count == 0:
         return np.zeros(0, dtype=np.int64)
+    embeddings = remove_nuisance(embeddings, params.speaker_nuisance_dims)
     durations = np.asarray(durations, dtype=np.float64)
     anchors = np.flatnonzero(durations >= params.speaker_min_embed_seconds)
     if len(anchors) < max(2, speakers or 0):

@@ -8,10 +8,17 @@ its partials. `make models` installs its weights converted to safetensors
 (``<models_dir>/resemblyzer/encoder.safetensors``); this module reproduces its preprocessing
 (volume raised to -30 dBFS, long silences trimmed by WebRTC's VAD, mel spectrum, partials) and its
 forward pass with numpy, because the preprocess worker carries no torch.
+
+Emotion moves a voice print: the same actor shouting and whispering is about as far apart as two
+speakers. ``voice_nuisance.json`` holds the directions along which one speaker's prints vary most
+(the top eigenvectors of the within-speaker scatter of acted emotional speech, fitted by
+``bench/diarization.py`` on its dev speakers only); ``remove_nuisance`` projects the first few out
+before voices are compared (nuisance attribute projection).
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +47,32 @@ VAD_MAX_SILENCE = 6
 INT16_MAX = 2**15 - 1
 MODEL_NAME = "resemblyzer"
 WEIGHTS_FILE = "encoder.safetensors"
+
+
+NUISANCE_FILE = Path(__file__).with_name("voice_nuisance.json")
+
+
+def nuisance_basis(path: Path = NUISANCE_FILE) -> np.ndarray:
+    """``[K, 256]`` orthonormal rows, the largest within-speaker variation first."""
+    with _LOCK:
+        if path not in _NUISANCE:
+            data = json.loads(Path(path).read_text())
+            _NUISANCE[path] = np.asarray(data["basis"], dtype=np.float64).reshape(-1, EMBEDDING_SIZE)
+        return _NUISANCE[path]
+
+
+def remove_nuisance(embeddings: np.ndarray, dims: int, path: Path = NUISANCE_FILE) -> np.ndarray:
+    """``embeddings`` (``[N, 256]``) without their part along the first ``dims`` nuisance
+    directions, unit-norm again; ``dims`` 0 returns them unchanged."""
+    if dims <= 0 or len(embeddings) == 0:
+        return embeddings
+    basis = nuisance_basis(path)
+    if dims > len(basis):
+        raise ValueError(f"{path.name} holds {len(basis)} nuisance directions, not {dims}")
+    basis = basis[:dims]
+    points = np.asarray(embeddings, dtype=np.float64)
+    kept = points - (points @ basis.T) @ basis
+    return (kept / np.maximum(np.linalg.norm(kept, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 class VoiceEncoderMissing(FileNotFoundError):
@@ -173,6 +206,7 @@ class VoiceEncoder:
 
 
 _ENCODERS: dict[Path, VoiceEncoder] = {}
+_NUISANCE: dict[Path, np.ndarray] = {}
 _LOCK = threading.Lock()
 
 
