@@ -11,9 +11,9 @@ to the frame (x, y, width, height in 0..1, clipped to it).
 
 Per utterance the face followed is the most prominent one (largest area times score) in any of its
 frames, tracked to its neighbouring frames by overlap; the other faces' boxes are kept. Its crop
-is square, widened by ``spec.face_margin`` on each side, padded by edge replication where it leaves
-the frame and resized to ``frame_size`` (area when shrinking, cubic when enlarging: the resize
-``services.model.training.data.faces`` applies to FER2013's faces).
+is square, widened (narrowed, when negative) by ``spec.face_margin`` on each side, padded by edge
+replication where it leaves the frame and resized to ``frame_size`` (area when shrinking, cubic
+when enlarging: the resize ``services.model.training.data.faces`` applies to FER2013's faces).
 """
 
 from __future__ import annotations

@@ -36,15 +36,18 @@ class FeatureSpec(BaseModel):
     # visual modality where no face is found.
     face_detector: Literal["none", "haar", "mtcnn"] = "none"
     face_decode_side: int = Field(640, ge=64, le=3840, description="long side of frames decoded for faces")
-    # 480: the cascade's window is 24 px, so at 320 a face under 13 % of a 16:9 frame's height
-    # (a medium shot's 12 %) is missed; at 480 faces down to 9 % are found.
+    # 480 for haar: the cascade's window is 24 px, so at 320 a face under 13 % of a 16:9 frame's
+    # height (a medium shot's 12 %) is missed; at 480 faces down to 9 % are found. MTCNN's pyramid
+    # starts from face_min_size (P-Net's 12 px window), so 320 px finds the same faces as 480.
     face_detect_side: int = Field(480, ge=64, le=3840, description="long side of the copy the detector scans")
     face_min_size: float = Field(0.1, gt=0.0, le=1.0, description="smallest face, fraction of the short side")
     face_scale_factor: float = Field(1.1, gt=1.0, le=2.0)
     # 4, not 3: at 3 a testsrc2 pattern passes for a face; FER2013 faces found 78 % either way.
     face_min_neighbors: int = Field(4, ge=0, le=20)
     # The cascade's box is about FER2013's own crop (measured on FER2013 faces: median box 0.98 of
-    # the face image, offset under 2 %), so no margin reproduces the faces the network learned on.
+    # the face image, offset under 2 %), so no margin reproduces the faces the network learned on;
+    # MTCNN's box is as tall as FER2013's crop (1.03) but narrower, so its square crop is cut a
+    # little tighter (negative margin; chosen on PublicTest accuracy, docs/faces.md).
     face_margin: float = Field(
         0.0, ge=-0.2, le=1.0, description="crop margin each side, fraction of the box (negative: tighter)"
     )
@@ -92,6 +95,12 @@ class FeatureSpec(BaseModel):
         if value not in (10, 20, 30):
             raise ValueError("vad_frame_ms must be 10, 20 or 30")
         return value
+
+    @field_validator("face_mtcnn_thresholds", mode="before")
+    @classmethod
+    def _comma_separated(cls, value):
+        # Presets and the command line write lists comma-separated ("0.6,0.6,0.5").
+        return tuple(part.strip() for part in value.split(",")) if isinstance(value, str) else value
 
     @field_validator("face_mtcnn_thresholds")
     @classmethod
