@@ -181,7 +181,11 @@ def main() -> None:
     correct = through == labels[picked]
     same_direct = predicted[picked] == labels[picked]
     result = {
-        "checkpoint": str(args.checkpoint),
+        "checkpoint": str(
+            args.checkpoint.resolve().relative_to(ROOT)
+            if args.checkpoint.resolve().is_relative_to(ROOT)
+            else args.checkpoint
+        ),
         "model": {"name": loaded.meta.get("name"), "spec_hash": spec.hash},
         "privatetest_faces": len(faces),
         "privatetest_accuracy": round(direct_accuracy, 4),

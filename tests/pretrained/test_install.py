@@ -8,6 +8,7 @@ import json
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from services.model.pretrained import install as installer
@@ -449,3 +450,68 @@ def test_the_project_manifest_pins_all_mpnet_base_v2():
         "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
     )
     assert {"config.json", "tokenizer.json", "vocab.txt"} <= set(entry.unpack.files)
+
+
+def test_the_project_manifest_pins_facenet_pytorchs_mtcnn():
+    entry = read_manifest()["mtcnn"]
+    assert not entry.optional and entry.convert == "mtcnn-safetensors"
+    [package] = entry.packages
+    assert (package.name, package.version) == ("facenet-pytorch", "2.6.0")
+    assert package.sha256 == "ecb82b27beb226d106f2219efe8f829b01b87a8595badd01545679bdb9f19cca"
+    assert {entry.copy[f"facenet_pytorch/data/{net}.pt"] for net in ("pnet", "rnet", "onet")} == {
+        "pnet.pt",
+        "rnet.pt",
+        "onet.pt",
+    }
+
+
+def test_mtcnns_state_dicts_are_converted_to_one_safetensors_file(tmp_path):
+    """facenet-pytorch's three state dicts become ``mtcnn.safetensors`` (every tensor, float32,
+    ``<net>.<name>``) and the torch files are not kept; a wheel whose file differs from its pin is
+    refused before anything is converted."""
+    torch = pytest.importorskip("torch", reason="the converter reads the state dicts with torch")
+    from safetensors.numpy import load_file
+
+    from services.model.pretrained.mtcnn import SHAPES
+
+    generator = torch.Generator().manual_seed(0)
+    files = {}
+    for net, shapes in SHAPES.items():
+        state = {name: torch.randn(shape, generator=generator) for name, shape in shapes.items()}
+        torch.save(state, tmp_path / f"{net}.pt")
+        files[f"facenet_pytorch/data/{net}.pt"] = (tmp_path / f"{net}.pt").read_bytes()
+    index = tmp_path / "index"
+    index.mkdir()
+    wheel = build_wheel(index, "facenet-pytorch", "2.6.0", files)
+    pins = ", ".join(f'"{path}" = "{sha(data)}"' for path, data in files.items())
+    copies = "\n".join(f'"{path}" = "{path.rsplit("/", 1)[1]}"' for path in files)
+    manifest = tmp_path / "models.toml"
+    text = f"""
+[faces]
+licence = "MIT"
+convert = "mtcnn-safetensors"
+
+[[faces.packages]]
+name = "facenet-pytorch"
+version = "2.6.0"
+sha256 = "{sha(wheel.read_bytes())}"
+files = {{ {pins} }}
+
+[faces.copy]
+{copies}
+"""
+    manifest.write_text(text.replace(sha(files["facenet_pytorch/data/onet.pt"]), "0" * 64))
+    with pytest.raises(ModelInstallError, match="onet.pt has sha256"):
+        install(None, tmp_path / "models", pip_args(index), manifest)
+    assert not (tmp_path / "models" / "faces").exists()
+
+    manifest.write_text(text)
+    [report] = install(None, tmp_path / "models", pip_args(index), manifest)
+    assert report.status == "installed"
+    folder = tmp_path / "models" / "faces"
+    assert sorted(p.name for p in folder.iterdir()) == ["INSTALLED.json", "mtcnn.safetensors"]
+    tensors = load_file(str(folder / "mtcnn.safetensors"))
+    assert set(tensors) == {f"{net}.{name}" for net, shapes in SHAPES.items() for name in shapes}
+    saved = torch.load(tmp_path / "rnet.pt", weights_only=True)
+    assert (tensors["rnet.dense4.weight"] == saved["dense4.weight"].numpy()).all()
+    assert all(value.dtype == np.float32 for value in tensors.values())

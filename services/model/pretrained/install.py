@@ -340,10 +340,19 @@ def _convert_resemblyzer(staging: Path) -> None:
     checkpoint.unlink()  # the worker reads the safetensors file; it has no torch to read this one
 
 
+def _convert_mtcnn(staging: Path) -> None:
+    from services.model.pretrained.mtcnn import NETS, convert_mtcnn
+
+    convert_mtcnn(staging, staging / "mtcnn.safetensors")
+    for net in NETS:
+        (staging / f"{net}.pt").unlink()  # the worker reads the safetensors file; it has no torch
+
+
 CONVERTERS = {
     "none": _convert_none,
     "ctranslate2-whisper": _convert_ctranslate2_whisper,
     "resemblyzer-safetensors": _convert_resemblyzer,
+    "mtcnn-safetensors": _convert_mtcnn,
 }
 
 

@@ -1,17 +1,19 @@
 """Faces in the sampled frames: detection, one tracked face per utterance, crops for the model.
 
-The detector is OpenCV's frontal-face Haar cascade (``haarcascade_frontalface_default.xml``,
-shipped inside the pinned ``opencv-python-headless`` wheel): it needs neither torch nor weights
-from elsewhere, so the preprocess worker runs it. It scans a grayscale copy of each sampled frame
-whose long side is ``spec.face_detect_side`` pixels. Boxes are stored normalised to the frame
-(x, y, width, height in 0..1) with a score: the cascade's last-stage confidence through a logistic
-(0.5 at the stage threshold; comparable within a video, not a calibrated probability).
+Two detectors, both without torch, so the preprocess worker runs them. ``haar``: OpenCV's
+frontal-face Haar cascade (``haarcascade_frontalface_default.xml``, shipped inside the pinned
+``opencv-python-headless`` wheel) scans a grayscale copy of each sampled frame whose long side is
+``spec.face_detect_side`` pixels; its score is the cascade's last-stage confidence through a
+logistic (0.5 at the stage threshold; comparable within a video, not a calibrated probability).
+``mtcnn``: facenet-pytorch's MTCNN (``shared.contract.features.mtcnn``, weights from `make models`)
+scans an RGB copy of that size; its score is O-Net's face probability. Boxes are stored normalised
+to the frame (x, y, width, height in 0..1, clipped to it).
 
 Per utterance the face followed is the most prominent one (largest area times score) in any of its
 frames, tracked to its neighbouring frames by overlap; the other faces' boxes are kept. Its crop
-is square, widened by ``spec.face_margin`` on each side, padded by edge replication where it leaves
-the frame and resized to ``frame_size`` (area when shrinking, cubic when enlarging: the resize
-``services.model.training.data.faces`` applies to FER2013's faces).
+is square, widened (narrowed, when negative) by ``spec.face_margin`` on each side, padded by edge
+replication where it leaves the frame and resized to ``frame_size`` (area when shrinking, cubic
+when enlarging: the resize ``services.model.training.data.faces`` applies to FER2013's faces).
 """
 
 from __future__ import annotations
@@ -94,17 +96,37 @@ def _scan(gray: np.ndarray, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
     return np.zeros((0, 4)), np.zeros(0)
 
 
-def detect_faces(frame: np.ndarray, spec: FeatureSpec) -> FrameFaces:
-    """Every face in one ``[H, W, 3]`` uint8 RGB frame, largest first, at most ``face_max_faces``."""
+def _scan_mtcnn(rgb: np.ndarray, spec: FeatureSpec, models_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(rects [K, 4] in rgb's pixels, clipped to it; face probabilities [K])``."""
+    from shared.contract.features.mtcnn import mtcnn
+    from shared.settings import models_dir as default_models_dir
+
+    detector = mtcnn(models_dir or default_models_dir())
+    height, width = rgb.shape[:2]
+    smallest = max(1.0, spec.face_min_size * min(height, width))
+    found = detector.detect(rgb, smallest, spec.face_mtcnn_thresholds, spec.face_mtcnn_factor)
+    corners = np.clip(found[:, :4].astype(np.float64), 0, [width, height, width, height])
+    rects = np.concatenate([corners[:, :2], corners[:, 2:] - corners[:, :2]], axis=1)
+    keep = (rects[:, 2] > 0) & (rects[:, 3] > 0)
+    return rects[keep], found[keep, 4].astype(np.float64)
+
+
+def detect_faces(frame: np.ndarray, spec: FeatureSpec, models_dir: Path | None = None) -> FrameFaces:
+    """Every face in one ``[H, W, 3]`` uint8 RGB frame, largest first, at most ``face_max_faces``.
+    ``models_dir`` (MTCNN's weights): default ``settings.models_dir``."""
     import cv2
 
     height, width = frame.shape[:2]
     scale = min(1.0, spec.face_detect_side / max(height, width))
-    gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+    scanned = frame if spec.face_detector == "mtcnn" else cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
     if scale < 1.0:
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
-    rects, weights = _scan(gray, spec)
+        scanned = cv2.resize(scanned, size, interpolation=cv2.INTER_AREA)
+    if spec.face_detector == "mtcnn":
+        rects, scores = _scan_mtcnn(scanned, spec, models_dir)
+    else:
+        rects, weights = _scan(scanned, spec)
+        scores = 1.0 / (1.0 + np.exp(-weights))
     size = spec.frame_size
     if len(rects) == 0:
         return FrameFaces(
@@ -112,10 +134,9 @@ def detect_faces(frame: np.ndarray, spec: FeatureSpec) -> FrameFaces:
         )
     order = np.argsort(-(rects[:, 2] * rects[:, 3]), kind="stable")[: spec.face_max_faces]
     rects = rects[order]
-    weights = weights[order]
-    gray_height, gray_width = gray.shape
-    boxes = rects / np.array([gray_width, gray_height, gray_width, gray_height])
-    scores = 1.0 / (1.0 + np.exp(-weights))
+    scores = scores[order]
+    scanned_height, scanned_width = scanned.shape[:2]
+    boxes = rects / np.array([scanned_width, scanned_height, scanned_width, scanned_height])
     crops = np.stack([crop_face(frame, box, spec) for box in boxes])
     return FrameFaces(boxes.astype(np.float32), scores.astype(np.float32), crops)
 

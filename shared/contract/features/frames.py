@@ -34,8 +34,9 @@ import numpy as np
 from shared.contract.bundle import UtteranceMeta
 from shared.contract.features.faces import FrameFaces, detect_faces, track_face
 from shared.contract.features.media import MediaError, MediaInfo, input_args
+from shared.contract.features.mtcnn import mtcnn
 from shared.contract.features.spec import FeatureSpec
-from shared.settings import Settings, get_settings
+from shared.settings import Settings, get_settings, models_dir
 
 # Marks a target with no usable frame in frame_times.
 NO_FRAME = -1.0
@@ -187,6 +188,10 @@ def extract_frames(
     # Each scanned frame's thumbnail, encoded in the same thread (the frame is decoded once).
     target_thumbnails: list[Future | None] = [None] * targets.size
     thumbnailed: dict[float, Future] = {}
+    weights_dir = models_dir(settings)
+    if spec.face_detector == "mtcnn":
+        # Loaded before the decode starts: missing weights fail the analysis at once, with the fix.
+        mtcnn(weights_dir)
     detector = ThreadPoolExecutor(max_workers=1) if with_faces else None
     if with_faces:
         out_width, out_height = decode_size(info, spec)
@@ -215,7 +220,7 @@ def extract_frames(
                 flat_times[target] = time
                 if with_faces:
                     if time not in scanned:
-                        scanned[time] = detector.submit(detect_faces, pixels, spec)
+                        scanned[time] = detector.submit(detect_faces, pixels, spec, weights_dir)
                         thumbnailed[time] = detector.submit(encode_thumbnail, pixels)
                     target_faces[target] = scanned[time]
                     target_thumbnails[target] = thumbnailed[time]

