@@ -121,8 +121,10 @@ train-fusion: install
 	set -o pipefail; nice -n 5 $(VENV)/bin/moodreel calibrate $(FUSION_DIR) 2>&1 | tee -a var/logs/train-fusion.log
 
 # The fusion gate (docs/fusion.md): fitted on GATE_FROM's dev rows over its frozen network (the
-# joint rows and speech states cached under var/cache/ as for calibration), written to GATE_DIR;
-# publish it by copying GATE_DIR over the default.
+# joint rows and speech states cached under var/cache/ as for calibration; an existing gate and
+# calibration are replaced: the gate reads raw logits), written to GATE_DIR; publish it by copying
+# GATE_DIR's checkpoint.json and model.safetensors over the default. Not calibrated afterwards:
+# `make calibrate` on the gated default raised every dev set's emotion ECE (docs/fusion.md).
 GATE_FROM ?= services/model/checkpoints/default
 GATE_DIR ?= var/train/gate
 .PHONY: fusion-gate

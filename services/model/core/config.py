@@ -100,11 +100,17 @@ class ModelConfig:
     # The fusion gate (services.model.core.gate): "" off; "log_linear" or "mixture" pools, on rows
     # with two or more modalities, one expert per used modality ("solo": the fused heads on that
     # modality alone; "head": its own heads), plus the fused heads on the whole row when
-    # fusion_gate_joint, weighted by a gate over their reliability (fusion_gate_hidden 0: linear).
+    # fusion_gate_joint, weighted by a gate over their reliability (fusion_gate_hidden 0: linear),
+    # the modalities' agreement (fusion_gate_agreement) and fusion_gate_embedding learned
+    # projections of each used modality's embedding (0: none); with fusion_gate_temperature the
+    # same features also set the pooled reading's temperature per row.
     fusion_gate: str = ""
     fusion_gate_experts: str = "solo"
     fusion_gate_joint: bool = False
     fusion_gate_hidden: int = 0
+    fusion_gate_agreement: bool = False
+    fusion_gate_embedding: int = 0
+    fusion_gate_temperature: bool = False
     # Modalities whose encoder was trained; an untrained one is treated as absent at inference.
     trained_modalities: tuple[str, ...] = MODALITIES
     # The fields a run gave explicitly (``given``: a ``--model-*`` flag or a preset's ``[model]``),

@@ -10,8 +10,13 @@ the whole row):
   heads over that embedding with the others absent, exactly what a row with only that modality
   gets) or that modality's own heads (``"head"``), each divided by a temperature fitted on dev;
 - a tiny gate (a linear layer, or one hidden layer) reads every expert's reliability (largest
-  probability, normalised entropy, margin between the two best classes, presence) and gives each
-  expert a weight; an absent expert weighs exactly 0 and the weights sum to 1;
+  probability, normalised entropy, margin between the two best classes, presence), optionally how
+  much the modalities agree (``fusion_gate_agreement``: the probability that two modality experts
+  name the same class) and what kind of input each modality had (``fusion_gate_embedding``: a few
+  learned projections of each used modality's unit-length embedding, so a gate can tell a
+  synthetic voice from an acted one, which their confidences alone do not), and gives each expert
+  a weight; an absent expert weighs exactly 0 and the weights sum to 1; optionally
+  (``fusion_gate_temperature``) the same features give the pooled reading a temperature of its own;
 - the pooled distribution is log-linear (``log p ∝ Σ w_e log p_e``) or a mixture (``Σ w_e p_e``).
 
 Rows with one modality keep the network's output bit for bit, and rows with none stay without
@@ -33,6 +38,7 @@ GATE_EXPERTS = ("solo", "head")
 # Reliability features per expert: largest probability, normalised entropy, margin, presence.
 FEATURES_PER_EXPERT = 4
 HEAD_CLASSES = (len(EMOTIONS), len(SENTIMENTS))
+MODALITY_PAIRS = tuple((a, b) for a in range(len(MODALITIES)) for b in range(a + 1, len(MODALITIES)))
 
 
 def reliability_features(log_probs: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
@@ -45,12 +51,33 @@ def reliability_features(log_probs: torch.Tensor, present: torch.Tensor) -> torc
     return (features * present[..., None].to(features.dtype)).flatten(1)
 
 
-class HeadGate(nn.Module):
-    """Weights of the experts of one head (emotion or sentiment) from their reliability."""
+def agreement_features(log_probs: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """``[B, 3]``: for each pair of modality experts, the probability that both name the same
+    class (``Σ_c p_a(c) p_b(c)``); 0 unless both are present."""
+    probs = log_probs.exp()
+    pairs = [
+        (probs[:, a] * probs[:, b]).sum(-1) * (present[:, a] & present[:, b]).to(probs.dtype)
+        for a, b in MODALITY_PAIRS
+    ]
+    return torch.stack(pairs, -1)
 
-    def __init__(self, experts: int, hidden: int):
+
+class HeadGate(nn.Module):
+    """Weights of the experts of one head (emotion or sentiment) from their reliability and,
+    optionally, the modalities' agreement and a projection of their embeddings."""
+
+    def __init__(self, experts: int, hidden: int, agreement: bool = False, embedding: int = 0, dim: int = 0):
         super().__init__()
-        features = experts * FEATURES_PER_EXPERT
+        if embedding and not dim:
+            raise ValueError("fusion_gate_embedding needs the embeddings' width")
+        self.agreement = agreement
+        # One projection per modality: each branch's embedding space is its own.
+        self.projections = (
+            nn.ModuleList(nn.Linear(dim, embedding, bias=False) for _ in MODALITIES) if embedding else None
+        )
+        features = (
+            experts * FEATURES_PER_EXPERT + len(MODALITY_PAIRS) * int(agreement) + len(MODALITIES) * embedding
+        )
         self.net = (
             nn.Sequential(nn.Linear(features, hidden), nn.Tanh(), nn.Linear(hidden, experts))
             if hidden
@@ -62,14 +89,44 @@ class HeadGate(nn.Module):
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
 
-    def forward(self, log_probs: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        """``[B, E]`` weights: 0 where an expert is absent, each row summing to 1."""
-        scores = self.net(reliability_features(log_probs, present))
+    def features(
+        self, log_probs: torch.Tensor, present: torch.Tensor, embeddings: torch.Tensor | None
+    ) -> torch.Tensor:
+        parts = [reliability_features(log_probs, present)]
+        if self.agreement:
+            parts.append(agreement_features(log_probs, present))
+        if self.projections is not None:
+            if embeddings is None:
+                raise ValueError("this gate reads the modalities' embeddings")
+            # Unit length: the gate reads the direction (what kind of input), not the branch's scale.
+            unit = torch.nn.functional.normalize(embeddings.to(log_probs.dtype), dim=-1)
+            parts.extend(
+                projection(unit[:, m]) * present[:, m, None].to(log_probs.dtype)
+                for m, projection in enumerate(self.projections)
+            )
+        return torch.cat(parts, -1)
+
+    def forward(
+        self, log_probs: torch.Tensor, present: torch.Tensor, embeddings: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``[B, E]`` weights: 0 where an expert is absent, each row summing to 1. ``embeddings``:
+        ``[B, 3, D]``, each modality's embedding (read only when the gate projects them)."""
+        scores = self.net(self.features(log_probs, present, embeddings))
         return torch.softmax(scores.masked_fill(~present, float("-inf")), -1)
 
 
 class FusionGate(nn.Module):
-    def __init__(self, pooling: str, experts: str, joint: bool, hidden: int):
+    def __init__(
+        self,
+        pooling: str,
+        experts: str,
+        joint: bool,
+        hidden: int,
+        agreement: bool = False,
+        embedding: int = 0,
+        dim: int = 0,
+        temperature: bool = False,
+    ):
         super().__init__()
         if pooling not in GATE_POOLINGS:
             raise ValueError(f"fusion_gate must be one of {GATE_POOLINGS} or empty, not {pooling!r}")
@@ -79,26 +136,50 @@ class FusionGate(nn.Module):
         count = len(MODALITIES) + int(joint)
         # Row 0 emotion, row 1 sentiment; one log-temperature per expert (fitted on dev).
         self.log_temperature = nn.Parameter(torch.zeros(2, count))
-        self.gates = nn.ModuleList(HeadGate(count, hidden) for _ in HEAD_CLASSES)
+        self.gates = nn.ModuleList(HeadGate(count, hidden, agreement, embedding, dim) for _ in HEAD_CLASSES)
+        # With ``temperature``, a linear read of the gate's features gives the pooled reading its own
+        # temperature per row: one temperature per combination cannot be right for a synthetic and
+        # an acted voice at once. Zero-initialised: temperature 1 until fitted.
+        self.scales = (
+            nn.ModuleList(
+                nn.Linear(gate.net[0].in_features if hidden else gate.net.in_features, 1)
+                for gate in self.gates
+            )
+            if temperature
+            else None
+        )
+        if self.scales is not None:
+            for scale in self.scales:
+                nn.init.zeros_(scale.weight)
+                nn.init.zeros_(scale.bias)
 
     def expert_log_probs(self, head: int, logits: torch.Tensor) -> torch.Tensor:
         """``[B, E, C]`` raw expert logits -> their temperature-scaled log-probabilities."""
         return torch.log_softmax(logits / self.log_temperature[head].exp()[None, :, None], -1)
 
     def pool(
-        self, head: int, logits: torch.Tensor, present: torch.Tensor
+        self,
+        head: int,
+        logits: torch.Tensor,
+        present: torch.Tensor,
+        embeddings: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The pooled log-probabilities ``[B, C]`` and the experts' weights ``[B, E]``."""
         log_probs = self.expert_log_probs(head, logits)
-        weights = self.gates[head](log_probs, present)
+        weights = self.gates[head](log_probs, present, embeddings)
         if self.pooling == "log_linear":
             # where, not a product: an absent expert's log-probabilities never reach the sum.
             pooled = torch.where(present[..., None], weights[..., None] * log_probs, 0.0).sum(1)
-            return torch.log_softmax(pooled, -1), weights
-        mixed = torch.where(
-            present[..., None], weights.clamp(min=1e-12).log()[..., None] + log_probs, -math.inf
-        )
-        return torch.logsumexp(mixed, 1), weights
+        else:
+            mixed = torch.where(
+                present[..., None], weights.clamp(min=1e-12).log()[..., None] + log_probs, -math.inf
+            )
+            pooled = torch.logsumexp(mixed, 1)
+        if self.scales is not None:
+            # Bounded to [e^-2, e^2]; dividing log-probabilities by it changes no label.
+            raw = self.scales[head](self.gates[head].features(log_probs, present, embeddings))
+            pooled = pooled / (2 * torch.tanh(raw / 2)).exp()
+        return torch.log_softmax(pooled, -1), weights
 
 
 def expert_logits(model, embeddings: list[torch.Tensor], used: torch.Tensor, fused: torch.Tensor):
@@ -137,9 +218,11 @@ def gated_logits(model, embeddings, used, fused, emotion_logits, sentiment_logit
     rows = pooled_rows.nonzero(as_tuple=True)[0]
     if not rows.numel():
         return emotion_logits, sentiment_logits
-    emotion, sentiment, present = expert_logits(model, [e[rows] for e in embeddings], used[rows], fused[rows])
-    pooled_emotion, _ = model.fusion_gate.pool(0, emotion, present)
-    pooled_sentiment, _ = model.fusion_gate.pool(1, sentiment, present)
+    chosen = [e[rows] for e in embeddings]
+    emotion, sentiment, present = expert_logits(model, chosen, used[rows], fused[rows])
+    stacked = torch.stack(chosen, 1)
+    pooled_emotion, _ = model.fusion_gate.pool(0, emotion, present, stacked)
+    pooled_sentiment, _ = model.fusion_gate.pool(1, sentiment, present, stacked)
     emotion_logits = emotion_logits.index_copy(0, rows, pooled_emotion.to(emotion_logits.dtype))
     sentiment_logits = sentiment_logits.index_copy(0, rows, pooled_sentiment.to(sentiment_logits.dtype))
     return emotion_logits, sentiment_logits

@@ -483,6 +483,10 @@ class MoodreelModel(nn.Module):
                 config.fusion_gate_experts,
                 config.fusion_gate_joint,
                 config.fusion_gate_hidden,
+                config.fusion_gate_agreement,
+                config.fusion_gate_embedding,
+                dim,
+                config.fusion_gate_temperature,
             )
             if config.fusion_gate
             else None

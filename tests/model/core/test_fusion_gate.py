@@ -15,6 +15,13 @@ from tests.model.helpers import random_inputs
 
 MASKS = [list(combo) for combo in itertools.product([False, True], repeat=3)]
 DESIGNS = list(itertools.product(("log_linear", "mixture"), ("solo", "head"), (False, True), (0, 4)))
+# Gates that also read the modalities' agreement and a projection of their embeddings, and set
+# the pooled reading's own temperature.
+FEATURED = [
+    (*design, agreement, embedding, temperature)
+    for design in DESIGNS[::3]
+    for agreement, embedding, temperature in ((True, 0, False), (False, 2, True), (True, 2, True))
+]
 
 
 def build(**changes) -> MoodreelModel:
@@ -30,9 +37,23 @@ def randomise_gate(model: MoodreelModel) -> None:
             parameter.copy_(torch.randn(parameter.shape, generator=generator))
 
 
-def gated(pooling: str, experts: str, joint: bool, hidden: int) -> MoodreelModel:
+def gated(
+    pooling: str,
+    experts: str,
+    joint: bool,
+    hidden: int,
+    agreement: bool = False,
+    embedding: int = 0,
+    temperature: bool = False,
+) -> MoodreelModel:
     model = build(
-        fusion_gate=pooling, fusion_gate_experts=experts, fusion_gate_joint=joint, fusion_gate_hidden=hidden
+        fusion_gate=pooling,
+        fusion_gate_experts=experts,
+        fusion_gate_joint=joint,
+        fusion_gate_hidden=hidden,
+        fusion_gate_agreement=agreement,
+        fusion_gate_embedding=embedding,
+        fusion_gate_temperature=temperature,
     )
     randomise_gate(model)
     return model
@@ -155,3 +176,81 @@ def test_a_checkpoint_without_a_gate_loads_and_behaves_as_before(tmp_path):
         before, after = model(inputs), loaded.model(inputs)
     assert torch.equal(before.emotion_logits, after.emotion_logits)
     assert torch.equal(before.sentiment_logits, after.sentiment_logits)
+
+
+@pytest.mark.parametrize(
+    ("pooling", "experts", "joint", "hidden", "agreement", "embedding", "temperature"), FEATURED
+)
+@torch.no_grad()
+def test_a_gate_reading_agreement_and_embeddings_keeps_single_modality_rows_bit_for_bit(
+    pooling, experts, joint, hidden, agreement, embedding, temperature
+):
+    model = gated(pooling, experts, joint, hidden, agreement, embedding, temperature)
+    inputs = random_inputs(TINY_SPEC, MASKS, seed=5)
+    with_gate, without = model(inputs), ungated_twin(model)(inputs)
+    single = with_gate.modalities_used.sum(-1) <= 1
+    for name in ("emotion_logits", "sentiment_logits"):
+        assert torch.equal(getattr(with_gate, name)[single], getattr(without, name)[single]), name
+        assert not torch.allclose(getattr(with_gate, name)[~single], getattr(without, name)[~single]), name
+    weights = _weights(model, inputs)
+    pooled_used = with_gate.modalities_used[with_gate.modalities_used.sum(-1) >= 2]
+    assert torch.allclose(weights.sum(-1), torch.ones(len(weights)))
+    assert torch.all(weights[:, :3][~pooled_used] == 0)
+
+
+@torch.no_grad()
+def test_the_embedding_features_see_only_used_modalities_and_move_the_weights():
+    model = gated("mixture", "head", True, 0, agreement=True, embedding=2)
+    gate = model.fusion_gate.gates[0]
+    log_probs = torch.log_softmax(torch.randn(2, 4, 7), -1)
+    present = torch.tensor([[True, True, False, True], [True, True, False, True]])
+    embeddings = torch.randn(2, 3, 16)
+    features = gate.features(log_probs, present, embeddings)
+    assert features.shape == (2, 4 * 4 + 3 + 3 * 2)
+    agreement, projected = features[:, 16:19], features[:, 19:].view(2, 3, 2)
+    # Only text and audio are present: their pair agrees with some probability, the others are 0.
+    assert torch.all(agreement[:, 0] > 0) and torch.all(agreement[:, 1:] == 0)
+    assert torch.all(projected[:, 2] == 0) and torch.all(projected[:, :2] != 0)
+    # What the visual branch would have said cannot count.
+    other = embeddings.clone()
+    other[:, 2] = torch.randn(2, 16)
+    assert torch.equal(gate(log_probs, present, embeddings), gate(log_probs, present, other))
+    # The audio embedding (the kind of voice) alone moves the weights, the readings unchanged.
+    other[:, 1] = torch.randn(2, 16)
+    assert not torch.allclose(gate(log_probs, present, embeddings), gate(log_probs, present, other))
+    with pytest.raises(ValueError, match="embeddings"):
+        gate(log_probs, present)
+
+
+def test_a_gate_with_embedding_features_is_saved_and_loaded_with_the_checkpoint(tmp_path):
+    model = gated("mixture", "head", True, 4, agreement=True, embedding=2, temperature=True)
+    save_checkpoint(tmp_path, model, TINY_SPEC, {})
+    loaded = load_checkpoint(tmp_path)
+    assert loaded.config.fusion_gate_agreement and loaded.config.fusion_gate_embedding == 2
+    assert loaded.config.fusion_gate_temperature
+    stored = loaded.model.fusion_gate.state_dict()
+    assert any(".projections." in name for name in stored)
+    assert any(name.startswith("scales.") for name in stored)
+    for name, tensor in model.fusion_gate.state_dict().items():
+        assert torch.equal(stored[name], tensor), name
+    inputs = random_inputs(TINY_SPEC, MASKS, seed=4)
+    with torch.no_grad():
+        assert torch.equal(model(inputs).emotion_logits, loaded.model(inputs).emotion_logits)
+        assert torch.equal(model(inputs).sentiment_logits, loaded.model(inputs).sentiment_logits)
+
+
+@torch.no_grad()
+def test_the_gates_own_temperature_changes_confidence_but_no_label():
+    model = gated("mixture", "head", True, 4, agreement=True, embedding=2, temperature=True)
+    inputs = random_inputs(TINY_SPEC, MASKS, seed=6)
+    sharp = model(inputs).emotion_logits
+    with torch.no_grad():
+        for scale in model.fusion_gate.scales:
+            scale.weight.zero_()
+            scale.bias.fill_(-3.0)  # temperature e^(2 tanh(-1.5)) < 1 on every row
+    sharper = model(inputs).emotion_logits
+    pooled = model(inputs).modalities_used.sum(-1) >= 2
+    assert torch.equal(sharp.argmax(-1), sharper.argmax(-1))
+    top = torch.softmax(sharp[pooled], -1).max(-1).values
+    assert torch.all(torch.softmax(sharper[pooled], -1).max(-1).values > top)
+    assert torch.equal(sharp[~pooled], sharper[~pooled])
