@@ -133,7 +133,10 @@ def test_multimodal_training_from_clips_trains_every_modality(mini_meld, tmp_pat
 def test_distributed_training_with_two_gloo_processes(mini_meld, tmp_path):
     model_config = json.dumps(tiny_model_config(TINY_SPEC).text_encoder_config)
     visual_config = json.dumps(tiny_model_config(TINY_SPEC).visual_encoder_config)
-    spec_args = [f"--spec-{k.replace('_', '-')}={v}" for k, v in TINY_SPEC.model_dump().items()]
+    spec_args = [
+        f"--spec-{k.replace('_', '-')}={','.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
+        for k, v in TINY_SPEC.model_dump().items()
+    ]
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
         "-m", "services.model.training.cli",
