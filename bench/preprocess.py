@@ -5,7 +5,8 @@ transcript, then times, interleaved in this one process, ``extract_features`` on
 ``ffmpeg -i clip -f null -`` (decoding every video and audio frame and doing nothing else). The
 medians and their ratio go to bench/results/preprocess.json. Target: ratio <= 1.5, with and without
 faces: the clip shows a real photograph (scikit-image's astronaut) over the test pattern, and the
-pipeline runs once with the default spec (whole frames) and once with the face detector on.
+pipeline runs once with the default checkpoint's spec (its face detector on) and once with the same
+spec but the detector off (whole frames).
 
     .venv/bin/python bench/preprocess.py [--runs 3]
 """
@@ -29,14 +30,13 @@ sys.path.insert(0, str(ROOT))
 from shared.contract.features.demo_media import ffmpeg_args, run_tool  # noqa: E402
 from shared.contract.features.pipeline import extract_features  # noqa: E402
 from shared.contract.features.spec import FeatureSpec  # noqa: E402
+from shared.settings import get_settings  # noqa: E402
 
 WORK = ROOT / "bench" / "media"
 RESULTS = ROOT / "bench" / "results" / "preprocess.json"
 DURATION, WIDTH, HEIGHT, FPS, UTTERANCES = 60, 1280, 720, 24, 20
 
 
-# The face spec: the default's frames and crops as the visual-fer2013 preset trains them.
-FACE_SPEC = FeatureSpec(frames_per_utterance=4, frame_size=48, face_detector="haar")
 OVERLAY = "overlay=700:160,format=yuv420p"
 
 
@@ -74,6 +74,15 @@ def make_clip() -> tuple[Path, list[dict]]:
     return clip, segments
 
 
+def default_specs() -> tuple[FeatureSpec, FeatureSpec]:
+    """The spec the default checkpoint serves with (faces on), and the same with the detector off."""
+    from services.model.core.checkpoint import read_checkpoint_document
+
+    document = read_checkpoint_document(get_settings().model_dir)
+    faces = FeatureSpec.model_validate(document["feature_spec"])
+    return faces.model_copy(update={"face_detector": "none"}), faces
+
+
 def time_decode(clip: Path) -> float:
     started = time.perf_counter()
     subprocess.run(
@@ -97,15 +106,15 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     clip, segments = make_clip()
-    spec = FeatureSpec()
+    spec, face_spec = default_specs()
     load_before = os.getloadavg()
     time_pipeline(clip, segments, spec)  # warm-up: imports, tokenizer load, page cache
-    time_pipeline(clip, segments, FACE_SPEC)
+    time_pipeline(clip, segments, face_spec)
     decode, pipeline, faces = [], [], []
     for _ in range(args.runs):
         decode.append(time_decode(clip))
         pipeline.append(time_pipeline(clip, segments, spec))
-        faces.append(time_pipeline(clip, segments, FACE_SPEC))
+        faces.append(time_pipeline(clip, segments, face_spec))
     result = {
         "clip": {
             "duration_s": DURATION, "width": WIDTH, "height": HEIGHT, "fps": FPS,
@@ -118,7 +127,7 @@ def main() -> None:
         "pipeline_s": round(statistics.median(pipeline), 3),
         "ratio": round(statistics.median(pipeline) / statistics.median(decode), 3),
         "target_ratio": 1.5,
-        "face_spec": FACE_SPEC.model_dump(mode="json") | {"hash": FACE_SPEC.hash},
+        "face_spec": face_spec.model_dump(mode="json") | {"hash": face_spec.hash},
         "pipeline_faces_s": round(statistics.median(faces), 3),
         "ratio_faces": round(statistics.median(faces) / statistics.median(decode), 3),
         "all_decode_s": [round(x, 3) for x in decode],

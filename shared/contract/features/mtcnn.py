@@ -57,8 +57,12 @@ def area_resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """``[H, W, C]`` -> ``[height, width, C]`` float32, as torch's area interpolation."""
     rows = _area_matrix(image.shape[0], height)
     columns = _area_matrix(image.shape[1], width)
-    out = np.tensordot(rows, image.astype(np.float32, copy=False), axes=(1, 0))
-    return np.einsum("wj,hjc->hwc", columns, out, optimize=True)
+    image = np.asarray(image, dtype=np.float32)
+    size_in, width_in, channels = image.shape
+    # Two plain matrix products (rows, then columns per output row): einsum's path search per call
+    # cost more than the arithmetic on R-Net's and O-Net's small patches.
+    out = (rows @ image.reshape(size_in, width_in * channels)).reshape(height, width_in, channels)
+    return np.matmul(columns, out)
 
 
 def _conv(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, kernel: int) -> np.ndarray:
@@ -78,7 +82,12 @@ def _conv(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, kernel: int) -> n
 
 
 def _prelu(x: np.ndarray, slope: np.ndarray) -> np.ndarray:
-    return np.where(x > 0, x, x * slope)
+    """In place (``x`` is always a fresh layer output): max(x, 0) + slope * min(x, 0)."""
+    negative = np.minimum(x, 0.0)
+    negative *= slope
+    np.maximum(x, 0.0, out=x)
+    x += negative
+    return x
 
 
 def _pool(x: np.ndarray, kernel: int, stride: int) -> np.ndarray:
