@@ -126,7 +126,7 @@ def test_converted_networks_match_torch(torch, tmp_path):
         x = rng.uniform(-1, 1, shape).astype(np.float32)
         with torch.no_grad():
             expected = nets[name](torch.from_numpy(x).permute(0, 3, 1, 2))
-        regression, probability = getattr(numpy_nets, name)(x)
+        regression, probability = getattr(numpy_nets, name)(np.ascontiguousarray(x.transpose(3, 0, 1, 2)))
         if name == "pnet":
             np.testing.assert_allclose(regression, expected[0].permute(0, 2, 3, 1).numpy(), atol=1e-4)
             np.testing.assert_allclose(probability, expected[1][:, 1].numpy(), atol=1e-5)
@@ -270,9 +270,9 @@ def installed_torch_nets(torch, detector: MTCNN):
         state = {}
         for key, value in net.state_dict().items():
             stored = detector.weights[f"{name}.{key}"]
-            if value.ndim == 4:  # back from [k*k*C, O]
+            if value.ndim == 4:  # back from [O, k*k*C]
                 k, c = value.shape[2], value.shape[1]
-                stored = stored.reshape(k, k, c, -1).transpose(3, 2, 0, 1)
+                stored = stored.reshape(-1, k, k, c).transpose(0, 3, 1, 2)
             elif value.ndim == 2:
                 stored = stored.T
             state[key] = torch.from_numpy(np.ascontiguousarray(stored))

@@ -10,9 +10,10 @@ arithmetic), so the same weights find the same boxes; `make models` installs tho
 converted to safetensors (``<models_dir>/mtcnn/mtcnn.safetensors``) because the preprocess worker
 carries no torch.
 
-The convolutions are im2col (the shifted slices side by side) and one float32 matrix product each,
-on channels-last arrays; BLAS is held to one thread, as the worker scans in one thread beside
-ffmpeg's decode.
+The convolutions are im2col (the shifted slices stacked) and one float32 matrix product each, on
+channels-first ``[C, N, H, W]`` arrays: each shifted slice then copies whole image rows, where
+channels-last copied three floats at a time in the first layers, which cost more than the products.
+BLAS is held to one thread, as the worker scans in one thread beside ffmpeg's decode.
 """
 
 from __future__ import annotations
@@ -66,19 +67,21 @@ def area_resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def _conv(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, kernel: int) -> np.ndarray:
-    """Valid convolution, stride 1: ``[N, H, W, C]`` -> ``[N, H-k+1, W-k+1, O]``; ``weight`` is
-    ``[k*k*C, O]`` in (row, column, channel) order."""
-    n, h, w, _ = x.shape
+    """Valid convolution, stride 1: ``[C, N, H, W]`` -> ``[O, N, H-k+1, W-k+1]``; ``weight`` is
+    ``[O, k*k*C]`` in (row, column, channel) order."""
+    channels, n, h, w = x.shape
     oh, ow = h - kernel + 1, w - kernel + 1
     if kernel == 1:
-        columns = x
+        columns = x.reshape(channels, -1)
     else:
-        columns = np.concatenate(
-            [x[:, i : i + oh, j : j + ow] for i in range(kernel) for j in range(kernel)], axis=-1
-        )
-    out = columns.reshape(-1, columns.shape[-1]) @ weight
-    out += bias
-    return out.reshape(n, oh, ow, -1)
+        columns = np.empty((kernel * kernel, channels, n, oh, ow), dtype=np.float32)
+        for i in range(kernel):
+            for j in range(kernel):
+                columns[i * kernel + j] = x[:, :, i : i + oh, j : j + ow]
+        columns = columns.reshape(kernel * kernel * channels, -1)
+    out = weight @ columns
+    out += bias[:, None]
+    return out.reshape(-1, n, oh, ow)
 
 
 def _prelu(x: np.ndarray, slope: np.ndarray) -> np.ndarray:
@@ -91,26 +94,27 @@ def _prelu(x: np.ndarray, slope: np.ndarray) -> np.ndarray:
 
 
 def _pool(x: np.ndarray, kernel: int, stride: int) -> np.ndarray:
-    """Max pooling with torch's ``ceil_mode=True`` (the last window may overhang; no padding)."""
-    n, h, w, c = x.shape
+    """Max pooling over the last two axes with torch's ``ceil_mode=True`` (the last window may
+    overhang; no padding)."""
+    c, n, h, w = x.shape
     oh = math.ceil((h - kernel) / stride) + 1
     ow = math.ceil((w - kernel) / stride) + 1
     ph, pw = (oh - 1) * stride + kernel, (ow - 1) * stride + kernel
     if ph > h or pw > w:
-        padded = np.full((n, ph, pw, c), -np.inf, dtype=x.dtype)
-        padded[:, :h, :w] = x
+        padded = np.full((c, n, ph, pw), -np.inf, dtype=x.dtype)
+        padded[:, :, :h, :w] = x
         x = padded
     out = None
     for i in range(kernel):
         for j in range(kernel):
-            window = x[:, i : i + (oh - 1) * stride + 1 : stride, j : j + (ow - 1) * stride + 1 : stride]
+            window = x[:, :, i : i + (oh - 1) * stride + 1 : stride, j : j + (ow - 1) * stride + 1 : stride]
             out = window.copy() if out is None else np.maximum(out, window, out=out)
     return out
 
 
 def _face_probability(logits: np.ndarray) -> np.ndarray:
-    """The softmax's face class of two logits (last axis)."""
-    return 1.0 / (1.0 + np.exp(logits[..., 0] - logits[..., 1]))
+    """The softmax's face class of two logits (first axis)."""
+    return 1.0 / (1.0 + np.exp(logits[0] - logits[1]))
 
 
 @dataclass(frozen=True)
@@ -129,12 +133,13 @@ class MTCNN:
 
     @classmethod
     def from_state(cls, state: dict[str, np.ndarray]) -> MTCNN:
-        """Convolution kernels rearranged once for im2col, dense layers transposed."""
+        """Convolution kernels rearranged once for im2col, dense layers transposed, the PReLU
+        slopes of convolutions shaped to broadcast over ``[C, N, H, W]``."""
         weights = {}
         for name, value in state.items():
             value = np.asarray(value, dtype=np.float32)
-            if value.ndim == 4:  # [O, C, k, k] -> [k*k*C, O]
-                value = value.transpose(2, 3, 1, 0).reshape(-1, value.shape[0])
+            if value.ndim == 4:  # [O, C, k, k] -> [O, k*k*C]
+                value = value.transpose(0, 2, 3, 1).reshape(value.shape[0], -1)
             elif value.ndim == 2:
                 value = value.T
             weights[name] = np.ascontiguousarray(value)
@@ -143,13 +148,13 @@ class MTCNN:
     def _layer(self, x: np.ndarray, net: str, conv: str, prelu: str, kernel: int) -> np.ndarray:
         w = self.weights
         out = _conv(x, w[f"{net}.{conv}.weight"], w[f"{net}.{conv}.bias"], kernel)
-        return _prelu(out, w[f"{net}.{prelu}.weight"])
+        return _prelu(out, w[f"{net}.{prelu}.weight"][:, None, None, None])
 
     def _dense(self, x: np.ndarray, net: str, name: str) -> np.ndarray:
         return x @ self.weights[f"{net}.{name}.weight"] + self.weights[f"{net}.{name}.bias"]
 
     def pnet(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``[N, H, W, 3]`` normalised -> (box regression ``[N, H', W', 4]``, face probability
+        """``[3, N, H, W]`` normalised -> (box regression ``[N, H', W', 4]``, face probability
         ``[N, H', W']``)."""
         x = _pool(self._layer(x, "pnet", "conv1", "prelu1", 3), 2, 2)
         x = self._layer(x, "pnet", "conv2", "prelu2", 3)
@@ -157,27 +162,27 @@ class MTCNN:
         w = self.weights
         logits = _conv(x, w["pnet.conv4_1.weight"], w["pnet.conv4_1.bias"], 1)
         regression = _conv(x, w["pnet.conv4_2.weight"], w["pnet.conv4_2.bias"], 1)
-        return regression, _face_probability(logits)
+        return regression.transpose(1, 2, 3, 0), _face_probability(logits)
 
     def rnet(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``[N, 24, 24, 3]`` -> (regression ``[N, 4]``, probability ``[N]``)."""
+        """``[3, N, 24, 24]`` -> (regression ``[N, 4]``, probability ``[N]``)."""
         x = _pool(self._layer(x, "rnet", "conv1", "prelu1", 3), 3, 2)
         x = _pool(self._layer(x, "rnet", "conv2", "prelu2", 3), 3, 2)
         x = self._layer(x, "rnet", "conv3", "prelu3", 2)
         # torch flattens its NCHW map permuted to (N, W, H, C).
-        x = x.transpose(0, 2, 1, 3).reshape(len(x), -1)
+        x = x.transpose(1, 3, 2, 0).reshape(x.shape[1], -1)
         x = _prelu(self._dense(x, "rnet", "dense4"), self.weights["rnet.prelu4.weight"])
-        return self._dense(x, "rnet", "dense5_2"), _face_probability(self._dense(x, "rnet", "dense5_1"))
+        return self._dense(x, "rnet", "dense5_2"), _face_probability(self._dense(x, "rnet", "dense5_1").T)
 
     def onet(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``[N, 48, 48, 3]`` -> (regression ``[N, 4]``, probability ``[N]``); landmarks unused."""
+        """``[3, N, 48, 48]`` -> (regression ``[N, 4]``, probability ``[N]``); landmarks unused."""
         x = _pool(self._layer(x, "onet", "conv1", "prelu1", 3), 3, 2)
         x = _pool(self._layer(x, "onet", "conv2", "prelu2", 3), 3, 2)
         x = _pool(self._layer(x, "onet", "conv3", "prelu3", 3), 2, 2)
         x = self._layer(x, "onet", "conv4", "prelu4", 2)
-        x = x.transpose(0, 2, 1, 3).reshape(len(x), -1)
+        x = x.transpose(1, 3, 2, 0).reshape(x.shape[1], -1)
         x = _prelu(self._dense(x, "onet", "dense5"), self.weights["onet.prelu5.weight"])
-        return self._dense(x, "onet", "dense6_2"), _face_probability(self._dense(x, "onet", "dense6_1"))
+        return self._dense(x, "onet", "dense6_2"), _face_probability(self._dense(x, "onet", "dense6_1").T)
 
     def detect(
         self,
@@ -206,7 +211,8 @@ class MTCNN:
         proposals = []
         for scale in scales:
             scaled = area_resize(image, int(height * scale + 1), int(width * scale + 1))
-            regression, probability = self.pnet(((scaled - PIXEL_MEAN) * PIXEL_SCALE)[None])
+            normalised = np.ascontiguousarray(((scaled - PIXEL_MEAN) * PIXEL_SCALE).transpose(2, 0, 1))
+            regression, probability = self.pnet(normalised[:, None])
             boxes = _proposals(regression[0], probability[0], scale, thresholds[0])
             proposals.append(boxes[nms(boxes[:, :4], boxes[:, 4], NMS_SCALE)])
         boxes = np.concatenate(proposals) if proposals else np.zeros((0, 9), np.float32)
@@ -270,7 +276,7 @@ def _square(boxes: np.ndarray) -> np.ndarray:
 
 def _patches(image: np.ndarray, boxes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """The boxes' pixels (clipped to the image as ``pad`` does) resampled to ``size`` square and
-    normalised, with the boxes that have any pixels."""
+    normalised, ``[3, N, size, size]``, with the boxes that have any pixels."""
     height, width = image.shape[:2]
     corners = np.trunc(boxes[:, :4]).astype(np.int64)
     x = np.maximum(corners[:, 0], 1)
@@ -283,8 +289,9 @@ def _patches(image: np.ndarray, boxes: np.ndarray, size: int) -> tuple[np.ndarra
         area_resize(image[y[k] - 1 : ey[k], x[k] - 1 : ex[k]], size, size) for k in np.flatnonzero(valid)
     ]
     if not patches:
-        return boxes[:0], np.zeros((0, size, size, 3), np.float32)
-    return boxes[valid], (np.stack(patches) - PIXEL_MEAN) * PIXEL_SCALE
+        return boxes[:0], np.zeros((3, 0, size, size), np.float32)
+    stacked = np.ascontiguousarray(np.stack(patches).transpose(3, 0, 1, 2))
+    return boxes[valid], (stacked - PIXEL_MEAN) * PIXEL_SCALE
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, over_smaller: bool = False) -> np.ndarray:
