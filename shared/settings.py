@@ -65,6 +65,12 @@ class Settings(BaseSettings):
     default_segmentation: Literal["speech", "windows"] = "speech"
     # Speech regions closer than this (seconds) are one region: the gaps between words.
     segment_join_pause_seconds: float = Field(0.15, ge=0.0, le=5.0)
+    # Speech regions grow at both edges, up to this many seconds each way, while WebRTC's detector
+    # in the more lenient mode segment_edge_vad_mode (0-3, below the speech gate's) still hears
+    # speech above the noise floor: the gate's strict mode clips quiet onsets and trailing
+    # syllables. 0: no growing.
+    segment_edge_max_seconds: float = Field(1.0, ge=0.0, le=5.0)
+    segment_edge_vad_mode: int = Field(1, ge=0, le=3)
     # A pause at least this long (seconds) ends an utterance even when the same voice goes on.
     segment_split_pause_seconds: float = Field(0.5, ge=0.0, le=30.0)
     # Utterances found in speech shorter than this are dropped (clicks, breaths) ...
