@@ -23,17 +23,20 @@ Nuisance directions: every recording of the dev speakers is embedded, each speak
 centred on that speaker's mean, and the top eigenvectors of their scatter (how one voice moves with
 its acted emotions) are written to ``shared/contract/features/voice_nuisance.json``; how many of
 them to project out (``speaker_nuisance_dims``, 0 included) is chosen with the rest on dev. The dev
-mixes are made of those same speakers, so dev figures flatter the projection; the test speakers
+mixes are made of those same speakers, so each dev mix is scored with directions fitted the same
+way on the other dev speakers only (as the product meets voices the file never saw); the file
+itself, fitted on all of them, is what the test mixes and the product use, and the test speakers
 never reach it.
 
-Tuning: the segmentation parameters (join pause, split pause, the two speaker distances, the
-nuisance dimensions) are chosen on a **dev** set (RAVDESS actors 1-12, EmoDB speakers 03-10,
-seeds 1000+) and reported once on held-out **test** mixes (RAVDESS actors 13-24, EmoDB speakers
-11-16, seeds 0+). The
+Tuning: the segmentation parameters (join pause, how far speech regions may grow at their edges,
+split pause, the two speaker distances, the nuisance dimensions) are chosen on a **dev** set
+(RAVDESS actors 1-12, EmoDB speakers 03-10, seeds 1000+) and reported once on held-out **test**
+mixes (RAVDESS actors 13-24, EmoDB speakers 11-16, seeds 0+); ``--dev-only`` prints the dev choice
+without reading the test mixes, so the settings can take it before the one test run. The
 reference trim is an energy threshold (frames within 35 dB of the recording's peak), not the
 voice detector under test.
 
-    nice -n 10 .venv/bin/python bench/diarization.py [--mixes 12] [--dev-mixes 6]
+    nice -n 10 .venv/bin/python bench/diarization.py [--mixes 12] [--dev-mixes 8] [--dev-only]
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ from shared.contract.features.segmentation import (  # noqa: E402
     utterances_from_regions,
 )
 from shared.contract.features.spec import FeatureSpec  # noqa: E402
-from shared.contract.features.voice import NUISANCE_FILE, voice_encoder  # noqa: E402
+from shared.contract.features.voice import NUISANCE_FILE, project_out, voice_encoder  # noqa: E402
 from shared.settings import get_settings, models_dir  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "diarization.json"
@@ -84,10 +87,11 @@ SPLITS = {
     },
 }
 JOIN_PAUSES = (0.15, 0.25)
-DISTANCES = (0.9, 1.0, 1.1, 1.2, 1.3)
+EDGE_MAX = (0.0, 0.5, 1.0)
+DISTANCES = (1.0, 1.05, 1.1, 1.15, 1.2)
 SINGLE_DISTANCES = (0.35, 0.4, 0.45, 0.5)
-# Not below 0.5 s: real speech pauses that long inside a sentence.
-SPLIT_PAUSES = (0.5, 0.75, 1.0)
+# Not below 0.5 s: real speech pauses that long inside a sentence (1.0 s never came close).
+SPLIT_PAUSES = (0.5, 0.75)
 COUNTS = (1, 2, 3, 4)
 NUISANCE_DIMS = (0, 2, 4, 8)
 NUISANCE_STORED = 16
@@ -200,13 +204,20 @@ def der(found, reference: list[Turn], duration: float, collar: float) -> tuple[f
     return float(missed), float(false_alarm), float(confusion), float(speech)
 
 
-def fit_nuisance(split: str, clips: Clips, settings) -> dict:
+def top_directions(scatter: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The NUISANCE_STORED largest eigenvalues of ``scatter`` and their eigenvectors (rows)."""
+    values, vectors = np.linalg.eigh(scatter)
+    order = np.argsort(values)[::-1][:NUISANCE_STORED]
+    return values[order], vectors[:, order].T
+
+
+def fit_nuisance(split: str, clips: Clips, settings) -> tuple[dict, dict[str, np.ndarray]]:
     """The within-speaker scatter's top eigenvectors over every recording of ``split``'s speakers,
-    written to NUISANCE_FILE; returns what it was fitted on."""
+    written to NUISANCE_FILE; returns what it was fitted on and each speaker's own scatter."""
     encoder = voice_encoder(models_dir(settings))
     config = SPLITS[split]
-    scatter = np.zeros((256, 256))
-    recordings, speakers = 0, []
+    scatters: dict[str, np.ndarray] = {}
+    recordings = 0
     for corpus in ("ravdess", "emodb"):
         files = speaker_files(corpus, settings.emotion_speech_dir / corpus)
         for speaker in config[corpus]:
@@ -214,28 +225,36 @@ def fit_nuisance(split: str, clips: Clips, settings) -> dict:
                 continue
             prints = encoder.embed([clips.get(path) for path in files[speaker]]).astype(np.float64)
             centred = prints - prints.mean(axis=0)
-            scatter += centred.T @ centred
+            scatters[f"{corpus}/{speaker}"] = centred.T @ centred
             recordings += len(prints)
-            speakers.append(f"{corpus}/{speaker}")
-    values, vectors = np.linalg.eigh(scatter)
-    order = np.argsort(values)[::-1][:NUISANCE_STORED]
+    scatter = sum(scatters.values())
+    values, basis = top_directions(scatter)
     fitted = {
         "fitted_by": "bench/diarization.py",
         "fitted_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "encoder": "resemblyzer 0.1.4",
-        "speakers": speakers,
+        "speakers": list(scatters),
         "recordings": recordings,
-        "variance_share": [round(float(v), 4) for v in values[order] / values.sum()],
+        "variance_share": [round(float(v), 4) for v in values / np.trace(scatter)],
     }
     NUISANCE_FILE.write_text(
-        json.dumps({**fitted, "basis": [[round(float(x), 7) for x in vectors[:, i]] for i in order]}) + "\n"
+        json.dumps({**fitted, "basis": [[round(float(x), 7) for x in row] for row in basis]}) + "\n"
     )
-    return fitted
+    return fitted, scatters
 
 
-def build_mixes(split: str, count: int, clips: Clips, settings, joins=JOIN_PAUSES) -> list[dict]:
-    """Mixes of one split with their regions and region embeddings per join pause (the costly
-    part, computed once per join pause and reused across the cheap parameters)."""
+def build_mixes(
+    split: str,
+    count: int,
+    clips: Clips,
+    settings,
+    regions_by=tuple(itertools.product(JOIN_PAUSES, EDGE_MAX)),
+    scatters: dict[str, np.ndarray] | None = None,
+) -> list[dict]:
+    """Mixes of one split with their regions and region embeddings per (join pause, edge growth)
+    (the costly part, computed once each and reused across the cheap parameters). With
+    ``scatters`` (the split's speakers' own), each mix carries nuisance directions fitted without
+    its speakers."""
     config = SPLITS[split]
     encoder = voice_encoder(models_dir(settings))
     base = SegmentationParams.from_settings(settings)
@@ -250,20 +269,27 @@ def build_mixes(split: str, count: int, clips: Clips, settings, joins=JOIN_PAUSE
                     config["seed"] + 100 * speakers + index + (50_000 if corpus == "emodb" else 0)
                 )
                 audio, turns, true_count = make_mix(clips, pool, speakers, rng)
-                by_join = {}
-                for join in joins:
-                    params = replace(base, join_pause_seconds=join)
+                by_regions = {}
+                for join, edge in regions_by:
+                    params = replace(base, join_pause_seconds=join, edge_max_seconds=edge)
                     started = time.process_time()
                     regions = speech_regions(audio, clips.spec, params)
                     embeddings = encoder.embed([audio[int(s * RATE) : int(e * RATE)] for s, e in regions])
-                    by_join[join] = (regions, embeddings, time.process_time() - started)
+                    by_regions[join, edge] = (regions, embeddings, time.process_time() - started)
+                voices = {f"{corpus}/{turn.speaker}" for turn in turns}
+                nuisance = (
+                    top_directions(sum(v for k, v in scatters.items() if k not in voices))[1]
+                    if scatters
+                    else None
+                )
                 mixes.append(
                     {
                         "corpus": corpus,
                         "speakers": true_count,
                         "audio": audio,
                         "turns": turns,
-                        "by_join": by_join,
+                        "by_regions": by_regions,
+                        "nuisance": nuisance,
                     }
                 )
     return mixes
@@ -274,9 +300,14 @@ def score(
 ) -> dict:
     groups: dict[tuple[str, int], dict] = {}
     for mix in mixes:
-        regions, embeddings, cpu = mix["by_join"][params.join_pause_seconds]
+        regions, embeddings, cpu = mix["by_regions"][params.join_pause_seconds, params.edge_max_seconds]
         speakers = mix["speakers"] if given_count else None
-        found = utterances_from_regions(mix["audio"], regions, embeddings, spec, params, speakers)
+        clustering = params
+        if mix["nuisance"] is not None and params.speaker_nuisance_dims:
+            # The production projection with directions that never saw this mix's voices.
+            embeddings = project_out(embeddings, mix["nuisance"][: params.speaker_nuisance_dims])
+            clustering = replace(params, speaker_nuisance_dims=0)
+        found = utterances_from_regions(mix["audio"], regions, embeddings, spec, clustering, speakers)
         matched, n_hyp, n_ref = boundary_f1([(u.start, u.end) for u in found], mix["turns"])
         duration = len(mix["audio"]) / RATE
         missed, false_alarm, confusion, speech = der(found, mix["turns"], duration, COLLAR)
@@ -344,21 +375,25 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mixes", type=int, default=12, help="test mixes per corpus and speaker count")
     parser.add_argument("--dev-mixes", type=int, default=8, help="dev mixes per corpus and speaker count")
+    parser.add_argument(
+        "--dev-only", action="store_true", help="choose on dev; no test mixes, no results file"
+    )
     args = parser.parse_args()
     settings = get_settings()
     spec = FeatureSpec()
     clips = Clips(spec)
     started = time.time()
     # Before any clustering reads the file.
-    nuisance = fit_nuisance("dev", clips, settings)
-    dev = build_mixes("dev", args.dev_mixes, clips, settings)
+    nuisance, scatters = fit_nuisance("dev", clips, settings)
+    dev = build_mixes("dev", args.dev_mixes, clips, settings, scatters=scatters)
     base = SegmentationParams.from_settings(settings)
     grid = []
-    grid_axes = (JOIN_PAUSES, DISTANCES, SINGLE_DISTANCES, SPLIT_PAUSES, NUISANCE_DIMS)
-    for join, distance, single, split, dims in itertools.product(*grid_axes):
+    grid_axes = (JOIN_PAUSES, EDGE_MAX, DISTANCES, SINGLE_DISTANCES, SPLIT_PAUSES, NUISANCE_DIMS)
+    for join, edge, distance, single, split, dims in itertools.product(*grid_axes):
         params = replace(
             base,
             join_pause_seconds=join,
+            edge_max_seconds=edge,
             speaker_distance=distance,
             single_speaker_distance=single,
             split_pause_seconds=split,
@@ -368,6 +403,7 @@ def main() -> int:
         grid.append(
             {
                 "join_pause_seconds": join,
+                "edge_max_seconds": edge,
                 "speaker_distance": distance,
                 "single_speaker_distance": single,
                 "split_pause_seconds": split,
@@ -376,11 +412,12 @@ def main() -> int:
                 "dev": {k: report[k] for k in ("all/1", "all/2", "all/3", "all/4")},
             }
         )
-        print(f"dev {join} {distance} {single} {split} {dims}: {objective(report):.4f}", flush=True)
+        print(f"dev {join} {edge} {distance} {single} {split} {dims}: {objective(report):.4f}", flush=True)
     best = max(grid, key=lambda row: row["objective"])
     chosen = replace(
         base,
         join_pause_seconds=best["join_pause_seconds"],
+        edge_max_seconds=best["edge_max_seconds"],
         speaker_distance=best["speaker_distance"],
         single_speaker_distance=best["single_speaker_distance"],
         split_pause_seconds=best["split_pause_seconds"],
@@ -389,8 +426,16 @@ def main() -> int:
     # Where the chosen settings still err on dev (the error's parts), and with the count given.
     dev_chosen = score(dev, spec, chosen)
     dev_given = score(dev, spec, chosen, given_count=True)
-    joins = sorted({chosen.join_pause_seconds, base.join_pause_seconds})
-    test = build_mixes("test", args.mixes, clips, settings, joins)
+    if args.dev_only:
+        print("chosen", best, "\ndev", json.dumps(dev_chosen), "\ndev, count given", json.dumps(dev_given))
+        return 0
+    regions_by = sorted(
+        {
+            (chosen.join_pause_seconds, chosen.edge_max_seconds),
+            (base.join_pause_seconds, base.edge_max_seconds),
+        }
+    )
+    test = build_mixes("test", args.mixes, clips, settings, regions_by)
     held_out = score(test, spec, chosen)
     held_out_given = score(test, spec, chosen, given_count=True)
     settings_default = score(test, spec, base) if base != chosen else None
@@ -415,6 +460,7 @@ def main() -> int:
         },
         "chosen_on_dev": {
             "join_pause_seconds": chosen.join_pause_seconds,
+            "edge_max_seconds": chosen.edge_max_seconds,
             "speaker_distance": chosen.speaker_distance,
             "single_speaker_distance": chosen.single_speaker_distance,
             "split_pause_seconds": chosen.split_pause_seconds,
@@ -423,6 +469,8 @@ def main() -> int:
         "nuisance": nuisance,
         "settings_defaults": {
             "join_pause_seconds": base.join_pause_seconds,
+            "edge_max_seconds": base.edge_max_seconds,
+            "edge_vad_mode": base.edge_vad_mode,
             "speaker_distance": base.speaker_distance,
             "single_speaker_distance": base.single_speaker_distance,
             "split_pause_seconds": base.split_pause_seconds,

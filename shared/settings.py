@@ -65,6 +65,12 @@ class Settings(BaseSettings):
     default_segmentation: Literal["speech", "windows"] = "speech"
     # Speech regions closer than this (seconds) are one region: the gaps between words.
     segment_join_pause_seconds: float = Field(0.15, ge=0.0, le=5.0)
+    # Speech regions grow at both edges, up to this many seconds each way, while WebRTC's detector
+    # in the more lenient mode segment_edge_vad_mode (0-3, below the speech gate's) still hears
+    # speech above the noise floor: the gate's strict mode clips quiet onsets and trailing
+    # syllables. 0: no growing.
+    segment_edge_max_seconds: float = Field(1.0, ge=0.0, le=5.0)
+    segment_edge_vad_mode: int = Field(1, ge=0, le=3)
     # A pause at least this long (seconds) ends an utterance even when the same voice goes on.
     segment_split_pause_seconds: float = Field(0.5, ge=0.0, le=30.0)
     # Utterances found in speech shorter than this are dropped (clicks, breaths) ...
@@ -72,7 +78,7 @@ class Settings(BaseSettings):
     # ... and longer ones are cut at their quietest frames (the audio branch hears 5.12 s of each).
     segment_max_seconds: float = Field(8.0, ge=1.0, le=60.0)
     # One voice throughout when all voice clusters are within this cosine distance ...
-    single_speaker_distance_threshold: float = Field(0.4, gt=0.0, lt=2.0)
+    single_speaker_distance_threshold: float = Field(0.45, gt=0.0, lt=2.0)
     # ... otherwise, after centring on the recording's mean voice, clusters closer than this are
     # one speaker (estimating the count; bench/diarization.py chose both on dev mixes).
     speaker_distance_threshold: float = Field(1.1, gt=0.0, lt=2.0)
@@ -81,7 +87,7 @@ class Settings(BaseSettings):
     # Voices are compared without this many of their directions of largest within-speaker variation
     # (acted emotion; shared/contract/features/voice_nuisance.json, fitted and chosen on the dev
     # speakers by bench/diarization.py); 0: compared as the encoder gives them.
-    speaker_nuisance_dims: int = Field(4, ge=0, le=16)
+    speaker_nuisance_dims: int = Field(2, ge=0, le=16)
     # Most speakers an analysis estimates or may ask for (options.speakers).
     max_speakers: int = Field(10, ge=1, le=50)
     # Transcript times this far past the media's end are clamped (and reported), not refused.

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from bench.diarization import RESULTS, Turn, boundary_f1, der
+from bench.diarization import NUISANCE_STORED, RESULTS, Turn, boundary_f1, der, top_directions
 from shared.contract.bundle import UtteranceMeta
 from shared.contract.features.segmentation import SegmentationParams
 from shared.settings import Settings
@@ -54,3 +55,12 @@ def test_the_settings_defaults_are_what_the_bench_chose_on_dev():
         "set the settings' segment_* / speaker_* defaults to the bench's dev choice"
     )
     assert results["test_with_settings_defaults"] is None, "the test mixes were scored with other settings"
+
+
+def test_the_nuisance_directions_are_the_scatters_largest_first():
+    rng = np.random.default_rng(0)
+    rotation = np.linalg.qr(rng.standard_normal((256, 256)))[0]
+    spread = np.linspace(256.0, 1.0, 256)
+    values, basis = top_directions(rotation @ np.diag(spread) @ rotation.T)
+    assert values == pytest.approx(spread[:NUISANCE_STORED])
+    assert np.abs(np.abs(np.sum(basis * rotation[:, :NUISANCE_STORED].T, axis=1)) - 1).max() < 1e-9

@@ -20,6 +20,7 @@ from shared.contract.features.audio import load_audio
 from shared.contract.features.pipeline import extract_features
 from shared.contract.features.segmentation import (
     SegmentationParams,
+    _grow_edges,
     assign_speakers,
     cluster_voices,
     first_appearance_names,
@@ -125,6 +126,35 @@ def test_speech_regions_follow_the_lines_and_skip_silence_and_music(talk, params
         assert any(line.start - 0.3 <= start and end <= line.end + 0.3 for line in lines), (start, end)
     covered = [sum(max(0.0, min(e, ln.end) - max(s, ln.start)) for s, e in regions) for ln in lines]
     assert all(c >= 0.8 * (ln.end - ln.start) for c, ln in zip(covered, lines, strict=True)), covered
+
+
+def test_regions_grow_over_the_quiet_trailing_speech_the_strict_detector_clips(tmp_path, params):
+    line = speak(LINES[0][1], LOW, tmp_path)
+    line[-int(0.8 * RATE) :] *= 0.1  # its last 0.8 s 20 dB quieter, as a voice trails off
+    silence = np.zeros(RATE, np.float32)
+    audio = np.concatenate([silence, line, silence])
+    audio += np.random.default_rng(0).normal(0, 1e-4, len(audio)).astype(np.float32)
+    end = 1.0 + len(line) / RATE
+    strict = speech_regions(audio, SPEC, replace(params, edge_max_seconds=0.0))
+    grown = speech_regions(audio, SPEC, params)
+    assert params.edge_max_seconds > 0
+    assert strict[-1][1] < end - 0.1, "the strict detector hears the quiet tail (make it quieter)"
+    assert end - 0.03 <= grown[-1][1] <= end + 0.3
+    assert grown[0][0] <= strict[0][0]
+    limited = speech_regions(audio, SPEC, replace(params, edge_max_seconds=0.06))
+    assert strict[-1][1] < limited[-1][1] <= strict[-1][1] + 0.06 + 1e-9
+
+
+def test_regions_grow_no_further_than_their_reach_nor_into_their_neighbours(params):
+    speech_everywhere = np.ones(10, dtype=bool)
+    runs = [(2, 4), (6, 8)]
+    frame = SPEC.vad_frame_ms / 1000.0
+    one_frame = replace(params, edge_max_seconds=frame)
+    assert _grow_edges(runs, speech_everywhere, frame, one_frame) == [(1, 5), (5, 9)]
+    far = replace(params, edge_max_seconds=10.0)
+    assert _grow_edges(runs, speech_everywhere, frame, far) == [(0, 6), (6, 10)]
+    silence_between = np.array([True] * 5 + [False] + [True] * 4)
+    assert _grow_edges(runs, silence_between, frame, far) == [(0, 5), (6, 10)]
 
 
 def test_utterances_are_the_lines_with_their_speakers_in_order_of_appearance(talk, params, encoder):

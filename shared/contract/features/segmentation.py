@@ -4,7 +4,11 @@
    waveform; runs of speech closer than ``join_pause_seconds`` are one region (the gaps between
    words), and a region is kept only if the speech gate itself finds speech in it
    (``speech.is_speech``: tonal frames not counted, steady sound refused), so music, tones and
-   noise that the detector alone would take for speech are not utterances.
+   noise that the detector alone would take for speech are not utterances. The strict detector
+   clips the quiet onsets and trailing syllables of speech, so each kept region then grows, frame
+   by frame and up to ``edge_max_seconds`` each way, while the more lenient detector mode
+   ``edge_vad_mode`` still hears speech and the frame stands ``EDGE_FLOOR_MARGIN_DB`` above the
+   recording's noise floor, never into its neighbours.
 2. **Voices**: each region's voice embedding (``shared.contract.features.voice``, Resemblyzer in numpy),
    without its first ``speaker_nuisance_dims`` within-speaker (emotion) directions
    (``voice.remove_nuisance``), clustered by average-linkage agglomeration on cosine distance
@@ -35,6 +39,11 @@ from shared.logging import get_logger
 log = get_logger(__name__)
 
 SPEAKER_PREFIX = "S"
+# Regions grow only over frames this much above the recording's noise floor (its 10th-percentile
+# frame level): the lenient detector's hangover otherwise carries them on over the silence after
+# speech.
+EDGE_FLOOR_MARGIN_DB = 3.0
+NOISE_FLOOR_PERCENTILE = 10
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,8 @@ class SegmentationParams:
     speaker_min_embed_seconds: float
     max_speakers: int
     speaker_nuisance_dims: int = 0
+    edge_vad_mode: int = 1
+    edge_max_seconds: float = 0.0
 
     @classmethod
     def from_settings(cls, settings) -> SegmentationParams:
@@ -63,6 +74,8 @@ class SegmentationParams:
             speaker_min_embed_seconds=settings.speaker_min_embed_seconds,
             max_speakers=settings.max_speakers,
             speaker_nuisance_dims=settings.speaker_nuisance_dims,
+            edge_vad_mode=settings.segment_edge_vad_mode,
+            edge_max_seconds=settings.segment_edge_max_seconds,
         )
 
 
@@ -84,13 +97,38 @@ def speech_regions(
         else:
             joined.append([start, end])
     rate = spec.sample_rate
-    regions = []
-    for start, end in joined:
-        samples = waveform[int(start * frame * rate) : int(end * frame * rate)]
-        if not is_speech(samples, spec):
-            continue
-        regions.append((round(start * frame, 3), round(end * frame, 3)))
-    return regions
+    kept = [
+        is_speech(waveform[int(start * frame * rate) : int(end * frame * rate)], spec)
+        for start, end in joined
+    ]
+    if params.edge_max_seconds > 0 and any(kept):
+        levels = frame_levels_db(waveform, spec)
+        audible = levels > np.percentile(levels, NOISE_FLOOR_PERCENTILE) + EDGE_FLOOR_MARGIN_DB
+        lenient = detected_frames(waveform, spec, params.edge_vad_mode) & audible
+        joined = _grow_edges(joined, lenient, frame, params)
+    return [
+        (round(start * frame, 3), round(end * frame, 3))
+        for (start, end), keep in zip(joined, kept, strict=True)
+        if keep
+    ]
+
+
+def _grow_edges(
+    runs: Sequence[Sequence[int]], lenient: np.ndarray, frame: float, params: SegmentationParams
+) -> list[tuple[int, int]]:
+    """``runs`` (``[start, end)`` frame indices, in time order) grown while ``lenient`` frames are
+    speech, up to ``edge_max_seconds`` each way and never into the neighbouring runs."""
+    reach = int(round(params.edge_max_seconds / frame))
+    grown: list[tuple[int, int]] = []
+    for index, (start, end) in enumerate(runs):
+        floor = max(start - reach, grown[-1][1] if grown else 0)
+        ceiling = min(end + reach, runs[index + 1][0] if index + 1 < len(runs) else len(lenient))
+        while start > floor and lenient[start - 1]:
+            start -= 1
+        while end < ceiling and lenient[end]:
+            end += 1
+        grown.append((start, end))
+    return grown
 
 
 def cluster_voices(

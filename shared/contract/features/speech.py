@@ -51,12 +51,13 @@ def is_steady(levels_db: np.ndarray, spec: FeatureSpec) -> bool:
     return len(levels_db) > 1 and float(levels_db.std()) < spec.min_level_spread_db
 
 
-def detected_frames(samples: np.ndarray, spec: FeatureSpec) -> np.ndarray:
-    """Per ``spec.vad_frame_ms`` frame: WebRTC's detector (mode ``spec.vad_mode``) says speech."""
+def detected_frames(samples: np.ndarray, spec: FeatureSpec, mode: int | None = None) -> np.ndarray:
+    """Per ``spec.vad_frame_ms`` frame: WebRTC's detector (mode ``spec.vad_mode`` unless ``mode``
+    is given) says speech."""
     import webrtcvad
 
     pcm = (_frames(samples, spec) * 32767.0).astype("<i2")
-    detector = webrtcvad.Vad(spec.vad_mode)
+    detector = webrtcvad.Vad(spec.vad_mode if mode is None else mode)
     return np.array([detector.is_speech(row.tobytes(), spec.sample_rate) for row in pcm], dtype=bool)
 
 

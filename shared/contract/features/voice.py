@@ -69,7 +69,11 @@ def remove_nuisance(embeddings: np.ndarray, dims: int, path: Path = NUISANCE_FIL
     basis = nuisance_basis(path)
     if dims > len(basis):
         raise ValueError(f"{path.name} holds {len(basis)} nuisance directions, not {dims}")
-    basis = basis[:dims]
+    return project_out(embeddings, basis[:dims])
+
+
+def project_out(embeddings: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """``embeddings`` without their part along ``basis``'s orthonormal rows, unit-norm again."""
     points = np.asarray(embeddings, dtype=np.float64)
     kept = points - (points @ basis.T) @ basis
     return (kept / np.maximum(np.linalg.norm(kept, axis=1, keepdims=True), 1e-12)).astype(np.float32)
