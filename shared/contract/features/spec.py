@@ -67,10 +67,11 @@ class FeatureSpec(BaseModel):
     # MTCNN: a frame where no face is found is scanned again turned by each of these angles in turn
     # (degrees, counter-clockwise), until one finds a face: the networks learned upright faces, and
     # miss heads tilted 20 degrees or more. Faces found turned must pass the stricter O-Net
-    # probability below: the turned copies find a cat or a rocket at 0.4 (docs/faces.md).
+    # probability below: at 0.4 the turned copies call a cat or coins faces, at 0.8 still the coins
+    # (docs/faces.md).
     face_mtcnn_rotations: tuple[float, ...] = ()
     face_mtcnn_rotated_threshold: float = Field(
-        0.8, ge=0.0, lt=1.0, description="O-Net probability a face found in a turned copy must pass"
+        0.9, ge=0.0, lt=1.0, description="O-Net probability a face found in a turned copy must pass"
     )
     # audio
     sample_rate: int = Field(16_000, ge=8_000, le=48_000)
