@@ -4,8 +4,8 @@ Dev frames: FER2013 PublicTest faces (the dev split; PrivateTest is read only by
 each enlarged (bicubic) to 120-220 px at a random place on a plain 640x360 background (every
 other face on bench/faces.py's clips' orange, the others on blue), as bench/faces.py composes its
 clips but without video coding; and faceless frames of ffmpeg's ``testsrc2``, ``testsrc``,
-``smptehdbars``, ``mandelbrot``, ``cellauto`` and ``life`` sources and six scikit-image photographs
-without a human face.
+``smptehdbars``, ``mandelbrot``, ``cellauto`` and ``life`` sources and eighteen scikit-image
+photographs without a human face.
 A face frame counts as found when a box's centre lies inside the placed face; any box on a faceless
 frame is a false face. CPU seconds per frame are ``time.process_time`` around ``detect_faces`` (BLAS
 and OpenCV held to one thread, as the worker's detection thread runs). For MTCNN, the box is
@@ -59,12 +59,28 @@ CONFIGS = {
         "face_detector": "mtcnn", "face_detect_side": 320, "face_mtcnn_thresholds": (0.5, 0.5, 0.5),
         "face_mtcnn_factor": 0.8,
     },
+    # a frame without a face scanned again turned, faces found turned at a stricter O-Net probability
+    **{
+        f"mtcnn 320 px, thresholds 0.4/0.4/0.4, turned {turned}, O-Net {threshold}": {
+            "face_detector": "mtcnn", "face_detect_side": 320, "face_mtcnn_thresholds": (0.4, 0.4, 0.4),
+            "face_mtcnn_rotations": angles, "face_mtcnn_rotated_threshold": threshold,
+        }
+        for turned, angles, threshold in (
+            ("20/-20", (20.0, -20.0), 0.6),
+            ("20/-20", (20.0, -20.0), 0.8),
+            ("20/-20", (20.0, -20.0), 0.9),
+            ("15/-15", (15.0, -15.0), 0.9),
+            ("25/-25", (25.0, -25.0), 0.9),
+            ("20/-20/35/-35", (20.0, -20.0, 35.0, -35.0), 0.9),
+        )
+    },
 }  # fmt: skip
 # Every other face on each: bench/faces.py's clips as they decode (its BGR (64, 96, 128) written
 # by OpenCV: orange, near skin tones, which MTCNN finds harder) and the blue of the same triple.
 BACKGROUNDS = ((128, 96, 64), (64, 96, 128))
 MARGINS = (-0.1, -0.08, -0.06, -0.04, -0.02, 0.0, 0.05, 0.1)
-# Photographs without a human face (scikit-image's), letterboxed into the frame.
+# Photographs without a human face (scikit-image's), letterboxed into the frame (gray ones in all
+# three channels).
 FACELESS_PHOTOS = (
     "coffee",
     "chelsea",
@@ -72,6 +88,18 @@ FACELESS_PHOTOS = (
     "hubble_deep_field",
     "immunohistochemistry",
     "astronaut_masked",
+    "brick",
+    "clock",
+    "coins",
+    "colorwheel",
+    "grass",
+    "gravel",
+    "horse",
+    "moon",
+    "page",
+    "text",
+    "retina",
+    "cell",
 )
 
 
@@ -100,6 +128,7 @@ def face_frames(count: int, seed: int):
 def faceless_photos() -> list[np.ndarray]:
     import cv2
     from skimage import data
+    from skimage.util import img_as_ubyte
 
     frames = []
     for name in FACELESS_PHOTOS:
@@ -108,7 +137,9 @@ def faceless_photos() -> list[np.ndarray]:
             image = data.astronaut().copy()
             image[20:220, 140:310] = (90, 90, 90)
         else:
-            image = getattr(data, name)()
+            image = img_as_ubyte(getattr(data, name)())
+            if image.ndim == 2:
+                image = np.repeat(image[:, :, None], 3, axis=2)
         scale = min(WIDTH / image.shape[1], HEIGHT / image.shape[0])
         size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
         resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA)

@@ -9,6 +9,7 @@ worker image has no torch; the development environment has both).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from shared.contract.features.demo_media import make_face_clip
 from shared.contract.features.faces import detect_faces
 from shared.contract.features.mtcnn import MTCNN, MTCNNMissing, area_resize, mtcnn
 from shared.contract.features.pipeline import extract_features
-from shared.contract.features.spec import FeatureSpec
+from shared.contract.features.spec import MTCNN_ROTATION, FeatureSpec
 from shared.contract.labels import MODALITIES
 from shared.settings import Settings, models_dir
 
@@ -375,3 +376,79 @@ def test_only_the_chosen_detectors_settings_are_hashed():
         FeatureSpec(face_detector="mtcnn", face_fallback=True)
     with pytest.raises(ValueError, match="probabilities"):
         FeatureSpec(face_detector="mtcnn", face_mtcnn_thresholds=(0.6, 1.0, 0.7))
+
+
+# The default checkpoint's MTCNN settings with the rotated rescan.
+TURNED_SPEC = SPEC.model_copy(
+    update={
+        "face_detect_side": 320,
+        "face_mtcnn_thresholds": (0.4, 0.4, 0.4),
+        "face_mtcnn_rotations": (20.0, -20.0),
+        "face_mtcnn_rotated_threshold": 0.9,
+    }
+)
+# The astronaut's face, gray (as FER2013's faces are), enlarged to 200 px at (300, 80).
+FACE_LEFT, FACE_TOP, FACE_SIDE = 300, 80, 200
+
+
+@pytest.fixture(scope="module")
+def tilted_face_clip(tmp_path_factory, photograph) -> Path:
+    """The face turned 65 degrees clockwise, shown from 1 s to 3 s of a 4 s clip: upright, MTCNN at
+    the default's thresholds finds nothing in it."""
+    from PIL import Image
+
+    directory = tmp_path_factory.mktemp("tilted")
+    face = Image.fromarray(photograph[30:210, 130:310]).convert("L").convert("RGB")
+    face.rotate(-65, resample=Image.Resampling.BICUBIC).save(directory / "face.png")
+    return make_face_clip(
+        directory / "face.mp4",
+        directory / "face.png",
+        duration=4.0,
+        visible=(1.0, 3.0),
+        box=(FACE_LEFT, FACE_TOP, FACE_SIDE),
+        size=(WIDTH, HEIGHT),
+    )
+
+
+def test_tilted_head_found_by_the_rotated_rescan(detector, tilted_face_clip):
+    upright = TURNED_SPEC.model_copy(update={"face_mtcnn_rotations": ()})
+    missed = extract_features(tilted_face_clip, upright, window_seconds=1.0)
+    assert [u.visual_reason for u in missed.utterances] == ["no_face"] * 4
+
+    bundle = extract_features(tilted_face_clip, TURNED_SPEC, window_seconds=1.0)
+    assert bundle.modality_mask[:, VISUAL].tolist() == [False, True, True, False]
+    for utterance in bundle.utterances[1:3]:
+        assert len(utterance.faces) == 4
+        for frame in utterance.faces:
+            [(x, y, w, h)] = frame["boxes"]
+            # the box keeps its size and sits on the face in the upright frame
+            cx, cy = (x + w / 2) * WIDTH, (y + h / 2) * HEIGHT
+            assert FACE_LEFT + 40 < cx < FACE_LEFT + FACE_SIDE - 40
+            assert FACE_TOP + 40 < cy < FACE_TOP + FACE_SIDE - 40
+            assert 0.35 < w * WIDTH / FACE_SIDE < 0.75 and frame["scores"][0] >= 0.9
+    assert bundle.frames[1].std() > 20 and not bundle.frames[0].any()
+
+
+def test_faceless_video_stays_faceless_with_the_rotated_rescan(detector, media, settings):
+    bundle = extract_features(media.mp4, TURNED_SPEC, window_seconds=1.0, settings=settings)
+    assert {u.visual_reason for u in bundle.utterances} == {"no_face"}
+    assert not bundle.modality_mask[:, VISUAL].any() and not bundle.frames.any()
+
+
+def test_rotated_rescan_settings():
+    """Off (no angles), the rescan's fields leave an MTCNN spec's hash as it was before they
+    existed; the command line writes the angles comma-separated."""
+    assert SPEC.model_copy(update={"face_mtcnn_rotated_threshold": 0.5}).hash == SPEC.hash
+    assert json.loads(SPEC.canonical_json()).keys().isdisjoint(MTCNN_ROTATION)
+    assert TURNED_SPEC.hash != TURNED_SPEC.model_copy(update={"face_mtcnn_rotations": ()}).hash
+    assert TURNED_SPEC.hash != TURNED_SPEC.model_copy(update={"face_mtcnn_rotated_threshold": 0.8}).hash
+    assert FeatureSpec(face_detector="mtcnn", face_mtcnn_rotations="20, -20").face_mtcnn_rotations == (
+        20.0,
+        -20.0,
+    )
+    assert FeatureSpec(face_detector="mtcnn", face_mtcnn_rotations="").face_mtcnn_rotations == ()
+    haar = FeatureSpec(face_detector="haar")
+    assert haar.model_copy(update={"face_mtcnn_rotations": (20.0,)}).hash == haar.hash
+    for angles in ((0.0,), (120.0,), (10.0,) * 9):
+        with pytest.raises(ValueError, match="face_mtcnn_rotations"):
+            FeatureSpec(face_detector="mtcnn", face_mtcnn_rotations=angles)

