@@ -3,7 +3,9 @@
 ``default_outputs.safetensors`` holds the default's outputs on fixed inputs (every combination of
 text and audio), computed on CPU in float32 with one thread when the checkpoint was published;
 rebuild it with ``python -m tests.model.core.test_default_checkpoint`` after publishing a new
-default.
+default. Which modalities were used must match exactly; logits match to 1e-4, because the CPU's
+instruction set picks the matrix kernels and so the order of float32 sums (machines with and without
+AVX-512 differ by about 1e-5), while a wrong or missing tensor moves them by far more.
 """
 
 from __future__ import annotations
@@ -53,12 +55,13 @@ def _encoders_installed() -> bool:
 
 
 @pytest.mark.skipif(not _encoders_installed(), reason="the default's speech encoder needs `make models`")
-def test_the_default_checkpoint_loads_bit_identically():
+def test_the_default_checkpoint_loads_to_its_published_outputs():
     expected = load_file(EXPECTED)
     actual = default_outputs()
     assert set(actual) == set(expected)
+    assert torch.equal(actual["modalities_used"], expected["modalities_used"])
     for name, tensor in expected.items():
-        assert torch.equal(actual[name], tensor), name
+        torch.testing.assert_close(actual[name], tensor, rtol=1e-4, atol=1e-4, msg=name)
 
 
 if __name__ == "__main__":
