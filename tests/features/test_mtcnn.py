@@ -452,3 +452,85 @@ def test_rotated_rescan_settings():
     for angles in ((0.0,), (120.0,), (10.0,) * 9):
         with pytest.raises(ValueError, match="face_mtcnn_rotations"):
             FeatureSpec(face_detector="mtcnn", face_mtcnn_rotations=angles)
+
+
+def _shown_at(photograph: np.ndarray, left: int, top: int) -> np.ndarray:
+    """A 640x360 frame with the photograph at 200 px, its top-left corner at (left, top)."""
+    import cv2
+
+    frame = np.full((HEIGHT, WIDTH, 3), 40, np.uint8)
+    frame[top : top + 200, left : left + 200] = cv2.resize(
+        photograph, (200, 200), interpolation=cv2.INTER_AREA
+    )
+    return frame
+
+
+def test_recheck_confirms_a_face_that_stays_and_drops_one_that_left(detector, photograph):
+    frame = _shown_at(photograph, 300, 80)
+    found = detector.detect(frame, 36)
+    assert len(found) == 1
+    again = detector.recheck(frame, found[:, :4], 0.4)
+    assert len(again) == 1 and again[0, 4] > 0.9
+    np.testing.assert_allclose(again[0, :4], found[0, :4], atol=6)
+    # the same box over background, once the face has gone
+    assert len(detector.recheck(np.full_like(frame, 40), found[:, :4], 0.4)) == 0
+
+
+def counting(monkeypatch, name: str) -> list:
+    calls: list = []
+    method = getattr(MTCNN, name)
+
+    def counted(self, *args, **kwargs):
+        calls.append(name)
+        return method(self, *args, **kwargs)
+
+    monkeypatch.setattr(MTCNN, name, counted)
+    return calls
+
+
+def test_scanner_rechecks_faces_and_scans_whole_frames_when_they_move(detector, photograph, monkeypatch):
+    from shared.contract.features.faces import FaceScanner
+
+    spec = SPEC.model_copy(update={"face_track_frames": 3})
+    calls = counting(monkeypatch, "detect")
+    rechecks = counting(monkeypatch, "recheck")
+    scanner = FaceScanner(spec)
+    still = _shown_at(photograph, 300, 80)
+    moved = _shown_at(photograph, 20, 150)
+    sequence = [still, still, still, still, moved, moved, np.full_like(still, 40), still]
+    faces = [scanner.scan(frame) for frame in sequence]
+    # re-checks: frames 2, 3 (then the 4th is scanned whole: 3 frames per whole scan), 5 (nothing
+    # where the face was: scanned whole), 6 and 7 (nothing there: scanned whole); frame 8 follows a
+    # frame without faces: scanned whole
+    assert len(calls) == 5 and len(rechecks) == 5
+    assert [len(f) for f in faces] == [1, 1, 1, 1, 1, 1, 0, 1]
+    for f in faces[:4] + faces[7:]:
+        np.testing.assert_allclose(f.boxes[0], faces[0].boxes[0], atol=0.02)
+    assert faces[4].boxes[0][0] < 0.2 and faces[5].boxes[0][0] < 0.2
+    # one frame per whole scan: every frame is scanned whole, as before the re-check existed
+    plain = FaceScanner(SPEC)
+    before = len(calls)
+    assert [len(plain.scan(frame)) for frame in sequence] == [1, 1, 1, 1, 1, 1, 0, 1]
+    assert len(calls) - before == len(sequence)
+
+
+def test_tracking_settings():
+    """Off (1), the re-check leaves an MTCNN spec's hash as it was; it needs MTCNN."""
+    assert "face_track_frames" not in json.loads(SPEC.canonical_json())
+    assert SPEC.model_copy(update={"face_track_frames": 4}).hash != SPEC.hash
+    with pytest.raises(ValueError, match="face_track_frames"):
+        FeatureSpec(face_detector="haar", face_track_frames=4)
+    with pytest.raises(ValueError, match="face_track_frames"):
+        FeatureSpec(face_track_frames=0, face_detector="mtcnn")
+
+
+def test_tracked_faces_in_the_pipeline(detector, astronaut_clip):
+    """With the re-check the clip's face is found in the same frames, boxes within 2 % of the
+    frame of the whole-frame scans, for a quarter of the whole scans."""
+    tracked = SPEC.model_copy(update={"face_track_frames": 4})
+    plain = extract_features(astronaut_clip, SPEC, window_seconds=2.0)
+    bundle = extract_features(astronaut_clip, tracked, window_seconds=2.0)
+    assert [u.visual_reason for u in bundle.utterances] == ["no_face", None, "no_face"]
+    for ours, theirs in zip(bundle.utterances[1].faces, plain.utterances[1].faces, strict=True):
+        assert ours["time"] == theirs["time"] and ours["used"] == 0
+        np.testing.assert_allclose(ours["boxes"], theirs["boxes"], atol=0.02)

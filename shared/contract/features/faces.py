@@ -98,10 +98,7 @@ def _scan(gray: np.ndarray, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
 
 def _scan_mtcnn(rgb: np.ndarray, spec: FeatureSpec, models_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
     """``(rects [K, 4] in rgb's pixels, clipped to it; face probabilities [K])``."""
-    from shared.contract.features.mtcnn import mtcnn
-    from shared.settings import models_dir as default_models_dir
-
-    detector = mtcnn(models_dir or default_models_dir())
+    detector = _mtcnn(models_dir)
     height, width = rgb.shape[:2]
     smallest = max(1.0, spec.face_min_size * min(height, width))
     found = detector.detect(rgb, smallest, spec.face_mtcnn_thresholds, spec.face_mtcnn_factor)
@@ -109,6 +106,18 @@ def _scan_mtcnn(rgb: np.ndarray, spec: FeatureSpec, models_dir: Path | None) -> 
         found = _scan_rotated(detector, rgb, angle, smallest, spec)
         if len(found):
             break
+    return _rects(found, width, height)
+
+
+def _mtcnn(models_dir: Path | None):
+    from shared.contract.features.mtcnn import mtcnn
+    from shared.settings import models_dir as default_models_dir
+
+    return mtcnn(models_dir or default_models_dir())
+
+
+def _rects(found: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """MTCNN's ``[K, 5]`` corner rows as ``(x, y, w, h)`` rects clipped to the image, and scores."""
     corners = np.clip(found[:, :4].astype(np.float64), 0, [width, height, width, height])
     rects = np.concatenate([corners[:, :2], corners[:, 2:] - corners[:, :2]], axis=1)
     keep = (rects[:, 2] > 0) & (rects[:, 3] > 0)
@@ -138,9 +147,9 @@ def _scan_rotated(detector, rgb: np.ndarray, angle: float, smallest: float, spec
     return np.concatenate([centres - half, centres + half, found[:, 4:5]], axis=1).astype(np.float32)
 
 
-def detect_faces(frame: np.ndarray, spec: FeatureSpec, models_dir: Path | None = None) -> FrameFaces:
-    """Every face in one ``[H, W, 3]`` uint8 RGB frame, largest first, at most ``face_max_faces``.
-    ``models_dir`` (MTCNN's weights): default ``settings.models_dir``."""
+def _scanned_copy(frame: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """The copy of a frame the detector reads: long side at most ``face_detect_side`` (RGB for
+    MTCNN, grayscale for the cascades)."""
     import cv2
 
     height, width = frame.shape[:2]
@@ -149,23 +158,77 @@ def detect_faces(frame: np.ndarray, spec: FeatureSpec, models_dir: Path | None =
     if scale < 1.0:
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         scanned = cv2.resize(scanned, size, interpolation=cv2.INTER_AREA)
-    if spec.face_detector == "mtcnn":
-        rects, scores = _scan_mtcnn(scanned, spec, models_dir)
-    else:
-        rects, weights = _scan(scanned, spec)
-        scores = 1.0 / (1.0 + np.exp(-weights))
+    return scanned
+
+
+def _frame_faces(
+    frame: np.ndarray,
+    scanned_shape: tuple[int, ...],
+    rects: np.ndarray,
+    scores: np.ndarray,
+    spec: FeatureSpec,
+) -> FrameFaces:
+    """Rects in the scanned copy's pixels as a frame's faces: largest first, at most
+    ``face_max_faces``, normalised, with their crops from the full frame."""
     size = spec.frame_size
     if len(rects) == 0:
         return FrameFaces(
             np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 3, size, size), np.uint8)
         )
     order = np.argsort(-(rects[:, 2] * rects[:, 3]), kind="stable")[: spec.face_max_faces]
-    rects = rects[order]
-    scores = scores[order]
-    scanned_height, scanned_width = scanned.shape[:2]
-    boxes = rects / np.array([scanned_width, scanned_height, scanned_width, scanned_height])
+    scanned_height, scanned_width = scanned_shape[:2]
+    boxes = rects[order] / np.array([scanned_width, scanned_height, scanned_width, scanned_height])
     crops = np.stack([crop_face(frame, box, spec) for box in boxes])
-    return FrameFaces(boxes.astype(np.float32), scores.astype(np.float32), crops)
+    return FrameFaces(boxes.astype(np.float32), scores[order].astype(np.float32), crops)
+
+
+def detect_faces(frame: np.ndarray, spec: FeatureSpec, models_dir: Path | None = None) -> FrameFaces:
+    """Every face in one ``[H, W, 3]`` uint8 RGB frame, largest first, at most ``face_max_faces``.
+    ``models_dir`` (MTCNN's weights): default ``settings.models_dir``."""
+    scanned = _scanned_copy(frame, spec)
+    if spec.face_detector == "mtcnn":
+        rects, scores = _scan_mtcnn(scanned, spec, models_dir)
+    else:
+        rects, weights = _scan(scanned, spec)
+        scores = 1.0 / (1.0 + np.exp(-weights))
+    return _frame_faces(frame, scanned.shape, rects, scores, spec)
+
+
+class FaceScanner:
+    """The faces of one video's sampled frames, given in time order from one thread.
+
+    With ``spec.face_track_frames`` N > 1 (MTCNN), the N - 1 frames after a whole-frame scan that
+    found faces re-check those faces with O-Net alone (``MTCNN.recheck``), each from the boxes of
+    that scan, so re-checks do not drift; when every face is still there, they are the frame's
+    faces. Otherwise, and every N-th frame, the whole frame is scanned, so a face that comes into
+    view is missed for at most N - 1 sampled frames."""
+
+    def __init__(self, spec: FeatureSpec, models_dir: Path | None = None):
+        self.spec = spec
+        self.models_dir = models_dir
+        self._scanned: FrameFaces | None = None  # the last whole-frame scan's faces
+        self._rechecked = 0
+
+    def scan(self, frame: np.ndarray) -> FrameFaces:
+        anchor = self._scanned
+        if anchor is not None and len(anchor) and self._rechecked < self.spec.face_track_frames - 1:
+            self._rechecked += 1
+            faces = self._recheck(frame, anchor)
+            if faces is not None:
+                return faces
+        self._scanned, self._rechecked = detect_faces(frame, self.spec, self.models_dir), 0
+        return self._scanned
+
+    def _recheck(self, frame: np.ndarray, anchor: FrameFaces) -> FrameFaces | None:
+        scanned = _scanned_copy(frame, self.spec)
+        height, width = scanned.shape[:2]
+        corners = anchor.boxes.astype(np.float64) * [width, height, width, height]
+        corners[:, 2:] += corners[:, :2]
+        found = _mtcnn(self.models_dir).recheck(scanned, corners, self.spec.face_mtcnn_thresholds[2])
+        rects, scores = _rects(found, width, height)
+        if len(rects) < len(anchor):
+            return None
+        return _frame_faces(frame, scanned.shape, rects, scores, self.spec)
 
 
 def crop_face(frame: np.ndarray, box: np.ndarray, spec: FeatureSpec) -> np.ndarray:

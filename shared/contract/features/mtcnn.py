@@ -233,11 +233,23 @@ class MTCNN:
         pick = nms(boxes[:, :4], boxes[:, 4], NMS_RNET)
         boxes = _square(_regress(boxes[pick], regression[pick]))
 
+        return self._output_stage(image, boxes, thresholds[2])
+
+    def recheck(self, image: np.ndarray, corners: np.ndarray, threshold: float) -> np.ndarray:
+        """O-Net alone on boxes found in a neighbouring frame (``[K, 4]`` x1, y1, x2, y2 in
+        ``image``'s pixels): the faces still there, refined, as ``detect`` returns them. A face
+        that stays put is confirmed for the cost of one 48x48 patch instead of the pyramid."""
+        with threadpool_limits(limits=1, user_api="blas"):
+            boxes = np.concatenate([corners, np.ones((len(corners), 1))], axis=1).astype(np.float32)
+            return self._output_stage(np.asarray(image, dtype=np.float32), _square(boxes), threshold)
+
+    def _output_stage(self, image: np.ndarray, boxes: np.ndarray, threshold: float) -> np.ndarray:
+        """O-Net on square boxes: those above ``threshold``, regressed and suppressed."""
         boxes, patches = _patches(image, boxes, 48)
         if not len(boxes):
-            return empty
+            return np.zeros((0, 5), np.float32)
         regression, probability = self.onet(patches)
-        keep = probability > thresholds[2]
+        keep = probability > threshold
         boxes = np.concatenate([boxes[keep, :4], probability[keep, None]], axis=1)
         boxes = _regress(boxes, regression[keep])
         return boxes[nms(boxes[:, :4], boxes[:, 4], NMS_ONET, over_smaller=True)].astype(np.float32)

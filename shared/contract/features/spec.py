@@ -21,7 +21,13 @@ MODELS_PREFIX = "models:"
 WHISPER_BASE = "models:whisper-base"
 HAAR_ONLY = frozenset({"face_scale_factor", "face_min_neighbors"})
 MTCNN_ONLY = frozenset(
-    {"face_mtcnn_thresholds", "face_mtcnn_factor", "face_mtcnn_rotations", "face_mtcnn_rotated_threshold"}
+    {
+        "face_mtcnn_thresholds",
+        "face_mtcnn_factor",
+        "face_mtcnn_rotations",
+        "face_mtcnn_rotated_threshold",
+        "face_track_frames",
+    }
 )
 # Left out of an MTCNN spec's hash while the rotated rescan is off (no angles).
 MTCNN_ROTATION = ("face_mtcnn_rotations", "face_mtcnn_rotated_threshold")
@@ -34,6 +40,11 @@ class FeatureSpec(BaseModel):
     # 0 means the model reads no frames (its visual branch is untrained): the video is not decoded.
     frames_per_utterance: int = Field(8, ge=0, le=64)
     frame_size: int = Field(112, ge=16, le=512, description="S: frames are S x S RGB after crop")
+    # Decode only the frames others are predicted from (H.264's and HEVC's reference frames): the
+    # decoder skips non-reference B-frames, a third of x264's frames and about 40 % of its decode
+    # time; a target then takes a reference frame within half a frame interval, or the next one
+    # (shared.contract.features.frames.REFERENCE_GAP_FRAMES).
+    frames_reference_only: bool = False
     # faces (shared.contract.features.faces): "none" keeps each sampled frame whole (short side to S, centre
     # crop); "haar" (OpenCV's cascade) or "mtcnn" (facenet-pytorch's MTCNN, run in numpy) finds faces
     # in the sampled frames and keeps the utterance's tracked face, cropped to S x S, masking the
@@ -72,6 +83,12 @@ class FeatureSpec(BaseModel):
     face_mtcnn_rotations: tuple[float, ...] = ()
     face_mtcnn_rotated_threshold: float = Field(
         0.9, ge=0.0, lt=1.0, description="O-Net probability a face found in a turned copy must pass"
+    )
+    # MTCNN: a sampled frame after one with faces re-checks those faces with O-Net alone, and the
+    # whole frame is scanned at least every this many sampled frames (1: every frame is scanned).
+    # A face that stays put costs one 48x48 patch instead of the pyramid (docs/faces.md).
+    face_track_frames: int = Field(
+        1, ge=1, le=64, description="MTCNN: sampled frames per whole-frame scan, the rest re-check faces"
     )
     # audio
     sample_rate: int = Field(16_000, ge=8_000, le=48_000)
@@ -132,13 +149,18 @@ class FeatureSpec(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _fallback_is_haar(self) -> FeatureSpec:
+    def _detector_options(self) -> FeatureSpec:
         if self.face_fallback and self.face_detector != "haar":
             raise ValueError("face_fallback rescans with Haar cascades: it needs face_detector = 'haar'")
+        if self.face_track_frames > 1 and self.face_detector != "mtcnn":
+            raise ValueError("face_track_frames re-checks faces with O-Net: it needs face_detector = 'mtcnn'")
         return self
 
     def canonical_json(self) -> str:
         values = self.model_dump(mode="json")
+        if not self.frames_reference_only:
+            # Specs from before reference-only decoding keep their hashes.
+            del values["frames_reference_only"]
         if self.face_detector == "none":
             # Without a detector the face settings shape nothing: a spec from before they existed
             # keeps its hash.
@@ -152,6 +174,9 @@ class FeatureSpec(BaseModel):
                 # MTCNN specs from before the rotated rescan keep their hashes.
                 for key in MTCNN_ROTATION:
                     values.pop(key, None)
+            if self.face_track_frames == 1:
+                # ... and those from before the re-check theirs.
+                values.pop("face_track_frames", None)
             if not self.face_fallback:
                 del values["face_fallback"]
         return json.dumps(values, sort_keys=True, separators=(",", ":"))
