@@ -120,3 +120,54 @@ def test_select_expression_is_a_search_tree():
         depth -= char == ")"
         max_depth = max(max_depth, depth)
     assert max_depth < 40
+
+
+@pytest.fixture(scope="module")
+def b_frame_clip(tmp_path_factory):
+    """The time-coded clip (10 fps) coded as I/P frames with runs of three B-frames that nothing
+    refers to, and the times of its reference (I and P) frames."""
+    from tests import mediagen
+
+    directory = tmp_path_factory.mktemp("b-frames")
+    path = mediagen.make_clip(
+        directory / "b-frames.mp4",
+        duration=4.0,
+        audio=False,
+        video_source="color=c=black:s=64x64:r=10,format=yuv420p,geq=lum='16+50*T':cb=128:cr=128",
+        extra=("-crf", "10", "-bf", "3", "-x264-params", "b-pyramid=none:b-adapt=0:scenecut=0"),
+    )
+    listed = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v", "-show_entries", "frame=pts_time,pict_type",
+         "-of", "csv=p=0", str(path)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    frames = [line.split(",")[:2] for line in listed.split()]
+    assert {kind for _, kind in frames} == {"I", "P", "B"}
+    return path, sorted(float(time) for time, kind in frames if kind != "B")
+
+
+def test_reference_only_decodes_the_reference_frames(b_frame_clip, settings):
+    path, references = b_frame_clip
+    # the second utterance lies between two reference frames, inside a run of B-frames
+    utterances = [UtteranceMeta(0.4, 1.9), UtteranceMeta(2.05, 2.25), UtteranceMeta(2.5, 3.9)]
+    spec = FeatureSpec(frames_per_utterance=4, frame_size=16, frames_reference_only=True)
+    visual = extract_frames(path, probe(path, settings), utterances, spec, settings)
+    assert visual.present.all()
+    times = visual.frame_times.astype(np.float64)
+    assert (np.abs(times[..., None] - np.array(references)).min(axis=-1) < 1e-3).all(), times
+    # each a reference frame within half an interval of its target or the next one after it (a run
+    # of three B-frames: at most 0.4 s later)
+    late = times - target_times(utterances, 4)
+    assert (late >= -0.05 - 1e-6).all() and (late <= 0.4 + 1e-6).all(), late
+    # and the pixels are those of the frame at that time
+    seconds_from_pixels = visual.frames.astype(np.float64).mean(axis=(2, 3, 4)) / (50 * 255 / 219)
+    np.testing.assert_allclose(seconds_from_pixels, times, atol=0.03)
+    # decoding every frame, the targets take the B-frames between
+    every_frame = spec.model_copy(update={"frames_reference_only": False})
+    every = extract_frames(path, probe(path, settings), utterances, every_frame, settings)
+    assert (np.abs(every.frame_times[..., None] - np.array(references)).min(axis=-1) > 0.05).any()
+
+
+def test_reference_only_is_hashed_only_when_on():
+    assert "frames_reference_only" not in SPEC.canonical_json()
+    assert SPEC.model_copy(update={"frames_reference_only": True}).hash != SPEC.hash

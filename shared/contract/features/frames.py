@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.contract.bundle import UtteranceMeta
-from shared.contract.features.faces import FrameFaces, detect_faces, track_face
+from shared.contract.features.faces import FaceScanner, FrameFaces, track_face
 from shared.contract.features.media import MediaError, MediaInfo, input_args
 from shared.contract.features.mtcnn import mtcnn
 from shared.contract.features.spec import FeatureSpec
@@ -40,6 +40,11 @@ from shared.settings import Settings, get_settings, models_dir
 
 # Marks a target with no usable frame in frame_times.
 NO_FRAME = -1.0
+# With ``frames_reference_only`` a target takes a reference frame within half a frame interval of
+# it or else the first one after it, which may lie outside a short utterance: up to this many frame
+# intervals away is accepted (x264's and x265's defaults of at most 3 and 4 B-frames in a row put the
+# next reference frame at most 4 and 5 intervals after any time).
+REFERENCE_GAP_FRAMES = 5.0
 _PTS_TIME = re.compile(rb"Parsed_showinfo.*? pts_time:\s*(-?[0-9.eE+-]+|nan)")
 _INSIDE_SLACK = 1e-3
 # Thumbnails: long side in pixels (never enlarged) and JPEG quality; about 10 kB each.
@@ -172,6 +177,9 @@ def extract_frames(
     # A frame "near" a target is within half a frame interval of it: about one candidate per target.
     fps = info.video.fps if info.video.fps >= 1 else 25.0
     half_width = 0.5 / fps
+    # How far outside its utterance a target's frame may lie: half a frame interval, or the gap
+    # skipped non-reference frames leave.
+    reach = REFERENCE_GAP_FRAMES / fps if spec.frames_reference_only else half_width
     order = np.argsort(targets.ravel(), kind="stable")
     sorted_times = targets.ravel()[order]
     best_distance = np.full(targets.size, np.inf)
@@ -182,7 +190,8 @@ def extract_frames(
     ends = np.repeat([u.end for u in utterances], per)
     # Faces: each target keeps the faces of its frame; a frame is scanned once, when it first
     # serves a target (about one frame per target: the detector never sees unsampled frames), in a
-    # second thread (OpenCV releases the GIL) while ffmpeg goes on decoding.
+    # second thread (OpenCV and BLAS release the GIL) while ffmpeg goes on decoding. That one
+    # thread scans the frames in time order, as the scanner's re-check of faces needs.
     target_faces: list[Future | None] = [None] * targets.size
     scanned: dict[float, Future] = {}
     # Each scanned frame's thumbnail, encoded in the same thread (the frame is decoded once).
@@ -193,6 +202,7 @@ def extract_frames(
         # Loaded before the decode starts: missing weights fail the analysis at once, with the fix.
         mtcnn(weights_dir)
     detector = ThreadPoolExecutor(max_workers=1) if with_faces else None
+    scanner = FaceScanner(spec, weights_dir) if with_faces else None
     if with_faces:
         out_width, out_height = decode_size(info, spec)
         scaling = f"scale={out_width}:{out_height}:flags=area+accurate_rnd+full_chroma_int"
@@ -213,14 +223,14 @@ def extract_frames(
             target = order[position]
             distance = abs(time - sorted_times[position])
             is_inside = starts[target] - _INSIDE_SLACK <= time <= ends[target] + _INSIDE_SLACK
-            if not is_inside and distance > half_width:
+            if not is_inside and distance > reach:
                 continue
             if (is_inside, -distance) > (inside[target], -best_distance[target]):
                 inside[target], best_distance[target] = is_inside, distance
                 flat_times[target] = time
                 if with_faces:
                     if time not in scanned:
-                        scanned[time] = detector.submit(detect_faces, pixels, spec, weights_dir)
+                        scanned[time] = detector.submit(scanner.scan, pixels)
                         thumbnailed[time] = detector.submit(encode_thumbnail, pixels)
                     target_faces[target] = scanned[time]
                     target_thumbnails[target] = thumbnailed[time]
@@ -232,7 +242,8 @@ def extract_frames(
         script.write_text(f"select='{select_expression(targets, half_width)}',{scaling},showinfo")
         args = [
             "ffmpeg", "-hide_banner", "-nostdin", "-nostats", "-loglevel", "info",
-            "-threads", str(settings.ffmpeg_threads), *input_args(path),
+            "-threads", str(settings.ffmpeg_threads),
+            *(["-skip_frame", "noref"] if spec.frames_reference_only else []), *input_args(path),
             "-map", "0:v:0", "-an", "-sn", "-dn",
             "-filter_threads", "1", "-filter_script:v", str(script),
             "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1",
