@@ -17,9 +17,12 @@ pipeline that looks at the whole video, reported as ``decode_bound_ratio``.
 
 With ``--no-transcript`` the same clip is submitted without its SRT: the worker finds the
 utterances in the speech and tells the speakers apart by voice (results in
-``bench/results/e2e-no-transcript.json``, with the utterances and speakers it found).
+``bench/results/e2e-no-transcript.json``, with the utterances and speakers it found). With
+``--without-faces`` the model serves a copy of the checkpoint whose spec has no face detector
+(whole frames reach the visual branch: a timing, not a model anyone should serve; results in
+``bench/results/e2e-without-faces.json``).
 
-    nice -n 10 .venv/bin/python bench/e2e.py [--runs 2] [--no-transcript]
+    nice -n 10 .venv/bin/python bench/e2e.py [--runs 2] [--no-transcript] [--without-faces]
 """
 
 from __future__ import annotations
@@ -111,6 +114,20 @@ def checkpoint_dir() -> tuple[Path, str]:
     )
 
 
+def without_faces(checkpoint: Path, directory: Path) -> Path:
+    """A copy of ``checkpoint`` whose FeatureSpec keeps whole frames (no face detector)."""
+    from shared.contract.features.spec import FeatureSpec
+
+    shutil.copytree(checkpoint, directory)
+    document = json.loads((directory / "checkpoint.json").read_text())
+    spec = FeatureSpec.model_validate(
+        document["feature_spec"] | {"face_detector": "none", "face_track_frames": 1}
+    )
+    document["feature_spec"], document["spec_hash"] = spec.model_dump(mode="json"), spec.hash
+    (directory / "checkpoint.json").write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    return directory
+
+
 def decode_bound(video: Path) -> float:
     """Seconds ffmpeg needs just to decode every frame of the clip: the floor for any pipeline
     that looks at the video."""
@@ -146,6 +163,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--no-transcript", action="store_true", help="submit the clip without its SRT")
+    parser.add_argument(
+        "--without-faces", action="store_true", help="the checkpoint's spec without a face detector"
+    )
     args = parser.parse_args()
     video, transcript, duration = make_conversation()
     results_path = RESULTS_NO_TRANSCRIPT if args.no_transcript else RESULTS
@@ -153,6 +173,10 @@ def main() -> None:
         transcript = None
     scratch = Path(tempfile.mkdtemp(prefix="moodreel-bench-e2e-"))
     checkpoint, checkpoint_note = checkpoint_dir()
+    if args.without_faces:
+        checkpoint = without_faces(checkpoint, scratch / "checkpoint")
+        checkpoint_note += ", its spec without a face detector"
+        results_path = results_path.with_name(results_path.stem + "-without-faces.json")
     database_url = create_postgres_database()
     namespace = f"moodreel-bench-{uuid.uuid4().hex[:10]}:"
     processes: list[stack.Process] = []

@@ -80,7 +80,9 @@ def default_specs() -> tuple[FeatureSpec, FeatureSpec]:
 
     document = read_checkpoint_document(get_settings().model_dir)
     faces = FeatureSpec.model_validate(document["feature_spec"])
-    return faces.model_copy(update={"face_detector": "none"}), faces
+    return FeatureSpec.model_validate(
+        document["feature_spec"] | {"face_detector": "none", "face_track_frames": 1}
+    ), faces
 
 
 def time_decode(clip: Path) -> float:
