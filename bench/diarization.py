@@ -361,6 +361,10 @@ def score(
     return report
 
 
+# What each grid row keeps per speaker count (the chosen settings' rows keep every figure).
+GRID_FIGURES = ("boundary_f1", "der", "speaker_count_accuracy")
+
+
 def objective(report: dict) -> float:
     # Tuned for the targets' mixes: two and three speakers, both corpora.
     # and the count right on one-speaker media, the most common kind.
@@ -409,7 +413,10 @@ def main() -> int:
                 "split_pause_seconds": split,
                 "speaker_nuisance_dims": dims,
                 "objective": round(objective(report), 4),
-                "dev": {k: report[k] for k in ("all/1", "all/2", "all/3", "all/4")},
+                "dev": {
+                    k: {figure: report[k][figure] for figure in GRID_FIGURES}
+                    for k in ("all/1", "all/2", "all/3", "all/4")
+                },
             }
         )
         print(f"dev {join} {edge} {distance} {single} {split} {dims}: {objective(report):.4f}", flush=True)
