@@ -26,10 +26,12 @@ def test_targets_spread_evenly():
     np.testing.assert_allclose(times, [[2.25, 2.75, 3.25, 3.75]])
 
 
+@pytest.mark.parametrize("reference_only", [False, True], ids=["every-frame", "reference-only"])
 @pytest.mark.parametrize("case", ["mp4", "webm", "mkv", "vfr", "no_audio"])
-def test_shapes_and_times_inside_utterances(media, settings, case):
+def test_shapes_and_times_inside_utterances(media, settings, case, reference_only):
     path = getattr(media, case)
-    visual = extract_frames(path, probe(path, settings), UTTERANCES, SPEC, settings)
+    spec = SPEC.model_copy(update={"frames_reference_only": reference_only})
+    visual = extract_frames(path, probe(path, settings), UTTERANCES, spec, settings)
     assert visual.frames.shape == (3, 4, 3, 32, 32) and visual.frames.dtype == np.uint8
     assert visual.frame_times.shape == (3, 4) and visual.frame_times.dtype == np.float32
     assert visual.present.tolist() == [True, True, True]
