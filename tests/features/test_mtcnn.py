@@ -491,14 +491,14 @@ def counting(monkeypatch, name: str) -> list:
 def test_scanner_rechecks_faces_and_scans_whole_frames_when_they_move(detector, photograph, monkeypatch):
     from shared.contract.features.faces import FaceScanner
 
-    spec = SPEC.model_copy(update={"face_track_frames": 3})
+    spec = SPEC.model_copy(update={"face_scan_every": 3})
     calls = counting(monkeypatch, "detect")
     rechecks = counting(monkeypatch, "recheck")
     scanner = FaceScanner(spec)
     still = _shown_at(photograph, 300, 80)
     moved = _shown_at(photograph, 20, 150)
     sequence = [still, still, still, still, moved, moved, np.full_like(still, 40), still]
-    faces = [scanner.scan(frame) for frame in sequence]
+    faces = [scanner.scan(frame, 0.5 * k) for k, frame in enumerate(sequence)]
     # re-checks: frames 2, 3 (then the 4th is scanned whole: 3 frames per whole scan), 5 (nothing
     # where the face was: scanned whole), 6 and 7 (nothing there: scanned whole); frame 8 follows a
     # frame without faces: scanned whole
@@ -510,26 +510,52 @@ def test_scanner_rechecks_faces_and_scans_whole_frames_when_they_move(detector, 
     # one frame per whole scan: every frame is scanned whole, as before the re-check existed
     plain = FaceScanner(SPEC)
     before = len(calls)
-    assert [len(plain.scan(frame)) for frame in sequence] == [1, 1, 1, 1, 1, 1, 0, 1]
-    assert len(calls) - before == len(sequence)
+    assert [len(plain.scan(frame, 0.5 * k)) for k, frame in enumerate(sequence)] == [1, 1, 1, 1, 1, 1, 0, 1]
+    assert len(calls) - before == len(sequence) and len(rechecks) == 5
+
+
+def test_scanner_rescans_after_a_gap_and_after_turned_faces(detector, photograph, monkeypatch):
+    from shared.contract.features.faces import RECHECK_MAX_SECONDS, FaceScanner, FrameFaces
+
+    spec = SPEC.model_copy(update={"face_scan_every": 4})
+    calls = counting(monkeypatch, "detect")
+    rechecks = counting(monkeypatch, "recheck")
+    still = _shown_at(photograph, 300, 80)
+    scanner = FaceScanner(spec)
+    scanner.scan(still, 10.0)
+    scanner.scan(still, 10.0 + RECHECK_MAX_SECONDS)  # re-checked
+    scanner.scan(still, 10.1 + RECHECK_MAX_SECONDS)  # too long after the whole-frame scan
+    assert len(calls) == 2 and len(rechecks) == 1
+    # faces found only in a turned copy are not confirmed by the upright O-Net
+    turned = FaceScanner(spec)
+    found = turned.scan(still, 0.0)
+    turned._scanned = FrameFaces(found.boxes, found.scores, found.crops, turned=True)
+    assert len(turned.scan(still, 0.5)) == 1
+    assert len(calls) == 4 and len(rechecks) == 1
 
 
 def test_tracking_settings():
     """Off (1), the re-check leaves an MTCNN spec's hash as it was; it needs MTCNN."""
-    assert "face_track_frames" not in json.loads(SPEC.canonical_json())
-    assert SPEC.model_copy(update={"face_track_frames": 4}).hash != SPEC.hash
-    with pytest.raises(ValueError, match="face_track_frames"):
-        FeatureSpec(face_detector="haar", face_track_frames=4)
-    with pytest.raises(ValueError, match="face_track_frames"):
-        FeatureSpec(face_track_frames=0, face_detector="mtcnn")
+    assert "face_scan_every" not in json.loads(SPEC.canonical_json())
+    assert SPEC.model_copy(update={"face_scan_every": 4}).hash != SPEC.hash
+    with pytest.raises(ValueError, match="face_scan_every"):
+        FeatureSpec(face_detector="haar", face_scan_every=4)
+    with pytest.raises(ValueError, match="face_scan_every"):
+        FeatureSpec(face_scan_every=0, face_detector="mtcnn")
 
 
-def test_tracked_faces_in_the_pipeline(detector, astronaut_clip):
+def test_rechecked_faces_in_the_pipeline(detector, astronaut_clip, monkeypatch):
     """With the re-check the clip's face is found in the same frames, boxes within 2 % of the
-    frame of the whole-frame scans, for a quarter of the whole scans."""
-    tracked = SPEC.model_copy(update={"face_track_frames": 4})
+    frame of the whole-frame scans, with one whole-frame scan for its four frames."""
     plain = extract_features(astronaut_clip, SPEC, window_seconds=2.0)
-    bundle = extract_features(astronaut_clip, tracked, window_seconds=2.0)
+    calls = counting(monkeypatch, "detect")
+    rechecks = counting(monkeypatch, "recheck")
+    bundle = extract_features(
+        astronaut_clip, SPEC.model_copy(update={"face_scan_every": 4}), window_seconds=2.0
+    )
+    # 12 sampled frames: 4 faceless, 4 with the face (one whole scan, three re-checks), then the
+    # first faceless frame is the 4th after the scan and the rest follow a frame without faces
+    assert len(calls) == 9 and len(rechecks) == 3
     assert [u.visual_reason for u in bundle.utterances] == ["no_face", None, "no_face"]
     for ours, theirs in zip(bundle.utterances[1].faces, plain.utterances[1].faces, strict=True):
         assert ours["time"] == theirs["time"] and ours["used"] == 0

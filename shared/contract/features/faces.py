@@ -41,6 +41,9 @@ CASCADE_SHA256 = {
 }
 # A face in the next frame continues the track when its box overlaps the previous one this much.
 TRACK_MIN_IOU = 0.2
+# FaceScanner re-checks faces only this long after the whole-frame scan that found them: longer
+# gaps (between utterances far apart) are scanned whole.
+RECHECK_MAX_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class FrameFaces:
     boxes: np.ndarray  # [K, 4] float32: x, y, width, height normalised to the frame
     scores: np.ndarray  # [K] float32
     crops: np.ndarray  # [K, 3, S, S] uint8 RGB
+    turned: bool = False  # found in a turned copy of the frame (MTCNN's rotated rescan)
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -96,17 +100,21 @@ def _scan(gray: np.ndarray, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
     return np.zeros((0, 4)), np.zeros(0)
 
 
-def _scan_mtcnn(rgb: np.ndarray, spec: FeatureSpec, models_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
-    """``(rects [K, 4] in rgb's pixels, clipped to it; face probabilities [K])``."""
+def _scan_mtcnn(
+    rgb: np.ndarray, spec: FeatureSpec, models_dir: Path | None
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """``(rects [K, 4] in rgb's pixels, clipped to it; face probabilities [K]; found turned)``."""
     detector = _mtcnn(models_dir)
     height, width = rgb.shape[:2]
     smallest = max(1.0, spec.face_min_size * min(height, width))
     found = detector.detect(rgb, smallest, spec.face_mtcnn_thresholds, spec.face_mtcnn_factor)
+    turned = False
     for angle in spec.face_mtcnn_rotations if not len(found) else ():
         found = _scan_rotated(detector, rgb, angle, smallest, spec)
         if len(found):
+            turned = True
             break
-    return _rects(found, width, height)
+    return *_rects(found, width, height), turned
 
 
 def _mtcnn(models_dir: Path | None):
@@ -167,6 +175,7 @@ def _frame_faces(
     rects: np.ndarray,
     scores: np.ndarray,
     spec: FeatureSpec,
+    turned: bool = False,
 ) -> FrameFaces:
     """Rects in the scanned copy's pixels as a frame's faces: largest first, at most
     ``face_max_faces``, normalised, with their crops from the full frame."""
@@ -179,44 +188,56 @@ def _frame_faces(
     scanned_height, scanned_width = scanned_shape[:2]
     boxes = rects[order] / np.array([scanned_width, scanned_height, scanned_width, scanned_height])
     crops = np.stack([crop_face(frame, box, spec) for box in boxes])
-    return FrameFaces(boxes.astype(np.float32), scores[order].astype(np.float32), crops)
+    return FrameFaces(boxes.astype(np.float32), scores[order].astype(np.float32), crops, turned)
 
 
 def detect_faces(frame: np.ndarray, spec: FeatureSpec, models_dir: Path | None = None) -> FrameFaces:
     """Every face in one ``[H, W, 3]`` uint8 RGB frame, largest first, at most ``face_max_faces``.
     ``models_dir`` (MTCNN's weights): default ``settings.models_dir``."""
     scanned = _scanned_copy(frame, spec)
+    turned = False
     if spec.face_detector == "mtcnn":
-        rects, scores = _scan_mtcnn(scanned, spec, models_dir)
+        rects, scores, turned = _scan_mtcnn(scanned, spec, models_dir)
     else:
         rects, weights = _scan(scanned, spec)
         scores = 1.0 / (1.0 + np.exp(-weights))
-    return _frame_faces(frame, scanned.shape, rects, scores, spec)
+    return _frame_faces(frame, scanned.shape, rects, scores, spec, turned)
 
 
 class FaceScanner:
     """The faces of one video's sampled frames, given in time order from one thread.
 
-    With ``spec.face_track_frames`` N > 1 (MTCNN), the N - 1 frames after a whole-frame scan that
-    found faces re-check those faces with O-Net alone (``MTCNN.recheck``), each from the boxes of
-    that scan, so re-checks do not drift; when every face is still there, they are the frame's
-    faces. Otherwise, and every N-th frame, the whole frame is scanned, so a face that comes into
-    view is missed for at most N - 1 sampled frames."""
+    With ``spec.face_scan_every`` N > 1 (MTCNN), the N - 1 frames after a whole-frame scan that
+    found upright faces re-check those faces with O-Net alone (``MTCNN.recheck``), each from the
+    boxes of that scan, so re-checks do not drift; when every box still holds a face, those are the
+    frame's faces. Otherwise the whole frame is scanned, and so is every N-th frame, a frame more
+    than ``RECHECK_MAX_SECONDS`` after the scan, and a frame after faces found only turned (the
+    upright O-Net would confirm them at the upright threshold): a face that comes into view is
+    missed for at most N - 1 sampled frames."""
 
     def __init__(self, spec: FeatureSpec, models_dir: Path | None = None):
         self.spec = spec
         self.models_dir = models_dir
-        self._scanned: FrameFaces | None = None  # the last whole-frame scan's faces
+        self._scanned: FrameFaces | None = None  # the last whole-frame scan's faces ...
+        self._scanned_at = -np.inf  # ... and its frame's time
         self._rechecked = 0
 
-    def scan(self, frame: np.ndarray) -> FrameFaces:
+    def scan(self, frame: np.ndarray, time: float) -> FrameFaces:
+        """The faces in ``frame``, shown at ``time`` seconds (frames come in time order)."""
         anchor = self._scanned
-        if anchor is not None and len(anchor) and self._rechecked < self.spec.face_track_frames - 1:
+        if (
+            anchor is not None
+            and len(anchor)
+            and not anchor.turned
+            and self._rechecked < self.spec.face_scan_every - 1
+            and time - self._scanned_at <= RECHECK_MAX_SECONDS
+        ):
             self._rechecked += 1
             faces = self._recheck(frame, anchor)
             if faces is not None:
                 return faces
-        self._scanned, self._rechecked = detect_faces(frame, self.spec, self.models_dir), 0
+        self._scanned = detect_faces(frame, self.spec, self.models_dir)
+        self._scanned_at, self._rechecked = time, 0
         return self._scanned
 
     def _recheck(self, frame: np.ndarray, anchor: FrameFaces) -> FrameFaces | None:
@@ -226,6 +247,8 @@ class FaceScanner:
         corners[:, 2:] += corners[:, :2]
         found = _mtcnn(self.models_dir).recheck(scanned, corners, self.spec.face_mtcnn_thresholds[2])
         rects, scores = _rects(found, width, height)
+        # Each anchor box yields at most one face (suppression merges overlapping ones), so as
+        # many faces as anchors means every face is still in its place.
         if len(rects) < len(anchor):
             return None
         return _frame_faces(frame, scanned.shape, rects, scores, self.spec)

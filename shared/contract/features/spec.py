@@ -26,7 +26,7 @@ MTCNN_ONLY = frozenset(
         "face_mtcnn_factor",
         "face_mtcnn_rotations",
         "face_mtcnn_rotated_threshold",
-        "face_track_frames",
+        "face_scan_every",
     }
 )
 # Left out of an MTCNN spec's hash while the rotated rescan is off (no angles).
@@ -42,8 +42,8 @@ class FeatureSpec(BaseModel):
     frame_size: int = Field(112, ge=16, le=512, description="S: frames are S x S RGB after crop")
     # Decode only the frames others are predicted from (H.264's and HEVC's reference frames): the
     # decoder skips non-reference B-frames, a third of x264's frames and about 40 % of its decode
-    # time; a target then takes a reference frame within half a frame interval, or the next one
-    # (shared.contract.features.frames.REFERENCE_GAP_FRAMES).
+    # time; a target then takes a reference frame within half a frame interval of it, or else the
+    # first one after it (docs/faces.md).
     frames_reference_only: bool = False
     # faces (shared.contract.features.faces): "none" keeps each sampled frame whole (short side to S, centre
     # crop); "haar" (OpenCV's cascade) or "mtcnn" (facenet-pytorch's MTCNN, run in numpy) finds faces
@@ -87,7 +87,7 @@ class FeatureSpec(BaseModel):
     # MTCNN: a sampled frame after one with faces re-checks those faces with O-Net alone, and the
     # whole frame is scanned at least every this many sampled frames (1: every frame is scanned).
     # A face that stays put costs one 48x48 patch instead of the pyramid (docs/faces.md).
-    face_track_frames: int = Field(
+    face_scan_every: int = Field(
         1, ge=1, le=64, description="MTCNN: sampled frames per whole-frame scan, the rest re-check faces"
     )
     # audio
@@ -152,8 +152,8 @@ class FeatureSpec(BaseModel):
     def _detector_options(self) -> FeatureSpec:
         if self.face_fallback and self.face_detector != "haar":
             raise ValueError("face_fallback rescans with Haar cascades: it needs face_detector = 'haar'")
-        if self.face_track_frames > 1 and self.face_detector != "mtcnn":
-            raise ValueError("face_track_frames re-checks faces with O-Net: it needs face_detector = 'mtcnn'")
+        if self.face_scan_every > 1 and self.face_detector != "mtcnn":
+            raise ValueError("face_scan_every re-checks faces with O-Net: it needs face_detector = 'mtcnn'")
         return self
 
     def canonical_json(self) -> str:
@@ -174,9 +174,9 @@ class FeatureSpec(BaseModel):
                 # MTCNN specs from before the rotated rescan keep their hashes.
                 for key in MTCNN_ROTATION:
                     values.pop(key, None)
-            if self.face_track_frames == 1:
+            if self.face_scan_every == 1:
                 # ... and those from before the re-check theirs.
-                values.pop("face_track_frames", None)
+                values.pop("face_scan_every", None)
             if not self.face_fallback:
                 del values["face_fallback"]
         return json.dumps(values, sort_keys=True, separators=(",", ":"))
