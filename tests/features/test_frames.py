@@ -124,19 +124,17 @@ def test_select_expression_is_a_search_tree():
     assert max_depth < 40
 
 
-@pytest.fixture(scope="module")
-def b_frame_clip(tmp_path_factory):
-    """The time-coded clip (10 fps) coded as I/P frames with runs of three B-frames that nothing
-    refers to, and the times of its reference (I and P) frames."""
+def b_frames_clip(directory, b_frames: int):
+    """The time-coded clip (10 fps) coded as I/P frames with runs of ``b_frames`` B-frames that
+    nothing refers to, and the times of its reference (I and P) frames."""
     from tests import mediagen
 
-    directory = tmp_path_factory.mktemp("b-frames")
     path = mediagen.make_clip(
-        directory / "b-frames.mp4",
+        directory / f"b-frames-{b_frames}.mp4",
         duration=4.0,
         audio=False,
         video_source="color=c=black:s=64x64:r=10,format=yuv420p,geq=lum='16+50*T':cb=128:cr=128",
-        extra=("-crf", "10", "-bf", "3", "-x264-params", "b-pyramid=none:b-adapt=0:scenecut=0"),
+        extra=("-crf", "10", "-bf", str(b_frames), "-x264-params", "b-pyramid=none:b-adapt=0:scenecut=0"),
     )
     listed = subprocess.run(
         ["ffprobe", "-v", "error", "-select_streams", "v", "-show_entries", "frame=pts_time,pict_type",
@@ -148,6 +146,15 @@ def b_frame_clip(tmp_path_factory):
     return path, sorted(float(time) for time, kind in frames if kind != "B")
 
 
+@pytest.fixture(scope="module")
+def b_frame_clip(tmp_path_factory):
+    return b_frames_clip(tmp_path_factory.mktemp("b-frames"), 3)
+
+
+def nearest_reference(times: np.ndarray, references: list[float]) -> np.ndarray:
+    return np.abs(times.astype(np.float64)[..., None] - np.array(references)).min(axis=-1)
+
+
 def test_reference_only_decodes_the_reference_frames(b_frame_clip, settings):
     path, references = b_frame_clip
     # the second utterance lies between two reference frames, inside a run of B-frames
@@ -156,7 +163,7 @@ def test_reference_only_decodes_the_reference_frames(b_frame_clip, settings):
     visual = extract_frames(path, probe(path, settings), utterances, spec, settings)
     assert visual.present.all()
     times = visual.frame_times.astype(np.float64)
-    assert (np.abs(times[..., None] - np.array(references)).min(axis=-1) < 1e-3).all(), times
+    assert (nearest_reference(times, references) < 1e-3).all(), times
     # each a reference frame within half an interval of its target or the next one after it (a run
     # of three B-frames: at most 0.4 s later)
     late = times - target_times(utterances, 4)
@@ -167,7 +174,19 @@ def test_reference_only_decodes_the_reference_frames(b_frame_clip, settings):
     # decoding every frame, the targets take the B-frames between
     every_frame = spec.model_copy(update={"frames_reference_only": False})
     every = extract_frames(path, probe(path, settings), utterances, every_frame, settings)
-    assert (np.abs(every.frame_times[..., None] - np.array(references)).min(axis=-1) > 0.05).any()
+    assert (nearest_reference(every.frame_times, references) > 0.05).any()
+
+
+def test_reference_only_gives_short_utterances_the_next_reference_frame(tmp_path, settings):
+    """Runs of 12 B-frames: reference frames 1.3 s apart, so these utterances hold none."""
+    path, references = b_frames_clip(tmp_path, 12)
+    utterances = [UtteranceMeta(0.1, 0.3), UtteranceMeta(0.8, 1.1), UtteranceMeta(2.9, 3.2)]
+    spec = FeatureSpec(frames_per_utterance=2, frame_size=16, frames_reference_only=True)
+    visual = extract_frames(path, probe(path, settings), utterances, spec, settings)
+    assert visual.present.all()
+    assert (nearest_reference(visual.frame_times, references) < 1e-3).all(), visual.frame_times
+    late = visual.frame_times - target_times(utterances, 2)
+    assert (late >= -0.05 - 1e-6).all() and (late <= 1.4).all(), late
 
 
 def test_reference_only_is_hashed_only_when_on():

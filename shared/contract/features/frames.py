@@ -40,11 +40,6 @@ from shared.settings import Settings, get_settings, models_dir
 
 # Marks a target with no usable frame in frame_times.
 NO_FRAME = -1.0
-# With ``frames_reference_only`` a target takes a reference frame within half a frame interval of
-# it or else the first one after it, which may lie outside a short utterance: up to this many frame
-# intervals away is accepted (x264's and x265's defaults of at most 3 and 4 B-frames in a row put the
-# next reference frame at most 4 and 5 intervals after any time).
-REFERENCE_GAP_FRAMES = 5.0
 _PTS_TIME = re.compile(rb"Parsed_showinfo.*? pts_time:\s*(-?[0-9.eE+-]+|nan)")
 _INSIDE_SLACK = 1e-3
 # Thumbnails: long side in pixels (never enlarged) and JPEG quality; about 10 kB each.
@@ -177,9 +172,6 @@ def extract_frames(
     # A frame "near" a target is within half a frame interval of it: about one candidate per target.
     fps = info.video.fps if info.video.fps >= 1 else 25.0
     half_width = 0.5 / fps
-    # How far outside its utterance a target's frame may lie: half a frame interval, or the gap
-    # skipped non-reference frames leave.
-    reach = REFERENCE_GAP_FRAMES / fps if spec.frames_reference_only else half_width
     order = np.argsort(targets.ravel(), kind="stable")
     sorted_times = targets.ravel()[order]
     best_distance = np.full(targets.size, np.inf)
@@ -201,7 +193,8 @@ def extract_frames(
     if spec.face_detector == "mtcnn":
         # Loaded before the decode starts: missing weights fail the analysis at once, with the fix.
         mtcnn(weights_dir)
-    detector = ThreadPoolExecutor(max_workers=1) if with_faces else None
+    # One worker: the scanner re-checks faces from frame to frame, so it takes them in order.
+    scans = ThreadPoolExecutor(max_workers=1) if with_faces else None
     scanner = FaceScanner(spec, weights_dir) if with_faces else None
     if with_faces:
         out_width, out_height = decode_size(info, spec)
@@ -223,15 +216,18 @@ def extract_frames(
             target = order[position]
             distance = abs(time - sorted_times[position])
             is_inside = starts[target] - _INSIDE_SLACK <= time <= ends[target] + _INSIDE_SLACK
-            if not is_inside and distance > reach:
+            # Decoding reference frames only, a target that has no frame yet takes the first one
+            # after it, however far: a short utterance inside a run of B-frames has none of its own.
+            first_reference = spec.frames_reference_only and flat_times[target] == NO_FRAME
+            if not is_inside and distance > half_width and not first_reference:
                 continue
             if (is_inside, -distance) > (inside[target], -best_distance[target]):
                 inside[target], best_distance[target] = is_inside, distance
                 flat_times[target] = time
                 if with_faces:
                     if time not in scanned:
-                        scanned[time] = detector.submit(scanner.scan, pixels)
-                        thumbnailed[time] = detector.submit(encode_thumbnail, pixels)
+                        scanned[time] = scans.submit(scanner.scan, pixels, time)
+                        thumbnailed[time] = scans.submit(encode_thumbnail, pixels)
                     target_faces[target] = scanned[time]
                     target_thumbnails[target] = thumbnailed[time]
                 else:
@@ -279,9 +275,9 @@ def extract_frames(
                 previous = time
                 received += 1
         finally:
-            if detector is not None:
+            if scans is not None:
                 # waits for the scans in flight (all of them are needed unless decoding failed)
-                detector.shutdown(cancel_futures=timed_out.is_set())
+                scans.shutdown(cancel_futures=timed_out.is_set())
             process.stdout.close()
             returncode = process.wait()
             watchdog.cancel()
