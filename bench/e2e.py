@@ -121,7 +121,7 @@ def without_faces(checkpoint: Path, directory: Path) -> Path:
     shutil.copytree(checkpoint, directory)
     document = json.loads((directory / "checkpoint.json").read_text())
     spec = FeatureSpec.model_validate(
-        document["feature_spec"] | {"face_detector": "none", "face_track_frames": 1}
+        document["feature_spec"] | {"face_detector": "none", "face_scan_every": 1}
     )
     document["feature_spec"], document["spec_hash"] = spec.model_dump(mode="json"), spec.hash
     (directory / "checkpoint.json").write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")

@@ -81,7 +81,7 @@ def default_specs() -> tuple[FeatureSpec, FeatureSpec]:
     document = read_checkpoint_document(get_settings().model_dir)
     faces = FeatureSpec.model_validate(document["feature_spec"])
     return FeatureSpec.model_validate(
-        document["feature_spec"] | {"face_detector": "none", "face_track_frames": 1}
+        document["feature_spec"] | {"face_detector": "none", "face_scan_every": 1}
     ), faces
 
 
