@@ -20,6 +20,11 @@ its limits:
   speech; a sentence's text alone always reads neutral.
 - ``meld_text`` and ``ravdess_audio``: one modality each (the existing sources), so every
   combination the service meets has rows.
+- faces (``face_examples``; visual, or visual + text, labelled by the face): FER2013 faces as the
+  pipeline crops them, alone, beside a MELD line labelled neutral (the words carry no emotion, so
+  the face is the evidence) or beside a MELD line of the face's own emotion (the two agree).
+  Limits: posed and web photographs of single faces, one frame each, never a face that moves
+  or talks; a MELD line and a FER2013 face never come from one person.
 
 Rows go through the same log-mel, speech gate and tokenizer code as served media (a row's audio
 is used only where the gate finds speech). Built rows are cached under
@@ -49,7 +54,8 @@ from shared.settings import Settings, get_settings
 
 log = get_logger(__name__)
 
-TEXT, AUDIO = MODALITIES.index("text"), MODALITIES.index("audio")
+TEXT, AUDIO, VISUAL = (MODALITIES.index(name) for name in ("text", "audio", "visual"))
+FACE_TEXTS = ("none", "neutral", "matching")
 # espeak-ng voices and variants (accents, male and female), rates (words per minute), pitches (0-99).
 VOICES = ("en-us", "en-gb", "en-gb-scotland", "en-029", "en-gb-x-rp", "en-us+f3", "en+f2", "en-us+m3")
 RATES = (130, 150, 170, 190)
@@ -277,3 +283,39 @@ def with_audio_states(
         sentiment=examples.sentiment,
         speech=examples.speech,
     )
+
+
+def face_examples(
+    split: str,
+    spec: FeatureSpec,
+    *,
+    text: str = "none",
+    count: int | None = None,
+    seed: int = 0,
+    settings: Settings | None = None,
+) -> ExampleSet:
+    """``count`` FER2013 faces of ``split`` (dev: PublicTest, test: PrivateTest; all when None),
+    drawn with ``seed``, as the visual branch receives them, labelled by the face. ``text``:
+    "none" (the face alone), "neutral" (beside a MELD line of the same split labelled neutral) or
+    "matching" (beside a MELD line labelled with the face's emotion)."""
+    from services.model.training.data.faces import as_frames, load_split_arrays
+    from services.model.training.data.meld import read_split
+
+    if text not in FACE_TEXTS:
+        raise ValueError(f"text must be one of {FACE_TEXTS}, not {text!r}")
+    settings = settings or get_settings()
+    rng = np.random.default_rng(seed)
+    faces, labels = load_split_arrays(split, settings)
+    picked = _sample(range(len(faces)), count, rng)
+    lines = [u for u in read_split(settings.meld_dir, split).utterances if u.text]
+    by_emotion = {k: [u.text for u in lines if u.emotion == k] for k in range(len(EMOTIONS))}
+    neutral = by_emotion[EMOTIONS.index("neutral")]
+    words = []
+    for index in picked:
+        pool = {"none": None, "neutral": neutral, "matching": by_emotion[int(labels[index])]}[text]
+        words.append(str(pool[rng.integers(len(pool))]) if pool else "")
+    rows = [JointRow(line, None, int(labels[index]), -1) for line, index in zip(words, picked, strict=True)]
+    examples = rows_to_examples(rows, spec)
+    examples.tensors["frames"] = torch.from_numpy(as_frames(faces[picked], spec.frame_size))
+    examples.modality_mask[:, VISUAL] = True
+    return examples

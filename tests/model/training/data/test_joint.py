@@ -51,3 +51,47 @@ def test_the_fusion_stage_reads_the_networks_own_fused_logits(tmp_path):
     torch.testing.assert_close(emotion, output.emotion_logits, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(sentiment, output.sentiment_logits, atol=1e-5, rtol=1e-4)
     assert torch.equal(used, output.modalities_used)
+
+
+def test_faces_alone_and_beside_neutral_or_matching_words():
+    """FER2013 PublicTest faces as the visual branch receives them, labelled by the face, beside
+    MELD dev lines (both real data sets; skipped with the reason where either is absent)."""
+    from services.model.training.data.faces import fer_available
+    from services.model.training.data.joint import face_examples
+    from services.model.training.data.meld import read_split
+    from shared.contract.bundle import UtteranceMeta
+    from shared.contract.features.text import tokenize_utterances
+    from shared.contract.labels import EMOTIONS
+    from shared.settings import get_settings
+
+    settings = get_settings()
+    if not fer_available() or not (settings.meld_dir / "dev_sent_emo.csv").is_file():
+        pytest.skip("FER2013 or MELD's CSVs are not here (research data, never in the repository)")
+    visual = MODALITIES.index("visual")
+    alone = face_examples("dev", TINY_SPEC, count=12, seed=3)
+    frames = alone.tensors["frames"]
+    assert frames.shape == (12, 1, 3, 32, 32) and frames.dtype == torch.uint8
+    assert alone.modality_mask.tolist() == [[False, False, True]] * 12
+    assert (alone.sentiment == -1).all() and alone.tensors["frames"].float().std() > 10
+    lines = read_split(settings.meld_dir, "dev").utterances
+    tokenized = {}
+    for emotion in set(alone.emotion.tolist()) | {EMOTIONS.index("neutral")}:
+        texts = sorted({u.text for u in lines if u.text and u.emotion == emotion})
+        tokens = tokenize_utterances([UtteranceMeta(0.0, 0.0, t) for t in texts], TINY_SPEC)
+        tokenized[emotion] = {
+            tuple(tokens["input_ids"][k, : int(tokens["attention_mask"][k].sum())].tolist())
+            for k in range(len(texts))
+        }
+    for text in ("neutral", "matching"):
+        examples = face_examples("dev", TINY_SPEC, text=text, count=12, seed=3)
+        # the same faces, with their labels, and words beside every one
+        assert torch.equal(examples.tensors["frames"], alone.tensors["frames"])
+        assert torch.equal(examples.emotion, alone.emotion)
+        assert examples.modality_mask[:, [TEXT, visual]].all() and not examples.modality_mask[:, AUDIO].any()
+        for row in range(12):
+            length = int(examples.tensors["attention_mask"][row].sum())
+            ids = examples.tensors["input_ids"][row, :length].tolist()
+            wanted = EMOTIONS.index("neutral") if text == "neutral" else int(examples.emotion[row])
+            assert tuple(ids) in tokenized[wanted], (text, row)
+    with pytest.raises(ValueError, match="text must be one of"):
+        face_examples("dev", TINY_SPEC, text="angry")
