@@ -4,7 +4,8 @@ The checkpoint's network stays frozen: every dev row's modality embeddings are c
 cached (``<data_dir>/cache/gate/``, beside the joint rows and speech states of
 ``services.model.training.calibration.joint_sets``), so fitting a gate takes seconds. The rows
 are calibration's dev sets (MELD dev text, spoken by espeak-ng, spoken under a bed, transcripts
-over a bed, RAVDESS actors 17-20 with their sentence and alone); the gate only ever sees the
+over a bed, RAVDESS actors 17-20 with their sentence and alone) and FER2013 PublicTest faces
+beside a MELD dev line labelled neutral or with the face's emotion; the gate only ever sees the
 rows where two or more modalities are used. Each candidate design (pooling, experts, the fused
 heads as one more expert, a hidden layer, the modalities' agreement and a projection of their
 embeddings as features, regularisation) is scored by two-fold cross-validation
@@ -41,6 +42,8 @@ LEARNING_RATE = 0.05
 # split's luck would pick among a hundred designs.
 REPEATS = 2
 ECE_WEIGHT = 0.25
+# FER2013 PublicTest faces per dev set of faces beside a MELD dev line (neutral; the face's emotion).
+FACE_DEV_ROWS = 300
 
 
 @dataclass(frozen=True)
@@ -374,6 +377,7 @@ def fit_checkpoint_gate(checkpoint_dir: Path, output_dir: Path, seed: int = 0) -
     from services.model.core.calibration import reset
     from services.model.core.checkpoint import load_checkpoint, read_checkpoint_document, save_checkpoint
     from services.model.training.calibration import DEV_SETS, joint_sets
+    from services.model.training.data.joint import face_examples
     from shared.settings import get_settings
 
     started = time.perf_counter()
@@ -384,6 +388,11 @@ def fit_checkpoint_gate(checkpoint_dir: Path, output_dir: Path, seed: int = 0) -
     model.fusion_gate = None
     reset(model)
     sets = joint_sets(model, loaded.spec, "dev", DEV_SETS, seed)
+    # Faces beside words: the visual expert's only dev rows with a second modality.
+    sets |= {
+        f"fer_faces_{text}_text": face_examples("dev", loaded.spec, text=text, count=FACE_DEV_ROWS, seed=seed)
+        for text in ("neutral", "matching")
+    }
     encoder = (model.config.audio_encoder or "inline").replace(":", "_").replace("/", "_")
     weights = read_checkpoint_document(checkpoint_dir)["weights"]["sha256"][:12]
     tag = f"dev-{seed}-{loaded.spec.hash}-{encoder}-{weights}"
