@@ -43,7 +43,7 @@ LEARNING_RATE = 0.05
 REPEATS = 2
 ECE_WEIGHT = 0.25
 # FER2013 PublicTest faces per dev set of faces beside a MELD dev line (neutral; the face's emotion).
-FACE_DEV_ROWS = 300
+FACE_DEV_ROWS = 1000
 
 
 @dataclass(frozen=True)
