@@ -14,8 +14,10 @@ from bench.multimodal import margin_interval, weighted_f1
 def test_weighted_f1_is_sklearns(rows: int) -> None:
     rng = np.random.default_rng(rows)
     targets = rng.integers(0, 7, rows)
-    # Some classes never predicted, some never true: the zero-division cases.
-    predicted = np.where(rng.random(rows) < 0.6, targets, rng.integers(0, 4, rows))
+    # Classes 4-6 are true but never predicted (their F1 is 0 by zero division); on the smallest set
+    # classes 5 and 6 are never true either.
+    targets = np.arange(rows) if rows == 5 else targets
+    predicted = np.minimum(np.where(rng.random(rows) < 0.6, targets, rng.integers(0, 7, rows)), 3)
     expected = f1_score(targets, predicted, average="weighted", zero_division=0)
     assert weighted_f1(targets, predicted, 7) == pytest.approx(expected, abs=1e-12)
 
@@ -57,3 +59,18 @@ def test_margin_interval_takes_the_worst_modality_on_its_own_rows() -> None:
     assert low == high == 0.0
     # No modality used anywhere: no margin to bound.
     assert margin_interval(targets, fused, {"text": (np.zeros(rows, dtype=bool), text)}) is None
+
+
+def test_margin_interval_scores_each_modality_on_its_own_rows_only() -> None:
+    rng = np.random.default_rng(2)
+    rows = 800
+    targets = rng.integers(0, 7, rows)
+    fused = _reading(targets, 0.6, rng)
+    half = np.arange(rows) < rows // 2
+    # Audio is used on the first half only: right there, wrong on the rows it never saw.
+    audio = np.where(half[:, None], np.eye(7)[targets] * 4.0, _reading(targets, 0.0, rng))
+    low, high = margin_interval(targets, fused, {"audio": (half, audio)})
+    on_its_rows = weighted_f1(targets[half], fused[half].argmax(-1), 7) - 1.0
+    everywhere = weighted_f1(targets, fused.argmax(-1), 7) - weighted_f1(targets, audio.argmax(-1), 7)
+    assert low < on_its_rows < high
+    assert not low < everywhere < high

@@ -121,10 +121,10 @@ def _set_report(collected: dict[str, np.ndarray], calibration: dict[str, Any]) -
 
 
 # The dev sets a calibration is fitted on (services.model.training.data.joint), with their row counts:
-# every combination of modalities the default serves has rows, and the Whisper pass over the
-# speech rows (about 1,800) takes a few minutes of two CPU cores (None: the whole split). A source
-# of a few hundred rows could not tell gate designs 0.01 apart: its weighted F1 moves by 0.03
-# between draws.
+# every combination of modalities the default serves has rows (None: the whole split). The Whisper
+# pass over the speech rows (about 1,800) is the cost, once: rows and states are cached. A source of
+# a few hundred rows could not tell gate designs 0.01 apart: its weighted F1 moves by 0.03 between
+# draws.
 DEV_SETS: dict[str, int | None] = {
     "meld_text": None,
     "meld_spoken": None,
