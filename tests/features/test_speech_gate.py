@@ -11,7 +11,7 @@ import pytest
 
 from shared.contract.features.pipeline import extract_features
 from shared.contract.features.spec import FeatureSpec
-from shared.contract.features.speech import AudioReason, speech_fraction
+from shared.contract.features.speech import AudioReason, speech_fraction, tonal_frames
 from shared.contract.labels import MODALITIES
 from tests.mediagen import spoken_clip
 
@@ -60,10 +60,15 @@ def test_espeak_speech_passes_the_gate(tmp_path):
         assert utterance.speech_fraction >= SPEC.min_speech_fraction
 
 
+# Tones refused only where they hold one pitch for 300 ms: the notes (500 ms each) still are.
+PITCH_STEADY = SPEC.model_copy(update={"tonal_min_run_frames": 10})
+
+
+@pytest.mark.parametrize("spec", [SPEC, PITCH_STEADY], ids=["every_tonal_frame", "pitch_steady_runs"])
 @pytest.mark.parametrize("name", sorted(SOURCES))
-def test_non_speech_is_masked_with_its_reason(tmp_path, name):
+def test_non_speech_is_masked_with_its_reason(tmp_path, name, spec):
     media = render(tmp_path, name, SOURCES[name])
-    bundle = extract_features(media, SPEC, [{"start": 0.2, "end": 2.8, "text": "That's great news!"}])
+    bundle = extract_features(media, spec, [{"start": 0.2, "end": 2.8, "text": "That's great news!"}])
     [utterance] = bundle.utterances
     assert not bundle.modality_mask[0, AUDIO]
     assert bundle.modality_mask[0, MODALITIES.index("text")]
@@ -88,6 +93,46 @@ def test_speech_in_a_fraction_of_the_span_is_too_little(tmp_path):
     fraction = speech_fraction(mixed, SPEC)
     assert 0.0 < fraction < SPEC.min_speech_fraction
     assert speech_fraction(samples, SPEC) >= SPEC.min_speech_fraction
+
+
+def test_espeak_speech_passes_with_pitch_steady_runs(tmp_path):
+    clip = spoken_clip(tmp_path)
+    bundle = extract_features(clip.video, PITCH_STEADY, clip.segments)
+    assert bundle.modality_mask[:, AUDIO].all()
+    fractions = [u.speech_fraction for u in extract_features(clip.video, SPEC, clip.segments).utterances]
+    # Never fewer voiced frames than when every tonal frame is refused.
+    assert all(u.speech_fraction >= f for u, f in zip(bundle.utterances, fractions, strict=True))
+
+
+def _tone(frequency_hz: np.ndarray) -> np.ndarray:
+    """A sine following ``frequency_hz`` (one value per sample) at half scale."""
+    return (0.5 * np.sin(2 * np.pi * np.cumsum(frequency_hz) / SPEC.sample_rate)).astype(np.float32)
+
+
+def test_a_gliding_tone_is_refused_only_frame_by_frame():
+    samples = int(0.9 * SPEC.sample_rate)  # 30 frames
+    steady = _tone(np.full(samples, 300.0))
+    # 200 -> 650 Hz: about half a 33 Hz bin per 30 ms frame, a voice's glide, more than the
+    # tolerance within every 10 frames.
+    gliding = _tone(np.linspace(200.0, 650.0, samples))
+    assert tonal_frames(steady, SPEC).all() and tonal_frames(steady, PITCH_STEADY).all()
+    assert tonal_frames(gliding, SPEC).all()
+    assert not tonal_frames(gliding, PITCH_STEADY).any()
+    # A steady stretch shorter than the run is not refused; as long as the run, it is (between
+    # pauses, which are not tonal).
+    pause = np.zeros(5 * 480, dtype=np.float32)
+    for frames, refused in ((9, False), (10, True)):
+        stretch = np.concatenate([pause, _tone(np.full(frames * 480, 300.0)), pause])
+        flags = tonal_frames(stretch, PITCH_STEADY)
+        assert not flags[:5].any() and not flags[5 + frames :].any()
+        assert flags[5 : 5 + frames].all() == refused
+        assert flags[5 : 5 + frames].any() == refused
+
+
+def test_pitch_steady_runs_change_the_hash_only_when_set():
+    assert "tonal_min_run_frames" not in SPEC.canonical_json()
+    assert FeatureSpec(tonal_min_run_frames=1).hash == FeatureSpec().hash
+    assert PITCH_STEADY.hash != SPEC.hash
 
 
 def test_the_gate_can_be_switched_off_in_the_spec(tmp_path):

@@ -106,6 +106,11 @@ class FeatureSpec(BaseModel):
     # strongest spectral bins hold more than this share of its energy is a tone, not a voice
     # (measured: speech 0.40, speech in noise 0.43, notes 0.76, a sine 1.00) ...
     max_tonal_share: float = Field(0.6, gt=0.0, le=1.0)
+    # ... but a sustained vowel is just as harmonic (calm and sad acted speech loses most of its
+    # frames to that test). Above 1, a tonal frame is refused only inside a run of at least this
+    # many tonal frames holding one pitch (its strongest bin within one bin of the run's first): a
+    # tone or a note holds its frequency, a voice glides (docs/audio.md). 1: every tonal frame.
+    tonal_min_run_frames: int = Field(1, ge=1, le=100)
     # ... and speech rises and falls with its syllables: a span whose frame levels spread (standard
     # deviation, dB) less than this is steady sound (speech 25 dB, in pink noise 11 dB, notes 2 dB).
     min_level_spread_db: float = Field(5.0, ge=0.0)
@@ -161,6 +166,9 @@ class FeatureSpec(BaseModel):
         if not self.frames_reference_only:
             # Specs from before reference-only decoding keep their hashes.
             del values["frames_reference_only"]
+        if self.tonal_min_run_frames == 1:
+            # ... and those from before pitch-steady tones, theirs.
+            del values["tonal_min_run_frames"]
         if self.face_detector == "none":
             # Without a detector the face settings shape nothing: a spec from before they existed
             # keeps its hash.

@@ -63,12 +63,44 @@ def detected_frames(samples: np.ndarray, spec: FeatureSpec, mode: int | None = N
 
 def tonal_frames(samples: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     """Per frame: its three strongest spectral bins hold more than ``spec.max_tonal_share`` of
-    its energy (a tone or a note, which WebRTC's detector calls speech)."""
+    its energy (a tone or a note, which WebRTC's detector calls speech) and, with
+    ``spec.tonal_min_run_frames`` above 1, it lies in a run of that many such frames holding one
+    pitch."""
     frames = _frames(samples, spec)
     if len(frames) == 0:
         return np.zeros(0, dtype=bool)
     power = np.abs(np.fft.rfft(frames * np.hanning(frames.shape[1]).astype(np.float32), axis=1)) ** 2 + 1e-12
-    return np.sort(power, axis=1)[:, -3:].sum(axis=1) / power.sum(axis=1) > spec.max_tonal_share
+    tonal = np.sort(power, axis=1)[:, -3:].sum(axis=1) / power.sum(axis=1) > spec.max_tonal_share
+    if spec.tonal_min_run_frames == 1:
+        return tonal
+    return _steady_runs(tonal, power.argmax(axis=1), spec.tonal_min_run_frames)
+
+
+# A run keeps its pitch while each frame's strongest bin stays this close to the run's first
+# (30 ms frames at 16 kHz: 33 Hz bins); a note's decay or a tone's vibrato moves it less.
+PITCH_TOLERANCE_BINS = 1
+
+
+def _steady_runs(tonal: np.ndarray, peaks: np.ndarray, min_run: int) -> np.ndarray:
+    """The tonal frames that belong to a run of at least ``min_run`` consecutive tonal frames
+    whose strongest bin stays within PITCH_TOLERANCE_BINS of the run's first frame's."""
+    steady = np.zeros(len(tonal), dtype=bool)
+    start = 0
+    while start < len(tonal):
+        if not tonal[start]:
+            start += 1
+            continue
+        end = start + 1
+        while (
+            end < len(tonal)
+            and tonal[end]
+            and abs(int(peaks[end]) - int(peaks[start])) <= PITCH_TOLERANCE_BINS
+        ):
+            end += 1
+        if end - start >= min_run:
+            steady[start:end] = True
+        start = end
+    return steady
 
 
 def voiced_frames(samples: np.ndarray, spec: FeatureSpec) -> np.ndarray:
