@@ -34,7 +34,8 @@ split pause, the two speaker distances, the nuisance dimensions) are chosen on a
 mixes (RAVDESS actors 13-24, EmoDB speakers 11-16, seeds 0+); ``--dev-only`` prints the dev choice
 without reading the test mixes, so the settings can take it before the one test run. The
 reference trim is an energy threshold (frames within 35 dB of the recording's peak), not the
-voice detector under test.
+voice detector under test. The speech gate is the default checkpoint's (its ``FeatureSpec``, the one
+the worker segments with), recorded with its hash in the results.
 
     nice -n 10 .venv/bin/python bench/diarization.py [--mixes 12] [--dev-mixes 8] [--dev-only]
 """
@@ -375,6 +376,13 @@ def objective(report: dict) -> float:
     )
 
 
+def serving_spec(model_dir: Path) -> FeatureSpec:
+    """The FeatureSpec of the checkpoint the product serves: the worker segments with its gate."""
+    from services.model.core.checkpoint import read_checkpoint_document
+
+    return FeatureSpec.model_validate(read_checkpoint_document(model_dir)["feature_spec"])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mixes", type=int, default=12, help="test mixes per corpus and speaker count")
@@ -384,7 +392,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     settings = get_settings()
-    spec = FeatureSpec()
+    spec = serving_spec(settings.model_dir)
     clips = Clips(spec)
     started = time.time()
     # Before any clustering reads the file.
@@ -463,6 +471,7 @@ def main() -> int:
                 for k, v in SPLITS.items()
             },
             "dev_mixes_per_cell": args.dev_mixes,
+            "feature_spec_hash": spec.hash,
             "test_mixes_per_cell": args.mixes,
         },
         "chosen_on_dev": {
