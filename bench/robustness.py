@@ -38,6 +38,22 @@ NOTES = (
     "aevalsrc=0.25*sin(2*PI*(262+131*mod(floor(t*2)\\,3))*t)*exp(-2*mod(t\\,0.5))"
     f"+0.12*sin(4*PI*(262+131*mod(floor(t*2)\\,3))*t)*exp(-3*mod(t\\,0.5))+0.1*sin(2*PI*131*t):d={SECONDS}:s=16000"
 )
+# Music with the rise and fall of played notes (the notes above keep one level): a staccato melody at
+# three loudnesses, struck triads, a drum pattern with accents, and the three together.
+_PITCH = "262*pow(2\\,mod(floor(t*4)*7\\,12)/12)"
+_STACCATO = (
+    f"(0.5+0.25*mod(floor(t*4)\\,3))*lt(mod(t\\,0.25)\\,0.2)*exp(-6*mod(t\\,0.25))"
+    f"*(sin(2*PI*{_PITCH}*t)+0.4*sin(4*PI*{_PITCH}*t)+0.2*sin(6*PI*{_PITCH}*t))"
+)
+_ROOT = "220*pow(2\\,mod(floor(t*2)*5\\,12)/12)"
+_CHORDS = f"exp(-6*mod(t\\,0.5))*(sin(2*PI*{_ROOT}*t)+sin(2*PI*{_ROOT}*1.26*t)+sin(2*PI*{_ROOT}*1.498*t))"
+_DRUMS = "(1-0.5*mod(floor(t*4)\\,2))*(2*random(0)-1)*exp(-25*mod(t\\,0.25))"
+MUSIC = {
+    "staccato": f"aevalsrc=0.2*{_STACCATO}:d={SECONDS}:s=16000",
+    "chords": f"aevalsrc=0.12*{_CHORDS}:d={SECONDS}:s=16000",
+    "drums": f"aevalsrc=0.4*{_DRUMS}:d={SECONDS}:s=16000",
+    "band": f"aevalsrc=0.1*{_STACCATO}+0.04*{_CHORDS}+0.4*{_DRUMS}:d={SECONDS}:s=16000",
+}
 LINES = (
     "That's great news!",
     "I am so angry right now.",
@@ -61,6 +77,7 @@ def non_speech_sources() -> dict[str, str]:
     sources["tone_440Hz"] = f"sine=frequency=440:duration={SECONDS}"
     sources["tone_440Hz_-30dBFS"] = f"sine=frequency=440:duration={SECONDS},volume=-30dB"
     sources["notes"] = NOTES
+    sources |= {f"music_{name}": source for name, source in MUSIC.items()}
     sources["silence"] = f"anullsrc=r=16000:cl=mono:d={SECONDS}"
     return sources
 

@@ -27,8 +27,9 @@ from shared.contract.features.segmentation import (
     speech_regions,
     speech_utterances,
 )
+from shared.contract.features.silero import SpeechDetectorMissing, silero_vad
 from shared.contract.features.spec import FeatureSpec
-from shared.settings import Settings
+from shared.settings import Settings, models_dir
 
 SPEC = FeatureSpec()
 RATE = SPEC.sample_rate
@@ -116,9 +117,16 @@ def talk(tmp_path_factory):
     return audio, lines, write_wav(directory / "talk.wav", audio)
 
 
-def test_speech_regions_follow_the_lines_and_skip_silence_and_music(talk, params):
+@pytest.mark.parametrize("detector", ["webrtc", "silero"])
+def test_speech_regions_follow_the_lines_and_skip_silence_and_music(talk, params, detector):
     audio, lines, _ = talk
-    regions = speech_regions(audio, SPEC, params)
+    spec = SPEC.model_copy(update={"speech_detector": detector})
+    if detector == "silero":
+        try:
+            silero_vad(models_dir(Settings(_env_file=None)))
+        except SpeechDetectorMissing as exc:
+            pytest.skip(f"{exc}")
+    regions = speech_regions(audio, spec, params)
     music = (lines[1].end + 0.7, lines[1].end + 2.7)
     for start, end in regions:
         assert start >= 1.4, "nothing in the leading silence"
@@ -268,3 +276,25 @@ def test_voices_apart_only_along_the_emotion_directions_are_one_speaker(params):
     apart = cluster_voices(prints, durations, replace(params, speaker_nuisance_dims=0))
     assert apart[:5].tolist() == [apart[0]] * 5 and apart[5:].tolist() == [apart[5]] * 5
     assert apart[0] != apart[5]
+
+
+def test_drums_between_lines_are_no_utterance_with_silero_as_the_gate(tmp_path, params):
+    try:
+        silero_vad(models_dir(Settings(_env_file=None)))
+    except SpeechDetectorMissing as exc:
+        pytest.skip(f"{exc}")
+    from services.model.training.data.joint import bed
+
+    first, second = speak(LINES[0][1], LOW, tmp_path), speak(LINES[1][1], HIGH, tmp_path)
+    drums = 0.05 * bed("drums", 2 * RATE, RATE, np.random.default_rng(0))
+    pause = np.zeros(int(0.7 * RATE), np.float32)
+    audio = np.concatenate([pause, first, pause, drums, pause, second, pause])
+    start = (len(pause) * 2 + len(first)) / RATE
+    span = (start + 0.1, start + 1.9)
+
+    def in_drums(spec):
+        return [(s, e) for s, e in speech_regions(audio, spec, params) if e > span[0] and s < span[1]]
+
+    # WebRTC's detector with its tonal and level tests takes the drums for speech; Silero does not.
+    assert in_drums(SPEC)
+    assert not in_drums(SPEC.model_copy(update={"speech_detector": "silero"}))

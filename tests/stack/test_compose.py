@@ -336,7 +336,7 @@ def run_with_image_packages(
 def test_worker_imports_and_featurises_without_torch(tmp_path):
     """The worker module imports, and the feature pipeline runs on a real clip, with exactly the
     preprocess image's packages (torch and everything else absent); without a transcript too,
-    which needs the voice encoder `make models` installs."""
+    which needs the voice encoder `make models` installs, and with Silero VAD as the speech gate."""
     from shared.contract.features.voice import VoiceEncoderMissing, voice_encoder
 
     try:
@@ -362,6 +362,13 @@ installed = Settings(models_dir=__import__('pathlib').Path({str(models_dir())!r}
 found = extract_features(clip.video, FeatureSpec(), settings=installed)
 assert found.media["segmentation"] == "speech" and found.media["speakers"] == "voices", found.media
 assert all(u.speaker for u in found.utterances), found.utterances
+# Silero VAD (the default checkpoint's speech gate) through onnxruntime, from the installed folder
+import os
+os.environ["MOODREEL_MODELS_DIR"] = {str(models_dir())!r}
+from shared.settings import get_settings
+get_settings.cache_clear()
+gated = extract_features(clip.video, FeatureSpec(speech_detector="silero"), clip.transcript.read_text())
+assert gated.modality_mask.all() and all(u.speech_fraction >= 0.2 for u in gated.utterances), gated.utterances
 # the face detector (OpenCV's cascade) runs in the worker too; the clip shows no face
 spec = FeatureSpec(face_detector="haar", frames_per_utterance=2, frame_size=48)
 faces = extract_features(clip.video, spec, clip.transcript.read_text())

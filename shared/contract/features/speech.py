@@ -1,10 +1,14 @@
 """The speech gate: audio counts for an utterance only where someone speaks in its span.
 
 Music, tones, noise and room tone carry no vocal emotion, yet an audio encoder scores them like
-speech. Each utterance's span goes through WebRTC's voice activity detector (``webrtcvad``, a
-small C library: no torch, no model weights) in frames of ``spec.vad_frame_ms``; the fraction of
-voiced frames decides. An utterance whose audio is masked says why (``AudioReason``), and the
-result reports it.
+speech. Each utterance's span goes through a voice activity detector, frame by frame, and the
+fraction of voiced frames decides (``spec.min_speech_fraction``). ``spec.speech_detector`` picks it:
+``"silero"``, Silero VAD (``shared.contract.features.silero``, 32 ms chunks, a chunk is speech above
+``spec.silero_threshold``), or ``"webrtc"``, WebRTC's detector (``webrtcvad``, a small C library,
+frames of ``spec.vad_frame_ms``), which takes tones, notes and steady noise for speech and so is
+paired with two tests of its own: tonal frames are refused and a span whose level stays steady
+has no speech. An utterance whose audio is masked says why (``AudioReason``), and the result
+reports it.
 """
 
 from __future__ import annotations
@@ -40,8 +44,21 @@ class SpeechGate:
         return self.reason is None
 
 
+def frame_samples(spec: FeatureSpec) -> int:
+    """Samples per detector frame: Silero's chunk, or ``spec.vad_frame_ms`` for WebRTC."""
+    if spec.speech_detector == "silero":
+        from shared.contract.features.silero import CHUNK_SAMPLES
+
+        return CHUNK_SAMPLES[spec.sample_rate]
+    return spec.sample_rate * spec.vad_frame_ms // 1000
+
+
+def frame_seconds(spec: FeatureSpec) -> float:
+    return frame_samples(spec) / spec.sample_rate
+
+
 def frame_levels_db(samples: np.ndarray, spec: FeatureSpec) -> np.ndarray:
-    """Level (dB) of each ``spec.vad_frame_ms`` frame of ``samples``."""
+    """Level (dB) of each detector frame of ``samples``."""
     frames = _frames(samples, spec)
     return 10.0 * np.log10(np.mean(frames.astype(np.float64) ** 2, axis=1) + 1e-10)
 
@@ -52,8 +69,12 @@ def is_steady(levels_db: np.ndarray, spec: FeatureSpec) -> bool:
 
 
 def detected_frames(samples: np.ndarray, spec: FeatureSpec, mode: int | None = None) -> np.ndarray:
-    """Per ``spec.vad_frame_ms`` frame: WebRTC's detector (mode ``spec.vad_mode`` unless ``mode``
-    is given) says speech."""
+    """Per detector frame: the detector says speech (Silero: the chunk's probability is over
+    ``spec.silero_threshold``; WebRTC: in mode ``spec.vad_mode``, or ``mode`` when given)."""
+    if spec.speech_detector == "silero":
+        from shared.contract.features.silero import silero_vad
+
+        return silero_vad().probabilities(samples, spec.sample_rate) > spec.silero_threshold
     import webrtcvad
 
     pcm = (_frames(samples, spec) * 32767.0).astype("<i2")
@@ -104,7 +125,9 @@ def _steady_runs(tonal: np.ndarray, peaks: np.ndarray, min_run: int) -> np.ndarr
 
 
 def voiced_frames(samples: np.ndarray, spec: FeatureSpec) -> np.ndarray:
-    """Per frame: WebRTC's detector says speech and the frame is not tonal."""
+    """Per frame: the detector says speech (and, with WebRTC's, the frame is not tonal)."""
+    if spec.speech_detector == "silero":
+        return detected_frames(samples, spec)
     return detected_frames(samples, spec) & ~tonal_frames(samples, spec)
 
 
@@ -117,17 +140,17 @@ def is_speech(samples: np.ndarray, spec: FeatureSpec) -> bool:
 def _frames(samples: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     if spec.sample_rate not in VAD_SAMPLE_RATES:
         raise ValueError(f"the speech gate needs a sample rate in {VAD_SAMPLE_RATES}, not {spec.sample_rate}")
-    size = spec.sample_rate * spec.vad_frame_ms // 1000
+    size = frame_samples(spec)
     count = len(samples) // size
     return np.clip(np.asarray(samples[: count * size], dtype=np.float32), -1.0, 1.0).reshape(count, size)
 
 
 def speech_fraction(samples: np.ndarray, spec: FeatureSpec) -> float:
-    """Fraction of ``spec.vad_frame_ms`` frames that are speech (``voiced_frames``); 0 for a span
-    whose level stays steady (``spec.min_level_spread_db``)."""
+    """Fraction of detector frames that are speech (``voiced_frames``); with WebRTC's detector, 0
+    for a span whose level stays steady (``spec.min_level_spread_db``)."""
     if len(_frames(samples, spec)) == 0:
         return 0.0
-    if is_steady(frame_levels_db(samples, spec), spec):
+    if spec.speech_detector == "webrtc" and is_steady(frame_levels_db(samples, spec), spec):
         return 0.0
     voiced = voiced_frames(samples, spec)
     return float(voiced.sum()) / len(voiced)

@@ -11,7 +11,8 @@ its limits:
   with its words.
 - ``meld_spoken_bed``: the same under a noise or music bed at 5-15 dB SNR (speech in a room).
 - ``meld_bed`` (text + non-speech audio, labelled by the text): the transcript over pink or white
-  noise, music-like notes or a tone and no voice at all. The speech gate masks most such audio
+  noise, notes at one level, a tone, or music that rises and falls (a staccato melody, struck
+  chords, drums) and no voice at all. The speech gate masks most such audio
   (``no_speech``); where it lets some through, the fusion must keep the text's label. Limits:
   generated beds, not a laughter track or a real room.
 - ``ravdess_sentence`` (text + audio, labelled by the voice): a RAVDESS clip with its own sentence
@@ -60,7 +61,7 @@ FACE_TEXTS = ("none", "neutral", "matching")
 VOICES = ("en-us", "en-gb", "en-gb-scotland", "en-029", "en-gb-x-rp", "en-us+f3", "en+f2", "en-us+m3")
 RATES = (130, 150, 170, 190)
 PITCHES = (30, 45, 60, 75)
-BEDS = ("pink", "white", "notes", "tone")
+BEDS = ("pink", "white", "notes", "tone", "staccato", "chords", "drums")
 SOURCES = ("meld_spoken", "meld_spoken_bed", "meld_bed", "ravdess_sentence", "meld_text", "ravdess_audio")
 BED_SECONDS = 3.0
 
@@ -103,7 +104,9 @@ def synthesize(text: str, voice: Voice, sample_rate: int) -> np.ndarray:
 
 def bed(kind: str, samples: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
     """A non-speech sound: ``pink`` or ``white`` noise, ``notes`` (a decaying three-note figure
-    with harmonics) or a 440 Hz ``tone``, at unit RMS."""
+    with harmonics, one level), a 440 Hz ``tone``, or music that rises and falls like played
+    notes: a ``staccato`` melody at three loudnesses, struck triads (``chords``), a ``drums``
+    pattern with accents; at unit RMS."""
     seconds = np.arange(samples) / sample_rate
     if kind == "white":
         sound = rng.standard_normal(samples)
@@ -117,6 +120,25 @@ def bed(kind: str, samples: int, sample_rate: int, rng: np.random.Generator) -> 
         sound = (np.sin(2 * np.pi * pitch * seconds) + 0.5 * np.sin(4 * np.pi * pitch * seconds)) * decay
     elif kind == "tone":
         sound = np.sin(2 * np.pi * 440 * seconds)
+    elif kind == "staccato":
+        beat = seconds % 0.25
+        pitch = 262 * 2 ** ((np.floor(seconds * 4) * 7 % 12) / 12)
+        phase = 2 * np.pi * pitch * seconds
+        loudness = 0.5 + 0.25 * (np.floor(seconds * 4) % 3)
+        sound = (
+            loudness
+            * (beat < 0.2)
+            * np.exp(-6 * beat)
+            * (np.sin(phase) + 0.4 * np.sin(2 * phase) + 0.2 * np.sin(3 * phase))
+        )
+    elif kind == "chords":
+        root = 220 * 2 ** ((np.floor(seconds * 2) * 5 % 12) / 12)
+        sound = np.exp(-6 * (seconds % 0.5)) * sum(
+            np.sin(2 * np.pi * root * ratio * seconds) for ratio in (1.0, 1.26, 1.498)
+        )
+    elif kind == "drums":
+        accent = 1 - 0.5 * (np.floor(seconds * 4) % 2)
+        sound = accent * rng.uniform(-1, 1, samples) * np.exp(-25 * (seconds % 0.25))
     else:
         raise ValueError(f"unknown bed {kind!r} (one of {', '.join(BEDS)})")
     return (sound / max(float(np.sqrt(np.mean(sound**2))), 1e-9)).astype(np.float32)
