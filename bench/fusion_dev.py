@@ -1,4 +1,4 @@
-"""Two questions about the default's fusion, answered on dev rows only (no test split is read):
+"""Three questions about the default's fusion, answered on dev rows only (no test split is read):
 
 1. **Rows with one modality**: the fusion gate leaves them to the fused heads. Would each
    modality's own head read them better? Emotion and sentiment weighted F1 of both on MELD dev
@@ -7,6 +7,9 @@
    what ``moodreel calibrate`` fits and stores) lower ECE? Fitted on calibration's ``DEV_SETS`` and
    the gate's face sets plus faces alone; each dev set's ECE before and after (in-sample, which
    flatters the temperatures).
+3. **Each dev set as the multimodal bench scores its test sets** (``multimodal.score_set``): fused
+   weighted F1, its margin over the best single modality on the same rows, and ECE, so two
+   fusion gates (say the default's and a refit, ``--checkpoint``) are compared on the same rows.
 
     .venv/bin/python bench/fusion_dev.py [--checkpoint DIR] [--out FILE]
 """
@@ -20,6 +23,9 @@ import time
 from pathlib import Path
 
 import torch
+
+# The multimodal bench's per-set scoring (this folder is on the path of a bench run).
+from multimodal import score_set
 from sklearn.metrics import f1_score
 
 from services.model.core.checkpoint import load_checkpoint
@@ -72,6 +78,16 @@ def main() -> None:
     single = {
         name: single_modality_rows(loaded.model, sets[name], modality) for name, modality in SINGLE.items()
     }
+    scored = {}
+    for name, examples in sets.items():
+        scores = score_set(loaded.model, examples)
+        scored[name] = {
+            "rows": scores["rows"],
+            "fused_weighted_f1": scores["fused"]["weighted_f1"],
+            "fused_minus_best_single_weighted_f1": scores["fused_minus_best_single_weighted_f1"],
+            "ece": scores["ece"],
+            "rows_with_audio": scores["single"].get("audio", {}).get("alone", {}).get("rows", 0),
+        }
     # fit() resets the network's temperatures first and only returns what it fitted: the
     # checkpoint on disk is untouched.
     calibration = fit(loaded.model, sets)
@@ -82,6 +98,7 @@ def main() -> None:
         "split": "dev",
         "sets": {name: len(examples) for name, examples in sets.items()},
         "single_modality_rows": single,
+        "per_set": scored,
         "calibration": {
             "temperatures": {"fused": calibration["fused"], "modality": calibration["modality"]},
             "ece_per_set": calibration["dev_sets"],
