@@ -13,6 +13,8 @@ from services.platform.analyses.service import UrlRejected
 from services.platform.usage.quota import QuotaExceeded
 from shared.contract.bundle import BundleError
 from shared.contract.features.media import MediaError
+from shared.contract.features.mtcnn import MTCNNMissing
+from shared.contract.features.silero import SpeechDetectorMissing
 from shared.contract.features.transcripts import TranscriptError
 from shared.contract.model_client import ModelRequestRejected, ModelServiceError, ModelUnavailable
 from shared.errors import CodedError
@@ -77,6 +79,18 @@ def test_the_class_code_stays_when_an_instance_names_none():
             JobFailed,
             "model_error",
             "the model service refused the request: nope",
+        ),
+        (
+            SpeechDetectorMissing("run `make models`"),
+            JobFailed,
+            "models_missing",
+            "the worker lacks a model the checkpoint needs: run `make models`",
+        ),
+        (
+            MTCNNMissing("run `make models`"),
+            JobFailed,
+            "models_missing",
+            "the worker lacks a model the checkpoint needs: run `make models`",
         ),
     ],
 )

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from services.model.training.data.joint import bed
 from shared.contract.features.pipeline import extract_features
+from shared.contract.features.segmentation import SegmentationParams, speech_regions
 from shared.contract.features.silero import SileroVad, SpeechDetectorMissing, silero_vad
 from shared.contract.features.spec import FeatureSpec
 from shared.contract.features.speech import AudioReason, frame_seconds, speech_fraction
@@ -33,6 +34,11 @@ def detector() -> SileroVad:
         return silero_vad(models_dir(Settings(_env_file=None)))
     except SpeechDetectorMissing as exc:
         pytest.skip(f"{exc}")
+
+
+@pytest.fixture
+def params() -> SegmentationParams:
+    return SegmentationParams.from_settings(Settings(_env_file=None))
 
 
 def music(kind: str, seconds: float = 3.0, level_db: float = -25.0) -> np.ndarray:
@@ -140,3 +146,39 @@ def test_the_spec_rules():
     # Specs from before Silero keep their hashes.
     assert "speech_detector" not in WEBRTC.canonical_json()
     assert FeatureSpec().hash == "f6ca285a22a4a9bf"
+
+
+def test_a_missing_detector_fails_before_any_decoding(tmp_path, monkeypatch):
+    import shared.contract.features.pipeline as pipeline
+
+    clip = spoken_clip(tmp_path)
+
+    def decoded(*args, **kwargs):
+        raise AssertionError("decoded before the detector was loaded")
+
+    monkeypatch.setattr(pipeline, "load_audio", decoded)
+    monkeypatch.setattr(pipeline, "extract_frames", decoded)
+    empty = Settings(_env_file=None, models_dir=tmp_path / "no-models")
+    for transcript in (clip.segments, None):
+        with pytest.raises(SpeechDetectorMissing, match="make models"):
+            extract_features(clip.video, SILERO, transcript, settings=empty)
+    # The settings' folder is the one read: the installed detector there, none elsewhere.
+    assert isinstance(silero_vad(models_dir(Settings(_env_file=None))), SileroVad)
+
+
+def test_regions_late_in_a_long_recording_are_judged_at_their_own_time(detector, tmp_path, params):
+    """WebRTC's 30 ms frames map to Silero's 32 ms chunks by their samples: a region a minute in
+    is read where it is, music there is still refused."""
+    rate = SILERO.sample_rate
+    voice = speech(tmp_path)
+    recording = np.random.default_rng(1).normal(0, 1e-4, 70 * rate).astype(np.float32)
+    recording[60 * rate : 60 * rate + len(voice)] += voice
+    recording[30 * rate : 33 * rate] += music("drums")
+    spec = FeatureSpec(speech_detector="silero")
+    regions = speech_regions(recording, spec, params)
+    voiced = (60.0, 60.0 + len(voice) / rate)
+    assert regions and all(voiced[0] - 0.5 <= s and e <= voiced[1] + 1.0 for s, e in regions), regions
+    covered = sum(min(e, voiced[1]) - max(s, voiced[0]) for s, e in regions)
+    assert covered >= 0.8 * (voiced[1] - voiced[0])
+    # WebRTC's gate keeps the drums as a region.
+    assert any(s < 33.0 and e > 30.0 for s, e in speech_regions(recording, FeatureSpec(), params))

@@ -363,11 +363,8 @@ found = extract_features(clip.video, FeatureSpec(), settings=installed)
 assert found.media["segmentation"] == "speech" and found.media["speakers"] == "voices", found.media
 assert all(u.speaker for u in found.utterances), found.utterances
 # Silero VAD (the default checkpoint's speech gate) through onnxruntime, from the installed folder
-import os
-os.environ["MOODREEL_MODELS_DIR"] = {str(models_dir())!r}
-from shared.settings import get_settings
-get_settings.cache_clear()
-gated = extract_features(clip.video, FeatureSpec(speech_detector="silero"), clip.transcript.read_text())
+silero = FeatureSpec(speech_detector="silero")
+gated = extract_features(clip.video, silero, clip.transcript.read_text(), settings=installed)
 assert gated.modality_mask.all() and all(u.speech_fraction >= 0.2 for u in gated.utterances), gated.utterances
 # the face detector (OpenCV's cascade) runs in the worker too; the clip shows no face
 spec = FeatureSpec(face_detector="haar", frames_per_utterance=2, frame_size=48)

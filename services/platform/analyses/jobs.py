@@ -39,6 +39,7 @@ from services.platform.usage import quota
 from services.platform.webhooks import repository as webhook_repository
 from services.platform.webhooks.jobs import enqueue_delivery
 from shared.contract.bundle import FeatureBundle
+from shared.contract.features.installed import ModelMissing
 from shared.contract.features.language import detect_language
 from shared.contract.features.media import MediaError, probe
 from shared.contract.features.pipeline import extract_features
@@ -96,6 +97,8 @@ def classify(exc: BaseException) -> JobFailed | TransientJobError | None:
         return exc
     if isinstance(exc, FetchError | MediaError | TranscriptError | quota.QuotaExceeded):
         return (TransientJobError if exc.transient else JobFailed)(exc.code, exc.message)
+    if isinstance(exc, ModelMissing):
+        return JobFailed("models_missing", f"the worker lacks a model the checkpoint needs: {exc}")
     if isinstance(exc, ModelUnavailable):
         return TransientJobError("model_unavailable", exc.message)
     if isinstance(exc, ModelServiceError):

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from shared.contract.features.installed import ModelMissing
+
 MODEL_NAME = "mtcnn"
 WEIGHTS_FILE = "mtcnn.safetensors"
 # facenet-pytorch's normalisation of 0..255 pixels: (x - 127.5) / 128.
@@ -38,7 +40,7 @@ PNET_CELL, PNET_STRIDE = 12, 2
 NMS_SCALE, NMS_PYRAMID, NMS_RNET, NMS_ONET = 0.5, 0.7, 0.7, 0.7
 
 
-class MTCNNMissing(FileNotFoundError):
+class MTCNNMissing(ModelMissing):
     """The MTCNN weights are not installed."""
 
 

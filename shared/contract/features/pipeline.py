@@ -20,6 +20,7 @@ from shared.contract.features.audio import load_audio, utterance_log_mels
 from shared.contract.features.frames import extract_frames
 from shared.contract.features.media import MediaError, probe
 from shared.contract.features.segmentation import SegmentationParams, assign_speakers, speech_utterances
+from shared.contract.features.silero import silero_vad
 from shared.contract.features.spec import FeatureSpec
 from shared.contract.features.speech import gate_utterances
 from shared.contract.features.text import token_arrays
@@ -69,6 +70,10 @@ def extract_features(
     media_path = Path(media_path)
     info = probe(media_path, settings)
     params = SegmentationParams.from_settings(settings)
+    weights_dir = models_dir(settings)
+    if info.audio and spec.speech_gate and spec.speech_detector == "silero":
+        # Loaded before any decoding: a missing detector fails the analysis at once, with the fix.
+        silero_vad(weights_dir)
 
     clamped: list[str] = []
     waveform: np.ndarray | None = None
@@ -79,7 +84,7 @@ def extract_features(
         if segmentation == "speech" and info.audio:
             waveform = load_audio(media_path, spec, settings)
             encoder = _encoder(settings)
-            utterances = speech_utterances(waveform, spec, params, encoder, speakers)
+            utterances = speech_utterances(waveform, spec, params, encoder, speakers, weights_dir)
             used = "speech" if utterances else "windows"
             speaker_source = "voices" if utterances and encoder is not None else None
         if not utterances:
@@ -102,7 +107,7 @@ def extract_features(
         if audio is None and info.audio:
             audio = load_audio(media_path, spec, settings)
         log_mel, audio_mask = utterance_log_mels(audio, utterances, spec)
-        gates = gate_utterances(audio, utterances, audio_mask.any(axis=1), spec)
+        gates = gate_utterances(audio, utterances, audio_mask.any(axis=1), spec, weights_dir)
         named = utterances
         if used == "transcript" and audio is not None and not all(u.speaker for u in utterances):
             encoder = _encoder(settings)

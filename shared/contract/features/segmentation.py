@@ -27,12 +27,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
 from shared.contract.bundle import UtteranceMeta
 from shared.contract.features.spec import FeatureSpec
-from shared.contract.features.speech import detected_frames, frame_levels_db, frame_seconds, is_speech
+from shared.contract.features.speech import (
+    detected_frames,
+    frame_levels_db,
+    frame_samples,
+    frame_seconds,
+    is_speech,
+)
 from shared.contract.features.voice import VoiceEncoder, remove_nuisance
 from shared.logging import get_logger
 
@@ -80,9 +87,10 @@ class SegmentationParams:
 
 
 def speech_regions(
-    waveform: np.ndarray, spec: FeatureSpec, params: SegmentationParams
+    waveform: np.ndarray, spec: FeatureSpec, params: SegmentationParams, models_dir: Path | None = None
 ) -> list[tuple[float, float]]:
-    """``(start, end)`` seconds of each speech region, in time order."""
+    """``(start, end)`` seconds of each speech region, in time order (``models_dir``: where Silero
+    is installed, default the settings')."""
     # WebRTC's detector proposes the regions and grows their edges, whichever detector the gate
     # uses: its 30 ms frames follow onsets and pauses closely, where Silero (an LSTM over 32 ms
     # chunks) lags a chunk or two at each end (on the diarization bench's dev mixes its own regions
@@ -103,13 +111,14 @@ def speech_regions(
             joined.append([start, end])
     rate = spec.sample_rate
     if spec.speech_detector == "silero":
-        # One pass over the whole recording, its state carried across the regions: a region judged
-        # alone would lose its first syllable to the network's ramp-up from silence.
-        speech = detected_frames(waveform, spec)
-        chunk = frame_seconds(spec)
+        # One pass over the whole recording, its state carried across the regions (cheaper than a
+        # pass per region, and the network hears each region's lead-in); proposer frames map to
+        # detector chunks by their samples.
+        speech = detected_frames(waveform, spec, models_dir=models_dir)
+        proposed, chunk = frame_samples(proposer), frame_samples(spec)
         kept = []
         for start, end in joined:
-            inside = speech[int(start * frame / chunk) : int(np.ceil(end * frame / chunk))]
+            inside = speech[start * proposed // chunk : -(-end * proposed // chunk)]
             kept.append(bool(inside.any()) and float(inside.mean()) >= spec.min_speech_fraction)
     else:
         kept = [
@@ -233,10 +242,11 @@ def speech_utterances(
     params: SegmentationParams,
     encoder: VoiceEncoder | None,
     speakers: int | None = None,
+    models_dir: Path | None = None,
 ) -> list[UtteranceMeta]:
     """Utterances with ``S<n>`` speakers from the speech in ``waveform`` (none: no speech found).
     Without an encoder the regions are joined by pauses alone and carry no speaker."""
-    regions = speech_regions(waveform, spec, params)
+    regions = speech_regions(waveform, spec, params, models_dir)
     embeddings = encoder.embed(_spans(waveform, regions, spec.sample_rate)) if encoder and regions else None
     return utterances_from_regions(waveform, regions, embeddings, spec, params, speakers)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 
 import numpy as np
 
@@ -68,13 +69,16 @@ def is_steady(levels_db: np.ndarray, spec: FeatureSpec) -> bool:
     return len(levels_db) > 1 and float(levels_db.std()) < spec.min_level_spread_db
 
 
-def detected_frames(samples: np.ndarray, spec: FeatureSpec, mode: int | None = None) -> np.ndarray:
-    """Per detector frame: the detector says speech (Silero: the chunk's probability is over
-    ``spec.silero_threshold``; WebRTC: in mode ``spec.vad_mode``, or ``mode`` when given)."""
+def detected_frames(
+    samples: np.ndarray, spec: FeatureSpec, mode: int | None = None, models_dir: Path | None = None
+) -> np.ndarray:
+    """Per detector frame: the detector says speech (Silero, from ``models_dir``, default the
+    settings': the chunk's probability is over ``spec.silero_threshold``; WebRTC: in mode
+    ``spec.vad_mode``, or ``mode`` when given)."""
     if spec.speech_detector == "silero":
         from shared.contract.features.silero import silero_vad
 
-        return silero_vad().probabilities(samples, spec.sample_rate) > spec.silero_threshold
+        return silero_vad(models_dir).probabilities(samples, spec.sample_rate) > spec.silero_threshold
     import webrtcvad
 
     pcm = (_frames(samples, spec) * 32767.0).astype("<i2")
@@ -124,16 +128,16 @@ def _steady_runs(tonal: np.ndarray, peaks: np.ndarray, min_run: int) -> np.ndarr
     return steady
 
 
-def voiced_frames(samples: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+def voiced_frames(samples: np.ndarray, spec: FeatureSpec, models_dir: Path | None = None) -> np.ndarray:
     """Per frame: the detector says speech (and, with WebRTC's, the frame is not tonal)."""
     if spec.speech_detector == "silero":
-        return detected_frames(samples, spec)
+        return detected_frames(samples, spec, models_dir=models_dir)
     return detected_frames(samples, spec) & ~tonal_frames(samples, spec)
 
 
-def is_speech(samples: np.ndarray, spec: FeatureSpec) -> bool:
+def is_speech(samples: np.ndarray, spec: FeatureSpec, models_dir: Path | None = None) -> bool:
     """The gate's verdict on a span with sound: speech fills ``spec.min_speech_fraction`` of it."""
-    fraction = speech_fraction(samples, spec)
+    fraction = speech_fraction(samples, spec, models_dir)
     return fraction > 0.0 and fraction >= spec.min_speech_fraction
 
 
@@ -145,14 +149,14 @@ def _frames(samples: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     return np.clip(np.asarray(samples[: count * size], dtype=np.float32), -1.0, 1.0).reshape(count, size)
 
 
-def speech_fraction(samples: np.ndarray, spec: FeatureSpec) -> float:
+def speech_fraction(samples: np.ndarray, spec: FeatureSpec, models_dir: Path | None = None) -> float:
     """Fraction of detector frames that are speech (``voiced_frames``); with WebRTC's detector, 0
     for a span whose level stays steady (``spec.min_level_spread_db``)."""
     if len(_frames(samples, spec)) == 0:
         return 0.0
     if spec.speech_detector == "webrtc" and is_steady(frame_levels_db(samples, spec), spec):
         return 0.0
-    voiced = voiced_frames(samples, spec)
+    voiced = voiced_frames(samples, spec, models_dir)
     return float(voiced.sum()) / len(voiced)
 
 
@@ -161,8 +165,11 @@ def gate_utterances(
     utterances: Sequence[UtteranceMeta],
     audio_present: np.ndarray,
     spec: FeatureSpec,
+    models_dir: Path | None = None,
 ) -> list[SpeechGate]:
-    """One verdict per utterance; ``audio_present`` is the log-mel mask's "any frame" per row."""
+    """One verdict per utterance, each span judged on its own sound (a detector's state starts
+    fresh per span, as for a training row's clip); ``audio_present`` is the log-mel mask's "any
+    frame" per row; ``models_dir``: where Silero is installed (default the settings')."""
     if waveform is None:
         return [SpeechGate(0.0, AudioReason.no_audio) for _ in utterances]
     verdicts = []
@@ -176,7 +183,7 @@ def gate_utterances(
             continue
         start = max(0, int(round(utterance.start * rate)))
         end = max(start, int(round(utterance.end * rate)))
-        fraction = speech_fraction(waveform[start:end], spec)
+        fraction = speech_fraction(waveform[start:end], spec, models_dir)
         if fraction == 0.0:
             reason = AudioReason.no_speech
         elif fraction < spec.min_speech_fraction:

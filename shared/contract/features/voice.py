@@ -28,6 +28,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from shared.contract.features.audio import _mel_filters, _window
+from shared.contract.features.installed import ModelMissing
 
 SAMPLE_RATE = 16_000
 N_FFT = 400  # 25 ms
@@ -79,7 +80,7 @@ def project_out(embeddings: np.ndarray, basis: np.ndarray) -> np.ndarray:
     return (kept / np.maximum(np.linalg.norm(kept, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
-class VoiceEncoderMissing(FileNotFoundError):
+class VoiceEncoderMissing(ModelMissing):
     """The voice encoder's weights are not installed."""
 
 
