@@ -60,7 +60,8 @@ def test_espeak_speech_passes_the_gate(tmp_path):
         assert utterance.speech_fraction >= SPEC.min_speech_fraction
 
 
-# Tones refused only where they hold one pitch for 300 ms: the notes (500 ms each) still are.
+# WebRTC's gate refusing tonal frames only in runs of 300 ms holding one pitch: these sounds stay
+# masked (the notes by their steady level; music that rises and falls does not: test_silero_gate.py).
 PITCH_STEADY = SPEC.model_copy(update={"tonal_min_run_frames": 10})
 
 

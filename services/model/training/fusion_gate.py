@@ -39,7 +39,7 @@ HEADS = ("emotion", "sentiment")
 STEPS = 300
 LEARNING_RATE = 0.05
 # Two-fold cross-validation, repeated on this many shuffles: the smallest source (RAVDESS with
-# speech) has about 100 dev rows with two modalities, and one split's luck would pick among a
+# speech) has at most 240 dev rows with two modalities, and one split's luck would pick among a
 # hundred designs.
 REPEATS = 2
 ECE_WEIGHT = 0.25

@@ -43,6 +43,7 @@ TRAIN_SETS: dict[str, int | None] = {
     "meld_bed": 100,
     "ravdess_sentence": 96,
 }
+# The epoch's dev rows: smaller than calibration's and the gate's DEV_SETS, as every epoch scores them.
 DEV_SETS: dict[str, int | None] = {
     "meld_spoken": 300,
     "meld_spoken_bed": 150,
