@@ -33,6 +33,7 @@ from services.platform.analyses.schemas import (
 from services.platform.analyses.sse import EventStreamResponse, analysis_event_stream, initial_events
 from shared.db.models import Analysis
 from shared.db.session import session_scope
+from shared.db.types import STORABLE_TEXT_PATTERN
 from shared.logging import get_logger
 from shared.problems import BadRequest, ServiceUnavailable
 
@@ -115,7 +116,12 @@ def list_analyses(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: CursorQuery = None,
     q: Annotated[
-        str | None, Query(max_length=200, description="Only names containing this (any case).")
+        str | None,
+        Query(
+            max_length=200,
+            pattern=STORABLE_TEXT_PATTERN,
+            description="Only names containing this (any case).",
+        ),
     ] = None,
 ) -> AnalysisPage:
     position = decode_cursor(cursor) if cursor is not None else None

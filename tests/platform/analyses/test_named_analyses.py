@@ -54,6 +54,9 @@ def test_search_by_name_is_case_insensitive_and_literal(client, api_key):
     assert names("_") == ["100% done_now"]
     assert names("nothing") == []
     assert len(client.get("/v1/analyses", headers=headers).json()["items"]) == 3
+    # A NUL cannot be in a stored name (PostgreSQL text refuses it): a search for one is refused.
+    refused = client.get("/v1/analyses", params={"q": "a\x00b"}, headers=headers)
+    assert_problem(refused, 422, "validation_error")
 
 
 def test_metadata_must_be_a_small_object(client, api_key):

@@ -11,13 +11,24 @@ from services.model.core.checkpoint import load_checkpoint
 from services.model.testing import TINY_SPEC, build_tiny_checkpoint
 from services.model.training.data.joint import BEDS, JointRow, Voice, bed, rows_to_examples, synthesize
 from services.model.training.fusion_stage import _fused_logits, embed
+from shared.contract.features.silero import SpeechDetectorMissing, silero_vad
 from shared.contract.labels import MODALITIES
+from shared.settings import Settings, models_dir
 
-GATED = TINY_SPEC.model_copy(update={"speech_gate": True})
+GATED = TINY_SPEC.model_copy(update={"speech_gate": True, "speech_detector": "silero"})
 TEXT, AUDIO = MODALITIES.index("text"), MODALITIES.index("audio")
+MUSIC = ("staccato", "chords", "drums")
 
 
-def test_synthetic_speech_passes_the_speech_gate_and_beds_do_not():
+@pytest.fixture(scope="module")
+def silero():
+    try:
+        return silero_vad(models_dir(Settings(_env_file=None)))
+    except SpeechDetectorMissing as exc:
+        pytest.skip(f"{exc}")
+
+
+def test_synthetic_speech_passes_the_speech_gate_and_beds_do_not(silero):
     rng = np.random.default_rng(0)
     speech = synthesize("I can't believe you did that, this is wonderful!", Voice("en-us", 150, 50), 16_000)
     assert 1.0 < len(speech) / 16_000 < 6.0
@@ -25,9 +36,16 @@ def test_synthetic_speech_passes_the_speech_gate_and_beds_do_not():
     rows += [JointRow("Okay.", 0.1 * bed(kind, 48_000, 16_000, rng), 4, 1) for kind in BEDS]
     rows.append(JointRow("", None, -1, -1))
     examples = rows_to_examples(rows, GATED)
-    assert examples.modality_mask[:, AUDIO].tolist() == [True, False, False, False, False, False]
-    assert examples.modality_mask[:, TEXT].tolist() == [True] * 5 + [False]
-    assert examples.emotion.tolist() == [3, 4, 4, 4, 4, -1]
+    assert examples.modality_mask[:, AUDIO].tolist() == [True] + [False] * len(BEDS) + [False]
+    assert examples.modality_mask[:, TEXT].tolist() == [True] * (1 + len(BEDS)) + [False]
+    assert examples.emotion.tolist() == [3] + [4] * len(BEDS) + [-1]
+    # WebRTC's gate masks the noises, the tone and the notes at one level, and lets the music
+    # that rises and falls through: why the beds have it.
+    webrtc = rows_to_examples(rows, GATED.model_copy(update={"speech_detector": "webrtc"}))
+    passed = {
+        kind for kind, used in zip(BEDS, webrtc.modality_mask[1:-1, AUDIO].tolist(), strict=True) if used
+    }
+    assert passed and passed <= set(MUSIC)
 
 
 def test_an_unknown_bed_is_refused():
