@@ -1,3 +1,3 @@
 """Shared test configuration; fixture modules are registered here."""
 
-pytest_plugins = ["tests.fixtures.db"]
+pytest_plugins = ["tests.fixtures.db", "tests.fixtures.models"]

@@ -17,11 +17,11 @@ import pytest
 
 from shared.contract.features.demo_media import make_face_clip
 from shared.contract.features.faces import detect_faces
-from shared.contract.features.mtcnn import MTCNN, MTCNNMissing, area_resize, mtcnn
+from shared.contract.features.mtcnn import MTCNN, MTCNNMissing, area_resize
 from shared.contract.features.pipeline import extract_features
 from shared.contract.features.spec import MTCNN_ROTATION, FeatureSpec
 from shared.contract.labels import MODALITIES
-from shared.settings import Settings, models_dir
+from shared.settings import Settings
 
 VISUAL = MODALITIES.index("visual")
 SPEC = FeatureSpec(frames_per_utterance=4, frame_size=48, face_detector="mtcnn")
@@ -32,14 +32,6 @@ LEFT, TOP, SIDE, WIDTH, HEIGHT = 300, 60, 240, 640, 360
 @pytest.fixture(scope="module")
 def torch():
     return pytest.importorskip("torch", reason="torch checks the numpy MTCNN; the worker has none")
-
-
-@pytest.fixture(scope="module")
-def detector() -> MTCNN:
-    try:
-        return mtcnn(models_dir(Settings(_env_file=None)))
-    except MTCNNMissing as exc:
-        pytest.skip(f"{exc}")
 
 
 def torch_nets(torch):
@@ -265,12 +257,12 @@ def torch_detect_face(torch, image: np.ndarray, minsize, nets, threshold, factor
         return boxes[nms_min(boxes[:, :4], boxes[:, 4], 0.7)].numpy()
 
 
-def installed_torch_nets(torch, detector: MTCNN):
+def installed_torch_nets(torch, mtcnn_detector: MTCNN):
     nets = torch_nets(torch)
     for name, net in nets.items():
         state = {}
         for key, value in net.state_dict().items():
-            stored = detector.weights[f"{name}.{key}"]
+            stored = mtcnn_detector.weights[f"{name}.{key}"]
             if value.ndim == 4:  # back from [O, k*k*C]
                 k, c = value.shape[2], value.shape[1]
                 stored = stored.reshape(-1, k, k, c).transpose(0, 3, 1, 2)
@@ -288,7 +280,7 @@ def photograph() -> np.ndarray:
     return data.astronaut()
 
 
-def test_boxes_match_facenet_pytorchs_detect_face(torch, detector, photograph):
+def test_boxes_match_facenet_pytorchs_detect_face(torch, mtcnn_detector, photograph):
     """The installed weights on a real photograph (and the clip's 640x360 frame): the same faces,
     boxes within a pixel and probabilities within 1e-4 of the torch pipeline's."""
     frame = np.full((HEIGHT, WIDTH, 3), 40, np.uint8)
@@ -297,18 +289,18 @@ def test_boxes_match_facenet_pytorchs_detect_face(torch, detector, photograph):
     frame[TOP : TOP + SIDE, LEFT : LEFT + SIDE] = cv2.resize(
         photograph, (SIDE, SIDE), interpolation=cv2.INTER_AREA
     )
-    nets = installed_torch_nets(torch, detector)
+    nets = installed_torch_nets(torch, mtcnn_detector)
     for image, minsize in ((photograph, 20), (frame, 36)):
         expected = torch_detect_face(torch, image, minsize, nets, (0.6, 0.7, 0.7), 0.709)
-        got = detector.detect(image, minsize)
+        got = mtcnn_detector.detect(image, minsize)
         assert len(got) == len(expected) >= 1
         np.testing.assert_allclose(got[:, :4], expected[:, :4], atol=1.0)
         np.testing.assert_allclose(got[:, 4], expected[:, 4], atol=1e-4)
 
 
-def test_the_astronauts_face_in_the_photograph(detector, photograph):
+def test_the_astronauts_face_in_the_photograph(mtcnn_detector, photograph):
     """One face, on Eileen Collins' face (the photograph's face is about x 170-270, y 50-180)."""
-    [(x1, y1, x2, y2, probability)] = detector.detect(photograph, 20)
+    [(x1, y1, x2, y2, probability)] = mtcnn_detector.detect(photograph, 20)
     assert probability > 0.99
     assert 150 < x1 < 200 and 240 < x2 < 290 and 40 < y1 < 90 and 150 < y2 < 200
 
@@ -329,7 +321,7 @@ def astronaut_clip(tmp_path_factory, photograph) -> Path:
     )
 
 
-def test_photograph_found_in_the_frames_that_show_it(detector, astronaut_clip, photograph):
+def test_photograph_found_in_the_frames_that_show_it(mtcnn_detector, astronaut_clip, photograph):
     from PIL import Image
 
     bundle = extract_features(astronaut_clip, SPEC, window_seconds=2.0)
@@ -353,7 +345,7 @@ def test_photograph_found_in_the_frames_that_show_it(detector, astronaut_clip, p
     assert not bundle.frames[0].any() and not bundle.frames[2].any()
 
 
-def test_faceless_video_masks_visual(detector, media, settings):
+def test_faceless_video_masks_visual(mtcnn_detector, media, settings):
     bundle = extract_features(media.mp4, SPEC, window_seconds=1.0, settings=settings)
     assert {u.visual_reason for u in bundle.utterances} == {"no_face"}
     assert not bundle.modality_mask[:, VISUAL].any() and not bundle.frames.any()
@@ -410,7 +402,7 @@ def tilted_face_clip(tmp_path_factory, photograph) -> Path:
     )
 
 
-def test_tilted_head_found_by_the_rotated_rescan(detector, tilted_face_clip):
+def test_tilted_head_found_by_the_rotated_rescan(mtcnn_detector, tilted_face_clip):
     upright = TURNED_SPEC.model_copy(update={"face_mtcnn_rotations": ()})
     missed = extract_features(tilted_face_clip, upright, window_seconds=1.0)
     assert [u.visual_reason for u in missed.utterances] == ["no_face"] * 4
@@ -429,7 +421,7 @@ def test_tilted_head_found_by_the_rotated_rescan(detector, tilted_face_clip):
     assert bundle.frames[1].std() > 20 and not bundle.frames[0].any()
 
 
-def test_faceless_video_stays_faceless_with_the_rotated_rescan(detector, media, settings):
+def test_faceless_video_stays_faceless_with_the_rotated_rescan(mtcnn_detector, media, settings):
     bundle = extract_features(media.mp4, TURNED_SPEC, window_seconds=1.0, settings=settings)
     assert {u.visual_reason for u in bundle.utterances} == {"no_face"}
     assert not bundle.modality_mask[:, VISUAL].any() and not bundle.frames.any()
@@ -465,15 +457,15 @@ def _shown_at(photograph: np.ndarray, left: int, top: int) -> np.ndarray:
     return frame
 
 
-def test_recheck_confirms_a_face_that_stays_and_drops_one_that_left(detector, photograph):
+def test_recheck_confirms_a_face_that_stays_and_drops_one_that_left(mtcnn_detector, photograph):
     frame = _shown_at(photograph, 300, 80)
-    found = detector.detect(frame, 36)
+    found = mtcnn_detector.detect(frame, 36)
     assert len(found) == 1
-    again = detector.recheck(frame, found[:, :4], 0.4)
+    again = mtcnn_detector.recheck(frame, found[:, :4], 0.4)
     assert len(again) == 1 and again[0, 4] > 0.9
     np.testing.assert_allclose(again[0, :4], found[0, :4], atol=6)
     # the same box over background, once the face has gone
-    assert len(detector.recheck(np.full_like(frame, 40), found[:, :4], 0.4)) == 0
+    assert len(mtcnn_detector.recheck(np.full_like(frame, 40), found[:, :4], 0.4)) == 0
 
 
 def counting(monkeypatch, name: str) -> list:
@@ -488,7 +480,9 @@ def counting(monkeypatch, name: str) -> list:
     return calls
 
 
-def test_scanner_rechecks_faces_and_scans_whole_frames_when_they_move(detector, photograph, monkeypatch):
+def test_scanner_rechecks_faces_and_scans_whole_frames_when_they_move(
+    mtcnn_detector, photograph, monkeypatch
+):
     from shared.contract.features.faces import FaceScanner
 
     spec = SPEC.model_copy(update={"face_scan_every": 3})
@@ -514,7 +508,7 @@ def test_scanner_rechecks_faces_and_scans_whole_frames_when_they_move(detector, 
     assert len(calls) - before == len(sequence) and len(rechecks) == 5
 
 
-def test_scanner_rescans_after_a_gap_and_after_turned_faces(detector, photograph, monkeypatch):
+def test_scanner_rescans_after_a_gap_and_after_turned_faces(mtcnn_detector, photograph, monkeypatch):
     from shared.contract.features.faces import RECHECK_MAX_SECONDS, FaceScanner, FrameFaces
 
     spec = SPEC.model_copy(update={"face_scan_every": 4})
@@ -544,7 +538,7 @@ def test_tracking_settings():
         FeatureSpec(face_scan_every=0, face_detector="mtcnn")
 
 
-def test_rechecked_faces_in_the_pipeline(detector, astronaut_clip, monkeypatch):
+def test_rechecked_faces_in_the_pipeline(mtcnn_detector, astronaut_clip, monkeypatch):
     """With the re-check the clip's face is found in the same frames, boxes within 2 % of the
     frame of the whole-frame scans, with one whole-frame scan for its four frames."""
     plain = extract_features(astronaut_clip, SPEC, window_seconds=2.0)

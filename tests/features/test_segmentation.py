@@ -27,9 +27,8 @@ from shared.contract.features.segmentation import (
     speech_regions,
     speech_utterances,
 )
-from shared.contract.features.silero import SpeechDetectorMissing, silero_vad
 from shared.contract.features.spec import FeatureSpec
-from shared.settings import Settings, models_dir
+from shared.settings import Settings
 
 SPEC = FeatureSpec()
 RATE = SPEC.sample_rate
@@ -118,14 +117,11 @@ def talk(tmp_path_factory):
 
 
 @pytest.mark.parametrize("detector", ["webrtc", "silero"])
-def test_speech_regions_follow_the_lines_and_skip_silence_and_music(talk, params, detector):
+def test_speech_regions_follow_the_lines_and_skip_silence_and_music(talk, params, detector, request):
     audio, lines, _ = talk
     spec = SPEC.model_copy(update={"speech_detector": detector})
     if detector == "silero":
-        try:
-            silero_vad(models_dir(Settings(_env_file=None)))
-        except SpeechDetectorMissing as exc:
-            pytest.skip(f"{exc}")
+        request.getfixturevalue("silero_detector")
     regions = speech_regions(audio, spec, params)
     music = (lines[1].end + 0.7, lines[1].end + 2.7)
     for start, end in regions:
@@ -278,11 +274,7 @@ def test_voices_apart_only_along_the_emotion_directions_are_one_speaker(params):
     assert apart[0] != apart[5]
 
 
-def test_drums_between_lines_are_no_utterance_with_silero_as_the_gate(tmp_path, params):
-    try:
-        silero_vad(models_dir(Settings(_env_file=None)))
-    except SpeechDetectorMissing as exc:
-        pytest.skip(f"{exc}")
+def test_drums_between_lines_are_no_utterance_with_silero_as_the_gate(tmp_path, params, silero_detector):
     from services.model.training.data.joint import bed
 
     first, second = speak(LINES[0][1], LOW, tmp_path), speak(LINES[1][1], HIGH, tmp_path)

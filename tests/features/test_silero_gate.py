@@ -27,15 +27,6 @@ SILERO = WEBRTC.model_copy(update={"speech_detector": "silero"})
 MUSIC = ("staccato", "chords", "drums")
 
 
-@pytest.fixture(scope="module")
-def detector() -> SileroVad:
-    """The installed detector (`make models`); the test is skipped with the reason without it."""
-    try:
-        return silero_vad(models_dir(Settings(_env_file=None)))
-    except SpeechDetectorMissing as exc:
-        pytest.skip(f"{exc}")
-
-
 @pytest.fixture
 def params() -> SegmentationParams:
     return SegmentationParams.from_settings(Settings(_env_file=None))
@@ -59,7 +50,7 @@ def speech(tmp_path) -> np.ndarray:
     return samples[loud[0] : loud[-1] + 1].copy()
 
 
-def test_music_webrtc_takes_for_speech_is_masked(detector):
+def test_music_webrtc_takes_for_speech_is_masked(silero_detector):
     for kind in MUSIC:
         sound = music(kind)
         assert speech_fraction(sound, SILERO) < SILERO.min_speech_fraction, kind
@@ -67,7 +58,7 @@ def test_music_webrtc_takes_for_speech_is_masked(detector):
     assert speech_fraction(music("drums"), WEBRTC) >= WEBRTC.min_speech_fraction
 
 
-def test_speech_passes_alone_and_under_music(detector, tmp_path):
+def test_speech_passes_alone_and_under_music(silero_detector, tmp_path):
     voice = speech(tmp_path)
     assert speech_fraction(voice, SILERO) >= 0.4
     for kind in MUSIC:
@@ -76,7 +67,7 @@ def test_speech_passes_alone_and_under_music(detector, tmp_path):
         assert speech_fraction(voice + under, SILERO) >= SILERO.min_speech_fraction, kind
 
 
-def test_the_pipeline_masks_music_and_keeps_speech(detector, tmp_path):
+def test_the_pipeline_masks_music_and_keeps_speech(silero_detector, tmp_path):
     clip = spoken_clip(tmp_path)
     bundle = extract_features(clip.video, SILERO, clip.segments)
     assert bundle.modality_mask[:, AUDIO].all()
@@ -95,16 +86,16 @@ def test_the_pipeline_masks_music_and_keeps_speech(detector, tmp_path):
     assert webrtc.audio_reason is None
 
 
-def test_chunks_are_32_ms_and_each_call_starts_fresh(detector, tmp_path):
+def test_chunks_are_32_ms_and_each_call_starts_fresh(silero_detector, tmp_path):
     voice = speech(tmp_path)
-    first = detector.probabilities(voice, 16_000)
+    first = silero_detector.probabilities(voice, 16_000)
     assert len(first) == len(voice) // 512 and frame_seconds(SILERO) == 0.032
-    assert np.array_equal(first, detector.probabilities(voice, 16_000))
+    assert np.array_equal(first, silero_detector.probabilities(voice, 16_000))
     assert ((first >= 0) & (first <= 1)).all() and first.max() > 0.9
-    assert len(detector.probabilities(voice[::2], 8_000)) == len(voice[::2]) // 256
-    assert len(detector.probabilities(voice[:511], 16_000)) == 0
+    assert len(silero_detector.probabilities(voice[::2], 8_000)) == len(voice[::2]) // 256
+    assert len(silero_detector.probabilities(voice[:511], 16_000)) == 0
     with pytest.raises(ValueError, match="8 or 16 kHz"):
-        detector.probabilities(voice, 44_100)
+        silero_detector.probabilities(voice, 44_100)
 
 
 # silero-vad 6.2.3's own OnnxWrapper.audio_forward on ``_voiced`` (its first 31 chunks): the same
@@ -125,8 +116,8 @@ def _voiced() -> np.ndarray:
     return (0.1 * tone + 0.003 * np.random.default_rng(0).standard_normal(rate)).astype(np.float32)
 
 
-def test_probabilities_match_the_silero_package(detector):
-    assert detector.probabilities(_voiced(), 16_000) == pytest.approx(REFERENCE, abs=1e-3)
+def test_probabilities_match_the_silero_package(silero_detector):
+    assert silero_detector.probabilities(_voiced(), 16_000) == pytest.approx(REFERENCE, abs=1e-3)
 
 
 def test_missing_weights_say_how_to_install_them(tmp_path):
@@ -166,7 +157,7 @@ def test_a_missing_detector_fails_before_any_decoding(tmp_path, monkeypatch):
     assert isinstance(silero_vad(models_dir(Settings(_env_file=None))), SileroVad)
 
 
-def test_regions_late_in_a_long_recording_are_judged_at_their_own_time(detector, tmp_path, params):
+def test_regions_late_in_a_long_recording_are_judged_at_their_own_time(silero_detector, tmp_path, params):
     """WebRTC's 30 ms frames map to Silero's 32 ms chunks by their samples: a region a minute in
     is read where it is, music there is still refused."""
     rate = SILERO.sample_rate

@@ -11,24 +11,14 @@ from services.model.core.checkpoint import load_checkpoint
 from services.model.testing import TINY_SPEC, build_tiny_checkpoint
 from services.model.training.data.joint import BEDS, JointRow, Voice, bed, rows_to_examples, synthesize
 from services.model.training.fusion_stage import _fused_logits, embed
-from shared.contract.features.silero import SpeechDetectorMissing, silero_vad
 from shared.contract.labels import MODALITIES
-from shared.settings import Settings, models_dir
 
 GATED = TINY_SPEC.model_copy(update={"speech_gate": True, "speech_detector": "silero"})
 TEXT, AUDIO = MODALITIES.index("text"), MODALITIES.index("audio")
 MUSIC = ("staccato", "chords", "drums")
 
 
-@pytest.fixture(scope="module")
-def silero():
-    try:
-        return silero_vad(models_dir(Settings(_env_file=None)))
-    except SpeechDetectorMissing as exc:
-        pytest.skip(f"{exc}")
-
-
-def test_synthetic_speech_passes_the_speech_gate_and_beds_do_not(silero):
+def test_synthetic_speech_passes_the_speech_gate_and_beds_do_not(silero_detector):
     rng = np.random.default_rng(0)
     speech = synthesize("I can't believe you did that, this is wonderful!", Voice("en-us", 150, 50), 16_000)
     assert 1.0 < len(speech) / 16_000 < 6.0
