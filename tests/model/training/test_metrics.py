@@ -6,6 +6,7 @@ import pytest
 
 from services.model.core.config import ModelConfig
 from services.model.training.metrics import (
+    calibration_error_if_calibrated,
     classification_report,
     expected_calibration_error,
     format_metric_line,
@@ -86,3 +87,29 @@ def test_confusion_png_and_model_card(tmp_path):
     assert "not anyone's inner state" in card
     assert "untrained (treated as absent at inference, never reported as used): audio, visual" in card
     assert f"| test | emotion | 8 | {emotion['accuracy']:.3f} | {emotion['weighted_f1']:.3f} |" in card
+
+
+def test_calibration_error_if_calibrated_shrinks_with_rows_as_binomial_noise():
+    # One bin (every confidence 0.7): a calibrated model's ECE is |mean of n Bernoulli(0.7) - 0.7|,
+    # whose expectation is about sqrt(2 / pi) * sqrt(0.7 * 0.3 / n).
+    for rows in (240, 6000):
+        probabilities = np.tile([0.7, 0.2, 0.1], (rows, 1))
+        draws = calibration_error_if_calibrated(probabilities, draws=4000, seed=3)
+        expected = np.sqrt(2 / np.pi) * np.sqrt(0.21 / rows)
+        assert draws.shape == (4000,)
+        assert draws.mean() == pytest.approx(expected, rel=0.1)
+    certain = np.tile([1.0, 0.0, 0.0], (50, 1))
+    assert calibration_error_if_calibrated(certain, draws=10).max() == 0.0
+
+
+def test_calibration_error_if_calibrated_tells_a_real_miscalibration_from_noise():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(600, 7)) * 2.0
+    probabilities = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    calibrated_targets = np.array([rng.choice(7, p=row) for row in probabilities])
+    floor = calibration_error_if_calibrated(probabilities, seed=1)
+    calibrated_ece = expected_calibration_error(probabilities, calibrated_targets)
+    assert (floor >= calibrated_ece).mean() > 0.01
+    # Never the predicted class: every confidence overstated.
+    wrong_targets = (probabilities.argmax(1) + 1) % 7
+    assert expected_calibration_error(probabilities, wrong_targets) > np.percentile(floor, 99.9)
