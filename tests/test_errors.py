@@ -81,16 +81,18 @@ def test_the_class_code_stays_when_an_instance_names_none():
             "the model service refused the request: nope",
         ),
         (
-            SpeechDetectorMissing("run `make models`"),
+            SpeechDetectorMissing("silero-vad", "/srv/models/silero-vad/silero_vad.onnx is missing"),
             JobFailed,
             "models_missing",
-            "the worker lacks a model the checkpoint needs: run `make models`",
+            "the worker lacks the model 'silero-vad' that the checkpoint needs; "
+            "its operator installs it with `make models`",
         ),
         (
-            MTCNNMissing("run `make models`"),
+            MTCNNMissing("mtcnn", "the MTCNN face detector is not installed at /srv/models/mtcnn"),
             JobFailed,
             "models_missing",
-            "the worker lacks a model the checkpoint needs: run `make models`",
+            "the worker lacks the model 'mtcnn' that the checkpoint needs; "
+            "its operator installs it with `make models`",
         ),
     ],
 )

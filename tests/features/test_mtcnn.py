@@ -352,10 +352,21 @@ def test_faceless_video_masks_visual(mtcnn_detector, media, settings):
     assert all(len(u.faces) == 4 for u in bundle.utterances)
 
 
-def test_missing_weights_fail_before_decoding(media, tmp_path):
+def test_missing_weights_fail_before_decoding(media, tmp_path, monkeypatch):
+    import shared.contract.features.pipeline as pipeline
+
+    def decoded(*args, **kwargs):
+        raise AssertionError("decoded before the face detector was loaded")
+
+    monkeypatch.setattr(pipeline, "load_audio", decoded)
+    monkeypatch.setattr(pipeline, "extract_frames", decoded)
     settings = Settings(_env_file=None, models_dir=tmp_path)
-    with pytest.raises(MTCNNMissing, match="run `make models`"):
-        extract_features(media.mp4, SPEC, window_seconds=1.0, settings=settings)
+    for segmentation in ("speech", "windows"):
+        with pytest.raises(MTCNNMissing, match="run `make models`") as raised:
+            extract_features(
+                media.mp4, SPEC, window_seconds=1.0, segmentation=segmentation, settings=settings
+            )
+        assert raised.value.model == "mtcnn"
 
 
 def test_only_the_chosen_detectors_settings_are_hashed():

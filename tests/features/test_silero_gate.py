@@ -139,7 +139,7 @@ def test_the_spec_rules():
     assert FeatureSpec().hash == "f6ca285a22a4a9bf"
 
 
-def test_a_missing_detector_fails_before_any_decoding(tmp_path, monkeypatch):
+def test_a_missing_detector_fails_before_any_decoding(silero_detector, tmp_path, monkeypatch):
     import shared.contract.features.pipeline as pipeline
 
     clip = spoken_clip(tmp_path)
@@ -150,11 +150,13 @@ def test_a_missing_detector_fails_before_any_decoding(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "load_audio", decoded)
     monkeypatch.setattr(pipeline, "extract_frames", decoded)
     empty = Settings(_env_file=None, models_dir=tmp_path / "no-models")
-    for transcript in (clip.segments, None):
-        with pytest.raises(SpeechDetectorMissing, match="make models"):
-            extract_features(clip.video, SILERO, transcript, settings=empty)
+    # With the gate off too: without a transcript Silero still finds the speech regions.
+    for spec in (SILERO, SILERO.model_copy(update={"speech_gate": False})):
+        for transcript in (clip.segments, None):
+            with pytest.raises(SpeechDetectorMissing, match="make models"):
+                extract_features(clip.video, spec, transcript, settings=empty)
     # The settings' folder is the one read: the installed detector there, none elsewhere.
-    assert isinstance(silero_vad(models_dir(Settings(_env_file=None))), SileroVad)
+    assert silero_vad(models_dir(Settings(_env_file=None))) is silero_detector
 
 
 def test_regions_late_in_a_long_recording_are_judged_at_their_own_time(silero_detector, tmp_path, params):

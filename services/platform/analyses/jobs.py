@@ -98,7 +98,13 @@ def classify(exc: BaseException) -> JobFailed | TransientJobError | None:
     if isinstance(exc, FetchError | MediaError | TranscriptError | quota.QuotaExceeded):
         return (TransientJobError if exc.transient else JobFailed)(exc.code, exc.message)
     if isinstance(exc, ModelMissing):
-        return JobFailed("models_missing", f"the worker lacks a model the checkpoint needs: {exc}")
+        # The detail names the worker's folders: the operator's log gets it, the client the name.
+        log.error("model_missing", model=exc.model, error=str(exc))
+        return JobFailed(
+            "models_missing",
+            f"the worker lacks the model {exc.model!r} that the checkpoint needs; "
+            "its operator installs it with `make models`",
+        )
     if isinstance(exc, ModelUnavailable):
         return TransientJobError("model_unavailable", exc.message)
     if isinstance(exc, ModelServiceError):

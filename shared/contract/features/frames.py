@@ -34,7 +34,6 @@ import numpy as np
 from shared.contract.bundle import UtteranceMeta
 from shared.contract.features.faces import FaceScanner, FrameFaces, track_face
 from shared.contract.features.media import MediaError, MediaInfo, input_args
-from shared.contract.features.mtcnn import mtcnn
 from shared.contract.features.spec import FeatureSpec
 from shared.settings import Settings, get_settings, models_dir
 
@@ -190,9 +189,6 @@ def extract_frames(
     target_thumbnails: list[Future | None] = [None] * targets.size
     thumbnailed: dict[float, Future] = {}
     weights_dir = models_dir(settings)
-    if spec.face_detector == "mtcnn":
-        # Loaded before the decode starts: missing weights fail the analysis at once, with the fix.
-        mtcnn(weights_dir)
     # One worker: the scanner re-checks faces from frame to frame, so it takes them in order.
     scans = ThreadPoolExecutor(max_workers=1) if with_faces else None
     scanner = FaceScanner(spec, weights_dir) if with_faces else None

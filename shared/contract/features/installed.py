@@ -1,11 +1,18 @@
-"""The error for a pretrained model that `make models` has not installed where the spec needs it.
+"""The error for a pretrained model that `make models` has not installed where it is needed.
 
-Every loader of an installed model (the face detector, the speech detector, the voice encoder)
-raises a subclass, so the worker fails such an analysis with one stable code (``models_missing``)
-and the fix in its message, instead of an internal error."""
+Each loader of an installed model (the face detector, the speech detector, the voice encoder)
+raises a subclass. Where the spec cannot do without the model (the face and speech detectors),
+the worker fails the analysis with one stable code (``models_missing``) instead of an internal
+error; the voice encoder's absence only leaves speakers untold."""
 
 from __future__ import annotations
 
 
 class ModelMissing(FileNotFoundError):
-    """A model the checkpoint's spec needs is not installed (run `make models`)."""
+    """``model`` (its name in ``models.toml``) is not installed; the message says where it was
+    looked for and how to install it, for the operator's log: it names the worker's folders, so it
+    is never shown to a client."""
+
+    def __init__(self, model: str, message: str):
+        super().__init__(message)
+        self.model = model

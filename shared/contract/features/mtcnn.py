@@ -130,7 +130,9 @@ class MTCNN:
         from safetensors.numpy import load_file
 
         if not path.is_file():
-            raise MTCNNMissing(f"the MTCNN face detector is not installed at {path}: run `make models`")
+            raise MTCNNMissing(
+                "mtcnn", f"the MTCNN face detector is not installed at {path}: run `make models`"
+            )
         return cls.from_state(load_file(str(path)))
 
     @classmethod

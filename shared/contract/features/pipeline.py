@@ -19,6 +19,7 @@ from shared.contract.bundle import FeatureBundle
 from shared.contract.features.audio import load_audio, utterance_log_mels
 from shared.contract.features.frames import extract_frames
 from shared.contract.features.media import MediaError, probe
+from shared.contract.features.mtcnn import mtcnn
 from shared.contract.features.segmentation import SegmentationParams, assign_speakers, speech_utterances
 from shared.contract.features.silero import silero_vad
 from shared.contract.features.spec import FeatureSpec
@@ -71,9 +72,12 @@ def extract_features(
     info = probe(media_path, settings)
     params = SegmentationParams.from_settings(settings)
     weights_dir = models_dir(settings)
-    if info.audio and spec.speech_gate and spec.speech_detector == "silero":
-        # Loaded before any decoding: a missing detector fails the analysis at once, with the fix.
+    # Loaded before any decoding: a missing model fails the analysis at once, with the fix. Silero
+    # also finds the speech regions without a transcript, so it is needed with the gate off too.
+    if info.audio and spec.speech_detector == "silero":
         silero_vad(weights_dir)
+    if info.video and spec.face_detector == "mtcnn":
+        mtcnn(weights_dir)
 
     clamped: list[str] = []
     waveform: np.ndarray | None = None

@@ -35,6 +35,7 @@ from shared.contract.bundle import UtteranceMeta
 from shared.contract.features.spec import FeatureSpec
 from shared.contract.features.speech import (
     detected_frames,
+    fills_enough,
     frame_levels_db,
     frame_samples,
     frame_seconds,
@@ -109,7 +110,6 @@ def speech_regions(
             joined[-1][1] = end
         else:
             joined.append([start, end])
-    rate = spec.sample_rate
     if spec.speech_detector == "silero":
         # One pass over the whole recording, its state carried across the regions (cheaper than a
         # pass per region, and the network hears each region's lead-in); proposer frames map to
@@ -119,12 +119,10 @@ def speech_regions(
         kept = []
         for start, end in joined:
             inside = speech[start * proposed // chunk : -(-end * proposed // chunk)]
-            kept.append(bool(inside.any()) and float(inside.mean()) >= spec.min_speech_fraction)
+            kept.append(fills_enough(float(inside.mean()) if inside.size else 0.0, spec))
     else:
-        kept = [
-            is_speech(waveform[int(start * frame * rate) : int(end * frame * rate)], spec)
-            for start, end in joined
-        ]
+        proposed = frame_samples(proposer)
+        kept = [is_speech(waveform[start * proposed : end * proposed], spec) for start, end in joined]
     if params.edge_max_seconds > 0 and any(kept):
         levels = frame_levels_db(waveform, proposer)
         audible = levels > np.percentile(levels, NOISE_FLOOR_PERCENTILE) + EDGE_FLOOR_MARGIN_DB

@@ -35,12 +35,16 @@ class SileroVad:
 
     def __init__(self, path: Path):
         if not path.is_file():
-            raise SpeechDetectorMissing(f"{path} is missing: run `make models` to install silero-vad")
+            raise SpeechDetectorMissing(
+                "silero-vad", f"{path} is missing: run `make models` to install silero-vad"
+            )
         try:
             import onnxruntime
         except ImportError as exc:
             raise SpeechDetectorMissing(
-                f"onnxruntime, which runs Silero VAD, is not installed: {exc}"
+                "silero-vad",
+                "onnxruntime, which runs Silero VAD, is not installed (install the worker's "
+                f"requirements): {exc}",
             ) from exc
         options = onnxruntime.SessionOptions()
         # Chunks run one after another (the LSTM state links them): more threads only add contention.

