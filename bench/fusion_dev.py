@@ -8,7 +8,8 @@
    the gate's face sets plus faces alone; each dev set's ECE before and after (in-sample, which
    flatters the temperatures).
 3. **Each dev set as the multimodal bench scores its test sets** (``multimodal.score_set``): fused
-   weighted F1, its margin over the best single modality on the same rows, and ECE, so two
+   weighted F1, its margin over the best single modality on the same rows, and ECE beside a
+   perfectly calibrated model's reading on as many rows, so two
    fusion gates (say the default's and a refit, ``--checkpoint``) are compared on the same rows.
 
     .venv/bin/python bench/fusion_dev.py [--checkpoint DIR] [--out FILE]
@@ -86,6 +87,8 @@ def main() -> None:
             "fused_weighted_f1": scores["fused"]["weighted_f1"],
             "fused_minus_best_single_weighted_f1": scores["fused_minus_best_single_weighted_f1"],
             "ece": scores["ece"],
+            "ece_if_calibrated": scores["ece_if_calibrated"],
+            "ece_p_value": scores["ece_p_value"],
             "rows_with_audio": scores["single"].get("audio", {}).get("alone", {}).get("rows", 0),
         }
     # fit() resets the network's temperatures first and only returns what it fitted: the
