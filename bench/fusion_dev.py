@@ -98,6 +98,7 @@ def main() -> None:
         "checkpoint": str(args.checkpoint.relative_to(ROOT))
         if args.checkpoint.is_relative_to(ROOT)
         else str(args.checkpoint),
+        "feature_spec_hash": loaded.spec.hash,
         "split": "dev",
         "sets": {name: len(examples) for name, examples in sets.items()},
         "single_modality_rows": single,

@@ -261,6 +261,7 @@ def main() -> None:
         "checkpoint": str(args.checkpoint.relative_to(ROOT))
         if args.checkpoint.is_relative_to(ROOT)
         else str(args.checkpoint),
+        "feature_spec_hash": loaded.spec.hash,
         "calibrated": "calibration" in loaded.meta,
         "seed": SEED,
         "sizes": SIZES | {"fer_faces": FACES},

@@ -66,13 +66,17 @@ SPOKEN = (
     "Why would you say something like that to me?",
 )
 
+NOISE_SEED = 7
+
 
 def non_speech_sources() -> dict[str, str]:
     sources = {}
     for level in (-60, -50, -40, -30, -20):
         for color in ("pink", "white"):
             sources[f"{color}_{level}dBFS"] = (
-                f"anoisesrc=color={color}:amplitude=1:duration={SECONDS},volume={level}dB"
+                # Seeded: ffmpeg draws another noise each run otherwise, and the ungated baseline
+                # moved by a few labels between runs.
+                f"anoisesrc=color={color}:amplitude=1:duration={SECONDS}:seed={NOISE_SEED},volume={level}dB"
             )
     sources["tone_440Hz"] = f"sine=frequency=440:duration={SECONDS}"
     sources["tone_440Hz_-30dBFS"] = f"sine=frequency=440:duration={SECONDS},volume=-30dB"
@@ -161,6 +165,7 @@ def main() -> None:
         "checkpoint": str(args.checkpoint.relative_to(ROOT))
         if args.checkpoint.is_relative_to(ROOT)
         else args.checkpoint.name,
+        "feature_spec_hash": gated.hash,
         "conditions": {},
     }
     with tempfile.TemporaryDirectory() as folder:
