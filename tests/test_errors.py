@@ -85,14 +85,14 @@ def test_the_class_code_stays_when_an_instance_names_none():
             JobFailed,
             "models_missing",
             "the worker lacks the model 'silero-vad' that the checkpoint needs; "
-            "its operator installs it with `make models`",
+            "its operator finds the fix in the worker's log",
         ),
         (
             MTCNNMissing("mtcnn", "the MTCNN face detector is not installed at /srv/models/mtcnn"),
             JobFailed,
             "models_missing",
             "the worker lacks the model 'mtcnn' that the checkpoint needs; "
-            "its operator installs it with `make models`",
+            "its operator finds the fix in the worker's log",
         ),
     ],
 )
@@ -100,3 +100,13 @@ def test_the_worker_classifies_coded_errors_by_code_and_transient(error, job_err
     classified = classify(error)
     assert type(classified) is job_error
     assert (classified.code, classified.message) == (code, message)
+
+
+def test_a_missing_model_survives_pickling_with_its_name():
+    import copy
+    import pickle
+
+    missing = MTCNNMissing("mtcnn", "the MTCNN face detector is not installed at /srv/models/mtcnn")
+    for again in (pickle.loads(pickle.dumps(missing)), copy.copy(missing)):
+        assert type(again) is MTCNNMissing
+        assert (again.model, str(again)) == (missing.model, str(missing))

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from services.model.training.data.joint import bed
 from shared.contract.features.pipeline import extract_features
 from shared.contract.features.segmentation import SegmentationParams, speech_regions
-from shared.contract.features.silero import SileroVad, SpeechDetectorMissing, silero_vad
+from shared.contract.features.silero import SpeechDetectorMissing, silero_vad
 from shared.contract.features.spec import FeatureSpec
 from shared.contract.features.speech import AudioReason, frame_seconds, speech_fraction
 from shared.contract.labels import MODALITIES
@@ -150,11 +150,14 @@ def test_a_missing_detector_fails_before_any_decoding(silero_detector, tmp_path,
     monkeypatch.setattr(pipeline, "load_audio", decoded)
     monkeypatch.setattr(pipeline, "extract_frames", decoded)
     empty = Settings(_env_file=None, models_dir=tmp_path / "no-models")
-    # With the gate off too: without a transcript Silero still finds the speech regions.
-    for spec in (SILERO, SILERO.model_copy(update={"speech_gate": False})):
-        for transcript in (clip.segments, None):
-            with pytest.raises(SpeechDetectorMissing, match="make models"):
-                extract_features(clip.video, spec, transcript, settings=empty)
+    # With the gate off too, where Silero still finds the speech regions (no transcript).
+    ungated = SILERO.model_copy(update={"speech_gate": False})
+    for spec, transcript in ((SILERO, clip.segments), (SILERO, None), (ungated, None)):
+        with pytest.raises(SpeechDetectorMissing, match="make models"):
+            extract_features(clip.video, spec, transcript, settings=empty)
+    # Without the gate and with a transcript, nothing needs it: the media is decoded.
+    with pytest.raises(AssertionError, match="decoded before"):
+        extract_features(clip.video, ungated, clip.segments, settings=empty)
     # The settings' folder is the one read: the installed detector there, none elsewhere.
     assert silero_vad(models_dir(Settings(_env_file=None))) is silero_detector
 

@@ -41,10 +41,12 @@ def calibration_error_if_calibrated(
     """The ECE a perfectly calibrated model with these confidences would read on this many rows.
 
     Binned ECE is biased upwards on small sets: each bin's accuracy is a mean of a few Bernoulli
-    draws, so even a calibrated model reads 0.06-0.07 on the benchmark's 240-row sets. Consistency
-    resampling (Bröcker and Smith, 2007) draws each row's correctness with probability equal to its
-    confidence, ``draws`` times, and returns those ``[draws]`` ECEs: the reading to compare a
-    measured ECE with."""
+    draws, so even a calibrated model reads well above 0 on a few hundred rows. After consistency
+    resampling (Bröcker and Smith, 2007), with the confidences kept as they are: each row's
+    correctness is drawn with probability equal to its confidence, ``draws`` times; returns those
+    ``[draws]`` ECEs, the reading to compare a measured ECE with."""
+    if draws < 1:
+        raise ValueError("draws must be at least 1")
     confidence = probabilities.max(1)
     rng = np.random.default_rng(seed)
     # In blocks of draws: all of them at once would be draws x rows floats (100 MB on 7,000 rows).

@@ -98,12 +98,12 @@ def classify(exc: BaseException) -> JobFailed | TransientJobError | None:
     if isinstance(exc, FetchError | MediaError | TranscriptError | quota.QuotaExceeded):
         return (TransientJobError if exc.transient else JobFailed)(exc.code, exc.message)
     if isinstance(exc, ModelMissing):
-        # The detail names the worker's folders: the operator's log gets it, the client the name.
-        log.error("model_missing", model=exc.model, error=str(exc))
+        # The detail names the worker's folders: the client gets the model's name, the worker's
+        # log (analyse_video) the detail and the fix.
         return JobFailed(
             "models_missing",
             f"the worker lacks the model {exc.model!r} that the checkpoint needs; "
-            "its operator installs it with `make models`",
+            "its operator finds the fix in the worker's log",
         )
     if isinstance(exc, ModelUnavailable):
         return TransientJobError("model_unavailable", exc.message)
@@ -140,6 +140,8 @@ async def analyse_video(ctx: dict[str, Any], analysis_id: str) -> dict[str, Any]
             log.exception("analysis_crashed", analysis_id=analysis_id)
             await run.fail("internal_error", "an unexpected error occurred while processing the video")
             return {"outcome": "failed", "code": "internal_error"}
+        if isinstance(exc, ModelMissing):
+            log.error("model_missing", analysis_id=analysis_id, model=exc.model, error=str(exc))
         if isinstance(error, TransientJobError) and job_try < settings.worker_job_tries:
             delay = settings.worker_retry_base_seconds * 2 ** (job_try - 1)
             log.warning(

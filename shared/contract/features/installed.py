@@ -16,3 +16,7 @@ class ModelMissing(FileNotFoundError):
     def __init__(self, model: str, message: str):
         super().__init__(message)
         self.model = model
+
+    def __reduce__(self):
+        # Two arguments: the default would rebuild it from the message alone (pickle, copy).
+        return type(self), (self.model, str(self))

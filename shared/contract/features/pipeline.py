@@ -73,10 +73,11 @@ def extract_features(
     params = SegmentationParams.from_settings(settings)
     weights_dir = models_dir(settings)
     # Loaded before any decoding: a missing model fails the analysis at once, with the fix. Silero
-    # also finds the speech regions without a transcript, so it is needed with the gate off too.
-    if info.audio and spec.speech_detector == "silero":
+    # also finds the speech regions without a transcript, so it is needed with the gate off then.
+    finds_speech = transcript is None and segmentation == "speech"
+    if info.audio and spec.speech_detector == "silero" and (spec.speech_gate or finds_speech):
         silero_vad(weights_dir)
-    if info.video and spec.face_detector == "mtcnn":
+    if info.video and spec.face_detector == "mtcnn" and spec.frames_per_utterance > 0:
         mtcnn(weights_dir)
 
     clamped: list[str] = []
