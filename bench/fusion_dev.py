@@ -30,9 +30,7 @@ from multimodal import score_set
 from sklearn.metrics import f1_score
 
 from services.model.core.checkpoint import load_checkpoint
-from services.model.training.calibration import DEV_SETS, collect_logits, fit, joint_sets
-from services.model.training.data.joint import face_examples
-from services.model.training.fusion_gate import FACE_DEV_ROWS
+from services.model.training.calibration import collect_logits, dev_sets, fit
 from shared.contract.labels import MODALITIES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,13 +67,7 @@ def main() -> None:
     torch.set_num_threads(2)
     started = time.monotonic()
     loaded = load_checkpoint(args.checkpoint)
-    sets = joint_sets(loaded.model, loaded.spec, "dev", DEV_SETS, 0)
-    for text, name in (
-        ("none", "fer_faces"),
-        ("neutral", "fer_faces_neutral_text"),
-        ("matching", "fer_faces_matching_text"),
-    ):
-        sets[name] = face_examples("dev", loaded.spec, text=text, count=FACE_DEV_ROWS, seed=0)
+    sets = dev_sets(loaded.model, loaded.spec, 0)
     single = {
         name: single_modality_rows(loaded.model, sets[name], modality) for name, modality in SINGLE.items()
     }

@@ -4,7 +4,8 @@ Each head's logits are divided by a temperature fitted on dev rows by minimising
 log-likelihood (Guo et al., 2017): the fused heads get one temperature per combination of
 modalities used (a fusion is as sure as the evidence it had: text alone, speech alone and both
 together are three different kinds of data), each modality's own heads one each. Temperatures
-change no label, only confidences; a combination with fewer than ``MIN_ROWS`` dev rows keeps 1.
+change no label, only confidences; a combination with fewer than ``MIN_ROWS`` dev rows keeps 1,
+and so does one whose fitted temperature would raise the ECE of its own dev rows.
 
 The result is stored in the checkpoint's meta (``calibration``) and applied by
 ``load_checkpoint``, so serving, evaluation and benchmarks all read calibrated probabilities.

@@ -65,32 +65,55 @@ def _softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return torch.softmax(torch.as_tensor(logits) / temperature, -1).numpy()
 
 
+def fitted_temperature(logits: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
+    """The NLL-optimal temperature of these rows with their ECE before and after it; ``kept`` only
+    where it lowers that ECE. NLL and ECE can disagree (NLL weighs a few confident mistakes most),
+    and a temperature that makes the shown confidences worse by the measure they are judged by has
+    no place in the checkpoint."""
+    from services.model.training.metrics import expected_calibration_error
+
+    temperature = round(fit_temperature(logits, targets), 4)
+    before = expected_calibration_error(_softmax(logits), targets)
+    after = expected_calibration_error(_softmax(logits, temperature), targets)
+    return {
+        "temperature": temperature,
+        "rows": int(len(targets)),
+        "ece_before": round(before, 4),
+        "ece_after": round(after, 4),
+        "kept": bool(after < before),
+    }
+
+
 def fit(model, dev_sets: Mapping[str, ExampleSet], batch_size: int = 64) -> dict[str, Any]:
     """Fit every temperature on the union of ``dev_sets`` (raw logits: the model's own
-    temperatures are reset first); returns the calibration with its fit report (rows per
-    combination, dev ECE before and after)."""
+    temperatures are reset first); returns the calibration (the temperatures kept, see
+    ``fitted_temperature``) with its fit report (rows per combination, every fit, dev ECE before
+    and after)."""
     reset(model)
     per_set = {name: collect_logits(model, examples, batch_size) for name, examples in dev_sets.items()}
     merged = {key: np.concatenate([c[key] for c in per_set.values()]) for key in next(iter(per_set.values()))}
     patterns = (merged["used"].astype(np.int64) * (1 << np.arange(len(MODALITIES)))).sum(-1)
-    calibration: dict[str, Any] = {"fused": {}, "modality": {}, "rows": {}, "dev_sets": {}}
+    calibration: dict[str, Any] = {"fused": {}, "modality": {}, "rows": {}, "fits": {}, "dev_sets": {}}
     for head in HEADS:
         targets = merged[f"{head}_target"]
         calibration["fused"][head], calibration["modality"][head] = {}, {}
-        calibration["rows"][head] = {}
+        calibration["rows"][head], fits = {}, {}
         for index, pattern in enumerate(PATTERNS):
             rows = (patterns == index) & (targets >= 0)
             calibration["rows"][head][pattern] = int(rows.sum())
             if index and rows.sum() >= MIN_ROWS:
-                calibration["fused"][head][pattern] = round(
-                    fit_temperature(merged[head][rows], targets[rows]), 4
-                )
+                fits[pattern] = fitted_temperature(merged[head][rows], targets[rows])
+                if fits[pattern]["kept"]:
+                    calibration["fused"][head][pattern] = fits[pattern]["temperature"]
         for m, modality in enumerate(MODALITIES):
             rows = merged["used"][:, m] & (targets >= 0)
             calibration["rows"][head][f"{modality}_head"] = int(rows.sum())
             if rows.sum() >= MIN_ROWS:
-                logits = merged[f"modality_{head}"][rows, m]
-                calibration["modality"][head][modality] = round(fit_temperature(logits, targets[rows]), 4)
+                name = f"{modality}_head"
+                fits[name] = fitted_temperature(merged[f"modality_{head}"][rows, m], targets[rows])
+                if fits[name]["kept"]:
+                    calibration["modality"][head][modality] = fits[name]["temperature"]
+        calibration["fits"][head] = fits
     for name, collected in per_set.items():
         calibration["dev_sets"][name] = _set_report(collected, calibration)
     return calibration
@@ -135,6 +158,29 @@ DEV_SETS: dict[str, int | None] = {
 }
 
 
+# FER2013 PublicTest faces as the visual branch receives them, alone and beside a MELD dev line
+# labelled neutral or with the face's emotion (``joint.face_examples``'s ``text``), labelled by the
+# face: the only dev rows with a face.
+FACE_DEV_SETS = {
+    "fer_faces": "none",
+    "fer_faces_neutral_text": "neutral",
+    "fer_faces_matching_text": "matching",
+}
+FACE_DEV_ROWS = 1000
+
+
+def dev_sets(model, spec, seed: int = 0, faces: Mapping[str, str] = FACE_DEV_SETS) -> dict[str, ExampleSet]:
+    """Every dev set calibration, the fusion gate and their bench read: ``DEV_SETS`` and ``faces``."""
+    from services.model.training.data.joint import face_examples
+
+    sets = joint_sets(model, spec, "dev", DEV_SETS, seed)
+    faces_sets = {
+        name: face_examples("dev", spec, text=text, count=FACE_DEV_ROWS, seed=seed)
+        for name, text in faces.items()
+    }
+    return sets | faces_sets
+
+
 def joint_sets(model, spec, split: str, sizes: Mapping[str, int | None], seed: int, settings=None):
     """``{source: ExampleSet}`` of ``split`` with the speech encoder's states cached per set."""
     from services.model.training.data.joint import joint_examples, with_audio_states
@@ -151,9 +197,7 @@ def joint_sets(model, spec, split: str, sizes: Mapping[str, int | None], seed: i
     return sets
 
 
-def calibrate_checkpoint(
-    checkpoint_dir: Path, sizes: Mapping[str, int | None] | None = None, seed: int = 0
-) -> dict[str, Any]:
+def calibrate_checkpoint(checkpoint_dir: Path, seed: int = 0) -> dict[str, Any]:
     """Fit the checkpoint's temperatures on its dev sets and store them in its checkpoint.json
     (the weights are untouched); returns the stored calibration."""
     import json
@@ -164,8 +208,7 @@ def calibrate_checkpoint(
     started = time.perf_counter()
     checkpoint_dir = Path(checkpoint_dir)
     loaded = load_checkpoint(checkpoint_dir)
-    sizes = dict(DEV_SETS if sizes is None else sizes)
-    sets = joint_sets(loaded.model, loaded.spec, "dev", sizes, seed)
+    sets = dev_sets(loaded.model, loaded.spec, seed)
     fitted = fit(loaded.model, sets)
     fitted["fitted_on"] = {"split": "dev", "seed": seed, "sets": {name: len(s) for name, s in sets.items()}}
     fitted["seconds"] = round(time.perf_counter() - started, 1)

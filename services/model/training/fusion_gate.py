@@ -46,7 +46,6 @@ ECE_WEIGHT = 0.25
 # FER2013 PublicTest faces per dev set of faces beside a MELD dev line (neutral; the face's emotion):
 # on 300 a source's weighted F1 moved by about 0.03 between draws, more than the margins the
 # designs are told apart by. The two sets draw the same faces (the same seed).
-FACE_DEV_ROWS = 1000
 
 
 @dataclass(frozen=True)
@@ -379,8 +378,7 @@ def fit_checkpoint_gate(checkpoint_dir: Path, output_dir: Path, seed: int = 0) -
     ``output_dir`` (float16 weights, as published); returns the fit report."""
     from services.model.core.calibration import reset
     from services.model.core.checkpoint import load_checkpoint, read_checkpoint_document, save_checkpoint
-    from services.model.training.calibration import DEV_SETS, joint_sets
-    from services.model.training.data.joint import face_examples
+    from services.model.training.calibration import FACE_DEV_SETS, dev_sets
     from shared.settings import get_settings
 
     started = time.perf_counter()
@@ -390,12 +388,10 @@ def fit_checkpoint_gate(checkpoint_dir: Path, output_dir: Path, seed: int = 0) -
     # raw logits and replaces both (calibrate the result again: make fusion-gate does).
     model.fusion_gate = None
     reset(model)
-    sets = joint_sets(model, loaded.spec, "dev", DEV_SETS, seed)
-    # Faces beside words: the visual expert's only dev rows with a second modality.
-    sets |= {
-        f"fer_faces_{text}_text": face_examples("dev", loaded.spec, text=text, count=FACE_DEV_ROWS, seed=seed)
-        for text in ("neutral", "matching")
-    }
+    # Faces beside words: the visual expert's only dev rows with a second modality (a face alone
+    # never reaches the gate).
+    beside_words = {name: text for name, text in FACE_DEV_SETS.items() if text != "none"}
+    sets = dev_sets(model, loaded.spec, seed, faces=beside_words)
     encoder = (model.config.audio_encoder or "inline").replace(":", "_").replace("/", "_")
     weights = read_checkpoint_document(checkpoint_dir)["weights"]["sha256"][:12]
     tag = f"dev-{seed}-{loaded.spec.hash}-{encoder}-{weights}"

@@ -123,6 +123,19 @@ def test_fit_temperature_recovers_the_temperature_that_generated_the_labels():
     assert calibration.fit_temperature(logits, targets) == pytest.approx(2.5, rel=0.08)
 
 
+@pytest.mark.parametrize(("seed", "kept"), [(0, True), (6, False)])
+def test_a_temperature_is_kept_only_where_it_lowers_its_rows_ece(seed, kept):
+    # Labels drawn from the logits themselves: the NLL-optimal temperature sits near 1 and, on 200
+    # rows, lowers ECE for one draw (seed 0: 0.081 -> 0.061) and raises it for another (seed 6).
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 2, (200, 7))
+    targets = np.array([rng.choice(7, p=row) for row in torch.softmax(torch.as_tensor(logits), -1).numpy()])
+    fitted = calibration.fitted_temperature(logits, targets)
+    assert fitted["kept"] is kept
+    assert (fitted["ece_after"] < fitted["ece_before"]) is kept
+    assert fitted["temperature"] != 1.0 and fitted["rows"] == 200
+
+
 def _examples(bundle, labels_seed: int) -> ExampleSet:
     rng = np.random.default_rng(labels_seed)
     tensors = {
@@ -158,6 +171,13 @@ def test_calibration_is_fitted_per_combination_stored_in_the_checkpoint_and_serv
         fitted["dev_sets"]["dev"]["emotion"]["ece_after"]
         <= fitted["dev_sets"]["dev"]["emotion"]["ece_before"]
     )
+    # Only the temperatures that lower their own rows' ECE are stored; every fit is reported.
+    for head in ("emotion", "sentiment"):
+        for name, fit in fitted["fits"][head].items():
+            stored = fitted["modality" if name.endswith("_head") else "fused"][head]
+            key = name.removesuffix("_head")
+            assert fit["kept"] == (fit["ece_after"] < fit["ece_before"])
+            assert stored.get(key) == (fit["temperature"] if fit["kept"] else None)
 
     document = json.loads((directory / META_FILE).read_text())
     document["meta"]["calibration"] = fitted
