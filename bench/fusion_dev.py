@@ -3,10 +3,10 @@
 1. **Rows with one modality**: the fusion gate leaves them to the fused heads. Would each
    modality's own head read them better? Emotion and sentiment weighted F1 of both on MELD dev
    text only, RAVDESS actors 17-20 audio only and FER2013 PublicTest faces alone.
-2. **Calibration**: would per-combination temperatures (``services.model.training.calibration``,
-   what ``moodreel calibrate`` fits and stores) lower ECE? Fitted on calibration's ``DEV_SETS`` and
-   the gate's face sets plus faces alone; each dev set's ECE before and after (in-sample, which
-   flatters the temperatures).
+2. **Calibration**: what ``moodreel calibrate`` would fit and keep on this checkpoint
+   (``services.model.training.calibration``: the checkpoint's own temperatures reset, fitted on
+   calibration's ``dev_sets``), each dev set's ECE before and after (in-sample, which flatters the
+   temperatures).
 3. **Each dev set as the multimodal bench scores its test sets** (``multimodal.score_set``): fused
    weighted F1, its margin over the best single modality on the same rows, and ECE beside a
    perfectly calibrated model's reading on as many rows, so two
