@@ -91,6 +91,7 @@ def main() -> None:
         if args.checkpoint.is_relative_to(ROOT)
         else str(args.checkpoint),
         "feature_spec_hash": loaded.spec.hash,
+        "calibrated": "calibration" in loaded.meta,
         "split": "dev",
         "sets": {name: len(examples) for name, examples in sets.items()},
         "single_modality_rows": single,

@@ -73,13 +73,14 @@ def fitted_temperature(logits: np.ndarray, targets: np.ndarray) -> dict[str, Any
     from services.model.training.metrics import expected_calibration_error
 
     temperature = round(fit_temperature(logits, targets), 4)
-    before = expected_calibration_error(_softmax(logits), targets)
-    after = expected_calibration_error(_softmax(logits, temperature), targets)
+    # Rounded as reported, so the report and the decision agree.
+    before = round(expected_calibration_error(_softmax(logits), targets), 4)
+    after = round(expected_calibration_error(_softmax(logits, temperature), targets), 4)
     return {
         "temperature": temperature,
         "rows": int(len(targets)),
-        "ece_before": round(before, 4),
-        "ece_after": round(after, 4),
+        "ece_before": before,
+        "ece_after": after,
         "kept": bool(after < before),
     }
 
@@ -160,7 +161,9 @@ DEV_SETS: dict[str, int | None] = {
 
 # FER2013 PublicTest faces as the visual branch receives them, alone and beside a MELD dev line
 # labelled neutral or with the face's emotion (``joint.face_examples``'s ``text``), labelled by the
-# face: the only dev rows with a face.
+# face: the only dev rows with a face. 1,000 per set: on 300 a source's weighted F1 moved by about
+# 0.03 between draws, more than the margins the gate's designs are told apart by. The sets draw the
+# same faces (the same seed).
 FACE_DEV_SETS = {
     "fer_faces": "none",
     "fer_faces_neutral_text": "neutral",

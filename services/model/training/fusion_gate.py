@@ -43,9 +43,6 @@ LEARNING_RATE = 0.05
 # hundred designs.
 REPEATS = 2
 ECE_WEIGHT = 0.25
-# FER2013 PublicTest faces per dev set of faces beside a MELD dev line (neutral; the face's emotion):
-# on 300 a source's weighted F1 moved by about 0.03 between draws, more than the margins the
-# designs are told apart by. The two sets draw the same faces (the same seed).
 
 
 @dataclass(frozen=True)
