@@ -48,6 +48,32 @@ def test_context_segment_holds_neighbours_with_speakers():
     assert context == "ross : where were you last night? monica : oh my god, that is amazing!"
 
 
+def test_previous_only_context_leaves_out_the_next_turns():
+    spec = FeatureSpec(max_tokens=64, context_turns=2, context_next=False)
+    out = tokenize_utterances(DIALOGUE, spec)
+    rows = [
+        decode_segment(out["input_ids"][i], out["token_type_ids"][i], out["attention_mask"][i], 1)
+        for i in range(len(DIALOGUE))
+    ]
+    # The first turn has nothing before it; Monica's two previous turns skip the empty one.
+    assert rows == [
+        "",
+        "ross : where were you last night?",
+        "ross : where were you last night? rachel : at the coffee house, obviously.",
+        "rachel : at the coffee house, obviously.",
+    ]
+    # No separator is spent on an absent next side (the symmetric context holds one between them).
+    tokenizer = load_tokenizer(spec.tokenizer)
+    symmetric = FeatureSpec(max_tokens=64, context_turns=2)
+    both = tokenize_utterances(DIALOGUE, symmetric)
+    for tokens, separators in ((out, 0), (both, 1)):
+        second = tokens["input_ids"][1][tokens["token_type_ids"][1] == 1].tolist()
+        assert second.count(tokenizer.sep_token_id) == separators
+    assert spec.hash != symmetric.hash
+    # A spec that says nothing of the next turns keeps the hash it had before the setting existed.
+    assert '"context_next"' not in symmetric.canonical_json()
+
+
 def test_long_context_never_cuts_the_utterance():
     long_turn = UtteranceMeta(0, 1, " ".join(["word"] * 200), "Joey")
     short = UtteranceMeta(1, 2, "How you doin?", "Joey")

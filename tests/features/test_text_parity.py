@@ -53,6 +53,15 @@ def _specs() -> list:
             marks=mpnet,
         )
     )
+    specs.append(
+        pytest.param(
+            FeatureSpec(
+                tokenizer=MPNET, max_tokens=128, context_turns=2, context_next=False, frames_per_utterance=0
+            ),
+            id="mpnet-previous2",
+            marks=mpnet,
+        )
+    )
     return specs
 
 

@@ -133,6 +133,9 @@ class FeatureSpec(BaseModel):
     context_turns: int = Field(
         0, ge=0, le=8, description="previous/next utterances added as a second segment"
     )
+    context_next: bool = Field(
+        True, description="the context also holds the next utterances (false: previous ones only)"
+    )
 
     @field_validator("vad_frame_ms")
     @classmethod
@@ -181,6 +184,9 @@ class FeatureSpec(BaseModel):
         if self.tonal_min_run_frames == 1:
             # ... and those from before pitch-steady tones, theirs.
             del values["tonal_min_run_frames"]
+        if self.context_next:
+            # ... and those from before previous-only context, theirs.
+            del values["context_next"]
         if self.speech_detector == "webrtc":
             # ... and those from before Silero, theirs.
             del values["speech_detector"], values["silero_threshold"]

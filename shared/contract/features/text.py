@@ -2,8 +2,9 @@
 
 Segment A is the utterance itself. With ``spec.context_turns = k > 0`` a second segment holds up to
 k previous and k next utterances as ``Speaker: text``, previous ones first, the two sides separated
-by the tokenizer's separator token. Context turns are added whole, nearest first, while they fit in
-``spec.max_tokens``; the utterance's own text is never cut to make room for its context.
+by the tokenizer's separator token (with ``spec.context_next`` false, the previous ones only).
+Context turns are added whole, nearest first, while they fit in ``spec.max_tokens``; the
+utterance's own text is never cut to make room for its context.
 
 ``token_arrays`` returns numpy (the bundle's type; the preprocess worker has no torch);
 ``tokenize_utterances`` returns the same values as torch tensors for training code.
@@ -34,13 +35,17 @@ def _turn_text(utterance: UtteranceMeta) -> str:
 
 
 def _context_segment(
-    utterances: Sequence[UtteranceMeta], index: int, turns: int, budget: int, tokenizer
+    utterances: Sequence[UtteranceMeta], index: int, spec: FeatureSpec, budget: int, tokenizer
 ) -> str | None:
-    """Previous and next turns (nearest first, whole turns only) that fit in ``budget`` tokens."""
+    """Previous (and, with ``spec.context_next``, next) turns, nearest first and whole, that fit
+    in ``budget`` tokens."""
+    turns = spec.context_turns
     previous = [u for u in reversed(utterances[max(0, index - turns) : index]) if u.text.strip()]
-    following = [u for u in utterances[index + 1 : index + 1 + turns] if u.text.strip()]
+    ahead = utterances[index + 1 : index + 1 + turns] if spec.context_next else []
+    following = [u for u in ahead if u.text.strip()]
     separator = tokenizer.sep_token or "|"
-    budget -= len(tokenizer.tokenize(separator))
+    if spec.context_next:
+        budget -= len(tokenizer.tokenize(separator))
     kept_previous: list[str] = []
     kept_following: list[str] = []
     # Alternate sides so the nearest turns on both sides win over far ones on one side.
@@ -55,6 +60,8 @@ def _context_segment(
                 budget -= cost
     if not kept_previous and not kept_following:
         return None
+    if not spec.context_next:
+        return " ".join(reversed(kept_previous))
     return f"{' '.join(reversed(kept_previous))} {separator} {' '.join(kept_following)}".strip()
 
 
@@ -82,7 +89,7 @@ def token_arrays(utterances: Sequence[UtteranceMeta], spec: FeatureSpec) -> dict
             own = len(tokenizer.tokenize(utterance.text))
             budget = length - own - tokenizer.num_special_tokens_to_add(pair=True)
             if budget > 0:
-                context = _context_segment(utterances, index, spec.context_turns, budget, tokenizer)
+                context = _context_segment(utterances, index, spec, budget, tokenizer)
         if context is None:
             singles.append(index)
         else:
