@@ -169,6 +169,7 @@ def test_time_limits_stop_ffmpeg(media, settings):
 
 def test_spec_without_frames_decodes_no_video(media, settings, monkeypatch):
     """A model whose visual branch is untrained declares 0 frames: only the audio is decoded."""
+    clip = media.spoken  # generated on first use: before the recording starts
     launched = []
     real_popen = subprocess.Popen
 
@@ -179,7 +180,6 @@ def test_spec_without_frames_decodes_no_video(media, settings, monkeypatch):
 
     monkeypatch.setattr(subprocess, "Popen", RecordingPopen)
     spec = SPEC.model_copy(update={"frames_per_utterance": 0})
-    clip = media.spoken
     bundle = extract_features(clip.video, spec, clip.transcript, settings=settings)
     check_bundle(bundle, spec)
     assert bundle.frames.shape[1] == 0 and not bundle.modality_mask[:, 2].any()
