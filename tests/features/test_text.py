@@ -74,6 +74,23 @@ def test_previous_only_context_leaves_out_the_next_turns():
     assert '"context_next"' not in symmetric.canonical_json()
 
 
+def test_previous_only_context_spends_no_budget_on_a_separator():
+    tokenizer = load_tokenizer(FeatureSpec().tokenizer)
+    before, utterance = DIALOGUE[0], DIALOGUE[1]
+    own = len(tokenizer.tokenize(utterance.text))
+    turn = len(tokenizer.tokenize(f"{before.speaker}: {before.text}"))
+    # Exactly room for the utterance, the pair's special tokens and the previous turn.
+    length = own + tokenizer.num_special_tokens_to_add(pair=True) + turn
+    previous_only = tokenize_utterances(
+        [before, utterance], FeatureSpec(max_tokens=length, context_turns=1, context_next=False)
+    )
+    assert int(previous_only["token_type_ids"][1].sum()) == turn
+    assert int(previous_only["attention_mask"][1].sum()) == length
+    # Both sides reserve a separator, so the same turn no longer fits.
+    symmetric = tokenize_utterances([before, utterance], FeatureSpec(max_tokens=length, context_turns=1))
+    assert int(symmetric["token_type_ids"][1].sum()) == 0
+
+
 def test_long_context_never_cuts_the_utterance():
     long_turn = UtteranceMeta(0, 1, " ".join(["word"] * 200), "Joey")
     short = UtteranceMeta(1, 2, "How you doin?", "Joey")

@@ -39,6 +39,16 @@ def _specs() -> list:
             FeatureSpec(tokenizer=MINILM_PACKAGE, max_tokens=128, context_turns=2, frames_per_utterance=0),
             id="minilm-context2",
         ),
+        pytest.param(
+            FeatureSpec(
+                tokenizer=MINILM_PACKAGE,
+                max_tokens=128,
+                context_turns=2,
+                context_next=False,
+                frames_per_utterance=0,
+            ),
+            id="minilm-previous2",
+        ),
     ]
     mpnet = pytest.mark.skipif(not _installed(MPNET), reason=f"{MPNET} is not installed (`make models`)")
     specs.append(

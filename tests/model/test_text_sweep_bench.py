@@ -75,4 +75,37 @@ def test_a_run_without_its_final_scores_is_trained_again(tmp_path, monkeypatch) 
 def test_seed_spread() -> None:
     runs = [{"dev_emotion_weighted_f1": value, "seconds": 9.0} for value in (0.5, 0.6, 0.7)]
     spread = text_sweep.seed_spread(runs)
-    assert spread == {"dev_emotion_weighted_f1": {"mean": 0.6, "sd": 0.1}}
+    assert spread.keys() == {"dev_emotion_weighted_f1"}
+    assert spread["dev_emotion_weighted_f1"]["mean"] == pytest.approx(0.6)
+    assert spread["dev_emotion_weighted_f1"]["sd"] == pytest.approx(0.1)
+
+
+def _scored_meta(dev_f1: float, with_test: bool) -> dict:
+    report = {"weighted_f1": dev_f1, "macro_f1": 0.4, "accuracy": 0.5, "ece": 0.04, "per_class": {}}
+    splits = ("dev", "test") if with_test else ("dev",)
+    meta = _meta(FLAGS)
+    meta["metrics"] = {split: {"emotion": report, "sentiment": report} for split in splits}
+    meta["training"] |= {"seconds": 1.0, "device": "cpu"}
+    return meta | {"best_epoch": 2}
+
+
+def test_selection_reads_dev_and_only_the_selected_recipe_reads_test(monkeypatch) -> None:
+    dev_scores = {"base": 0.55, "epochs4": 0.58, "context1": 0.57}
+    calls: list[tuple[str, int, bool]] = []
+
+    def fake_train(name, overrides, seed, evaluate_test):
+        calls.append((name, seed, evaluate_test))
+        variant = name.removesuffix("-scored")
+        return _scored_meta(dev_scores[variant] + 0.001 * seed, with_test=evaluate_test), False
+
+    monkeypatch.setattr(text_sweep, "train", fake_train)
+    document = text_sweep.sweep(list(dev_scores), seeds=2)
+    assert document["selected"] == "epochs4"
+    assert [call for call in calls if call[2]] == [("epochs4-scored", 0, True), ("epochs4-scored", 1, True)]
+    assert all(not evaluate_test for name, _, evaluate_test in calls if not name.endswith("-scored"))
+    assert all("test_emotion_weighted_f1" not in run["seed0"] for run in document["variants"].values())
+    spread = document["selected_spread"]["dev_emotion_weighted_f1"]
+    assert spread["mean"] == pytest.approx(0.5805)
+    target = document["targets"]["test_emotion_weighted_f1"]
+    assert target["target"] == ">= 0.63" and target["mean"] == pytest.approx(0.5805) and not target["met"]
+    assert document["targets"]["test_emotion_ece"]["met"] is True

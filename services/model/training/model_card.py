@@ -65,7 +65,12 @@ def render_model_card(
         f"- text: `{text_source}`, training mode `{config.text_train_mode}`"
         + (f" (top {config.text_train_layers} layers)" if config.text_train_mode == "top_layers" else "")
         + ", mean-pooled over the utterance's tokens; dialogue context: "
-        + (f"{spec.context_turns} turn(s) either side as a second segment" if spec.context_turns else "none")
+        + (
+            f"{spec.context_turns} turn(s) {'either side' if spec.context_next else 'before it'}"
+            " as a second segment"
+            if spec.context_turns
+            else "none"
+        )
         + f", {spec.max_tokens} tokens at most",
         (
             f"- audio: speech encoder `{config.audio_encoder or 'inline config'}` over {spec.n_mels}-bin "

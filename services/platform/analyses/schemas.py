@@ -46,7 +46,8 @@ class TranscriptSegment(BaseModel):
 
 class AnalysisOptions(BaseModel):
     """Per-analysis choices. Dialogue context is not one: it follows the deployed model's
-    FeatureSpec (`context_turns`), since other features would change the spec hash it refuses."""
+    FeatureSpec (`context_turns`, `context_next`), since other features would change the spec hash
+    it refuses."""
 
     model_config = ConfigDict(extra="forbid")
 

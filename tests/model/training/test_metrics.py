@@ -87,6 +87,13 @@ def test_confusion_png_and_model_card(tmp_path):
     assert "not anyone's inner state" in card
     assert "untrained (treated as absent at inference, never reported as used): audio, visual" in card
     assert f"| test | emotion | 8 | {emotion['accuracy']:.3f} | {emotion['weighted_f1']:.3f} |" in card
+    assert "dialogue context: 2 turn(s) either side as a second segment" in card
+    previous_only = render_model_card(
+        {"name": "m", "version": "1", "trained_modalities": ["text"]},
+        ModelConfig(trained_modalities=("text",)),
+        FeatureSpec(context_turns=2, context_next=False),
+    )
+    assert "dialogue context: 2 turn(s) before it as a second segment" in previous_only
 
 
 def test_calibration_error_if_calibrated_shrinks_with_rows_as_binomial_noise():
