@@ -12,8 +12,8 @@ from services.model.core.checkpoint import load_checkpoint
 from services.model.core.network import MoodreelModel
 from services.model.testing import TINY_SPEC, tiny_model_config
 from services.model.training import loop
-from services.model.training.cli import config_from_args
-from services.model.training.config import TrainConfig
+from services.model.training.cli import config_from_args, config_from_strings
+from services.model.training.config import TrainConfig, hyperparameters
 from services.model.training.data.meld import clip_examples
 from services.model.training.loop import optimizer_step, train
 from services.model.training.losses import Criterion, class_weights, classification_loss
@@ -204,6 +204,17 @@ def test_the_text_mpnet_preset_names_its_encoder_portably():
     assert (config.model.text_train_mode, config.model.text_train_layers) == ("top_layers", 1)
     assert config.class_weighting == "sqrt" and config.weights_dtype == "float16"
     assert config.publish_max_mb == 25.0 and config.spec.frames_per_utterance == 0
+
+
+def test_the_text_mpnet_preset_is_the_recipe_its_sweep_selected():
+    """`make train-text-mpnet` trains exactly the run bench/results/text-sweep.json reports."""
+    from bench import text_sweep
+
+    selected = json.loads(text_sweep.RESULTS.read_text())["selected"]
+    flags = text_sweep._flags(text_sweep.VARIANTS[selected], seed=0, evaluate_test=True)
+    swept = config_from_strings(text_sweep.trainer_values(flags))
+    preset = config_from_args(["--preset", "text-mpnet"])
+    assert hyperparameters(preset) == hyperparameters(swept)
 
 
 def _scaled_step(scaler: torch.amp.GradScaler, gradient: float) -> tuple[torch.nn.Parameter, torch.Tensor]:
